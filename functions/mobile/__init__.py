@@ -1,0 +1,1 @@
+"""The mobile contract Lambda: health (auth and offline sync join it in later issues)."""

@@ -1,0 +1,92 @@
+"""Health of a region as the app sees it: can its database reader answer, how fast, how stale."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from covenant.config import settings
+from covenant.db import DatabaseUnavailable, reader
+
+logger = logging.getLogger(__name__)
+
+# On a PostgreSQL standby: seconds since the last replayed commit, or 0 when it has replayed
+# everything it received (an idle primary sends nothing, which is not lag). On a primary: NULL.
+_READER_PROBE = """
+SELECT pg_is_in_recovery() AS in_recovery,
+       CASE
+           WHEN NOT pg_is_in_recovery() THEN NULL
+           WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+           ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8
+       END AS replica_lag_s
+"""
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    status: str  # healthy | degraded | unhealthy
+    latency_ms: float
+    region: str
+    replica_lag_s: float | None
+    reasons: tuple[str, ...]
+
+    @property
+    def http_status(self) -> int:
+        return 503 if self.status == "unhealthy" else 200
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": self.status,
+            "latency": round(self.latency_ms, 2),
+            "timestamp": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "region": self.region,
+            "checks": {"database": {"replicaLagSeconds": self.replica_lag_s}},
+        }
+        if self.reasons:
+            body["reason"] = "; ".join(self.reasons)
+        return body
+
+
+def check_health() -> HealthReport:
+    config = settings()
+    started = time.perf_counter()
+    try:
+        with reader().session() as session:
+            probe = session.one(_READER_PROBE)
+    except DatabaseUnavailable as exc:
+        logger.warning("health: database reader unavailable: %s", exc)
+        return _unhealthy(started, config.region, "database reader unreachable")
+    except Exception:
+        logger.exception("health: database probe failed")
+        return _unhealthy(started, config.region, "database reader probe failed")
+    latency_ms = (time.perf_counter() - started) * 1000
+    lag = probe["replica_lag_s"] if probe else None
+    reasons: list[str] = []
+    if latency_ms > config.health_latency_budget_ms:
+        reasons.append(
+            f"database latency {latency_ms:.0f} ms over {config.health_latency_budget_ms} ms"
+        )
+    if lag is not None and lag > config.health_max_replica_lag_s:
+        reasons.append(f"replica lag {lag:.1f} s over {config.health_max_replica_lag_s} s")
+    return HealthReport(
+        status="degraded" if reasons else "healthy",
+        latency_ms=latency_ms,
+        region=config.region,
+        replica_lag_s=None if lag is None else round(float(lag), 3),
+        reasons=tuple(reasons),
+    )
+
+
+def _unhealthy(started: float, region: str, reason: str) -> HealthReport:
+    return HealthReport(
+        status="unhealthy",
+        latency_ms=(time.perf_counter() - started) * 1000,
+        region=region,
+        replica_lag_s=None,
+        reasons=(reason,),
+    )

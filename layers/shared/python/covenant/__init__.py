@@ -1,0 +1,1 @@
+"""Covenant's shared layer: configuration, database access, unit of work, outbox, migrations."""

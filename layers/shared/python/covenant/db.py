@@ -1,0 +1,285 @@
+"""The one database access path: pg8000 connections in two roles, reader and writer.
+
+A connection is opened on first use, kept for the warm life of the process (one per thread:
+Lambda runs one invocation at a time, the local gateway one per thread) and replaced when it
+turns out to be broken. Every connection carries a statement timeout; reader connections are
+read-only. Statements are counted per request so tests and metrics can see N+1 patterns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from covenant.config import settings
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+class Role(Enum):
+    READER = "reader"
+    WRITER = "writer"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached (connect failed or the connection broke)."""
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> ConnectionSpec:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ValueError("database URL must start with postgresql://")
+        query = parse_qs(parts.query)
+        sslmode = query.get("sslmode", ["disable"])[0]
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            database=unquote(parts.path.lstrip("/")) or "postgres",
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password) if parts.password else None,
+            tls=sslmode in ("require", "verify-ca", "verify-full"),
+        )
+
+    def redacted(self) -> str:
+        """Where it points, without the password: safe for logs and messages."""
+        return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+# SQLSTATE classes that mean the session is gone: connection exceptions and admin shutdowns.
+_CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, InterfaceError | OSError | struct.error):
+        return True
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        code = str(exc.args[0].get("C", ""))
+        return code.startswith(_CONNECTION_LOST_STATES)
+    return False
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        return str(exc.args[0].get("C")) or None
+    return None
+
+
+_statements: ContextVar[list[str] | None] = ContextVar("covenant_sql_statements", default=None)
+
+
+@contextmanager
+def record_statements() -> Iterator[list[str]]:
+    """Collects the SQL text of every statement run inside the block (per request)."""
+    recorded: list[str] = []
+    token = _statements.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _statements.reset(token)
+
+
+class Session:
+    """A checked-out connection. The first statement is retried once on a fresh connection
+    if the cached one turns out to be dead; later statements never are, because they may be
+    part of a transaction the server has already rolled back."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._connection = database.connection()
+        self._used = False
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]:
+        recorded = _statements.get()
+        if recorded is not None:
+            recorded.append(sql)
+        try:
+            rows = self._connection.run(sql, **params)
+        except Exception as exc:
+            if not is_connection_lost(exc):
+                raise
+            self._database.discard(self._connection)
+            if self._used:
+                raise DatabaseUnavailable(
+                    f"connection to the {self._database.role.value} lost mid-request"
+                ) from exc
+            logger.info("reconnecting %s after a broken connection", self._database.role.value)
+            self._connection = self._database.connection()
+            try:
+                rows = self._connection.run(sql, **params)
+            except Exception as retry_exc:
+                if is_connection_lost(retry_exc):
+                    self._database.discard(self._connection)
+                    raise DatabaseUnavailable(
+                        f"{self._database.role.value} unavailable"
+                    ) from retry_exc
+                raise
+        finally:
+            self._used = True
+        return rows or []
+
+    def rows(self, sql: str, **params: Any) -> list[Row]:
+        """The result as dicts keyed by column name."""
+        rows = self.run(sql, **params)
+        columns = [c["name"] for c in (self._connection.columns or [])]
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def one(self, sql: str, **params: Any) -> Row | None:
+        found = self.rows(sql, **params)
+        return found[0] if found else None
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        rows = self.run(sql, **params)
+        return rows[0][0] if rows else None
+
+    @property
+    def backend_pid(self) -> int:
+        return int(self.scalar("SELECT pg_backend_pid()"))
+
+
+class Database:
+    """One role's connection factory and per-thread cache."""
+
+    def __init__(
+        self,
+        role: Role,
+        url: str,
+        *,
+        statement_timeout_ms: int,
+        connect_timeout_s: int,
+        application_name: str = "covenant",
+    ) -> None:
+        self.role = role
+        self.url = url  # may hold a password: never log it, log spec.redacted()
+        self.spec = ConnectionSpec.from_url(url)
+        self._statement_timeout_ms = statement_timeout_ms
+        self._connect_timeout_s = connect_timeout_s
+        self._application_name = application_name
+        self._local = threading.local()
+
+    def connection(self) -> pg8000.native.Connection:
+        current: pg8000.native.Connection | None = getattr(self._local, "connection", None)
+        if current is None:
+            current = self._connect()
+            self._local.connection = current
+        return current
+
+    def discard(self, connection: pg8000.native.Connection) -> None:
+        if getattr(self._local, "connection", None) is connection:
+            self._local.connection = None
+        # Closing a dead socket can only fail, and there is nothing left to keep.
+        with contextlib.suppress(Exception):
+            connection.close()
+
+    def close(self) -> None:
+        current = getattr(self._local, "connection", None)
+        if current is not None:
+            self.discard(current)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        yield Session(self)
+
+    def _connect(self) -> pg8000.native.Connection:
+        options = f"-c statement_timeout={self._statement_timeout_ms}"
+        if self.role is Role.READER:
+            options += " -c default_transaction_read_only=on"
+        started = time.perf_counter()
+        try:
+            connection = pg8000.native.Connection(
+                user=self.spec.user,
+                password=self.spec.password,
+                host=self.spec.host,
+                port=self.spec.port,
+                database=self.spec.database,
+                timeout=self._connect_timeout_s,
+                ssl_context=ssl.create_default_context() if self.spec.tls else None,
+                application_name=f"{self._application_name}-{self.role.value}",
+                startup_params={"options": options},
+            )
+        except (TimeoutError, InterfaceError, DatabaseError, OSError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to the {self.role.value} at {self.spec.redacted()}: {_reason(exc)}"
+            ) from exc
+        # pg8000 uses the connect timeout as the socket timeout for good; widen it so the
+        # server-side statement_timeout fires first and a dead peer is still noticed.
+        connection._usock.settimeout(self._statement_timeout_ms / 1000 + self._connect_timeout_s)
+        logger.debug(
+            "connected %s to %s in %.1f ms",
+            self.role.value,
+            self.spec.redacted(),
+            (time.perf_counter() - started) * 1000,
+        )
+        return connection
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        return str(exc.args[0].get("M", exc))
+    return str(exc) or type(exc).__name__
+
+
+_databases: dict[tuple[Role, str], Database] = {}
+_databases_lock = threading.Lock()
+
+
+def database(role: Role) -> Database:
+    """The process-wide Database for a role, as configured by the current environment."""
+    config = settings()
+    url = config.database_url if role is Role.WRITER else config.database_reader_url
+    key = (role, url)
+    with _databases_lock:
+        found = _databases.get(key)
+        if found is None:
+            found = Database(
+                role,
+                url,
+                statement_timeout_ms=config.statement_timeout_ms,
+                connect_timeout_s=config.connect_timeout_s,
+            )
+            _databases[key] = found
+        return found
+
+
+def reader() -> Database:
+    return database(Role.READER)
+
+
+def writer() -> Database:
+    return database(Role.WRITER)
+
+
+def close_all() -> None:
+    """Closes this thread's connections (tests, and before a SnapStart snapshot)."""
+    with _databases_lock:
+        for found in _databases.values():
+            found.close()
+
+
+def placeholders(names: Sequence[str]) -> str:
+    return ", ".join(f":{name}" for name in names)

@@ -1,0 +1,98 @@
+"""The unit of work: one write transaction on the writer, with its outbox rows inside it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from covenant.db import Database, Row, Session, writer
+from covenant.events import CloudEvent
+
+logger = logging.getLogger(__name__)
+
+_INSERT_OUTBOX = """
+INSERT INTO outbox (id, subject, aggregate_type, aggregate_id, payload)
+VALUES (CAST(:id AS uuid), :subject, :aggregate_type, :aggregate_id, CAST(:payload AS jsonb))
+"""
+
+
+class UnitOfWork:
+    """`with UnitOfWork() as uow:` runs a transaction; leaving the block commits it, an
+    exception rolls it back (domain rows and outbox rows alike). Callbacks registered with
+    `after_commit` run only once the commit succeeded, and their failures never undo it."""
+
+    def __init__(self, database: Database | None = None) -> None:
+        self._database = database or writer()
+        self._session: Session | None = None
+        self._after_commit: list[Callable[[], None]] = []
+        self.events: list[CloudEvent] = []
+
+    def __enter__(self) -> UnitOfWork:
+        session = Session(self._database)
+        session.run("BEGIN")
+        self._session = session
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = self._require_session()
+        self._session = None
+        if exc_type is not None:
+            self._rollback(session)
+            return
+        try:
+            session.run("COMMIT")
+        except BaseException:
+            self._rollback(session)
+            raise
+        for callback in self._after_commit:
+            try:
+                callback()
+            except Exception:
+                logger.exception("after-commit callback failed; the transaction stays committed")
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]:
+        return self._require_session().run(sql, **params)
+
+    def rows(self, sql: str, **params: Any) -> list[Row]:
+        return self._require_session().rows(sql, **params)
+
+    def one(self, sql: str, **params: Any) -> Row | None:
+        return self._require_session().one(sql, **params)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        return self._require_session().scalar(sql, **params)
+
+    def add_event(self, event: CloudEvent, *, aggregate_type: str, aggregate_id: str) -> None:
+        """Writes the event to the outbox in this transaction; NATS subject = event type."""
+        self._require_session().run(
+            _INSERT_OUTBOX,
+            id=event.id,
+            subject=event.type,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            payload=event.to_json(),
+        )
+        self.events.append(event)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
+    def _require_session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("UnitOfWork used outside its `with` block")
+        return self._session
+
+    def _rollback(self, session: Session) -> None:
+        try:
+            session.run("ROLLBACK")
+        except Exception:
+            # A broken connection has already rolled back on the server; drop it.
+            logger.warning("rollback failed; discarding the connection", exc_info=True)
+            self._database.close()

@@ -1,0 +1,195 @@
+"""End to end: `make dev` on its own data folder and ports, as a developer runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from covenant.db import Database, Role
+from covenant.regions import region_codes
+from devstack.processes import free_port, port_in_use
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class DevRun:
+    process: subprocess.Popen[str]
+    output: list[str]
+    env: dict[str, str]
+
+    def wait_for(self, text: str, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.output):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"never saw {text!r}; output:\n{''.join(self.output)}")
+
+    def ctrl_c(self) -> None:
+        """Ctrl-C in the terminal: SIGINT to the whole foreground group (make and Python).
+        make then reports the interrupt itself; the stack must have stopped everything."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        code = self.process.wait(timeout=60)
+        assert code in (0, -signal.SIGINT), "".join(self.output)
+        assert "Stopped every process the stack started." in "".join(self.output)
+        assert "Traceback" not in "".join(self.output)
+
+
+@pytest.fixture
+def stack_env() -> Iterator[dict[str, str]]:
+    data_dir = Path(tempfile.mkdtemp(prefix="covenant-dev-"))
+    data_dir.chmod(0o755)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "DATABASE_READER_URL", "NATS_URL")
+    }
+    env.update(
+        COVENANT_DATA_DIR=str(data_dir),
+        COVENANT_PORT=str(free_port()),
+        COVENANT_PG_PORT=str(free_port()),
+        COVENANT_PG_REPLICA_PORT=str(free_port()),
+        COVENANT_NATS_PORT=str(free_port()),
+        COVENANT_NATS_MONITOR_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    yield env
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _start(env: dict[str, str]) -> DevRun:
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "dev", f"PYTHON={sys.executable}"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so Ctrl-C can be sent to it
+    )
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return DevRun(process, output, env)
+
+
+def _get_json(url: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def _ports(env: dict[str, str]) -> list[int]:
+    return [
+        int(env[name])
+        for name in (
+            "COVENANT_PORT",
+            "COVENANT_PG_PORT",
+            "COVENANT_PG_REPLICA_PORT",
+            "COVENANT_NATS_PORT",
+            "COVENANT_NATS_MONITOR_PORT",
+        )
+    ]
+
+
+def test_make_dev_serves_six_healthy_regions_and_stops_cleanly(stack_env) -> None:
+    run = _start(stack_env)
+    try:
+        run.wait_for("Press Ctrl-C to stop.")
+        base = f"http://127.0.0.1:{stack_env['COVENANT_PORT']}"
+        for code in region_codes():
+            assert f"{base}/{code}/health" in "".join(run.output)
+            status, body = _get_json(f"{base}/{code}/health")
+            assert (status, body["status"], body["region"]) == (200, "healthy", code)
+
+        # A second start on the same data folder is refused with a message, not a traceback.
+        second = subprocess.run(
+            [sys.executable, "-m", "devstack", "run"],
+            cwd=REPO_ROOT,
+            env=stack_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert "already running" in second.stderr
+        assert "Traceback" not in second.stderr
+
+        # The same for a port that is taken, from another data folder.
+        other = dict(stack_env, COVENANT_DATA_DIR=tempfile.mkdtemp(prefix="covenant-dev-"))
+        busy = subprocess.run(
+            [sys.executable, "-m", "devstack", "run"],
+            cwd=REPO_ROOT,
+            env=other,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        shutil.rmtree(other["COVENANT_DATA_DIR"], ignore_errors=True)
+        assert busy.returncode == 1
+        assert f"port {stack_env['COVENANT_PORT']} (the gateway) is already in use" in busy.stderr
+        assert "Traceback" not in busy.stderr
+    finally:
+        run.ctrl_c()
+    time.sleep(0.5)
+    assert not any(port_in_use(port) for port in _ports(stack_env))
+
+
+def test_data_survives_a_restart(stack_env) -> None:
+    run = _start(stack_env)
+    try:
+        run.wait_for("Press Ctrl-C to stop.")
+        writer = Database(
+            Role.WRITER,
+            f"postgresql://postgres@127.0.0.1:{stack_env['COVENANT_PG_PORT']}/covenant",
+            statement_timeout_ms=5000,
+            connect_timeout_s=3,
+        )
+        with writer.session() as session:
+            session.run(
+                "UPDATE countries SET covenant_status = 'active', joined_at = now() "
+                "WHERE code = 'NOR'"
+            )
+        writer.close()
+    finally:
+        run.ctrl_c()
+    run = _start(stack_env)
+    try:
+        run.wait_for("Press Ctrl-C to stop.")
+        reader = Database(
+            Role.READER,
+            f"postgresql://postgres@127.0.0.1:{stack_env['COVENANT_PG_REPLICA_PORT']}/covenant",
+            statement_timeout_ms=5000,
+            connect_timeout_s=3,
+        )
+        with reader.session() as session:
+            # Seeding again on restart keeps operational state: NOR stays active.
+            assert session.scalar("SELECT covenant_status FROM countries WHERE code = 'NOR'") == (
+                "active"
+            )
+            assert session.scalar("SELECT count(*) FROM countries") == 195
+        reader.close()
+    finally:
+        run.ctrl_c()

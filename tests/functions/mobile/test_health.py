@@ -1,0 +1,99 @@
+"""GET /<region>/health through the deployed handler, with real-format API Gateway events."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from covenant import db
+from covenant.regions import get_region
+from devstack.functions import get_function, invoke
+from devstack.processes import free_port
+
+EVENT = json.loads((Path(__file__).parents[3] / "events" / "health.json").read_text())
+
+
+def _health(servers, region: str = "ams", **env: str) -> tuple[int, dict]:
+    event = copy.deepcopy(EVENT)
+    event["rawPath"] = f"/{region}/health"
+    event["requestContext"]["stage"] = region
+    endpoints = {
+        "DATABASE_URL": servers.writer_url,
+        "DATABASE_READER_URL": servers.reader_url,
+        **env,
+    }
+    response = invoke(get_function("mobile"), get_region(region), event, endpoints)
+    return response["statusCode"], json.loads(response["body"])
+
+
+@pytest.mark.parametrize("region", ["iad", "ams", "syd", "sin", "sfo", "jnb"])
+def test_healthy_in_every_region(servers, region: str) -> None:
+    status, body = _health(servers, region)
+    assert status == 200
+    assert body["status"] == "healthy"
+    assert body["region"] == region
+    assert isinstance(body["latency"], int | float) and body["latency"] >= 0
+    assert body["timestamp"].endswith("Z")
+    assert 0 <= body["checks"]["database"]["replicaLagSeconds"] < 5
+    assert "reason" not in body
+
+
+def test_unhealthy_with_503_when_the_reader_is_down(servers) -> None:
+    status, body = _health(
+        servers,
+        DATABASE_READER_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/covenant",
+        DB_CONNECT_TIMEOUT_S="1",
+    )
+    assert status == 503
+    assert body["status"] == "unhealthy"
+    assert body["reason"] == "database reader unreachable"
+    assert body["region"] == "ams"
+
+
+def test_degraded_when_the_database_is_slower_than_the_budget(servers) -> None:
+    status, body = _health(servers, HEALTH_LATENCY_BUDGET_MS="-1")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert "database latency" in body["reason"]
+
+
+def test_degraded_when_the_replica_lags(servers) -> None:
+    replica = db.Database(
+        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
+    )
+    with replica.session() as session:
+        session.run("SELECT pg_wal_replay_pause()")
+    try:
+        with db.writer().session() as session:  # a commit the paused replica cannot replay
+            session.run("UPDATE sectors SET description = description WHERE id = 'health'")
+        time.sleep(1.2)
+        status, body = _health(servers, HEALTH_MAX_REPLICA_LAG_S="0")
+        assert status == 200
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"]["replicaLagSeconds"] >= 1.0
+        assert "replica lag" in body["reason"]
+    finally:
+        with replica.session() as session:
+            session.run("SELECT pg_wal_replay_resume()")
+        replica.close()
+
+
+def test_recovers_on_the_next_request_after_the_reader_connection_drops(servers) -> None:
+    assert _health(servers)[1]["status"] == "healthy"
+    with db.writer().session() as session:
+        pass
+    admin = db.Database(
+        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
+    )
+    with admin.session() as session:
+        session.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'covenant-reader' AND pid <> pg_backend_pid()"
+        )
+    admin.close()
+    status, body = _health(servers)
+    assert (status, body["status"]) == (200, "healthy")
