@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 FUNCTION ?= mobile
 EVENT ?= events/health.json
 
+# Node 20 works for synth; jsii's end-of-life banner would bury the output.
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+
 .PHONY: dev test lint unit invoke reset clean
 
 $(STAMP): pyproject.toml

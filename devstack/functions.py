@@ -1,78 +1,27 @@
-"""The functions and their routes, read from the `covenant:functions` context in cdk.json
-(the CDK app reads the same entries), and a local Lambda runtime that invokes them."""
+"""A local Lambda runtime for the functions of the function table (covenant.topology)."""
 
 from __future__ import annotations
 
 import importlib
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from covenant.config import environment
-from covenant.regions import Region, cdk_context, load_regions, regions_as_json
+from covenant.regions import Region, load_regions, regions_as_json
+from covenant.topology import FunctionSpec, load_functions
 from devstack.errors import DevStackError
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
-@dataclass(frozen=True)
-class Route:
-    method: str  # GET, POST, ... or ANY
-    path: str  # API Gateway route path, e.g. /health or /auth/{proxy+}
-    auth: str  # none | jwt
-
-    @property
-    def key(self) -> str:
-        return f"{self.method} {self.path}"
-
-    def match(self, method: str, path: str) -> dict[str, str] | None:
-        if self.method not in ("ANY", method):
-            return None
-        pattern = "^"
-        names: list[str] = []
-        for part in self.path.strip("/").split("/"):
-            if part.startswith("{") and part.endswith("+}"):
-                names.append(part[1:-2])
-                pattern += "/(.+)"
-            elif part.startswith("{") and part.endswith("}"):
-                names.append(part[1:-1])
-                pattern += "/([^/]+)"
-            else:
-                pattern += "/" + re.escape(part)
-        found = re.match(pattern + "/?$", path)
-        if found is None:
-            return None
-        return dict(zip(names, found.groups(), strict=True))
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    name: str
-    handler: str  # module.path.function, relative to functions/ (the deployed code root)
-    routes: tuple[Route, ...]
-
-    def load(self) -> Handler:
-        module_name, _, attribute = self.handler.rpartition(".")
-        module = importlib.import_module(module_name)
-        loaded: Handler = getattr(module, attribute)
-        return loaded
-
-
-@cache
-def load_functions() -> dict[str, FunctionSpec]:
-    raw = cdk_context().get("covenant:functions", {})
-    functions: dict[str, FunctionSpec] = {}
-    for name, entry in raw.items():
-        routes = []
-        for key, auth in entry.get("routes", {}).items():
-            method, path = key.split(" ", 1)
-            routes.append(Route(method, path, auth))
-        functions[name] = FunctionSpec(name, entry["handler"], tuple(routes))
-    return functions
+def load_handler(function: FunctionSpec) -> Handler:
+    """Imports the handler the way the Lambda runtime does: `module.attribute`."""
+    module_name, _, attribute = function.handler.rpartition(".")
+    module = importlib.import_module(module_name)
+    loaded: Handler = getattr(module, attribute)
+    return loaded
 
 
 def get_function(name: str) -> FunctionSpec:
@@ -119,6 +68,6 @@ def function_environment(
 def invoke(
     function: FunctionSpec, region: Region, event: dict[str, Any], endpoints: Mapping[str, str]
 ) -> Any:
-    handler = function.load()
+    handler = load_handler(function)
     with environment(function_environment(function, region, endpoints)):
         return handler(event, LocalContext(function, region))

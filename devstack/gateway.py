@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from covenant.regions import Region, load_regions
-from devstack.functions import FunctionSpec, Route, invoke, load_functions
+from covenant.topology import FunctionSpec, Route, load_functions
+from devstack.functions import invoke
 
 logger = logging.getLogger("devstack.gateway")
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from covenant.regions import get_region, region_codes
-from devstack.functions import Route
+from covenant.topology import Route
 from devstack.gateway import Gateway, build_event
 from devstack.processes import free_port
 

@@ -1,0 +1,1 @@
+"""Infrastructure only: CDK stacks and the constructs they compose."""
