@@ -171,7 +171,7 @@ class DevStack:
         primary = Database(Role.WRITER, writer_url, statement_timeout_ms=5000, connect_timeout_s=3)
         replica = Database(Role.READER, reader_url, statement_timeout_ms=5000, connect_timeout_s=3)
         with primary.session() as session:
-            target = session.scalar("SELECT pg_current_wal_lsn()::text")
+            target = session.scalar("SELECT pg_current_wal_insert_lsn()::text")
         primary.close()
 
         def caught_up() -> bool:

@@ -82,7 +82,7 @@ def wait_for_replica(servers: Servers) -> Callable[[], None]:
 
 def _wait_for_replica() -> None:
     with db.writer().session() as session:
-        target = session.scalar("SELECT pg_current_wal_lsn()::text")
+        target = session.scalar("SELECT pg_current_wal_insert_lsn()::text")
 
     def caught_up() -> bool:
         with db.reader().session() as session:
