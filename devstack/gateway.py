@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 from covenant.regions import Region, load_regions
 from covenant.topology import FunctionSpec, Route, load_functions
 from devstack.functions import invoke
+from devstack.jwt_auth import JwtVerifier, Unauthorized, authorizer_context
 
 logger = logging.getLogger("devstack.gateway")
 
@@ -45,8 +47,10 @@ def build_event(
     source_ip: str,
     path_parameters: Mapping[str, str],
     domain: str,
+    authorizer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The HTTP API (payload format 2.0) event for one request to `region`'s stage."""
+    """The HTTP API (payload format 2.0) event for one request to `region`'s stage.
+    `authorizer` is `requestContext.authorizer` when the JWT authorizer let the request in."""
     lowered: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in headers.items():
@@ -90,6 +94,8 @@ def build_event(
         },
         "isBase64Encoded": not is_text,
     }
+    if authorizer is not None:
+        event["requestContext"]["authorizer"] = dict(authorizer)
     if cookies:
         event["cookies"] = cookies
     if query_parameters:
@@ -114,7 +120,11 @@ def find_route(
 
 class Gateway(ThreadingHTTPServer):
     """Requests run on a fixed pool of long-lived threads, the local picture of warm Lambda
-    execution environments: each keeps its database connections between invocations."""
+    execution environments: each keeps its database connections between invocations.
+
+    Routes with auth "jwt" or "jwt-optional" (covenant.topology.Route) are authorized by
+    `verifier`, as API Gateway's JWT authorizer does; without a verifier every token is
+    refused (fail closed)."""
 
     allow_reuse_address = True
 
@@ -124,8 +134,12 @@ class Gateway(ThreadingHTTPServer):
         endpoints: Mapping[str, str],
         host: str = "127.0.0.1",
         workers: int = 8,
+        verifier: JwtVerifier | None = None,
     ) -> None:
+        # One EMF line per request would bury the gateway's output; opt in with =false.
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
         self.endpoints = dict(endpoints)
+        self.verifier = verifier
         self.regions = {r.code: r for r in load_regions()}
         self.functions = load_functions()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
@@ -142,6 +156,15 @@ class Gateway(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def authorize(self, route: Route, authorization: str | None) -> dict[str, Any] | None:
+        """`requestContext.authorizer` for a request to `route` (None: no claims), or raises
+        Unauthorized: the JWT authorizer's answer."""
+        if route.auth == "none" or (route.auth == "jwt-optional" and authorization is None):
+            return None
+        if self.verifier is None:
+            raise Unauthorized("no JWT verifier: the local Cognito is off (COVENANT_COGNITO)")
+        return authorizer_context(self.verifier.verify(authorization))
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="gateway", daemon=True)
@@ -197,6 +220,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if matched is None:
             return self._json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
         function, route, parameters = matched
+        try:
+            authorizer = self.server.authorize(route, self.headers.get("Authorization"))
+        except Unauthorized as refused:
+            logger.info("%s %s: 401, %s", self.command, url.path, refused)
+            return self._json(HTTPStatus.UNAUTHORIZED, {"message": "Unauthorized"})
         event = build_event(
             region=region,
             route=route,
@@ -208,6 +236,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             source_ip=self.client_address[0],
             path_parameters=parameters,
             domain=self.headers.get("Host", "127.0.0.1"),
+            authorizer=authorizer,
         )
         try:
             result = invoke(function, region, event, self.server.endpoints)

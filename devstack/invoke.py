@@ -17,7 +17,15 @@ def endpoints() -> dict[str, str]:
     """The process environment's endpoints, else those of a running `make dev`."""
     state = read_state() or {}
     found: dict[str, str] = {}
-    for name in ("DATABASE_URL", "DATABASE_READER_URL", "NATS_URL"):
+    for name in (
+        "DATABASE_URL",
+        "DATABASE_READER_URL",
+        "NATS_URL",
+        "COGNITO_USER_POOL_ID",
+        "COGNITO_CLIENT_ID",
+        "COGNITO_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+    ):
         value = os.environ.get(name) or state.get(name)
         if value:
             found[name] = value

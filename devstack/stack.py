@@ -6,13 +6,14 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from covenant.config import environment
 from covenant.db import Database, Role
@@ -21,9 +22,13 @@ from covenant.regions import load_regions
 from covenant.seed import seed
 from devstack.errors import DevStackError
 from devstack.gateway import Gateway
+from devstack.jwt_auth import JwtVerifier
 from devstack.nats import NatsServer
 from devstack.postgres import PostgresCluster
 from devstack.processes import require_free_port, wait_until
+
+if TYPE_CHECKING:  # devstack.cognito imports moto: only `make dev` needs it, not `make invoke`
+    from devstack.cognito import LocalCognito, MotoServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".local"
@@ -40,6 +45,12 @@ class StackOptions:
     database_url: str | None
     database_reader_url: str | None
     nats_url: str | None
+    # Cognito: "local" (moto on moto_port), "remote" (an existing pool: COGNITO_USER_POOL_ID
+    # and COGNITO_CLIENT_ID) or "off" (COVENANT_COGNITO=off: JWT routes answer 401).
+    cognito: str = "local"
+    moto_port: int = 5055
+    cognito_user_pool_id: str | None = None
+    cognito_client_id: str | None = None
 
     @classmethod
     def from_environment(
@@ -62,7 +73,27 @@ class StackOptions:
             database_url=os.environ.get("DATABASE_URL") or None,
             database_reader_url=os.environ.get("DATABASE_READER_URL") or None,
             nats_url=os.environ.get("NATS_URL") or None,
+            cognito=_cognito_mode(),
+            moto_port=number("COVENANT_MOTO_PORT", 5055),
+            cognito_user_pool_id=os.environ.get("COGNITO_USER_POOL_ID") or None,
+            cognito_client_id=os.environ.get("COGNITO_CLIENT_ID") or None,
         )
+
+
+def _cognito_mode() -> str:
+    if (os.environ.get("COVENANT_COGNITO") or "").lower() == "off":
+        return "off"
+    pool, client = os.environ.get("COGNITO_USER_POOL_ID"), os.environ.get("COGNITO_CLIENT_ID")
+    if pool and client:
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d_\w+", pool):
+            raise DevStackError(f"COGNITO_USER_POOL_ID {pool!r} is not a user pool id")
+        return "remote"
+    if pool or client:
+        raise DevStackError(
+            "set both COGNITO_USER_POOL_ID and COGNITO_CLIENT_ID to use an existing user pool, "
+            "or neither for the local one"
+        )
+    return "local"
 
 
 def state_file(data_dir: Path) -> Path:
@@ -106,6 +137,9 @@ class DevStack:
         self.postgres: PostgresCluster | None = None
         self.nats: NatsServer | None = None
         self.gateway: Gateway | None = None
+        self.moto: MotoServer | None = None
+        self.cognito: LocalCognito | None = None
+        self.verifier: JwtVerifier | None = None
         self.endpoints: dict[str, str] = {}
 
     def check_ports(self) -> None:
@@ -117,6 +151,8 @@ class DevStack:
         if o.nats_url is None:
             require_free_port(o.nats_port, "nats-server", "COVENANT_NATS_PORT")
             require_free_port(o.nats_monitor_port, "nats monitoring", "COVENANT_NATS_MONITOR_PORT")
+        if o.cognito == "local":
+            require_free_port(o.moto_port, "moto, the local Cognito", "COVENANT_MOTO_PORT")
 
     def start(self) -> None:
         o = self.options
@@ -137,11 +173,12 @@ class DevStack:
             "DATABASE_READER_URL": reader_url,
             "NATS_URL": nats_url,
         }
+        self._start_cognito()
         with environment(self.endpoints):
             migrate()
             seed()
         self._wait_for_replica(writer_url, reader_url)
-        self.gateway = Gateway(o.port, self.endpoints)
+        self.gateway = Gateway(o.port, self.endpoints, verifier=self.verifier)
         self.gateway.serve_in_thread()
         state_file(o.data_dir).write_text(
             json.dumps(
@@ -157,12 +194,46 @@ class DevStack:
             self.gateway = None
         with contextlib.suppress(FileNotFoundError):
             state_file(self.options.data_dir).unlink()
+        if self.moto is not None:
+            self.moto.stop()
+            self.moto = None
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
+
+    def _start_cognito(self) -> None:
+        """The user pool the JWT authorizer trusts, and its settings in the functions'
+        environment (the mobile function's auth routes call Cognito with them)."""
+        from devstack.cognito import MotoServer, issuer_for, provision
+
+        o = self.options
+        if o.cognito == "local":
+            self.moto = MotoServer(o.moto_port)
+            self.moto.start()
+            self.cognito = provision(self.moto.endpoint_url)
+            pool_id, client_id, region = (
+                self.cognito.user_pool_id,
+                self.cognito.client_id,
+                self.cognito.region,
+            )
+            jwks_url = self.cognito.jwks_url
+            self.endpoints.update(self.cognito.environment())
+        elif o.cognito == "remote":
+            assert o.cognito_user_pool_id is not None and o.cognito_client_id is not None
+            pool_id, client_id = o.cognito_user_pool_id, o.cognito_client_id
+            region = pool_id.split("_", 1)[0]
+            jwks_url = f"{issuer_for(region, pool_id)}/.well-known/jwks.json"
+            self.endpoints.update(
+                COGNITO_USER_POOL_ID=pool_id, COGNITO_CLIENT_ID=client_id, AWS_DEFAULT_REGION=region
+            )
+        else:
+            return
+        self.verifier = JwtVerifier(
+            issuer=issuer_for(region, pool_id), audience=client_id, jwks_url=jwks_url
+        )
 
     def _wait_for_replica(self, writer_url: str, reader_url: str) -> None:
         """Seed data is on the primary; wait until the replica has replayed it."""
@@ -225,10 +296,29 @@ def _print_banner(stack: DevStack) -> None:
         f"  PostgreSQL reader: {_redact(stack.endpoints['DATABASE_READER_URL'])}",
         f"  NATS JetStream:    {stack.endpoints['NATS_URL']}",
         f"  Data folder:       {stack.options.data_dir} (reset: make reset)",
+        *_cognito_banner(stack),
         "",
         "Press Ctrl-C to stop.",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _cognito_banner(stack: DevStack) -> list[str]:
+    e = stack.endpoints
+    if stack.cognito is not None:
+        return [
+            f"  Cognito (moto):    {stack.cognito.endpoint_url} ({stack.cognito.region})",
+            f"    user pool:       {stack.cognito.user_pool_id}",
+            f"    app client:      {stack.cognito.client_id}",
+            f"    users:           {', '.join(u.email for u in stack.cognito.users)}",
+            "                     (passwords in README)",
+        ]
+    if stack.verifier is not None:
+        return [
+            f"  Cognito:           user pool {e['COGNITO_USER_POOL_ID']}, "
+            f"app client {e['COGNITO_CLIENT_ID']}",
+        ]
+    return ["  Cognito:           off (COVENANT_COGNITO=off): routes that need a token answer 401"]
 
 
 def _redact(url: str) -> str:

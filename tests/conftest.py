@@ -55,6 +55,7 @@ def servers() -> Iterator[Servers]:
             os.environ["NATS_URL"] = nats.url
             migrate()
             seed()
+            _wait_for_replica()  # every test starts with the seed data on the reader too
             yield Servers(postgres, nats, data_dir)
         finally:
             db.close_all()
@@ -74,7 +75,7 @@ def reader(servers: Servers) -> Iterator[db.Database]:
     yield db.reader()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wait_for_replica(servers: Servers) -> Callable[[], None]:
     """Returns a function that blocks until the replica has replayed all the primary wrote."""
     return _wait_for_replica

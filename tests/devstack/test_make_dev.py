@@ -68,6 +68,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         COVENANT_PG_REPLICA_PORT=str(free_port()),
         COVENANT_NATS_PORT=str(free_port()),
         COVENANT_NATS_MONITOR_PORT=str(free_port()),
+        COVENANT_MOTO_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     yield env
@@ -110,6 +111,7 @@ def _ports(env: dict[str, str]) -> list[int]:
             "COVENANT_PG_REPLICA_PORT",
             "COVENANT_NATS_PORT",
             "COVENANT_NATS_MONITOR_PORT",
+            "COVENANT_MOTO_PORT",
         )
     ]
 

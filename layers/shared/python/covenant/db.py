@@ -95,13 +95,17 @@ _statements: ContextVar[list[str] | None] = ContextVar("covenant_sql_statements"
 
 @contextmanager
 def record_statements() -> Iterator[list[str]]:
-    """Collects the SQL text of every statement run inside the block (per request)."""
+    """Collects the SQL text of every statement run inside the block (per request). Nested
+    blocks also pass their statements to the enclosing one."""
+    outer = _statements.get()
     recorded: list[str] = []
     token = _statements.set(recorded)
     try:
         yield recorded
     finally:
         _statements.reset(token)
+        if outer is not None:
+            outer.extend(recorded)
 
 
 class Session:

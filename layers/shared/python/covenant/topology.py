@@ -12,7 +12,7 @@ from typing import Any
 from covenant.regions import cdk_context
 
 CONTEXT_KEY = "covenant:functions"
-AUTH_MODES = ("none", "jwt")
+AUTH_MODES = ("none", "jwt", "jwt-optional")  # see Route
 
 
 class TopologyError(RuntimeError):
@@ -21,9 +21,23 @@ class TopologyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Route:
+    """One API route and how it is authorized (`auth`, one of AUTH_MODES):
+
+    - "none": no authorizer; the event carries no claims.
+    - "jwt": API Gateway's JWT authorizer (the Cognito user pool). A request without a valid
+      token gets 401 and never reaches the function; a valid one reaches it with the token's
+      claims in `requestContext.authorizer.jwt`.
+    - "jwt-optional": anonymous requests are allowed (no Authorization header: no claims), but
+      a request that sends a token must send a valid one (else 401) and then carries its
+      claims; the GraphQL route, whose reads are public. API Gateway has no such mode on one
+      route: in AWS it maps to an authorizer-less route whose function verifies any token it
+      is sent, or to two routes; the infrastructure issue settles which. The local gateway
+      (devstack.gateway) implements it directly.
+    """
+
     method: str  # GET, POST, ... or ANY
     path: str  # API Gateway route path, e.g. /health or /auth/{proxy+}
-    auth: str  # none | jwt
+    auth: str  # none | jwt | jwt-optional (AUTH_MODES)
 
     @property
     def key(self) -> str:

@@ -1,0 +1,1 @@
+"""The GraphQL Lambda: the Covenant contract served by ariadne."""

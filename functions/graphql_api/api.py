@@ -1,0 +1,229 @@
+"""One GraphQL HTTP request, from API Gateway event to response: transport, identity,
+limits, idempotency, execution, metrics. Nothing here knows a resolver."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ariadne.explorer import ExplorerGraphiQL
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from covenant.config import env, settings
+from covenant.db import record_statements
+from covenant.idempotency import PostgresPersistenceLayer
+from covenant.regions import load_regions
+from graphql_api import engine, transport
+from graphql_api.auth import actor_from_event
+from graphql_api.context import RequestContext
+from graphql_api.schema import executable_schema
+from graphql_api.validation import SECTOR_IDS
+
+logger = logging.getLogger(__name__)
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+persistence = PostgresPersistenceLayer()
+idempotency_config = IdempotencyConfig(
+    event_key_jmespath="[actor, key]",
+    payload_validation_jmespath="body",
+    expires_after_seconds=24 * 3600,
+    use_local_cache=False,
+)
+
+
+@dataclass(frozen=True)
+class GraphQLSettings:
+    limits: engine.Limits
+    explorer: bool
+    max_body_bytes: int
+    cors_origins: tuple[str, ...]
+
+    @classmethod
+    def load(cls) -> GraphQLSettings:
+        local = settings().stage == "local"
+
+        def flag(name: str, default: bool) -> bool:
+            raw = env(name)
+            return default if raw in (None, "") else raw.lower() in ("1", "true", "on", "yes")
+
+        def number(name: str, default: int) -> int:
+            raw = env(name)
+            return default if raw in (None, "") else int(raw)
+
+        return cls(
+            limits=engine.Limits(
+                max_depth=number("GRAPHQL_MAX_DEPTH", 12),
+                max_cost=number("GRAPHQL_MAX_COST", 50_000),
+                max_operations=number("GRAPHQL_MAX_OPERATIONS", 10),
+                introspection=flag("GRAPHQL_INTROSPECTION", local),
+                known_list_sizes=_known_list_sizes(),
+            ),
+            explorer=flag("GRAPHQL_EXPLORER", local),
+            max_body_bytes=number("GRAPHQL_MAX_BODY_BYTES", 65_536),
+            cors_origins=tuple(o for o in (env("CORS_ALLOWED_ORIGINS") or "").split(",") if o),
+        )
+
+
+def _known_list_sizes() -> dict[str, int]:
+    regions = len(load_regions())
+    return {
+        "Query.regions": regions,
+        "Query.regionalStats": regions,
+        "Query.sectors": len(SECTOR_IDS),
+        "Query.sectoralStats": len(SECTOR_IDS),
+        "RegionalStats.projectsByStatus": 4,
+        "GlobalStats.projectsByStatus": 4,
+        "SectoralStats.projectsByStatus": 4,
+    }
+
+
+def _cors_headers(event: dict[str, Any], config: GraphQLSettings) -> dict[str, str]:
+    origin = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}.get("origin")
+    if not origin or not (origin in config.cors_origins or "*" in config.cors_origins):
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+        "Access-Control-Max-Age": "600",
+        "Vary": "Origin",
+    }
+
+
+def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> dict[str, Any]:
+    started = time.perf_counter()
+    config = GraphQLSettings.load()
+    cors = _cors_headers(event, config)
+    method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
+    if method == "OPTIONS":
+        return {"statusCode": 204, "headers": cors, "body": ""}
+    request_id = str(event.get("requestContext", {}).get("requestId") or context.aws_request_id)
+    try:
+        request = transport.parse_event(
+            event, max_body_bytes=config.max_body_bytes, explorer=config.explorer
+        )
+    except transport.ExplorerRequested:
+        region = settings().region
+        html = ExplorerGraphiQL(title=f"Covenant GraphQL ({region})").html(None)
+        return {
+            "statusCode": 200,
+            "headers": {"Content-Type": "text/html; charset=utf-8", **cors},
+            "body": html,
+        }
+    except transport.TransportError as error:
+        metrics.add_metric("RequestErrors", MetricUnit.Count, 1)
+        return transport.response(
+            error.status,
+            transport.error_body(error.message),
+            error.media_type,
+            {**error.headers, **cors},
+        )
+    status, body = _execute(event, context, request, config, request_id, metrics)
+    metrics.add_metric("Latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
+    return transport.response(status, body, request.media_type, cors)
+
+
+def _execute(
+    event: dict[str, Any],
+    context: LambdaContext,
+    request: transport.GraphQLRequest,
+    config: GraphQLSettings,
+    request_id: str,
+    metrics: Metrics,
+) -> tuple[int, dict[str, Any]]:
+    schema = executable_schema()
+    request_error_status = 400 if request.media_type == transport.GRAPHQL_RESPONSE else 200
+    try:
+        prepared = engine.prepare(
+            schema, request.query, request.variables, request.operation_name, config.limits
+        )
+    except engine.RequestErrors as failure:
+        metrics.add_metric("RequestErrors", MetricUnit.Count, 1)
+        return request_error_status, {"errors": failure.errors}
+    if prepared.is_mutation and request.method == "GET":
+        return 405, transport.error_body("Mutations need POST: GET may only run queries.")
+    actor = actor_from_event(event)
+    key = request.headers.get("idempotency-key")
+
+    def execute() -> dict[str, Any]:
+        request_context = RequestContext(
+            actor=actor,
+            region=settings().region,
+            request_id=request_id,
+            regions=load_regions(),
+            writes=prepared.is_mutation,
+        )
+        with record_statements() as statements:
+            body = engine.run(schema, prepared, request_context, request_id)
+        metrics.add_metric("SqlStatements", MetricUnit.Count, len(statements))
+        for error in body.get("errors", []):
+            metrics.add_metric(
+                f"Errors{error['extensions']['code'].title().replace('_', '')}",
+                MetricUnit.Count,
+                1,
+            )
+        return body
+
+    if not (prepared.is_mutation and key):
+        return 200, execute()
+    if not _IDEMPOTENCY_KEY.match(key):
+        return 400, transport.error_body(
+            "Idempotency-Key must be 8 to 128 characters of A-Z a-z 0-9 . _ : -",
+            field="Idempotency-Key",
+        )
+    return _idempotent(context, actor.sub or "anonymous", key, request, execute)
+
+
+class _NotReplayable(Exception):
+    """An internal failure is not a result: the retry must run again, so the record goes."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__("internal error")
+        self.body = body
+
+
+def _idempotent(
+    context: LambdaContext,
+    actor: str,
+    key: str,
+    request: transport.GraphQLRequest,
+    execute: Any,
+) -> tuple[int, dict[str, Any]]:
+    idempotency_config.register_lambda_context(context)
+
+    @idempotent_function(  # type: ignore[untyped-decorator]
+        data_keyword_argument="call",
+        persistence_store=persistence,
+        config=idempotency_config,
+    )
+    def run_once(call: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = execute()
+        if any(e["extensions"]["code"] == "INTERNAL_SERVER_ERROR" for e in body.get("errors", [])):
+            raise _NotReplayable(body)
+        return body
+
+    try:
+        return 200, run_once(call={"actor": actor, "key": key, "body": request.body()})
+    except _NotReplayable as failure:
+        return 200, failure.body
+    except IdempotencyValidationError:
+        return 422, transport.error_body(
+            "This Idempotency-Key was used with a different request; use a new key.",
+            field="Idempotency-Key",
+        )
+    except IdempotencyAlreadyInProgressError:
+        return 409, transport.error_body(
+            "A request with this Idempotency-Key is still running; retry in a moment.",
+            code="CONFLICT",
+            field="Idempotency-Key",
+        )

@@ -1,0 +1,77 @@
+"""Per-request state handed to every resolver: who asks, where, one database session, and the
+batches that keep nested fields at one statement per list level."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
+
+from graphql import GraphQLResolveInfo
+
+from covenant import db
+from covenant.db import Row, Session
+from covenant.regions import Region
+from graphql_api.auth import Actor
+
+T = TypeVar("T")
+
+
+@dataclass
+class RequestContext:
+    actor: Actor
+    region: str
+    request_id: str
+    regions: tuple[Region, ...]
+    writes: bool = False  # a mutation: read from the writer too, so a client sees its write
+    _session: Session | None = None
+    _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    @property
+    def region_codes(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.regions)
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(db.writer() if self.writes else db.reader())
+        return self._session
+
+    def batch(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:
+        """The result of `load` for this key, computed once per request."""
+        if key not in self._batches:
+            self._batches[key] = load()
+        result: T = self._batches[key]
+        return result
+
+
+Info: TypeAlias = GraphQLResolveInfo[RequestContext]
+
+
+def context_of(info: Info) -> RequestContext:
+    return info.context
+
+
+def field_key(info: Info, arguments: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Identifies one field of the query document (list indices dropped, aliases kept) and
+    its arguments: every parent resolved at this field shares one batch."""
+    path = tuple(str(part) for part in info.path.as_list() if isinstance(part, str))
+    return (*path, json.dumps(arguments or {}, sort_keys=True, default=str))
+
+
+def siblings(row: Row) -> list[Row]:
+    """The rows resolved together with `row` (its list level), or just itself."""
+    group: list[Row] | None = row.get("_siblings")
+    return group if group is not None else [row]
+
+
+def mark_siblings(rows: Iterable[Row]) -> list[Row]:
+    group = list(rows)
+    for row in group:
+        row["_siblings"] = group
+    return group
+
+
+def unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))

@@ -1,0 +1,361 @@
+"""The SQL of the GraphQL API: parameterised, keyset-paginated, batched per list level.
+
+A list costs one statement however many parents it hangs under: nested connections take
+every parent key of the level at once (unnest + LATERAL, one LIMIT per parent), and
+many-to-one fields take every key at once (= ANY). Counts are separate statements, run only
+when totalCount is selected.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from covenant.db import Row, Session
+from graphql_api.errors import BadUserInput
+from graphql_api.pagination import Order, decode_cursor
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    alias: str
+    columns: str
+    id_column: str
+    id_type: str
+
+
+COUNTRIES = Table(
+    name="countries",
+    alias="c",
+    columns=(
+        "c.code::text AS code, c.iso2::text AS iso2, c.name, c.continent, c.region, c.gdp_usd, "
+        "c.contribution_usd, c.covenant_status, c.joined_at, c.version, c.created_at, "
+        "c.updated_at"
+    ),
+    id_column="code",
+    id_type="bpchar",
+)
+
+PROJECTS = Table(
+    name="projects",
+    alias="p",
+    columns=(
+        "p.id::text AS id, p.name, p.description, p.sector_id, p.country_code::text AS "
+        "country_code, p.region, p.status, p.budget_usd, p.impact_score::float8 AS impact_score, "
+        "p.progress, p.version, p.created_at, p.updated_at"
+    ),
+    id_column="id",
+    id_type="uuid",
+)
+
+COUNTRY_ORDERS = {
+    "name": Order("name", False, "text"),
+    "code": Order("code", False, "bpchar"),
+    "gdp_usd": Order("gdp_usd", False, "bigint"),
+}
+PROJECT_ORDERS = {
+    "name": Order("name", False, "text"),
+    "budget_usd": Order("budget_usd", False, "bigint"),
+    "impact_score": Order("impact_score", False, "numeric"),
+    "progress": Order("progress", False, "smallint"),
+    "created_at": Order("created_at", False, "timestamptz"),
+    "updated_at": Order("updated_at", False, "timestamptz"),
+}
+
+
+def resolve_order(table_orders: Mapping[str, Order], order_by: Mapping[str, Any] | None) -> Order:
+    """The Order of an orderBy argument (its field is an enum, mapped to a column)."""
+    field = (order_by or {}).get("field") or "name"
+    base = table_orders[field]
+    descending = (order_by or {}).get("direction") == "desc"
+    return Order(base.column, descending, base.sql_type)
+
+
+class Query:
+    """WHERE clauses and their parameters, built up from filters; names are unique."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.params: dict[str, Any] = {}
+
+    def add(self, clause: str, **params: Any) -> None:
+        self.clauses.append(clause)
+        self.params.update(params)
+
+    @property
+    def where(self) -> str:
+        return " AND ".join(self.clauses) if self.clauses else "TRUE"
+
+
+def _like(value: str) -> str:
+    escaped = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _range(
+    query: Query, column: str, low: Any, high: Any, names: tuple[str, str], cast: str
+) -> None:
+    if low is not None and high is not None and low > high:
+        raise BadUserInput(f"filter.{names[0]}", f"must not exceed filter.{names[1]}")
+    if low is not None:
+        query.add(f"{column} >= CAST(:{names[0]} AS {cast})", **{names[0]: low})
+    if high is not None:
+        query.add(f"{column} <= CAST(:{names[1]} AS {cast})", **{names[1]: high})
+
+
+def country_filter(filters: Mapping[str, Any] | None, known_regions: Iterable[str]) -> Query:
+    query = Query()
+    f = filters or {}
+    if f.get("region") is not None:
+        if f["region"] not in set(known_regions):
+            raise BadUserInput("filter.region", f"must be one of {', '.join(known_regions)}")
+        query.add("c.region = :f_region", f_region=f["region"])
+    if f.get("continent") is not None:
+        query.add("c.continent = :f_continent", f_continent=f["continent"])
+    if f.get("covenant_status") is not None:
+        query.add("c.covenant_status = :f_status", f_status=f["covenant_status"])
+    _range(query, "c.gdp_usd", f.get("gdp_min"), f.get("gdp_max"), ("gdpMin", "gdpMax"), "bigint")
+    if f.get("name_contains"):
+        query.add("lower(c.name) LIKE :f_name", f_name=_like(f["name_contains"]))
+    return query
+
+
+def project_filter(filters: Mapping[str, Any] | None, known_regions: Iterable[str]) -> Query:
+    query = Query()
+    f = filters or {}
+    if f.get("sector_id") is not None:
+        query.add("p.sector_id = :f_sector", f_sector=f["sector_id"])
+    if f.get("status") is not None:
+        query.add("p.status = :f_status", f_status=f["status"])
+    if f.get("country_code") is not None:
+        query.add(
+            "p.country_code = CAST(:f_country AS bpchar)", f_country=f["country_code"].upper()
+        )
+    if f.get("region") is not None:
+        if f["region"] not in set(known_regions):
+            raise BadUserInput("filter.region", f"must be one of {', '.join(known_regions)}")
+        query.add("p.region = :f_region", f_region=f["region"])
+    _range(
+        query,
+        "p.budget_usd",
+        f.get("budget_min"),
+        f.get("budget_max"),
+        ("budgetMin", "budgetMax"),
+        "bigint",
+    )
+    _range(
+        query,
+        "p.impact_score",
+        f.get("impact_min"),
+        f.get("impact_max"),
+        ("impactMin", "impactMax"),
+        "numeric",
+    )
+    if f.get("name_contains"):
+        query.add("lower(p.name) LIKE :f_name", f_name=_like(f["name_contains"]))
+    return query
+
+
+def _keyset(table: Table, order: Order, after: str | None, query: Query) -> None:
+    if after is None:
+        return
+    value, row_id = decode_cursor(after, order)
+    a = table.alias
+    comparison = "<" if order.descending else ">"
+    query.add(
+        f"({a}.{order.column}, {a}.{table.id_column}) {comparison} "
+        f"(CAST(:after_value AS {order.sql_type}), CAST(:after_id AS {table.id_type}))",
+        after_value=value,
+        after_id=row_id,
+    )
+
+
+def _order_by(table: Table, order: Order) -> str:
+    direction = "DESC" if order.descending else "ASC"
+    a = table.alias
+    return f"{a}.{order.column} {direction}, {a}.{table.id_column} {direction}"
+
+
+def page(
+    session: Session, table: Table, query: Query, order: Order, first: int, after: str | None
+) -> tuple[list[Row], bool]:
+    """One page of a top-level list: rows and whether more follow."""
+    _keyset(table, order, after, query)
+    rows = session.rows(
+        f"SELECT {table.columns} FROM {table.name} {table.alias} WHERE {query.where} "
+        f"ORDER BY {_order_by(table, order)} LIMIT :limit",
+        **query.params,
+        limit=first + 1,
+    )
+    return rows[:first], len(rows) > first
+
+
+def count(session: Session, table: Table, query: Query) -> int:
+    return int(
+        session.scalar(
+            f"SELECT count(*) FROM {table.name} {table.alias} WHERE {query.where}", **query.params
+        )
+    )
+
+
+def nested_pages(
+    session: Session,
+    table: Table,
+    parent_column: str,
+    parent_type: str,
+    keys: Sequence[str],
+    query: Query,
+    order: Order,
+    first: int,
+    after: str | None,
+) -> dict[str, tuple[list[Row], bool]]:
+    """The first page of children of every parent key, in one statement."""
+    _keyset(table, order, after, query)
+    a = table.alias
+    rows = session.rows(
+        f"SELECT k.parent_key::text AS _parent, x.* "
+        f"FROM unnest(CAST(:keys AS {parent_type}[])) AS k(parent_key) "
+        f"CROSS JOIN LATERAL (SELECT {table.columns} FROM {table.name} {a} "
+        f"WHERE {a}.{parent_column} = k.parent_key AND {query.where} "
+        f"ORDER BY {_order_by(table, order)} LIMIT :limit) AS x",
+        **query.params,
+        keys=list(keys),
+        limit=first + 1,
+    )
+    grouped: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        grouped[row.pop("_parent")].append(row)
+    return {key: (grouped.get(key, [])[:first], len(grouped.get(key, [])) > first) for key in keys}
+
+
+def nested_counts(
+    session: Session,
+    table: Table,
+    parent_column: str,
+    parent_type: str,
+    keys: Sequence[str],
+    query: Query,
+) -> dict[str, int]:
+    a = table.alias
+    rows = session.run(
+        f"SELECT {a}.{parent_column}::text, count(*) FROM {table.name} {a} "
+        f"WHERE {a}.{parent_column} = ANY(CAST(:keys AS {parent_type}[])) AND {query.where} "
+        f"GROUP BY 1",
+        **query.params,
+        keys=list(keys),
+    )
+    found = {str(key): int(n) for key, n in rows}
+    return {key: found.get(key, 0) for key in keys}
+
+
+def countries_by_code(session: Session, codes: Sequence[str]) -> dict[str, Row]:
+    rows = session.rows(
+        f"SELECT {COUNTRIES.columns} FROM countries c WHERE c.code = ANY(CAST(:codes AS bpchar[]))",
+        codes=list(codes),
+    )
+    return {row["code"]: row for row in rows}
+
+
+def country_by_any_code(session: Session, code: str) -> Row | None:
+    return session.one(
+        f"SELECT {COUNTRIES.columns} FROM countries c "
+        "WHERE c.code = CAST(:code AS bpchar) OR c.iso2 = CAST(:code AS bpchar) LIMIT 1",
+        code=code.upper(),
+    )
+
+
+def project_by_id(session: Session, project_id: str) -> Row | None:
+    return session.one(
+        f"SELECT {PROJECTS.columns} FROM projects p WHERE p.id = CAST(:id AS uuid)", id=project_id
+    )
+
+
+def all_sectors(session: Session) -> list[Row]:
+    return session.rows("SELECT id, name, description FROM sectors ORDER BY name")
+
+
+_STATUS_COUNTS = (
+    "count(*) FILTER (WHERE status = 'planning') AS planning, "
+    "count(*) FILTER (WHERE status = 'active') AS active, "
+    "count(*) FILTER (WHERE status = 'completed') AS completed, "
+    "count(*) FILTER (WHERE status = 'cancelled') AS cancelled"
+)
+
+
+def regional_stats(session: Session, region: str | None) -> list[Row]:
+    return session.rows(
+        f"""
+        WITH c AS (
+            SELECT region, count(*) AS countries,
+                   count(*) FILTER (WHERE covenant_status = 'active') AS active_countries,
+                   sum(gdp_usd) AS gdp, sum(contribution_usd) AS contribution
+            FROM countries GROUP BY region),
+        p AS (
+            SELECT region, count(*) AS projects, sum(budget_usd) AS budget,
+                   avg(impact_score)::float8 AS impact, {_STATUS_COUNTS}
+            FROM projects GROUP BY region)
+        SELECT r.code AS region,
+               COALESCE(c.countries, 0) AS country_count,
+               COALESCE(c.active_countries, 0) AS active_country_count,
+               COALESCE(c.gdp, 0) AS total_gdp_usd,
+               COALESCE(c.contribution, 0) AS total_contribution_usd,
+               COALESCE(p.projects, 0) AS project_count,
+               COALESCE(p.budget, 0) AS total_budget_usd,
+               p.impact AS average_impact_score,
+               COALESCE(p.planning, 0) AS planning, COALESCE(p.active, 0) AS active,
+               COALESCE(p.completed, 0) AS completed, COALESCE(p.cancelled, 0) AS cancelled
+        FROM regions r
+        LEFT JOIN c ON c.region = r.code
+        LEFT JOIN p ON p.region = r.code
+        WHERE CAST(:region AS text) IS NULL OR r.code = CAST(:region AS text)
+        ORDER BY r.code
+        """,
+        region=region,
+    )
+
+
+def global_stats(session: Session) -> Row:
+    row = session.one(
+        f"""
+        SELECT c.country_count, c.active_country_count, c.total_gdp_usd,
+               c.total_contribution_usd, p.*
+        FROM (SELECT count(*) AS country_count,
+                     count(*) FILTER (WHERE covenant_status = 'active') AS active_country_count,
+                     COALESCE(sum(gdp_usd), 0) AS total_gdp_usd,
+                     COALESCE(sum(contribution_usd), 0) AS total_contribution_usd
+              FROM countries) AS c,
+             (SELECT count(*) AS project_count,
+                     COALESCE(sum(budget_usd), 0) AS total_budget_usd,
+                     avg(impact_score)::float8 AS average_impact_score,
+                     avg(progress)::float8 AS average_progress, {_STATUS_COUNTS}
+              FROM projects) AS p
+        """
+    )
+    assert row is not None
+    return row
+
+
+def sectoral_stats(session: Session, sector: str | None) -> list[Row]:
+    return session.rows(
+        f"""
+        SELECT s.id AS sector_id, s.name AS sector_name, s.description AS sector_description,
+               COALESCE(p.projects, 0) AS project_count,
+               COALESCE(p.countries, 0) AS country_count,
+               COALESCE(p.budget, 0) AS total_budget_usd,
+               p.impact AS average_impact_score, p.progress AS average_progress,
+               COALESCE(p.planning, 0) AS planning, COALESCE(p.active, 0) AS active,
+               COALESCE(p.completed, 0) AS completed, COALESCE(p.cancelled, 0) AS cancelled
+        FROM sectors s
+        LEFT JOIN (
+            SELECT sector_id, count(*) AS projects, count(DISTINCT country_code) AS countries,
+                   sum(budget_usd) AS budget, avg(impact_score)::float8 AS impact,
+                   avg(progress)::float8 AS progress, {_STATUS_COUNTS}
+            FROM projects GROUP BY sector_id) AS p ON p.sector_id = s.id
+        WHERE CAST(:sector AS text) IS NULL OR s.id = CAST(:sector AS text)
+        ORDER BY s.name
+        """,
+        sector=sector,
+    )

@@ -1,0 +1,1 @@
+"""Resolvers, one module per type of schema.graphql."""

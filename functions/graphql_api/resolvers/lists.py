@@ -1,0 +1,117 @@
+"""Top-level and nested lists: one statement per list level, one per totalCount asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from covenant.db import Row
+from graphql_api import repository
+from graphql_api.context import Info, context_of, field_key, mark_siblings, siblings, unique
+from graphql_api.pagination import Order, page_size
+from graphql_api.repository import Query, Table
+from graphql_api.resolvers.connection import connection
+
+FilterBuilder = Callable[[Mapping[str, Any] | None, tuple[str, ...]], Query]
+
+
+@dataclass(frozen=True)
+class ListKind:
+    table: Table
+    orders: Mapping[str, Order]
+    build_filter: FilterBuilder
+
+
+COUNTRY_LIST = ListKind(
+    repository.COUNTRIES,
+    repository.COUNTRY_ORDERS,
+    lambda f, regions: repository.country_filter(f, regions),
+)
+PROJECT_LIST = ListKind(
+    repository.PROJECTS,
+    repository.PROJECT_ORDERS,
+    lambda f, regions: repository.project_filter(f, regions),
+)
+
+
+def top_level(kind: ListKind, info: Info, args: Mapping[str, Any]) -> dict[str, Any]:
+    context = context_of(info)
+    first = page_size(args.get("first"))
+    order = repository.resolve_order(kind.orders, args.get("order_by"))
+    query = kind.build_filter(args.get("filter"), context.region_codes)
+    rows, has_next = repository.page(
+        context.session, kind.table, query, order, first, args.get("after")
+    )
+
+    def total() -> int:
+        return context.batch(
+            ("count", *field_key(info, dict(args))),
+            lambda: repository.count(
+                context.session,
+                kind.table,
+                kind.build_filter(args.get("filter"), context.region_codes),
+            ),
+        )
+
+    return connection(mark_siblings(rows), has_next, order, kind.table, total)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """How children hang under a parent: the parent's key and the child column holding it."""
+
+    key_of: Callable[[Row], str]
+    child_column: str
+    key_type: str
+
+
+def nested(
+    kind: ListKind,
+    parent: Parent,
+    row: Row,
+    info: Info,
+    args: Mapping[str, Any],
+) -> dict[str, Any]:
+    context = context_of(info)
+    first = page_size(args.get("first"))
+    order = repository.resolve_order(kind.orders, args.get("order_by"))
+    batch = field_key(info, dict(args))
+    keys = unique(parent.key_of(r) for r in siblings(row))
+    own_key = parent.key_of(row)
+    if own_key not in keys:
+        keys = [own_key]
+
+    def load_pages() -> dict[str, tuple[list[Row], bool]]:
+        pages = repository.nested_pages(
+            context.session,
+            kind.table,
+            parent.child_column,
+            parent.key_type,
+            keys,
+            kind.build_filter(args.get("filter"), context.region_codes),
+            order,
+            first,
+            args.get("after"),
+        )
+        mark_siblings(child for rows, _ in pages.values() for child in rows)
+        return pages
+
+    pages = context.batch(("pages", *batch), load_pages)
+    rows, has_next = pages[own_key]
+
+    def total() -> int:
+        counts = context.batch(
+            ("counts", *batch),
+            lambda: repository.nested_counts(
+                context.session,
+                kind.table,
+                parent.child_column,
+                parent.key_type,
+                keys,
+                kind.build_filter(args.get("filter"), context.region_codes),
+            ),
+        )
+        return counts[own_key]
+
+    return connection(rows, has_next, order, kind.table, total)

@@ -1,0 +1,186 @@
+"""GraphQL over HTTP (the GraphQL-over-HTTP specification), independent of what executes.
+
+Turns an API Gateway HTTP API event into a GraphQL request or a precise 4xx answer, and an
+execution result into the HTTP response the client negotiated:
+`application/graphql-response+json` (request errors are 4xx, execution errors 200) or, for
+clients that only accept it, `application/json` (every well-formed request gets 200).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class GraphQLRequest:
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    method: str
+    media_type: str  # negotiated response media type
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        """The request as the idempotency record compares it."""
+        return {
+            "query": self.query,
+            "variables": self.variables,
+            "operationName": self.operation_name,
+        }
+
+
+class TransportError(Exception):
+    """The HTTP request is not a GraphQL request we can run: answered with `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        media_type: str = GRAPHQL_RESPONSE,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.media_type = media_type
+        self.headers = headers or {}
+
+
+class ExplorerRequested(Exception):
+    """A browser opened the endpoint: answer with the explorer page."""
+
+
+def negotiate(accept: str | None) -> str:
+    """The response media type for an Accept header (absent means application/json)."""
+    if not accept:
+        return JSON
+    ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if GRAPHQL_RESPONSE in ranges or "application/*" in ranges or "*/*" in ranges:
+        return GRAPHQL_RESPONSE
+    if JSON in ranges:
+        return JSON
+    raise TransportError(
+        406,
+        f"Accept must allow {GRAPHQL_RESPONSE} or {JSON}",
+        media_type=JSON,
+    )
+
+
+def _object_or_none(value: Any, name: str, media_type: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TransportError(400, f"'{name}' must be a JSON object", media_type=media_type)
+    return value
+
+
+def _string_or_none(value: Any, name: str, media_type: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TransportError(400, f"'{name}' must be a string", media_type=media_type)
+    return value
+
+
+def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -> GraphQLRequest:
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
+    accept = headers.get("accept")
+    if method == "GET" and explorer and accept and "text/html" in accept.lower():
+        params = event.get("queryStringParameters") or {}
+        if "query" not in params:
+            raise ExplorerRequested
+    media_type = negotiate(accept)
+    if method == "GET":
+        params = event.get("queryStringParameters") or {}
+        query = params.get("query")
+        if not query:
+            raise TransportError(
+                400, "GET requests need a 'query' parameter", media_type=media_type
+            )
+        variables = None
+        if params.get("variables"):
+            try:
+                variables = json.loads(params["variables"])
+            except ValueError:
+                raise TransportError(
+                    400, "'variables' must be JSON-encoded", media_type=media_type
+                ) from None
+        return GraphQLRequest(
+            query=query,
+            variables=_object_or_none(variables, "variables", media_type),
+            operation_name=params.get("operationName") or None,
+            method=method,
+            media_type=media_type,
+            headers=headers,
+        )
+    if method != "POST":
+        raise TransportError(
+            405,
+            f"{method} is not allowed: use POST, or GET for queries",
+            media_type=media_type,
+            headers={"Allow": "GET, POST"},
+        )
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (JSON, "application/graphql+json"):
+        raise TransportError(
+            415, "POST bodies must be 'Content-Type: application/json'", media_type=media_type
+        )
+    raw = event.get("body") or ""
+    try:
+        body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode("utf-8")
+    except (binascii.Error, ValueError):
+        raise TransportError(400, "The body is not valid base64", media_type=media_type) from None
+    if len(body) > max_body_bytes:
+        raise TransportError(413, f"The body is over {max_body_bytes} bytes", media_type=media_type)
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise TransportError(
+            400, f"The body is not valid JSON: {exc}", media_type=media_type
+        ) from None
+    if not isinstance(payload, dict):
+        raise TransportError(400, "The body must be a JSON object", media_type=media_type)
+    query = payload.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise TransportError(
+            400, "The body needs a 'query' string holding a GraphQL document", media_type=media_type
+        )
+    return GraphQLRequest(
+        query=query,
+        variables=_object_or_none(payload.get("variables"), "variables", media_type),
+        operation_name=_string_or_none(payload.get("operationName"), "operationName", media_type),
+        method=method,
+        media_type=media_type,
+        headers=headers,
+    )
+
+
+def response(
+    status: int,
+    body: dict[str, Any],
+    media_type: str,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {
+            "Content-Type": f"{media_type}; charset=utf-8",
+            "Cache-Control": "no-store",
+            **(headers or {}),
+        },
+        "body": json.dumps(body, separators=(",", ":")),
+        "isBase64Encoded": False,
+    }
+
+
+def error_body(message: str, code: str = "BAD_USER_INPUT", **extensions: Any) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}

@@ -1,0 +1,148 @@
+"""Input rules of the mutations. Each failure names the argument path and the rule broken;
+the database's constraints stay as the last line of defence."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from graphql_api.errors import BadUserInput
+
+MAX_SAFE_INTEGER = 2**53 - 1
+_ALPHA3 = re.compile(r"^[A-Z]{3}$")
+_ALPHA2 = re.compile(r"^[A-Z]{2}$")
+SECTOR_IDS = ("agriculture", "minerals", "energy", "technology", "health", "education")
+
+# Fields each input may hold (snake_case, as resolvers receive them) and their rules.
+PROJECT_FIELDS = (
+    "name",
+    "description",
+    "sector_id",
+    "country_code",
+    "status",
+    "budget_usd",
+    "impact_score",
+    "progress",
+)
+COUNTRY_FIELDS = (
+    "iso2",
+    "name",
+    "continent",
+    "region",
+    "gdp_usd",
+    "covenant_status",
+    "joined_at",
+)
+
+_CAMEL = {
+    "sector_id": "sectorId",
+    "country_code": "countryCode",
+    "budget_usd": "budgetUsd",
+    "impact_score": "impactScore",
+    "gdp_usd": "gdpUsd",
+    "covenant_status": "covenantStatus",
+    "joined_at": "joinedAt",
+}
+
+
+def path(field: str) -> str:
+    return f"input.{_CAMEL.get(field, field)}"
+
+
+def _text(value: Any, field: str, *, maximum: int, required: bool = True) -> str:
+    text = str(value).strip()
+    if required and not text:
+        raise BadUserInput(path(field), "must not be empty")
+    if len(text) > maximum:
+        raise BadUserInput(path(field), f"must be at most {maximum} characters")
+    return text
+
+
+def _present(values: Mapping[str, Any], field: str) -> bool:
+    """Explicit null for a field that has a value is a mistake, not a way to clear it."""
+    if field not in values:
+        return False
+    if values[field] is None:
+        raise BadUserInput(path(field), "must not be null; leave the field out to keep it")
+    return True
+
+
+def project_changes(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated subset of a project input (create: all required fields present)."""
+    clean: dict[str, Any] = {}
+    if _present(values, "name"):
+        clean["name"] = _text(values["name"], "name", maximum=200)
+    if _present(values, "description"):
+        clean["description"] = _text(
+            values["description"], "description", maximum=5000, required=False
+        )
+    if _present(values, "sector_id"):
+        if values["sector_id"] not in SECTOR_IDS:
+            raise BadUserInput(path("sector_id"), f"must be one of {', '.join(SECTOR_IDS)}")
+        clean["sector_id"] = values["sector_id"]
+    if _present(values, "country_code"):
+        code = str(values["country_code"]).strip().upper()
+        if not _ALPHA3.match(code):
+            raise BadUserInput(path("country_code"), "must be an ISO 3166 alpha-3 code, e.g. KEN")
+        clean["country_code"] = code
+    if _present(values, "status"):
+        clean["status"] = values["status"]
+    if _present(values, "budget_usd"):
+        if not 0 < values["budget_usd"] <= MAX_SAFE_INTEGER:
+            raise BadUserInput(path("budget_usd"), "must be greater than 0")
+        clean["budget_usd"] = values["budget_usd"]
+    if _present(values, "impact_score"):
+        score = float(values["impact_score"])
+        if math.isnan(score) or not 0 <= score <= 10:
+            raise BadUserInput(path("impact_score"), "must be between 0.00 and 10.00")
+        if round(score, 2) != score:
+            raise BadUserInput(path("impact_score"), "must have at most 2 decimal places")
+        clean["impact_score"] = score
+    if _present(values, "progress"):
+        if not 0 <= values["progress"] <= 100:
+            raise BadUserInput(path("progress"), "must be between 0 and 100")
+        clean["progress"] = values["progress"]
+    if clean.get("status") == "completed" and clean.get("progress", 100) != 100:
+        raise BadUserInput(path("progress"), "must be 100 for a completed project")
+    return clean
+
+
+def country_changes(values: Mapping[str, Any], region_codes: tuple[str, ...]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    if _present(values, "iso2"):
+        iso2 = str(values["iso2"]).strip().upper()
+        if not _ALPHA2.match(iso2):
+            raise BadUserInput(path("iso2"), "must be an ISO 3166 alpha-2 code, e.g. KE")
+        clean["iso2"] = iso2
+    if _present(values, "name"):
+        clean["name"] = _text(values["name"], "name", maximum=100)
+    if _present(values, "continent"):
+        clean["continent"] = values["continent"]
+    if _present(values, "region"):
+        if values["region"] not in region_codes:
+            raise BadUserInput(path("region"), f"must be one of {', '.join(region_codes)}")
+        clean["region"] = values["region"]
+    if _present(values, "gdp_usd"):
+        if not 0 < values["gdp_usd"] <= MAX_SAFE_INTEGER:
+            raise BadUserInput(path("gdp_usd"), "must be greater than 0")
+        clean["gdp_usd"] = values["gdp_usd"]
+    if _present(values, "covenant_status"):
+        clean["covenant_status"] = values["covenant_status"]
+    if _present(values, "joined_at"):
+        clean["joined_at"] = values["joined_at"]
+    return clean
+
+
+def country_code(value: str, argument: str = "code") -> str:
+    code = value.strip().upper()
+    if not _ALPHA3.match(code):
+        raise BadUserInput(argument, "must be an ISO 3166 alpha-3 code, e.g. KEN")
+    return code
+
+
+def check_expected_version(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise BadUserInput("expectedVersion", "must be a version this API returned (1 or more)")
+    return value

@@ -1,0 +1,122 @@
+"""Powertools Idempotency persistence in PostgreSQL (the primary).
+
+Why not DynamoDB: a client that retries after a regional failover must find its first attempt's
+record, so the store has to be global and strongly consistent; the Aurora primary already is
+(secondaries forward writes to it), while DynamoDB would need a global table, whose replication
+is asynchronous, plus another service to run. The cost is one small write before and after a
+mutation on the primary, which the mutation pays anyway.
+
+Semantics follow Powertools' DynamoDB layer: a put succeeds when the key is new, its record
+expired, or it is INPROGRESS past its in-progress expiry (the first attempt's Lambda died).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+
+from covenant.db import Database, writer
+
+_COLUMNS = "id, status, expiration, in_progress_expiration, response_data, payload_hash"
+
+_PUT = f"""
+INSERT INTO idempotency_records ({_COLUMNS})
+VALUES (:id, :status, :expiration, :in_progress_expiration, :response_data, :payload_hash)
+ON CONFLICT (id) DO UPDATE
+    SET status = EXCLUDED.status,
+        expiration = EXCLUDED.expiration,
+        in_progress_expiration = EXCLUDED.in_progress_expiration,
+        response_data = EXCLUDED.response_data,
+        payload_hash = EXCLUDED.payload_hash,
+        updated_at = now()
+    WHERE idempotency_records.expiration < :now
+       OR (idempotency_records.status = 'INPROGRESS'
+           AND idempotency_records.in_progress_expiration IS NOT NULL
+           AND idempotency_records.in_progress_expiration < :now_ms)
+RETURNING id
+"""
+
+
+class PostgresPersistenceLayer(BasePersistenceLayer):
+    def __init__(self, database: Database | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._database = database
+
+    @property
+    def database(self) -> Database:
+        return self._database or writer()
+
+    def _get_record(self, idempotency_key: str) -> DataRecord:
+        with self.database.session() as session:
+            row = session.one(
+                f"SELECT {_COLUMNS} FROM idempotency_records WHERE id = :id AND expiration >= :now",
+                id=idempotency_key,
+                now=int(time.time()),
+            )
+        if row is None:
+            raise IdempotencyItemNotFoundError
+        return _to_record(row)
+
+    def _put_record(self, data_record: DataRecord) -> None:
+        now = time.time()
+        with self.database.session() as session:
+            inserted = session.run(
+                _PUT,
+                **_params(data_record),
+                now=int(now),
+                now_ms=int(now * 1000),
+            )
+            if inserted:
+                return
+            row = session.one(
+                f"SELECT {_COLUMNS} FROM idempotency_records WHERE id = :id",
+                id=data_record.idempotency_key,
+            )
+        raise IdempotencyItemAlreadyExistsError(
+            old_data_record=_to_record(row) if row is not None else None
+        )
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        with self.database.session() as session:
+            session.run(
+                "UPDATE idempotency_records SET status = :status, expiration = :expiration, "
+                "in_progress_expiration = :in_progress_expiration, "
+                "response_data = :response_data, payload_hash = :payload_hash, "
+                "updated_at = now() WHERE id = :id",
+                **_params(data_record),
+            )
+
+    def _delete_record(self, data_record: DataRecord) -> None:
+        with self.database.session() as session:
+            session.run(
+                "DELETE FROM idempotency_records WHERE id = :id", id=data_record.idempotency_key
+            )
+
+
+def _params(record: DataRecord) -> dict[str, Any]:
+    return {
+        "id": record.idempotency_key,
+        "status": record.status,
+        "expiration": record.expiry_timestamp,
+        "in_progress_expiration": record.in_progress_expiry_timestamp,
+        "response_data": record.response_data or None,
+        "payload_hash": record.payload_hash or None,
+    }
+
+
+def _to_record(row: dict[str, Any]) -> DataRecord:
+    return DataRecord(
+        idempotency_key=row["id"],
+        status=row["status"],
+        expiry_timestamp=row["expiration"],
+        in_progress_expiry_timestamp=row["in_progress_expiration"],
+        response_data=row["response_data"] or "",
+        payload_hash=row["payload_hash"] or "",
+    )

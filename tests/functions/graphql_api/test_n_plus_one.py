@@ -1,0 +1,86 @@
+"""The number of SQL statements depends on the query's shape, never on the number of rows."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from covenant import db
+from covenant.uow import UnitOfWork
+
+NESTED = {
+    "countries_projects_sector": """{
+        countries(first: 195) { nodes { code projects(first: 10) { nodes { name sector { name } } } } }
+    }""",
+    "with_counts": """{
+        countries(first: 195) { totalCount nodes { projects(first: 10) { totalCount nodes { id } } } }
+    }""",
+    "projects_country_region": """{
+        projects(first: 200) { nodes { country { name region { code countries(first: 3) { nodes { code } } } } } }
+    }""",
+    "sector_projects_country": """{
+        sectors { projects(first: 50) { nodes { country { code projects(first: 5) { nodes { id } } } } } }
+    }""",
+    "regions_countries_projects": """{
+        regions { countries(first: 100) { nodes { projects(first: 5) { nodes { sector { id } } } } } }
+    }""",
+    "edges_and_nodes": """{
+        countries(first: 50) {
+          edges { node { projects(first: 2) { nodes { id } } } }
+          nodes { projects(first: 2) { nodes { id } } }
+        }
+    }""",
+}
+
+# At most one statement per list level plus one per totalCount asked for.
+EXPECTED = {
+    "countries_projects_sector": 3,  # countries, projects of all countries, sectors
+    "with_counts": 4,  # + count of countries + counts of projects per country
+    "projects_country_region": 3,  # projects, their countries, countries per region
+    "sector_projects_country": 4,  # sectors, projects per sector, countries, their projects
+    "regions_countries_projects": 3,  # countries per region, projects per country, sectors
+    "edges_and_nodes": 3,  # countries, projects under edges, projects under nodes
+}
+
+
+@pytest.fixture(scope="module")
+def bigger_data(servers, wait_for_replica):
+    """2 400 more projects spread over every country, then removed again."""
+    ids = [str(uuid.uuid4()) for _ in range(2400)]
+    with db.writer().session() as session:
+        codes = [row[0] for row in session.run("SELECT code::text FROM countries ORDER BY code")]
+    with UnitOfWork(db.writer()) as uow:
+        uow.run(
+            "INSERT INTO projects (id, name, sector_id, country_code, budget_usd) "
+            "SELECT i, 'Load ' || n, (ARRAY['energy','health','education','minerals',"
+            "'technology','agriculture'])[1 + n % 6], c, 1000 + n "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS bpchar[])) "
+            "WITH ORDINALITY AS t(i, c, n)",
+            ids=ids,
+            codes=[codes[i % len(codes)] for i in range(len(ids))],
+        )
+    yield
+    with UnitOfWork(db.writer()) as uow:
+        uow.run("DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids)
+        uow.run(
+            "DELETE FROM tombstones WHERE table_name = 'projects' AND record_id = ANY(:ids)",
+            ids=ids,
+        )
+    wait_for_replica()  # later tests read the replica: it must not still hold these rows
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+def test_statement_count_is_the_same_at_two_data_sizes(
+    gql, request, wait_for_replica, name
+) -> None:
+    small = gql(NESTED[name])
+    assert not small.errors, small.body
+    request.getfixturevalue("bigger_data")
+    wait_for_replica()
+    large = gql(NESTED[name])
+    assert not large.errors, large.body
+    assert len(small.statements) == len(large.statements) == EXPECTED[name], (
+        small.statements,
+        large.statements,
+    )
