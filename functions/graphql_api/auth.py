@@ -18,7 +18,8 @@ ROLES = ("admin", "editor", "viewer")
 @dataclass(frozen=True)
 class Actor:
     sub: str | None
-    email: str | None
+    username: str | None
+    email: str | None  # ID tokens carry it; access tokens only the username
     groups: frozenset[str]
 
     @property
@@ -27,7 +28,12 @@ class Actor:
 
     def describe(self) -> dict[str, Any]:
         """How audit events name the actor."""
-        return {"sub": self.sub, "email": self.email, "roles": sorted(self.groups)}
+        return {
+            "sub": self.sub,
+            "username": self.username,
+            "email": self.email,
+            "roles": sorted(self.groups),
+        }
 
     def require(self, *roles: str) -> None:
         if not self.authenticated:
@@ -36,7 +42,7 @@ class Actor:
             raise Forbidden(f"This needs the role {' or '.join(roles)}.", roles=list(roles))
 
 
-ANONYMOUS = Actor(None, None, frozenset())
+ANONYMOUS = Actor(None, None, None, frozenset())
 
 
 def parse_groups(raw: Any) -> frozenset[str]:
@@ -57,6 +63,7 @@ def actor_from_event(event: Mapping[str, Any]) -> Actor:
         return ANONYMOUS
     return Actor(
         sub=str(claims["sub"]),
-        email=claims.get("email") or claims.get("username"),
+        username=claims.get("username") or claims.get("cognito:username"),
+        email=claims.get("email"),
         groups=parse_groups(claims.get("cognito:groups")),
     )

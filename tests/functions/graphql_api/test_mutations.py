@@ -97,6 +97,7 @@ def test_editor_creates_a_project_with_its_events(gql, created) -> None:
     assert change["data"]["project"]["budgetUsd"] == 5_000_000_000
     assert audit["data"]["actor"] == {
         "sub": "sub-editor",
+        "username": None,
         "email": "editor@covenant.local",
         "roles": ["editor"],
     }

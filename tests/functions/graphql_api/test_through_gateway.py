@@ -1,0 +1,108 @@
+"""The whole local path a client takes: a Cognito token from the local user pool, the
+gateway verifying it as API Gateway's JWT authorizer would, the GraphQL handler acting on
+the claims."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from covenant import db
+from devstack.cognito import SEEDED_USERS, LocalCognito, start_local_cognito
+from devstack.gateway import Gateway
+from devstack.jwt_auth import JwtVerifier
+from devstack.processes import free_port
+
+CREATE = (
+    'mutation { createProject(input: {name: "Gateway Path Probe", sectorId: "health", '
+    'countryCode: "NZL", budgetUsd: 2500000}) { id region { code } } }'
+)
+
+
+@pytest.fixture(scope="module")
+def cognito() -> Iterator[LocalCognito]:
+    server, pool = start_local_cognito(free_port())
+    yield pool
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(servers, cognito: LocalCognito) -> Iterator[Gateway]:
+    verifier = JwtVerifier(
+        issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
+    )
+    server = Gateway(
+        free_port(),
+        {"DATABASE_URL": servers.writer_url, "DATABASE_READER_URL": servers.reader_url},
+        verifier=verifier,
+    )
+    server.serve_in_thread()
+    yield server
+    server.shutdown()
+    server.server_close()
+    with db.writer().session() as session:
+        session.run("DELETE FROM projects WHERE name = 'Gateway Path Probe'")
+
+
+def _token(cognito: LocalCognito, group: str) -> str:
+    user = next(u for u in SEEDED_USERS if u.group == group)
+    return str(cognito.login(user.email, user.password)["AccessToken"])
+
+
+def _post(gateway: Gateway, query: str, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", "Accept": "application/graphql-response+json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"{gateway.url}/syd/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_an_editor_token_creates_a_project(gateway, cognito) -> None:
+    token = _token(cognito, "editor")
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    status, body = _post(gateway, CREATE, token)
+    assert status == 200, body
+    assert body["data"]["createProject"]["region"] == {"code": "syd"}
+    with db.writer().session() as session:
+        actor = session.scalar(
+            "SELECT payload->'data'->'actor'->>'sub' FROM outbox "
+            "WHERE subject = 'audit.projects.created' AND aggregate_id = :id",
+            id=body["data"]["createProject"]["id"],
+        )
+    assert actor == claims["sub"]
+
+
+def test_a_viewer_token_is_forbidden_to_write(gateway, cognito) -> None:
+    status, body = _post(gateway, CREATE, _token(cognito, "viewer"))
+    assert status == 200
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
+
+
+def test_no_token_reads_but_cannot_write(gateway) -> None:
+    status, body = _post(gateway, "{ sectors { id } }")
+    assert status == 200 and len(body["data"]["sectors"]) == 6
+    status, body = _post(gateway, CREATE)
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAUTHENTICATED"]
+
+
+def test_a_forged_token_never_reaches_the_function(gateway, cognito) -> None:
+    header, payload, signature = _token(cognito, "viewer").split(".")
+    forged = ".".join([header, payload[:-4] + "AAAA", signature])
+    status, body = _post(gateway, CREATE, forged)
+    assert (status, body) == (401, {"message": "Unauthorized"})
+    status, body = _post(gateway, "{ sectors { id } }", "not-a-jwt")
+    assert (status, body) == (401, {"message": "Unauthorized"})
