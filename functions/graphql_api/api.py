@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ariadne.explorer import ExplorerGraphiQL
-from aws_lambda_powertools import Metrics
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -31,6 +31,9 @@ from graphql_api.validation import SECTOR_IDS
 
 logger = logging.getLogger(__name__)
 
+tracer = Tracer()
+prepare = tracer.capture_method(capture_response=False)(engine.prepare)
+execute_operation = tracer.capture_method(capture_response=False)(engine.run)
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 persistence = PostgresPersistenceLayer()
 idempotency_config = IdempotencyConfig(
@@ -144,7 +147,7 @@ def _execute(
     schema = executable_schema()
     request_error_status = 400 if request.media_type == transport.GRAPHQL_RESPONSE else 200
     try:
-        prepared = engine.prepare(
+        prepared = prepare(
             schema, request.query, request.variables, request.operation_name, config.limits
         )
     except engine.RequestErrors as failure:
@@ -164,7 +167,7 @@ def _execute(
             writes=prepared.is_mutation,
         )
         with record_statements() as statements:
-            body = engine.run(schema, prepared, request_context, request_id)
+            body = execute_operation(schema, prepared, request_context, request_id)
         metrics.add_metric("SqlStatements", MetricUnit.Count, len(statements))
         for error in body.get("errors", []):
             metrics.add_metric(

@@ -13,9 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aws_lambda_powertools import Tracer
+
 from covenant.db import Row, Session
 from graphql_api.errors import BadUserInput
 from graphql_api.pagination import Order, decode_cursor
+
+tracer = Tracer()  # each statement is an X-Ray subsegment in AWS; a no-op elsewhere
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ def _order_by(table: Table, order: Order) -> str:
     return f"{a}.{order.column} {direction}, {a}.{table.id_column} {direction}"
 
 
+@tracer.capture_method(capture_response=False)
 def page(
     session: Session, table: Table, query: Query, order: Order, first: int, after: str | None
 ) -> tuple[list[Row], bool]:
@@ -193,6 +198,7 @@ def page(
     return rows[:first], len(rows) > first
 
 
+@tracer.capture_method(capture_response=False)
 def count(session: Session, table: Table, query: Query) -> int:
     return int(
         session.scalar(
@@ -201,6 +207,7 @@ def count(session: Session, table: Table, query: Query) -> int:
     )
 
 
+@tracer.capture_method(capture_response=False)
 def nested_pages(
     session: Session,
     table: Table,
@@ -231,6 +238,7 @@ def nested_pages(
     return {key: (grouped.get(key, [])[:first], len(grouped.get(key, [])) > first) for key in keys}
 
 
+@tracer.capture_method(capture_response=False)
 def nested_counts(
     session: Session,
     table: Table,
@@ -251,6 +259,7 @@ def nested_counts(
     return {key: found.get(key, 0) for key in keys}
 
 
+@tracer.capture_method(capture_response=False)
 def countries_by_code(session: Session, codes: Sequence[str]) -> dict[str, Row]:
     rows = session.rows(
         f"SELECT {COUNTRIES.columns} FROM countries c WHERE c.code = ANY(CAST(:codes AS bpchar[]))",
@@ -259,6 +268,7 @@ def countries_by_code(session: Session, codes: Sequence[str]) -> dict[str, Row]:
     return {row["code"]: row for row in rows}
 
 
+@tracer.capture_method(capture_response=False)
 def country_by_any_code(session: Session, code: str) -> Row | None:
     return session.one(
         f"SELECT {COUNTRIES.columns} FROM countries c "
@@ -267,12 +277,14 @@ def country_by_any_code(session: Session, code: str) -> Row | None:
     )
 
 
+@tracer.capture_method(capture_response=False)
 def project_by_id(session: Session, project_id: str) -> Row | None:
     return session.one(
         f"SELECT {PROJECTS.columns} FROM projects p WHERE p.id = CAST(:id AS uuid)", id=project_id
     )
 
 
+@tracer.capture_method(capture_response=False)
 def all_sectors(session: Session) -> list[Row]:
     return session.rows("SELECT id, name, description FROM sectors ORDER BY name")
 
@@ -285,6 +297,7 @@ _STATUS_COUNTS = (
 )
 
 
+@tracer.capture_method(capture_response=False)
 def regional_stats(session: Session, region: str | None) -> list[Row]:
     return session.rows(
         f"""
@@ -317,6 +330,7 @@ def regional_stats(session: Session, region: str | None) -> list[Row]:
     )
 
 
+@tracer.capture_method(capture_response=False)
 def global_stats(session: Session) -> Row:
     row = session.one(
         f"""
@@ -338,6 +352,7 @@ def global_stats(session: Session) -> Row:
     return row
 
 
+@tracer.capture_method(capture_response=False)
 def sectoral_stats(session: Session, sector: str | None) -> list[Row]:
     return session.rows(
         f"""
