@@ -15,6 +15,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyInconsistentStateError,
+    IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -105,6 +107,7 @@ def _cors_headers(event: dict[str, Any], config: GraphQLSettings) -> dict[str, s
 
 def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> dict[str, Any]:
     started = time.perf_counter()
+    metrics.add_metric("Requests", MetricUnit.Count, 1)
     config = GraphQLSettings.load()
     cors = _cors_headers(event, config)
     method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
@@ -133,7 +136,8 @@ def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> di
         )
     status, body = _execute(event, context, request, config, request_id, metrics)
     metrics.add_metric("Latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
-    return transport.response(status, body, request.media_type, cors)
+    headers = {"Allow": "POST"} if status == 405 else {}
+    return transport.response(status, body, request.media_type, {**headers, **cors})
 
 
 def _execute(
@@ -184,7 +188,7 @@ def _execute(
             "Idempotency-Key must be 8 to 128 characters of A-Z a-z 0-9 . _ : -",
             field="Idempotency-Key",
         )
-    return _idempotent(context, actor.sub or "anonymous", key, request, execute)
+    return _idempotent(context, actor.sub or "anonymous", key, request, execute, request_id)
 
 
 class _NotReplayable(Exception):
@@ -201,11 +205,15 @@ def _idempotent(
     key: str,
     request: transport.GraphQLRequest,
     execute: Any,
+    request_id: str,
 ) -> tuple[int, dict[str, Any]]:
     idempotency_config.register_lambda_context(context)
 
     @idempotent_function(  # type: ignore[untyped-decorator]
         data_keyword_argument="call",
+        # Not the Lambda function name (Powertools' default): that differs per region, and a
+        # client retrying in another region must find its first attempt.
+        key_prefix="covenant-graphql",
         persistence_store=persistence,
         config=idempotency_config,
     )
@@ -223,6 +231,13 @@ def _idempotent(
         return 422, transport.error_body(
             "This Idempotency-Key was used with a different request; use a new key.",
             field="Idempotency-Key",
+        )
+    except (IdempotencyPersistenceLayerError, IdempotencyInconsistentStateError):
+        logger.exception("idempotency store unavailable")
+        return 200, transport.error_body(
+            f"The database is unavailable; retry shortly. Request id: {request_id}",
+            code="INTERNAL_SERVER_ERROR",
+            requestId=request_id,
         )
     except IdempotencyAlreadyInProgressError:
         return 409, transport.error_body(

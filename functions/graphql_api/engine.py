@@ -84,21 +84,11 @@ def prepare(
         document = parse(query)
     except GraphQLError as error:
         raise RequestErrors([_formatted(error)]) from None
-    rules = [
-        *specified_rules,
-        operation_count_rule(limits.max_operations),
-        depth_limit_rule(limits.max_depth),
-        cost_limit_rule(
-            limits.max_cost,
-            default_list_size=DEFAULT_PAGE_SIZE,
-            max_list_size=MAX_PAGE_SIZE,
-            variables=variables,
-            known_sizes=limits.known_list_sizes,
-        ),
-    ]
+    hide = not limits.introspection  # suggestions would reveal the schema
+    rules = [*specified_rules, operation_count_rule(limits.max_operations)]
     if not limits.introspection:
         rules.append(NoSchemaIntrospectionCustomRule)
-    errors = validate(schema, document, rules)
+    errors = validate(schema, document, rules, hide_suggestions=hide)
     if errors:
         raise RequestErrors([_formatted(e) for e in errors])
     operation = get_operation_ast(document, operation_name)
@@ -106,9 +96,28 @@ def prepare(
         if operation_name:
             raise _request_error(f"Unknown operation named '{operation_name}'.")
         raise _request_error("The document holds several operations: name one in operationName.")
-    coerced = get_variable_values(schema, operation.variable_definitions or (), variables or {})
+    coerced = get_variable_values(
+        schema, operation.variable_definitions or (), variables or {}, hide_suggestions=hide
+    )
     if isinstance(coerced, list):
         raise RequestErrors([_formatted(e) for e in coerced])
+    # Costed with the values execution will use: coerced, operation defaults included.
+    limit_errors = validate(
+        schema,
+        document,
+        [
+            depth_limit_rule(limits.max_depth),
+            cost_limit_rule(
+                limits.max_cost,
+                default_list_size=DEFAULT_PAGE_SIZE,
+                max_list_size=MAX_PAGE_SIZE,
+                variables=coerced.coerced,
+                known_sizes=limits.known_list_sizes,
+            ),
+        ],
+    )
+    if limit_errors:
+        raise RequestErrors([_formatted(e) for e in limit_errors])
     return Prepared(document, operation, variables or {})
 
 

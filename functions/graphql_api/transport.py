@@ -62,7 +62,12 @@ def negotiate(accept: str | None) -> str:
     """The response media type for an Accept header (absent means application/json)."""
     if not accept:
         return JSON
-    ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    ranges = []
+    for part in accept.split(","):
+        media_range, *parameters = (piece.strip().lower() for piece in part.split(";"))
+        if any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters):
+            continue  # q=0: explicitly not acceptable
+        ranges.append(media_range)
     if GRAPHQL_RESPONSE in ranges or "application/*" in ranges or "*/*" in ranges:
         return GRAPHQL_RESPONSE
     if JSON in ranges:
@@ -157,7 +162,8 @@ def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -
     return GraphQLRequest(
         query=query,
         variables=_object_or_none(payload.get("variables"), "variables", media_type),
-        operation_name=_string_or_none(payload.get("operationName"), "operationName", media_type),
+        operation_name=_string_or_none(payload.get("operationName"), "operationName", media_type)
+        or None,
         method=method,
         media_type=media_type,
         headers=headers,

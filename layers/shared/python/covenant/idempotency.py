@@ -79,9 +79,12 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 f"SELECT {_COLUMNS} FROM idempotency_records WHERE id = :id",
                 id=data_record.idempotency_key,
             )
-        raise IdempotencyItemAlreadyExistsError(
-            old_data_record=_to_record(row) if row is not None else None
-        )
+        if row is None:
+            raise IdempotencyItemAlreadyExistsError
+        old = _to_record(row)
+        # The same key with another request is the client's mistake, not a replay.
+        self._validate_payload(data_payload=data_record, stored_data_record=old)
+        raise IdempotencyItemAlreadyExistsError(old_data_record=old)
 
     def _update_record(self, data_record: DataRecord) -> None:
         with self.database.session() as session:
