@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import mimetypes
 import os
 import sys
 import threading
@@ -21,11 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from covenant.regions import Region, load_regions
 from covenant.topology import FunctionSpec, Route, load_functions
+from devstack import assets
+from devstack.assets import ASSETS_PATH
 from devstack.functions import invoke
 from devstack.jwt_auth import JwtVerifier, Unauthorized, authorizer_context
 
@@ -135,11 +139,13 @@ class Gateway(ThreadingHTTPServer):
         host: str = "127.0.0.1",
         workers: int = 8,
         verifier: JwtVerifier | None = None,
+        assets: Path | None = None,
     ) -> None:
         # One EMF line per request would bury the gateway's output; opt in with =false.
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
         self.endpoints = dict(endpoints)
         self.verifier = verifier
+        self.assets = assets  # node_modules with the explorer's browser assets, if installed
         self.regions = {r.code: r for r in load_regions()}
         self.functions = load_functions()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
@@ -198,6 +204,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> int:
         url = urlsplit(self.path)
+        if url.path.startswith(ASSETS_PATH + "/") and self.command in ("GET", "HEAD"):
+            return self._asset(url.path)
         _, region_code, rest = (url.path + "/").split("/", 2) if url.path != "/" else ("", "", "")
         region = self.server.regions.get(region_code)
         if region is None:
@@ -246,6 +254,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "Internal Server Error"}
             )
         return self._send_proxy_response(result)
+
+    def _asset(self, path: str) -> int:
+        modules = self.server.assets
+        found = assets.resolve(modules, path) if modules is not None else None
+        if found is None:
+            return self._json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
+        payload = found.read_bytes()
+        content_type = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "public, max-age=31536000, immutable")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        return int(HTTPStatus.OK)
 
     def _send_proxy_response(self, result: Any) -> int:
         if not (isinstance(result, dict) and "statusCode" in result):

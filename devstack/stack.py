@@ -20,6 +20,7 @@ from covenant.db import Database, Role
 from covenant.migrate import migrate
 from covenant.regions import load_regions
 from covenant.seed import seed
+from devstack import assets
 from devstack.errors import DevStackError
 from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
@@ -178,7 +179,10 @@ class DevStack:
             migrate()
             seed()
         self._wait_for_replica(writer_url, reader_url)
-        self.gateway = Gateway(o.port, self.endpoints, verifier=self.verifier)
+        explorer_assets = self._explorer_assets()
+        self.gateway = Gateway(
+            o.port, self.endpoints, verifier=self.verifier, assets=explorer_assets
+        )
         self.gateway.serve_in_thread()
         state_file(o.data_dir).write_text(
             json.dumps(
@@ -186,6 +190,17 @@ class DevStack:
             ),
             encoding="utf-8",
         )
+
+    def _explorer_assets(self) -> Path | None:
+        """GraphiQL served locally (no internet needed); without npm the explorer page falls
+        back to the public CDN."""
+        try:
+            modules = assets.install(self.options.data_dir / "build")
+        except DevStackError as exc:
+            print(f"note: {exc}; the explorer will load GraphiQL from the public CDN", flush=True)
+            return None
+        self.endpoints["GRAPHQL_EXPLORER_ASSETS_URL"] = assets.ASSETS_PATH
+        return modules
 
     def stop(self) -> None:
         if self.gateway is not None:

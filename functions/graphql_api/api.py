@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ariadne.explorer import ExplorerGraphiQL
 from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
@@ -28,6 +27,7 @@ from covenant.regions import load_regions
 from graphql_api import engine, transport
 from graphql_api.auth import actor_from_event
 from graphql_api.context import RequestContext
+from graphql_api.explorer import CovenantExplorer
 from graphql_api.schema import executable_schema
 from graphql_api.validation import SECTOR_IDS
 
@@ -120,7 +120,9 @@ def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> di
         )
     except transport.ExplorerRequested:
         region = settings().region
-        html = ExplorerGraphiQL(title=f"Covenant GraphQL ({region})").html(None)
+        html = CovenantExplorer(
+            f"Covenant GraphQL ({region})", env("GRAPHQL_EXPLORER_ASSETS_URL")
+        ).html(None)
         return {
             "statusCode": 200,
             "headers": {"Content-Type": "text/html; charset=utf-8", **cors},
