@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # devstack.cognito imports moto: only `make dev` needs it, no
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".local"
+BUILD_DIR = REPO_ROOT / ".local" / "build"  # caches shared by every data folder
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class DevStack:
         """GraphiQL served locally (no internet needed); without npm the explorer page falls
         back to the public CDN."""
         try:
-            modules = assets.install(self.options.data_dir / "build")
+            modules = assets.install(BUILD_DIR)
         except DevStackError as exc:
             print(f"note: {exc}; the explorer will load GraphiQL from the public CDN", flush=True)
             return None
