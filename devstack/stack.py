@@ -13,15 +13,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from covenant.config import environment
 from covenant.db import Database, Role
 from covenant.migrate import migrate
-from covenant.regions import load_regions
+from covenant.regions import load_regions, primary_region
 from covenant.seed import seed
 from devstack import assets
 from devstack.errors import DevStackError
+from devstack.event_sources import (
+    BackgroundTriggers,
+    Queues,
+    SqsEventSource,
+    create_queues,
+    sqs_client,
+)
+from devstack.functions import get_function
 from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
 from devstack.nats import NatsServer
@@ -51,6 +59,7 @@ class StackOptions:
     # and COGNITO_CLIENT_ID) or "off" (COVENANT_COGNITO=off: JWT routes answer 401).
     cognito: str = "local"
     moto_port: int = 5055
+    sweep_every_s: float = 10.0
     cognito_user_pool_id: str | None = None
     cognito_client_id: str | None = None
 
@@ -77,6 +86,7 @@ class StackOptions:
             nats_url=os.environ.get("NATS_URL") or None,
             cognito=_cognito_mode(),
             moto_port=number("COVENANT_MOTO_PORT", 5055),
+            sweep_every_s=number("COVENANT_SWEEP_EVERY_S", 10),
             cognito_user_pool_id=os.environ.get("COGNITO_USER_POOL_ID") or None,
             cognito_client_id=os.environ.get("COGNITO_CLIENT_ID") or None,
         )
@@ -143,6 +153,8 @@ class DevStack:
         self.cognito: LocalCognito | None = None
         self.verifier: JwtVerifier | None = None
         self.endpoints: dict[str, str] = {}
+        self.triggers: BackgroundTriggers | None = None
+        self._sqs: Any = None
 
     def check_ports(self) -> None:
         o = self.options
@@ -153,8 +165,7 @@ class DevStack:
         if o.nats_url is None:
             require_free_port(o.nats_port, "nats-server", "COVENANT_NATS_PORT")
             require_free_port(o.nats_monitor_port, "nats monitoring", "COVENANT_NATS_MONITOR_PORT")
-        if o.cognito == "local":
-            require_free_port(o.moto_port, "moto, the local Cognito", "COVENANT_MOTO_PORT")
+        require_free_port(o.moto_port, "moto (Cognito, SQS)", "COVENANT_MOTO_PORT")
 
     def start(self) -> None:
         o = self.options
@@ -175,7 +186,9 @@ class DevStack:
             "DATABASE_READER_URL": reader_url,
             "NATS_URL": nats_url,
         }
+        self._start_moto()
         self._start_cognito()
+        queues = self._create_wakeup_queue()
         with environment(self.endpoints):
             migrate()
             seed()
@@ -185,12 +198,34 @@ class DevStack:
             o.port, self.endpoints, verifier=self.verifier, assets=explorer_assets
         )
         self.gateway.serve_in_thread()
+        self._start_bridge_triggers(queues)
         state_file(o.data_dir).write_text(
             json.dumps(
                 {"pid": str(os.getpid()), "gateway_url": self.gateway.url, **self.endpoints}
             ),
             encoding="utf-8",
         )
+
+    def _create_wakeup_queue(self) -> Queues:
+        """The bridge's wake-up queue (with its dead-letter queue) in moto's SQS; the functions
+        send to it as they do in AWS."""
+        assert self.moto is not None
+        region = primary_region()
+        client = sqs_client(self.moto.endpoint_url, region.aws_region)
+        queues = create_queues(client)
+        self.endpoints.update(
+            OUTBOX_WAKEUP_QUEUE_URL=queues.url, SQS_ENDPOINT_URL=self.moto.endpoint_url
+        )
+        self._sqs = client
+        return queues
+
+    def _start_bridge_triggers(self, queues: Queues) -> None:
+        """The bridge runs in the primary region, on its SQS trigger and its schedule."""
+        source = SqsEventSource(
+            self._sqs, queues, get_function("bridge"), primary_region(), self.endpoints
+        )
+        self.triggers = BackgroundTriggers(source, schedule_every_s=self.options.sweep_every_s)
+        self.triggers.start()
 
     def _explorer_assets(self) -> Path | None:
         """GraphiQL served locally (no internet needed); without npm the explorer page falls
@@ -204,6 +239,9 @@ class DevStack:
         return modules
 
     def stop(self) -> None:
+        if self.triggers is not None:
+            self.triggers.stop()
+            self.triggers = None
         if self.gateway is not None:
             self.gateway.shutdown()
             self.gateway.server_close()
@@ -220,16 +258,24 @@ class DevStack:
             self.postgres.stop()
             self.postgres = None
 
+    def _start_moto(self) -> MotoServer:
+        """moto serves the AWS APIs the functions call locally: Cognito and SQS."""
+        from devstack.cognito import MotoServer
+
+        if self.moto is None:
+            self.moto = MotoServer(self.options.moto_port)
+            self.moto.start()
+        return self.moto
+
     def _start_cognito(self) -> None:
         """The user pool the JWT authorizer trusts, and its settings in the functions'
         environment (the mobile function's auth routes call Cognito with them)."""
-        from devstack.cognito import MotoServer, issuer_for, provision
+        from devstack.cognito import issuer_for, provision
 
         o = self.options
         if o.cognito == "local":
-            self.moto = MotoServer(o.moto_port)
-            self.moto.start()
-            self.cognito = provision(self.moto.endpoint_url)
+            moto = self._start_moto()
+            self.cognito = provision(moto.endpoint_url)
             pool_id, client_id, region = (
                 self.cognito.user_pool_id,
                 self.cognito.client_id,

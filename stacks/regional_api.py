@@ -106,6 +106,8 @@ class RegionalApiStack(Stack):
             ),
         )
         for name, spec in settings.functions.items():
+            if not spec.routes:
+                continue  # not behind the API (the bridge): deployed by its own stack
             function = RegionalFunction(
                 self,
                 f"{name.title()}Function",

@@ -10,6 +10,7 @@ from typing import Any
 from covenant.db import Row
 from covenant.events import CloudEvent, event_source
 from covenant.uow import UnitOfWork
+from covenant.wakeup import send_wakeup
 from graphql_api.context import RequestContext
 
 _AGGREGATES = {"countries": ("country", "code"), "projects": ("project", "id")}
@@ -41,6 +42,7 @@ def emit(
     row: Row,
     changes: dict[str, dict[str, Any]] | None = None,
 ) -> None:
+    """Writes both events to the outbox; once the transaction commits, wakes the bridge."""
     aggregate_type, key = _AGGREGATES[collection]
     aggregate_id = str(row[key])
     source = event_source(context.region, "graphql")
@@ -55,22 +57,25 @@ def emit(
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
     )
-    uow.add_event(
-        CloudEvent(
-            type=f"audit.{collection}.{action}",
-            source=source,
-            subject=subject,
-            data={
-                "actor": context.actor.describe(),
-                "action": action,
-                "requestId": context.request_id,
-                "region": context.region,
-                "changes": {
-                    _camel(k): {"from": _json_value(v["from"]), "to": _json_value(v["to"])}
-                    for k, v in (changes or {}).items()
-                },
+    audit = CloudEvent(
+        type=f"audit.{collection}.{action}",
+        source=source,
+        subject=subject,
+        data={
+            "actor": context.actor.describe(),
+            "action": action,
+            "requestId": context.request_id,
+            "region": context.region,
+            "changes": {
+                _camel(k): {"from": _json_value(v["from"]), "to": _json_value(v["to"])}
+                for k, v in (changes or {}).items()
             },
-        ),
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
+        },
     )
+    uow.add_event(audit, aggregate_type=aggregate_type, aggregate_id=aggregate_id)
+    event_ids = [event.id for event in uow.events]
+    uow.after_commit(lambda: _wake_bridge(event_ids, context.region))
+
+
+def _wake_bridge(event_ids: list[str], region: str) -> None:
+    send_wakeup(event_ids, region)

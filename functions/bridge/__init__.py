@@ -1,0 +1,1 @@
+"""The bridge Lambda: forwards outbox events into NATS JetStream, exactly once per event."""

@@ -1,0 +1,158 @@
+"""What one bridge invocation does, for either trigger. Nothing here knows Lambda's wiring."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from bridge import connection
+from bridge.relay import (
+    RelayResult,
+    RelaySettings,
+    outbox_lag_seconds,
+    prune_published,
+    relay_pass,
+    unpublished,
+)
+from covenant import db
+from covenant.config import env
+
+logger = logging.getLogger(__name__)
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    relay: RelaySettings
+    sweep_min_age_s: float
+    retention_s: int
+    time_reserve_ms: int
+
+    @classmethod
+    def load(cls) -> BridgeSettings:
+        def number(name: str, default: float) -> float:
+            raw = env(name)
+            return default if raw in (None, "") else float(raw)
+
+        return cls(
+            relay=RelaySettings(
+                batch_size=int(number("BRIDGE_BATCH_SIZE", 1000)),
+                ack_timeout_s=number("BRIDGE_ACK_TIMEOUT_S", 10),
+                max_attempts=int(number("BRIDGE_MAX_ATTEMPTS", 5)),
+            ),
+            sweep_min_age_s=number("BRIDGE_SWEEP_MIN_AGE_S", 5),
+            retention_s=int(number("OUTBOX_RETENTION_S", 7 * 24 * 3600)),
+            time_reserve_ms=int(number("BRIDGE_TIME_RESERVE_MS", 3000)),
+        )
+
+
+class EventsNotPublished(Exception):
+    """A wake-up whose events are not (yet) in the stream: SQS redelivers it."""
+
+
+def run_bridge(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> dict[str, Any]:
+    settings = BridgeSettings.load()
+    is_batch = "Records" in event
+    result = connection.event_loop().run_until_complete(
+        _drain(context, settings, 0.0 if is_batch else settings.sweep_min_age_s)
+    )
+    _report(result, metrics)
+    database = db.writer()
+    metrics.add_metric("OutboxLagSeconds", MetricUnit.Seconds, outbox_lag_seconds(database))
+    if not is_batch:
+        pruned = prune_published(database, settings.retention_s)
+        metrics.add_metric("OutboxPruned", MetricUnit.Count, pruned)
+        return {
+            "published": len(result.published),
+            "failed": len(result.failed),
+            "pruned": pruned,
+        }
+    return _settle_batch(event, context, result)
+
+
+async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: float) -> RelayResult:
+    total = RelayResult()
+    try:
+        js = await connection.jetstream()
+        relay = RelaySettings(
+            batch_size=settings.relay.batch_size,
+            ack_timeout_s=settings.relay.ack_timeout_s,
+            max_attempts=settings.relay.max_attempts,
+            max_payload=await connection.max_payload(),
+        )
+    except Exception as exc:
+        logger.error("NATS unavailable, events stay in the outbox: %s", exc)
+        total.failed["*"] = f"NATS unavailable: {exc}"
+        return total
+    while True:
+        result = await relay_pass(db.writer(), js, relay, min_age_s)
+        total.published.extend(result.published)
+        total.failed.update(result.failed)
+        total.rejected.update(result.rejected)
+        total.dead.extend(result.dead)
+        total.stream_missing.update(result.stream_missing)
+        progressed = bool(result.published or result.rejected)
+        out_of_time = context.get_remaining_time_in_millis() < settings.time_reserve_ms
+        if not (result.more and progressed) or out_of_time:
+            total.more = result.more
+            return total
+
+
+def _report(result: RelayResult, metrics: Metrics) -> None:
+    metrics.add_metric("EventsPublished", MetricUnit.Count, len(result.published))
+    metrics.add_metric("EventsFailed", MetricUnit.Count, len(result.failed))
+    if result.stream_missing:
+        metrics.add_metric("StreamMissing", MetricUnit.Count, len(result.stream_missing))
+        logger.error(
+            "no JetStream stream captures %s: events stay in the outbox; apply the topology "
+            "(python -m covenant.streams apply)",
+            ", ".join(sorted(result.stream_missing)),
+        )
+    if result.dead:
+        metrics.add_metric("EventsDeadLettered", MetricUnit.Count, len(result.dead))
+        logger.error("events set aside after repeated rejection: %s", result.dead)
+    for event_id, reason in result.failed.items():
+        if event_id in result.rejected:
+            logger.warning("event %s rejected: %s", event_id, reason)
+
+
+def _settle_batch(
+    event: dict[str, Any], context: LambdaContext, result: RelayResult
+) -> dict[str, Any]:
+    named = [event_id for record in event["Records"] for event_id in _event_ids(record["body"])]
+    waiting = unpublished(db.writer(), named)
+
+    def check(record: SQSRecord) -> None:
+        ids = _event_ids(record.body)
+        missing = [i for i in ids if i in waiting]
+        if missing or "*" in result.failed:
+            reasons = {
+                result.failed.get(i, result.failed.get("*", "not yet published")) for i in missing
+            }
+            raise EventsNotPublished(f"{len(missing)} event(s) not published: {sorted(reasons)}")
+
+    response = process_partial_response(
+        event=event, record_handler=check, processor=processor, context=context
+    )
+    return dict(response)
+
+
+def _event_ids(body: str) -> list[str]:
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return []
+    ids = message.get("eventIds") if isinstance(message, dict) else None
+    return [str(i) for i in ids] if isinstance(ids, list) else []
