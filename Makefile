@@ -10,7 +10,7 @@ EVENT ?= events/health.json
 # Node 20 works for synth; jsii's end-of-life banner would bury the output.
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 
-.PHONY: dev test lint unit invoke reset clean
+.PHONY: dev test lint invoke tail reset clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 ## invoke: run one function locally with an event file: make invoke FUNCTION=mobile EVENT=events/health.json
 invoke: $(STAMP)
 	$(PY) -m devstack invoke $(FUNCTION) $(EVENT)
+
+## tail: follow a JetStream stream of the running stack: make tail STREAM=AUDIT
+STREAM ?= COVENANT
+tail: $(STAMP)
+	$(PY) -m devstack tail $(STREAM)
 
 ## reset: delete the local stack's data (PostgreSQL, NATS) so the next `make dev` starts fresh
 reset:

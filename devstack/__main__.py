@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     invoke_cmd.add_argument("event", type=Path, help="event file, e.g. events/health.json")
     invoke_cmd.add_argument("--region", help="region code (default: the event's stage)")
 
+    tail_cmd = commands.add_parser(
+        "tail", help="print a JetStream stream's events live (make tail STREAM=COVENANT)"
+    )
+    tail_cmd.add_argument("stream", nargs="?", default="COVENANT")
+    tail_cmd.add_argument("--last", type=int, default=10, help="stored events to show first")
+
     commands.add_parser(
         "migrate", help="apply migrations and seed data to DATABASE_URL (what the deploy runs)"
     )
@@ -44,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
             response = invoke_file(args.function, args.event, args.region)
             print(json.dumps(response, indent=2, default=str))
+        elif args.command == "tail":
+            from devstack.tail import main as tail_main
+
+            tail_main(args.stream, args.last)
         elif args.command == "migrate":
             from covenant.migrate import migrate
             from covenant.seed import seed

@@ -1,0 +1,64 @@
+"""`python -m devstack tail STREAM`: prints the events of a JetStream stream as they arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from devstack.errors import DevStackError
+from devstack.stack import read_state
+
+
+def nats_url() -> str:
+    return (
+        os.environ.get("NATS_URL")
+        or (read_state() or {}).get("NATS_URL")
+        or ("nats://127.0.0.1:4222")
+    )
+
+
+async def tail(stream: str, *, last: int = 10, limit: int | None = None) -> int:
+    """Shows the stream's last `last` events, then follows it (until `limit` events)."""
+    try:
+        client = await nats.connect(nats_url(), connect_timeout=3, max_reconnect_attempts=1)
+    except Exception as exc:
+        raise DevStackError(f"cannot connect to NATS at {nats_url()}: {exc}") from exc
+    shown = 0
+    try:
+        js = client.jetstream()
+        try:
+            info = await js.stream_info(stream)
+        except Exception as exc:
+            raise DevStackError(f"no stream {stream!r}: {exc}") from exc
+        start = max(info.state.first_seq, info.state.last_seq - last + 1)
+        config = (
+            ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+            if info.state.messages
+            else ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        )
+        subscription = await js.subscribe(">", stream=stream, ordered_consumer=True, config=config)
+        print(f"{stream}: {info.state.messages} events stored; following (Ctrl-C to stop)")
+        async for message in subscription.messages:
+            metadata = message.metadata
+            try:
+                event = json.loads(message.data)
+                summary = f"{event.get('type')} {event.get('subject')} id={event.get('id')}"
+            except ValueError:
+                summary = message.data[:120].decode(errors="replace")
+            print(f"#{metadata.sequence.stream} {message.subject}  {summary}", flush=True)
+            shown += 1
+            if limit is not None and shown >= limit:
+                break
+    finally:
+        await client.close()
+    return shown
+
+
+def main(stream: str, last: int) -> None:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one stops following
+        asyncio.run(tail(stream, last=last))
