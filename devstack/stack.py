@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
+from covenant import streams
 from covenant.config import environment
 from covenant.db import Database, Role
 from covenant.migrate import migrate
@@ -192,6 +193,7 @@ class DevStack:
         with environment(self.endpoints):
             migrate()
             seed()
+        self._apply_streams(nats_url)
         self._wait_for_replica(writer_url, reader_url)
         explorer_assets = self._explorer_assets()
         self.gateway = Gateway(
@@ -205,6 +207,22 @@ class DevStack:
             ),
             encoding="utf-8",
         )
+
+    def _apply_streams(self, nats_url: str) -> None:
+        """The JetStream streams and consumers, one replica (the deploy applies three)."""
+        try:
+            changes = streams.apply(nats_url, replicas=1)
+        except streams.TopologyError as exc:  # ConnectError included
+            raise DevStackError(
+                f"cannot apply the JetStream topology at {nats_url}: {exc}"
+            ) from exc
+        refused = [change for change in changes if change.action == "refused"]
+        if refused:
+            lines = "\n  ".join(str(change) for change in refused)
+            raise DevStackError(
+                f"the JetStream topology at {nats_url} differs in ways that would lose data:\n"
+                f"  {lines}\nfix or `make reset` the server, then run `make dev` again"
+            )
 
     def _create_wakeup_queue(self) -> Queues:
         """The bridge's wake-up queue (with its dead-letter queue) in moto's SQS; the functions

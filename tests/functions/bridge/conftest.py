@@ -1,0 +1,433 @@
+"""The bridge under test: a nats-server of the module's own (so a test can stop and restart
+it), the JetStream topology applied by `covenant.streams`, outbox rows written by real GraphQL
+mutations or by the unit of work, and the bridge invoked in-process the way Lambda invokes it.
+
+Every test starts with an empty outbox backlog (whatever other tests left pending is marked
+published) and empty streams, so it sees only its own events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import shutil
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+
+import bridge.connection
+from covenant import db
+from covenant.events import CloudEvent, event_source
+from covenant.regions import get_region, primary_region
+from covenant.streams import STREAMS, apply_topology
+from covenant.uow import UnitOfWork
+from devstack.event_sources import scheduled_event
+from devstack.functions import get_function, invoke
+from devstack.nats import NatsServer
+from devstack.processes import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+STREAM_NAMES = tuple(spec.name for spec in STREAMS)
+GRAPHQL_EVENT = json.loads((REPO_ROOT / "events" / "graphql_query.json").read_text())
+EDITOR = {"sub": "sub-bridge-editor", "cognito:groups": "[editor]"}
+
+CREATE_PROJECT = """
+mutation ($input: CreateProjectInput!) { createProject(input: $input) { id version } }
+"""
+UPDATE_PROJECT = """
+mutation ($id: ID!, $input: UpdateProjectInput!) {
+  updateProject(id: $id, input: $input) { id version }
+}
+"""
+
+
+def reset_bridge_connection() -> None:
+    """Drops the bridge's module-level NATS connection (it lives on the bridge's own loop)."""
+    bridge.connection.event_loop().run_until_complete(bridge.connection.reset())
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    stream: str
+    seq: int
+    subject: str
+    msg_id: str
+    data: bytes
+
+
+async def _stream_messages(url: str, stream: str) -> list[StoredMessage]:
+    client = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
+    try:
+        js = client.jetstream()
+        info = await js.stream_info(stream)
+        first, last = info.state.first_seq, info.state.last_seq
+        found: list[StoredMessage] = []
+        for seq in range(first, last + 1) if info.state.messages else ():
+            try:
+                message = await js.get_msg(stream, seq)
+            except NotFoundError:
+                continue
+            found.append(
+                StoredMessage(
+                    stream,
+                    seq,
+                    message.subject or "",
+                    (message.headers or {}).get("Nats-Msg-Id", ""),
+                    message.data or b"",
+                )
+            )
+        return found
+    finally:
+        await client.close()
+
+
+async def _reset_topology(url: str) -> None:
+    """Applies the topology (restoring whatever a test changed or deleted), then empties
+    every stream."""
+    client = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
+    try:
+        js = client.jetstream()
+        changes = await apply_topology(js, 1)
+        refused = [str(change) for change in changes if change.action == "refused"]
+        assert not refused, refused
+        for name in STREAM_NAMES:
+            await js.purge_stream(name)
+    finally:
+        await client.close()
+
+
+async def _with_jetstream(url: str, action: Callable[[Any], Any]) -> Any:
+    client = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
+    try:
+        return await action(client.jetstream())
+    finally:
+        await client.close()
+
+
+def mark_everything_published() -> None:
+    with db.writer().session() as session:
+        session.run("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
+
+
+def outbox_rows(event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The outbox rows of these events, by id."""
+    with db.writer().session() as session:
+        rows = session.rows(
+            "SELECT id::text AS id, seq, subject, aggregate_id, published_at, dead_at, "
+            "attempts, last_error FROM outbox WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY seq",
+            ids=list(event_ids),
+        )
+    return {row["id"]: row for row in rows}
+
+
+def events_of(aggregate_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The outbox rows of these aggregates, in seq (commit) order."""
+    with db.writer().session() as session:
+        return session.rows(
+            "SELECT id::text AS id, seq, subject, aggregate_id, published_at, dead_at, attempts "
+            "FROM outbox WHERE aggregate_id = ANY(CAST(:ids AS text[])) ORDER BY seq",
+            ids=list(aggregate_ids),
+        )
+
+
+def write_events(
+    count: int,
+    *,
+    subjects: Sequence[str] = ("covenant.projects.updated", "audit.projects.updated"),
+    per_aggregate: int = 2,
+    aggregate_id: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """`count` outbox rows written in one unit of work: subjects taken in turn, a new
+    aggregate every `per_aggregate` events (unless `aggregate_id` is given); returns the event
+    ids in seq order."""
+    ids: list[str] = []
+    aggregate = aggregate_id or str(uuid.uuid4())
+    with UnitOfWork(db.writer()) as uow:
+        for n in range(count):
+            if n and n % per_aggregate == 0 and aggregate_id is None:
+                aggregate = str(uuid.uuid4())
+            event = CloudEvent(
+                type=subjects[n % len(subjects)],
+                source=event_source("iad", "bridge-tests"),
+                subject=f"projects/{aggregate}",
+                data=data if data is not None else {"project": {"id": aggregate, "n": n}},
+            )
+            uow.add_event(event, aggregate_type="project", aggregate_id=aggregate)
+            ids.append(event.id)
+    return ids
+
+
+def moto_client(service: str) -> Any:
+    """A boto3 client for the in-process moto mock (use inside `mock_aws()`)."""
+    return boto3.client(
+        service,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # placeholders: moto accepts any
+    )
+
+
+def sqs_record(event_ids: list[str], message_id: str | None = None) -> dict[str, Any]:
+    """One wake-up message as the SQS event source hands it to Lambda."""
+    body = json.dumps({"reason": "committed", "region": "ams", "eventIds": event_ids})
+    return {
+        "messageId": message_id or str(uuid.uuid4()),
+        "receiptHandle": f"AQEB{uuid.uuid4().hex}",
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1795862521000",
+            "SenderId": "AROAEXAMPLEID:covenant-ams-graphql",
+            "ApproximateFirstReceiveTimestamp": "1795862521050",
+        },
+        "messageAttributes": {},
+        "md5OfBody": "0e7a1f3d5c2b4a69788796a5b4c3d2e1",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:covenant-outbox-wakeup",
+        "awsRegion": "us-east-1",
+    }
+
+
+def sqs_batch(*records: dict[str, Any]) -> dict[str, Any]:
+    return {"Records": list(records)}
+
+
+def failed_message_ids(response: Mapping[str, Any]) -> set[str]:
+    return {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+
+
+def emf_metrics(stdout: str) -> list[dict[str, Any]]:
+    """Every metric the Powertools Metrics printed as CloudWatch EMF JSON: name, value."""
+    found: list[dict[str, Any]] = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            blob = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(blob, dict) or "_aws" not in blob:
+            continue
+        for directive in blob["_aws"].get("CloudWatchMetrics", []):
+            for metric in directive.get("Metrics", []):
+                found.append(
+                    {
+                        "name": metric["Name"],
+                        "value": blob.get(metric["Name"]),
+                        "namespace": directive.get("Namespace"),
+                    }
+                )
+    return found
+
+
+def metric_values(stdout: str, name: str) -> list[float]:
+    values: list[float] = []
+    for metric in emf_metrics(stdout):
+        if metric["name"] == name:
+            value = metric["value"]
+            values.extend(value if isinstance(value, list) else [value])
+    return values
+
+
+@dataclass
+class Bridge:
+    """The bridge and its surroundings for one test."""
+
+    servers: Any
+    nats_server: NatsServer
+    environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats_server.url
+
+    def endpoints(self, **overrides: str) -> dict[str, str]:
+        return {**self.environment, **overrides}
+
+    def invoke(self, event: dict[str, Any], **overrides: str) -> Any:
+        return invoke(get_function("bridge"), primary_region(), event, self.endpoints(**overrides))
+
+    def sweep(self, **overrides: str) -> dict[str, Any]:
+        response: dict[str, Any] = self.invoke(scheduled_event("us-east-1"), **overrides)
+        return response
+
+    def wakeup(self, *event_id_lists: list[str], **overrides: str) -> dict[str, Any]:
+        response: dict[str, Any] = self.invoke(
+            sqs_batch(*(sqs_record(ids) for ids in event_id_lists)), **overrides
+        )
+        return response
+
+    # -- JetStream ---------------------------------------------------------------------------
+
+    def messages(self, stream: str) -> list[StoredMessage]:
+        return asyncio.run(_stream_messages(self.nats_url, stream))
+
+    def all_messages(self) -> list[StoredMessage]:
+        return [m for name in STREAM_NAMES for m in self.messages(name)]
+
+    def stream_ids(self, stream: str | None = None) -> Counter[str]:
+        """The multiset of Nats-Msg-Id headers stored in one stream, or in all of them."""
+        stored = self.messages(stream) if stream else self.all_messages()
+        return Counter(m.msg_id for m in stored)
+
+    def jetstream(self, action: Callable[[Any], Any]) -> Any:
+        """Runs `await action(js)` on a fresh connection to the test's server."""
+        return asyncio.run(_with_jetstream(self.nats_url, action))
+
+    def reset_topology(self) -> None:
+        asyncio.run(_reset_topology(self.nats_url))
+
+    def restart_nats(self) -> None:
+        self.nats_server.stop()
+        self.nats_server.start()
+
+    # -- helpers the test modules use (conftest is not importable from them) ----------------
+
+    write_events = staticmethod(write_events)
+    moto_client = staticmethod(moto_client)
+    outbox_rows = staticmethod(outbox_rows)
+    events_of = staticmethod(events_of)
+    mark_everything_published = staticmethod(mark_everything_published)
+    sqs_record = staticmethod(sqs_record)
+    sqs_batch = staticmethod(sqs_batch)
+    failed_message_ids = staticmethod(failed_message_ids)
+    emf_metrics = staticmethod(emf_metrics)
+    metric_values = staticmethod(metric_values)
+
+
+@pytest.fixture(scope="module")
+def nats_server(servers: Any) -> Iterator[NatsServer]:
+    """A nats-server for this module alone: tests stop and restart it (same data folder and
+    port, so JetStream state persists across a restart)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="covenant-bridge-nats-"))
+    data_dir.chmod(0o755)
+    server = NatsServer(data_dir, free_port(), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        reset_bridge_connection()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def bridge_env(servers: Any, nats_server: NatsServer) -> Iterator[Bridge]:
+    if nats_server._process is None:  # a test stopped it and failed before restarting it
+        nats_server.start()
+    reset_bridge_connection()
+    harness = Bridge(
+        servers,
+        nats_server,
+        {
+            "DATABASE_URL": servers.writer_url,
+            "DATABASE_READER_URL": servers.reader_url,
+            "NATS_URL": nats_server.url,
+            "NATS_CONNECT_TIMEOUT_S": "1",
+            "BRIDGE_SWEEP_MIN_AGE_S": "0",
+            "BRIDGE_ACK_TIMEOUT_S": "5",
+        },
+    )
+    harness.reset_topology()
+    mark_everything_published()
+    yield harness
+    reset_bridge_connection()
+
+
+# -- GraphQL mutations, through the deployed handler -------------------------------------------
+
+
+def graphql_event(query: str, variables: dict[str, Any], region: str = "ams") -> dict[str, Any]:
+    event = copy.deepcopy(GRAPHQL_EVENT)
+    event["rawPath"] = f"/{region}/graphql"
+    context = event["requestContext"]
+    context["stage"] = region
+    context["http"]["path"] = f"/{region}/graphql"
+    context["authorizer"] = {"jwt": {"claims": dict(EDITOR), "scopes": None}}
+    event["headers"] = {
+        "accept": "application/graphql-response+json",
+        "content-type": "application/json",
+    }
+    event["body"] = json.dumps({"query": query, "variables": variables})
+    return event
+
+
+@dataclass
+class GraphQL:
+    servers: Any
+    created: list[str] = field(default_factory=list)
+
+    def __call__(
+        self,
+        query: str,
+        variables: dict[str, Any],
+        region: str = "ams",
+        **environment: str,
+    ) -> dict[str, Any]:
+        endpoints = {
+            "DATABASE_URL": self.servers.writer_url,
+            "DATABASE_READER_URL": self.servers.reader_url,
+            **environment,
+        }
+        response = invoke(
+            get_function("graphql"),
+            get_region(region),
+            graphql_event(query, variables, region),
+            endpoints,
+        )
+        raw = response.get("body") or ""
+        if response.get("isBase64Encoded"):
+            raw = base64.b64decode(raw).decode()
+        body: dict[str, Any] = json.loads(raw)
+        assert response["statusCode"] == 200 and not body.get("errors"), body
+        return body["data"]  # type: ignore[no-any-return]
+
+    def create_project(self, name: str = "Bridge Test Grid", **environment: str) -> str:
+        data = self(
+            CREATE_PROJECT,
+            {
+                "input": {
+                    "name": name,
+                    "sectorId": "energy",
+                    "countryCode": "KEN",
+                    "budgetUsd": 5_000_000,
+                }
+            },
+            **environment,
+        )
+        project_id: str = data["createProject"]["id"]
+        self.created.append(project_id)
+        return project_id
+
+    def update_project(self, project_id: str, **changes: Any) -> int:
+        data = self(UPDATE_PROJECT, {"id": project_id, "input": changes})
+        version: int = data["updateProject"]["version"]
+        return version
+
+
+@pytest.fixture
+def gql(servers: Any) -> Iterator[GraphQL]:
+    """Runs mutations as an editor; deletes the projects it created afterwards."""
+    client = GraphQL(servers)
+    yield client
+    if client.created:
+        with db.writer().session() as session:
+            session.run(
+                "DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=client.created
+            )
+            session.run(
+                "DELETE FROM tombstones WHERE table_name = 'projects' AND record_id = ANY(:ids)",
+                ids=client.created,
+            )

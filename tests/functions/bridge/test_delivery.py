@@ -1,0 +1,124 @@
+"""Exactly once into the stream, in commit order: a wake-up delivered twice, two bridges
+running at the same time, the events of one project across several relay passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from bridge.relay import RELAY_LOCK
+from covenant import db
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SWEEP_EVENT = REPO_ROOT / "events" / "schedule_outbox_sweep.json"
+CONCURRENT_EVENTS = 2000
+
+
+def test_the_same_wakeup_delivered_twice_publishes_each_event_once(bridge_env, gql) -> None:
+    projects = [gql.create_project(f"Twice Grid {n}") for n in range(2)]
+    event_ids = [e["id"] for e in bridge_env.events_of(projects)]
+    assert len(event_ids) == 4
+    record = bridge_env.sqs_record(event_ids)
+
+    # A standard queue may hand the same message over twice, even within one batch ...
+    first = bridge_env.invoke(bridge_env.sqs_batch(record, record))
+    # ... and again later (say its delete was lost).
+    second = bridge_env.invoke(bridge_env.sqs_batch(record))
+
+    assert first == {"batchItemFailures": []}
+    assert second == {"batchItemFailures": []}
+    assert bridge_env.stream_ids() == Counter(event_ids)
+    assert all(r["published_at"] is not None for r in bridge_env.outbox_rows(event_ids).values())
+
+
+def _bridge_process(bridge_env) -> subprocess.Popen[str]:
+    environment = {
+        **os.environ,
+        **bridge_env.endpoints(),
+        "BRIDGE_BATCH_SIZE": "100",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "devstack", "invoke", "bridge", str(SWEEP_EVENT), "--region", "iad"],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _response(stdout: str) -> dict:
+    """The response `devstack invoke` prints (indented JSON) after the function's log lines."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+def _waiting_for_relay_lock(session) -> int:
+    return int(
+        session.scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND objid = :key",
+            key=RELAY_LOCK & 0xFFFFFFFF,
+        )
+    )
+
+
+def test_two_bridges_at_once_publish_every_event_once(bridge_env) -> None:
+    event_ids = bridge_env.write_events(CONCURRENT_EVENTS, per_aggregate=4)
+
+    # Hold the relay lock until both bridges wait for it, so they start relaying together.
+    session = db.Session(db.writer())
+    session.run("BEGIN")
+    try:
+        session.run("SELECT pg_advisory_xact_lock(:key)", key=RELAY_LOCK)
+        processes = [_bridge_process(bridge_env), _bridge_process(bridge_env)]
+        deadline = time.monotonic() + 30
+        while _waiting_for_relay_lock(session) < 2:
+            assert all(p.poll() is None for p in processes), [p.communicate() for p in processes]
+            assert time.monotonic() < deadline, "the bridges never reached the relay lock"
+            time.sleep(0.05)
+    finally:
+        session.run("COMMIT")
+    outputs = [p.communicate(timeout=60) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+
+    responses = [_response(stdout) for stdout, _ in outputs]
+    published = [r["published"] for r in responses]
+    assert sum(published) == CONCURRENT_EVENTS, responses  # no event published twice
+    assert all(n > 0 for n in published), responses  # they did take turns
+    assert all(r["failed"] == 0 for r in responses), responses
+    assert bridge_env.stream_ids() == Counter(event_ids)  # no duplicate, no gap
+    rows = bridge_env.outbox_rows(event_ids)
+    assert len(rows) == CONCURRENT_EVENTS
+    assert all(r["published_at"] is not None for r in rows.values())
+
+
+def test_events_of_a_project_reach_the_stream_in_commit_order(bridge_env, gql) -> None:
+    project = gql.create_project("Ordered Grid")
+    for progress in (10, 20, 30, 40, 50):
+        gql.update_project(project, progress=progress)
+    events = bridge_env.events_of([project])
+    assert len(events) == 12
+
+    # Small passes: the project's events span four of them.
+    assert bridge_env.sweep(BRIDGE_BATCH_SIZE="3")["published"] == 12
+
+    for stream, prefix in (("COVENANT", "covenant."), ("AUDIT", "audit.")):
+        stored = bridge_env.messages(stream)
+        expected = [e["id"] for e in events if e["subject"].startswith(prefix)]
+        assert [m.msg_id for m in stored] == expected
+        assert [m.subject for m in stored] == [
+            e["subject"] for e in events if e["subject"].startswith(prefix)
+        ]
+    versions = [
+        json.loads(m.data)["data"]["project"]["version"] for m in bridge_env.messages("COVENANT")
+    ]
+    assert versions == [1, 2, 3, 4, 5, 6]
