@@ -1,26 +1,142 @@
 #!/usr/bin/env python3
-"""The Covenant CDK app: one regional API stack per region of the cdk.json region table."""
+"""The Covenant CDK app: every stack of every region of the cdk.json region table.
+
+Per region: Network -> Data -> Api -> Monitoring. The primary region adds Auth (Cognito) and
+Events (EKS/NATS, wake-up queue, bridge). `cdk deploy --all` follows the dependencies below;
+stacks of different regions deploy in parallel with `--concurrency`.
+
+    Covenant-<code>-Network ─► Covenant-<code>-Data ─┬─► Covenant-<code>-Api ─► ...-Monitoring
+    Covenant-iad-Data ─► (every secondary Data)      │
+    Covenant-iad-Auth, Covenant-iad-Events ──────────┘
+"""
 
 from __future__ import annotations
 
 import aws_cdk as cdk
 
-from stacks.regional_api import RegionalApiStack
+from stacks.auth import AuthStack
+from stacks.database import DataStack
+from stacks.events import EventsStack
+from stacks.monitoring import EventsMonitoring, MonitoringStack
+from stacks.nag import enable_nag
+from stacks.network import NetworkStack
+from stacks.regional_api import DatabaseEndpoints, RegionalApiStack, UserPoolRef
 from stacks.settings import AppSettings
 
 
 def build_app(app: cdk.App | None = None) -> cdk.App:
     app = app or cdk.App()
     settings = AppSettings.from_node(app.node)
-    for region in settings.regions:
-        RegionalApiStack(
+    primary = settings.primary
+
+    def env(aws_region: str) -> cdk.Environment:
+        return cdk.Environment(account=settings.account, region=aws_region)
+
+    networks = {
+        r.code: NetworkStack(
             app,
-            f"Covenant-{region.code}-Api",
-            region=region,
+            f"Covenant-{r.code}-Network",
+            region=r,
             settings=settings,
-            env=cdk.Environment(account=settings.account, region=region.aws_region),
-            description=f"Covenant regional API ({region.code})",
+            env=env(r.aws_region),
+            description=f"Covenant network ({r.code}): VPC, endpoints, security groups",
+        ).network
+        for r in settings.regions
+    }
+    data: dict[str, DataStack] = {}
+    for r in (primary, *settings.secondaries):
+        data[r.code] = DataStack(
+            app,
+            f"Covenant-{r.code}-Data",
+            region=r,
+            settings=settings,
+            network=networks[r.code],
+            env=env(r.aws_region),
+            termination_protection=True,
+            description=(
+                f"Covenant data ({r.code}): Aurora PostgreSQL "
+                + ("primary cluster, global cluster, migrations" if r.primary else "secondary")
+            ),
         )
+        if not r.primary:
+            data[r.code].add_stack_dependency(data[primary.code], "the global cluster must exist")
+
+    auth = AuthStack(
+        app,
+        f"Covenant-{primary.code}-Auth",
+        settings=settings,
+        env=env(primary.aws_region),
+        termination_protection=True,
+        cross_region_references=True,
+        description="Covenant Cognito user pool",
+    )
+    primary_data = data[primary.code]
+    events = EventsStack(
+        app,
+        f"Covenant-{primary.code}-Events",
+        region=primary,
+        settings=settings,
+        network=networks[primary.code],
+        writer_host=primary_data.writer_host,
+        cluster_resource_id=primary_data.cluster_resource_id,
+        env=env(primary.aws_region),
+        termination_protection=True,
+        description="Covenant events: NATS JetStream on EKS, wake-up queue, outbox bridge",
+    )
+    events.add_stack_dependency(primary_data, "migrations before the bridge runs")
+
+    user_pool = UserPoolRef(
+        pool_id=auth.user_pool.pool.user_pool_id,
+        pool_arn=auth.user_pool.pool.user_pool_arn,
+        client_id=auth.user_pool.client.user_pool_client_id,
+        region=primary.aws_region,
+    )
+    for r in settings.regions:
+        regional = data[r.code]
+        api = RegionalApiStack(
+            app,
+            f"Covenant-{r.code}-Api",
+            region=r,
+            settings=settings,
+            network=networks[r.code],
+            database=DatabaseEndpoints(
+                writer_host=regional.writer_host,
+                reader_host=regional.reader_host,
+                cluster_resource_id=regional.cluster_resource_id,
+            ),
+            user_pool=user_pool,
+            env=env(r.aws_region),
+            cross_region_references=True,
+            description=f"Covenant regional API ({r.code})",
+        )
+        api.add_stack_dependency(primary_data, "the schema is migrated before new code serves")
+        api.add_stack_dependency(events, "the wake-up queue exists")
+        MonitoringStack(
+            app,
+            f"Covenant-{r.code}-Monitoring",
+            region=r,
+            settings=settings,
+            api=api.api,
+            stage_name=api.stage.stage_name,
+            functions={name: f.function for name, f in api.functions.items()},
+            cluster_identifier=regional.cluster_identifier,
+            events=(
+                EventsMonitoring(
+                    dead_letters=events.wakeup.dead_letters,
+                    bridge=events.bridge.function,
+                    jetstream=events.jetstream.function,
+                )
+                if r.primary
+                else None
+            ),
+            env=env(r.aws_region),
+            description=f"Covenant dashboard and alarms ({r.code})",
+        ).add_stack_dependency(regional)
+
+    cdk.Tags.of(app).add("project", "covenant")
+    cdk.Tags.of(app).add("covenant:stage", settings.stage)
+    if settings.nag:
+        enable_nag(app)
     return app
 
 

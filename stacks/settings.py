@@ -1,7 +1,15 @@
-"""Everything the stacks are configured by, read from cdk.json context (never literals)."""
+"""Everything the stacks are configured by, read from cdk.json context (never literals).
+
+The region table (`covenant:regions`) and the function table (`covenant:functions`) are parsed
+by the shared layer, so the functions and the local stack read exactly what the deploy reads;
+the keys below them are infrastructure only. Names other stacks or regions must find without a
+lookup (the global cluster, each regional cluster, the wake-up queue) are derived here, once,
+from context: that is how secondary regions learn what lives in the primary region.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +21,115 @@ from covenant.topology import CONTEXT_KEY as FUNCTIONS_KEY
 from covenant.topology import FunctionSpec, parse_functions
 
 
+class SettingsError(ValueError):
+    """The cdk.json context is missing a value or holds a malformed one."""
+
+
+def _section(node: Node, key: str) -> Mapping[str, Any]:
+    value = node.try_get_context(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"context {key!r} must be an object")
+    return value
+
+
+@dataclass(frozen=True)
+class RegionNetwork:
+    """Per-region network settings, read from the region's entry of the region table."""
+
+    vpc_cidr: str
+    # Explicit AZ names; empty: two AZs chosen at deploy time (Fn::GetAZs), no lookup at synth.
+    availability_zones: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    global_cluster_identifier: str
+    cluster_identifier_prefix: str
+    engine_version: str
+    engine_major_version: str
+    instance_class: str
+    primary_readers: int
+    secondary_readers: int
+    database_name: str
+    master_username: str
+    backup_retention_days: int
+    secret_rotation_days: int
+    statement_timeout_ms: int
+
+    def cluster_identifier(self, region: Region) -> str:
+        return f"{self.cluster_identifier_prefix}-{region.code}"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    user_pool_name: str
+    threat_protection: str  # FULL_FUNCTION | AUDIT_ONLY | OFF (OFF: Essentials plan)
+    access_token_minutes: int
+    refresh_token_days: int
+
+
+@dataclass(frozen=True)
+class EventsSettings:
+    kubernetes_version: str
+    nats_chart_version: str
+    nats_image_tag: str
+    external_secrets_chart_version: str
+    nats_replicas: int
+    jetstream_storage_gi: int
+    wakeup_max_receive_count: int
+    sweep_every_minutes: int
+    admin_role_arn: str | None
+
+    wakeup_queue_name: str = "covenant-outbox-wakeup"
+    wakeup_dlq_name: str = "covenant-outbox-wakeup-dlq"
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """How one Lambda is deployed (not what it does: that is the function table)."""
+
+    memory_mb: int
+    timeout_s: int
+    reserved_concurrency: int | None
+    provisioned_concurrency: int
+    snap_start: bool
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any]) -> DeploySettings:
+        settings = cls(
+            memory_mb=int(raw.get("memoryMb", 512)),
+            timeout_s=int(raw.get("timeoutS", 15)),
+            reserved_concurrency=(
+                None if raw.get("reservedConcurrency") is None else int(raw["reservedConcurrency"])
+            ),
+            provisioned_concurrency=int(raw.get("provisionedConcurrency") or 0),
+            snap_start=bool(raw.get("snapStart", False)),
+        )
+        if settings.snap_start and settings.provisioned_concurrency:
+            raise SettingsError(
+                f"covenant:deploy.{name}: SnapStart and provisioned concurrency exclude each "
+                "other on one version; set provisionedConcurrency to 0 or snapStart to false"
+            )
+        return settings
+
+
+@dataclass(frozen=True)
+class DomainSettings:
+    """Optional custom domain: api-<code>.<name> per region, api.<name> latency-routed."""
+
+    name: str
+    hosted_zone_id: str
+
+    def regional_name(self, region: Region) -> str:
+        return f"api-{region.code}.{self.name}"
+
+    @property
+    def global_name(self) -> str:
+        return f"api.{self.name}"
+
+
 @dataclass(frozen=True)
 class AppSettings:
     regions: tuple[Region, ...]
@@ -22,6 +139,32 @@ class AppSettings:
     log_retention_days: int
     throttle_rate: int
     throttle_burst: int
+    auth_throttle_rate: int
+    auth_throttle_burst: int
+    cors_allowed_origins: tuple[str, ...]
+    alarm_email: str | None
+    nat_gateways: int
+    networks: dict[str, RegionNetwork]
+    database: DatabaseSettings
+    auth: AuthSettings
+    events: EventsSettings
+    deploy: dict[str, DeploySettings]
+    domain: DomainSettings | None
+    nag: bool
+
+    @property
+    def primary(self) -> Region:
+        return next(r for r in self.regions if r.primary)
+
+    @property
+    def secondaries(self) -> tuple[Region, ...]:
+        return tuple(r for r in self.regions if not r.primary)
+
+    def deploy_settings(self, name: str) -> DeploySettings:
+        try:
+            return self.deploy[name]
+        except KeyError:
+            raise SettingsError(f"covenant:deploy has no entry for function {name!r}") from None
 
     @classmethod
     def from_node(cls, node: Node) -> AppSettings:
@@ -29,12 +172,76 @@ class AppSettings:
             value = node.try_get_context(key)
             return default if value is None else value
 
-        return cls(
-            regions=parse_regions(get(REGIONS_KEY, None)),
-            functions=parse_functions(get(FUNCTIONS_KEY, {})),
-            account=get("covenant:account", None),
-            stage=str(get("covenant:stage", "prod")),
-            log_retention_days=int(get("covenant:logRetentionDays", 30)),
-            throttle_rate=int(get("covenant:apiThrottleRate", 200)),
-            throttle_burst=int(get("covenant:apiThrottleBurst", 400)),
-        )
+        raw_regions = get(REGIONS_KEY, None)
+        regions = parse_regions(raw_regions)
+        database = _section(node, "covenant:database")
+        auth = _section(node, "covenant:auth")
+        events = _section(node, "covenant:events")
+        domain = node.try_get_context("covenant:domain")
+        try:
+            return cls(
+                regions=regions,
+                functions=parse_functions(get(FUNCTIONS_KEY, {})),
+                account=get("covenant:account", None),
+                stage=str(get("covenant:stage", "prod")),
+                log_retention_days=int(get("covenant:logRetentionDays", 30)),
+                throttle_rate=int(get("covenant:apiThrottleRate", 200)),
+                throttle_burst=int(get("covenant:apiThrottleBurst", 400)),
+                auth_throttle_rate=int(get("covenant:authThrottleRate", 10)),
+                auth_throttle_burst=int(get("covenant:authThrottleBurst", 20)),
+                cors_allowed_origins=tuple(get("covenant:corsAllowedOrigins", ["*"])),
+                alarm_email=get("covenant:alarmEmail", None) or None,
+                nat_gateways=int(_section(node, "covenant:network").get("natGateways", 2)),
+                networks={
+                    str(entry["code"]): RegionNetwork(
+                        vpc_cidr=str(entry["vpcCidr"]),
+                        availability_zones=tuple(entry.get("availabilityZones") or ()),
+                    )
+                    for entry in raw_regions
+                },
+                database=DatabaseSettings(
+                    global_cluster_identifier=str(database["globalClusterIdentifier"]),
+                    cluster_identifier_prefix=str(
+                        database.get("clusterIdentifierPrefix", "covenant")
+                    ),
+                    engine_version=str(database["engineVersion"]),
+                    engine_major_version=str(database["engineMajorVersion"]),
+                    instance_class=str(database.get("instanceClass", "r6g.large")),
+                    primary_readers=int(database.get("primaryReaders", 1)),
+                    secondary_readers=int(database.get("secondaryReaders", 1)),
+                    database_name=str(database.get("databaseName", "covenant")),
+                    master_username=str(database.get("masterUsername", "covenant_admin")),
+                    backup_retention_days=int(database.get("backupRetentionDays", 14)),
+                    secret_rotation_days=int(database.get("secretRotationDays", 30)),
+                    statement_timeout_ms=int(database.get("statementTimeoutMs", 5000)),
+                ),
+                auth=AuthSettings(
+                    user_pool_name=str(auth.get("userPoolName", "covenant")),
+                    threat_protection=str(auth.get("threatProtection", "FULL_FUNCTION")),
+                    access_token_minutes=int(auth.get("accessTokenMinutes", 60)),
+                    refresh_token_days=int(auth.get("refreshTokenDays", 30)),
+                ),
+                events=EventsSettings(
+                    kubernetes_version=str(events["kubernetesVersion"]),
+                    nats_chart_version=str(events["natsChartVersion"]),
+                    nats_image_tag=str(events["natsImageTag"]),
+                    external_secrets_chart_version=str(events["externalSecretsChartVersion"]),
+                    nats_replicas=int(events.get("natsReplicas", 3)),
+                    jetstream_storage_gi=int(events.get("jetstreamStorageGi", 20)),
+                    wakeup_max_receive_count=int(events.get("wakeupMaxReceiveCount", 5)),
+                    sweep_every_minutes=int(events.get("sweepEveryMinutes", 1)),
+                    admin_role_arn=events.get("adminRoleArn") or None,
+                ),
+                deploy={
+                    name: DeploySettings.parse(name, raw)
+                    for name, raw in _section(node, "covenant:deploy").items()
+                },
+                domain=(
+                    DomainSettings(str(domain["name"]), str(domain["hostedZoneId"]))
+                    if domain
+                    else None
+                ),
+                nag=bool(get("covenant:nag", True)),
+            )
+        except KeyError as exc:
+            raise SettingsError(f"cdk.json context is missing {exc}") from exc

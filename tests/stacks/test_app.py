@@ -1,84 +1,495 @@
-"""The CDK app synthesizes offline and each regional stack has the shape the clients rely on."""
+"""The synthesized app has the shape DevOps and the functions rely on, in every region."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from app import build_app
-from covenant.regions import cdk_context, load_regions
+from covenant.regions import load_regions
+from covenant.topology import load_functions
+from stacks.events import BRIDGE_NATS_PERMISSIONS
+from stacks.layers import build_dependencies, locked_versions, runtime_requirements
+
+from .conftest import DOMAIN, resources
+
+REGIONS = load_regions()
+PRIMARY = next(r for r in REGIONS if r.primary)
+SECONDARIES = [r for r in REGIONS if not r.primary]
+CODES = [r.code for r in REGIONS]
 
 
-@pytest.fixture(scope="module")
-def assembly() -> cdk.cx_api.CloudAssembly:
-    return build_app(cdk.App(context=cdk_context())).synth()
+def _only(template: Template, kind: str, **match: Any) -> dict[str, Any]:
+    found = [
+        r
+        for r in resources(template, kind).values()
+        if all(r["Properties"].get(k) == v for k, v in match.items())
+    ]
+    assert len(found) == 1, f"expected one {kind} matching {match}, found {len(found)}"
+    return found[0]
 
 
-@pytest.fixture(scope="module")
-def templates(assembly) -> dict[str, Template]:
-    stacks = {s.stack_name: s for s in assembly.stacks}
-    return {
-        region.code: Template.from_json(stacks[f"Covenant-{region.code}-Api"].template)
-        for region in load_regions()
+def _function(template: Template, handler: str) -> dict[str, Any]:
+    return _only(template, "AWS::Lambda::Function", Handler=handler)["Properties"]
+
+
+# -- stacks and regions ------------------------------------------------------------------------
+
+
+def test_every_region_has_its_stacks_in_its_own_aws_region(stacks) -> None:
+    expected = {}
+    for r in REGIONS:
+        for kind in ("Network", "Data", "Api", "Monitoring"):
+            expected[f"Covenant-{r.code}-{kind}"] = r.aws_region
+    expected[f"Covenant-{PRIMARY.code}-Auth"] = PRIMARY.aws_region
+    expected[f"Covenant-{PRIMARY.code}-Events"] = PRIMARY.aws_region
+    assert {name: s.environment.region for name, s in stacks.items()} == expected
+
+
+def test_stateful_stacks_are_protected_from_deletion(stacks) -> None:
+    for name, stack in stacks.items():
+        if name.endswith(("-Data", "-Auth", "-Events")):
+            assert stack.termination_protection, name
+
+
+# -- network ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_network_has_private_subnets_in_two_azs_and_tight_groups(templates, code) -> None:
+    template = templates[f"Covenant-{code}-Network"]
+    subnets = resources(template, "AWS::EC2::Subnet").values()
+    private = [
+        s
+        for s in subnets
+        if not s["Properties"].get("MapPublicIpOnLaunch")
+        and any(
+            t["Key"] == "aws-cdk:subnet-name" and t["Value"] == "Private"
+            for t in s["Properties"]["Tags"]
+        )
+    ]
+    assert len({json.dumps(s["Properties"]["AvailabilityZone"]) for s in private}) >= 2
+    template.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "REJECT"})
+    database_ingress = [
+        rule["Properties"]
+        for rule in resources(template, "AWS::EC2::SecurityGroupIngress").values()
+        if rule["Properties"].get("FromPort") == 5432
+    ]
+    # Only security groups, never a CIDR, may reach the database port.
+    assert database_ingress and all("SourceSecurityGroupId" in r for r in database_ingress)
+    for group in resources(template, "AWS::EC2::SecurityGroup").values():
+        for rule in group["Properties"].get("SecurityGroupIngress", []):
+            assert rule.get("CidrIp") != "0.0.0.0/0", group
+    endpoints = {
+        json.dumps(e["Properties"]["ServiceName"])
+        for e in resources(template, "AWS::EC2::VPCEndpoint").values()
     }
+    assert any(".s3" in e for e in endpoints)  # the gateway endpoint, in every region
+    if code == PRIMARY.code:
+        assert any("secretsmanager" in e for e in endpoints)
+        assert any("sqs" in e for e in endpoints)
 
 
-def test_one_stack_per_region_in_its_aws_region(assembly) -> None:
-    regions = {s.stack_name: s.environment.region for s in assembly.stacks}
-    assert regions == {f"Covenant-{r.code}-Api": r.aws_region for r in load_regions()}
+# -- data ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [r.code for r in load_regions()])
-def test_regional_api_serves_health_on_a_stage_named_after_the_region(templates, code) -> None:
-    template: Template = templates[code]
-    template.resource_count_is("AWS::ApiGatewayV2::Api", 1)
-    template.has_resource_properties("AWS::ApiGatewayV2::Api", {"ProtocolType": "HTTP"})
+def test_one_global_database_with_a_writer_and_readers_in_the_primary(templates) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Data"]
+    cluster = _only(template, "AWS::RDS::DBCluster", DBClusterIdentifier="covenant-iad")
+    props = cluster["Properties"]
+    assert props["Engine"] == "aurora-postgresql"
+    assert props["StorageEncrypted"] is True and "KmsKeyId" in props
+    assert props["EnableIAMDatabaseAuthentication"] is True
+    assert props["DeletionProtection"] is True
+    assert props["BackupRetentionPeriod"] >= 7
+    assert cluster["DeletionPolicy"] == "Snapshot"
+    assert len(resources(template, "AWS::RDS::DBInstance")) >= 2  # writer + reader
+    global_cluster = _only(template, "AWS::RDS::GlobalCluster")
+    assert global_cluster["Properties"]["GlobalClusterIdentifier"] == "covenant-global"
+    assert global_cluster["DeletionPolicy"] == "Retain"
+    template.has_resource_properties(
+        "AWS::SecretsManager::RotationSchedule",
+        {"RotationRules": {"ScheduleExpression": "rate(30 days)"}},
+    )
+    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+
+
+def test_five_secondary_clusters_forward_writes_to_the_global_database(templates) -> None:
+    assert len(SECONDARIES) == 5
+    for region in SECONDARIES:
+        template = templates[f"Covenant-{region.code}-Data"]
+        cluster = _only(template, "AWS::RDS::DBCluster")
+        props = cluster["Properties"]
+        assert props["GlobalClusterIdentifier"] == "covenant-global"
+        assert props["EnableGlobalWriteForwarding"] is True
+        assert props["StorageEncrypted"] is True and "KmsKeyId" in props
+        assert props["DeletionProtection"] is True
+        assert "MasterUsername" not in props  # a secondary inherits the primary's users
+        assert cluster["DeletionPolicy"] == "Retain"
+        assert len(resources(template, "AWS::RDS::DBInstance")) >= 1
+        assert resources(template, "AWS::RDS::GlobalCluster") == {}
+
+
+def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Data"]
+    migrations = resources(template, "Custom::CovenantMigrations")
+    assert len(migrations) == 1
+    (resource,) = migrations.values()
+    assert len(resource["Properties"]["Digest"]) == 64
+    migrator = _function(template, "migrator.handler.handler")
+    env = migrator["Environment"]["Variables"]
+    assert env["DATABASE_LOGIN_USERS"] == "covenant_graphql,covenant_mobile,covenant_bridge"
+    assert "VpcConfig" in migrator
+
+
+# -- API ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_every_route_has_the_authorizer_its_table_entry_asks_for(templates, code) -> None:
+    template = templates[f"Covenant-{code}-Api"]
+    authorizer_id = next(iter(resources(template, "AWS::ApiGatewayV2::Authorizer")))
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::Authorizer",
+        {
+            "AuthorizerType": "JWT",
+            "IdentitySource": ["$request.header.Authorization"],
+            "JwtConfiguration": {"Issuer": Match.any_value(), "Audience": Match.any_value()},
+        },
+    )
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in resources(template, "AWS::ApiGatewayV2::Route").values()
+    }
+    expected = {
+        route.key: route.auth for spec in load_functions().values() for route in spec.routes
+    }
+    assert set(routes) == set(expected)
+    for key, auth in expected.items():
+        route = routes[key]
+        if auth == "jwt":
+            assert route["AuthorizationType"] == "JWT", key
+            assert route["AuthorizerId"] == {"Ref": authorizer_id}, key
+        else:  # none, and jwt-optional (the function verifies a token it is sent)
+            assert route["AuthorizationType"] == "NONE", key
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_stage_is_the_region_code_with_throttling_cors_and_access_logs(templates, code) -> None:
+    template = templates[f"Covenant-{code}-Api"]
     template.has_resource_properties(
         "AWS::ApiGatewayV2::Stage",
         {
             "StageName": code,
             "AutoDeploy": True,
             "DefaultRouteSettings": {"ThrottlingRateLimit": 200, "ThrottlingBurstLimit": 400},
-        },
-    )
-    template.has_resource_properties("AWS::ApiGatewayV2::Route", {"RouteKey": "GET /health"})
-    template.has_resource_properties(
-        "AWS::Lambda::Function",
-        {
-            "Handler": "mobile.handler.handler",
-            "Runtime": "python3.13",
-            "Architectures": ["arm64"],
-            "TracingConfig": {"Mode": "Active"},
-            "Layers": Match.any_value(),
-            "Environment": {
-                "Variables": Match.object_like(
-                    {"COVENANT_REGION": code, "POWERTOOLS_SERVICE_NAME": "mobile"}
-                )
+            "RouteSettings": {
+                "POST /auth/login": {"ThrottlingRateLimit": 10, "ThrottlingBurstLimit": 20}
+            },
+            "AccessLogSettings": {
+                "DestinationArn": Match.any_value(),
+                "Format": Match.string_like_regexp(r"\$context\.requestId"),
             },
         },
     )
-    variables = next(
-        r["Properties"]["Environment"]["Variables"]
-        for r in template.find_resources("AWS::Lambda::Function").values()
-        if r["Properties"].get("Handler") == "mobile.handler.handler"
-    )
-    assert [r["code"] for r in json.loads(variables["COVENANT_REGIONS"])] == [
-        r.code for r in load_regions()
-    ]
-    template.resource_count_is("AWS::Lambda::LayerVersion", 2)
     template.has_resource_properties(
-        "AWS::Lambda::LayerVersion",
-        {"CompatibleRuntimes": ["python3.13"], "CompatibleArchitectures": ["arm64"]},
+        "AWS::ApiGatewayV2::Api",
+        {
+            "ProtocolType": "HTTP",
+            "CorsConfiguration": Match.object_like(
+                {"AllowHeaders": Match.array_with(["authorization", "idempotency-key"])}
+            ),
+        },
     )
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code) -> None:
+    template = templates[f"Covenant-{code}-Api"]
+    for name, handler in (
+        ("graphql", "graphql_api.handler.handler"),
+        ("mobile", "mobile.handler.handler"),
+    ):
+        fn = _function(template, handler)
+        assert fn["Runtime"] == "python3.14"
+        assert fn["Architectures"] == ["arm64"]
+        assert fn["TracingConfig"] == {"Mode": "Active"}
+        assert len(fn["Layers"]) == 2
+        assert fn["VpcConfig"]["SubnetIds"] and fn["VpcConfig"]["SecurityGroupIds"]
+        env = fn["Environment"]["Variables"]
+        assert env["COVENANT_REGION"] == code
+        assert env["POWERTOOLS_SERVICE_NAME"] == name
+        assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Covenant"
+        assert [r["code"] for r in json.loads(env["COVENANT_REGIONS"])] == CODES
+        for variable in ("DATABASE_URL", "DATABASE_READER_URL"):
+            url = json.dumps(env[variable])
+            assert f"postgresql://covenant_{name}@" in url
+            assert "auth=iam" in url and "sslmode=require" in url
+        assert {"COGNITO_USER_POOL_ID", "COGNITO_CLIENT_ID", "COGNITO_REGION"} <= set(env)
+        assert not any(k.startswith("AWS_") for k in env)  # reserved by Lambda
+    graphql = _function(template, "graphql_api.handler.handler")
+    assert graphql["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+    assert "OUTBOX_WAKEUP_QUEUE_URL" in graphql["Environment"]["Variables"]
+    # API Gateway invokes the alias of the published (snapshotted) version.
+    template.has_resource_properties("AWS::Lambda::Alias", {"Name": "live"})
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_custom_domain_and_latency_routed_global_name(templates, code) -> None:
+    template = templates[f"Covenant-{code}-Api"]
+    region = next(r for r in REGIONS if r.code == code)
+    names = {
+        d["Properties"]["DomainName"]
+        for d in resources(template, "AWS::ApiGatewayV2::DomainName").values()
+    }
+    assert names == {f"api-{code}.{DOMAIN['name']}", f"api.{DOMAIN['name']}"}
+    template.has_resource_properties(
+        "AWS::Route53::RecordSet",
+        {
+            "Name": f"api.{DOMAIN['name']}",
+            "SetIdentifier": code,
+            "Region": region.aws_region,
+            "HealthCheckId": Match.any_value(),
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Route53::HealthCheck",
+        {
+            "HealthCheckConfig": Match.object_like(
+                {
+                    "ResourcePath": "/health",
+                    "FullyQualifiedDomainName": f"api-{code}.{DOMAIN['name']}",
+                }
+            )
+        },
+    )
+
+
+# -- auth ---------------------------------------------------------------------------------------
+
+
+def test_user_pool_with_roles_password_policy_and_the_mobile_client(templates) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Auth"]
+    pool = _only(template, "AWS::Cognito::UserPool")["Properties"]
+    policy = pool["Policies"]["PasswordPolicy"]
+    assert policy["MinimumLength"] == 12
+    assert all(
+        policy[k]
+        for k in ("RequireLowercase", "RequireUppercase", "RequireNumbers", "RequireSymbols")
+    )
+    assert pool["UserPoolTier"] == "PLUS"
+    assert pool["UserPoolAddOns"]["AdvancedSecurityMode"] == "ENFORCED"
+    assert pool["DeletionProtection"] == "ACTIVE"
+    groups = {
+        g["Properties"]["GroupName"]
+        for g in resources(template, "AWS::Cognito::UserPoolGroup").values()
+    }
+    assert groups == {"admin", "editor", "viewer"}
+    client = _only(template, "AWS::Cognito::UserPoolClient")["Properties"]
+    assert set(client["ExplicitAuthFlows"]) == {
+        "ALLOW_USER_PASSWORD_AUTH",
+        "ALLOW_REFRESH_TOKEN_AUTH",
+    }
+    assert client["GenerateSecret"] is False
+    assert client["PreventUserExistenceErrors"] == "ENABLED"
+    assert client["EnableTokenRevocation"] is True
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+def _helm(template: Template, chart: str) -> dict[str, Any]:
+    found = [
+        r["Properties"]
+        for r in resources(template, "Custom::AWSCDK-EKS-HelmChart").values()
+        if r["Properties"].get("Chart") == chart
+    ]
+    assert len(found) == 1, chart
+    return found[0]
+
+
+def _resolved_json(value: Any) -> Any:
+    """JSON that CloudFormation assembles with Fn::Join, with every token as "TOKEN"."""
+    if isinstance(value, str):
+        return json.loads(value)
+    parts = value["Fn::Join"][1]
+    return json.loads("".join(p if isinstance(p, str) else "TOKEN" for p in parts))
+
+
+def test_nats_runs_from_the_official_chart_with_three_jetstream_replicas(templates) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Events"]
+    cluster = _only(template, "AWS::EKS::Cluster")["Properties"]
+    assert cluster["ResourcesVpcConfig"]["EndpointPublicAccess"] is False
+    assert cluster["EncryptionConfig"]
+    nats = _helm(template, "nats")
+    assert nats["Repository"] == "https://nats-io.github.io/k8s/helm/charts/"
+    assert nats["Version"]
+    values = _resolved_json(nats["Values"])
+    config = values["config"]
+    assert config["cluster"] == {"enabled": True, "replicas": 3}
+    assert config["jetstream"]["enabled"] is True
+    assert config["jetstream"]["fileStore"]["enabled"] is True
+    assert config["jetstream"]["fileStore"]["pvc"]["storageClassName"] == "covenant-jetstream"
+    users = config["merge"]["authorization"]["users"]
+    assert [u["user"] for u in users] == ["<< $BRIDGE_USER >>", "<< $ADMIN_USER >>"]
+    env = values["container"]["env"]
+    assert env["BRIDGE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "nats-auth"
+    service = values["service"]["merge"]
+    annotations = service["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internal"
+    assert service["spec"]["type"] == "LoadBalancer"
+    _helm(template, "external-secrets")
+
+
+def test_the_bridge_user_of_nats_cannot_change_the_topology() -> None:
+    denied = BRIDGE_NATS_PERMISSIONS["publish"]["deny"]
+    assert "$JS.API.STREAM.DELETE.>" in denied and "$JS.API.STREAM.UPDATE.>" in denied
+
+
+def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failures(
+    templates,
+) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Events"]
+    queue = _only(template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup")["Properties"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 5
+    _only(template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup-dlq")
+    template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {"FunctionResponseTypes": ["ReportBatchItemFailures"], "BatchSize": 10},
+    )
+    bridge = _function(template, "bridge.handler.handler")
+    assert "VpcConfig" in bridge
+    env = bridge["Environment"]["Variables"]
+    assert {"NATS_URL", "NATS_SECRET_ARN", "DATABASE_URL"} <= set(env)
+
+
+def test_schedules_sweep_the_outbox_and_probe_jetstream(templates) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Events"]
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {"Name": "covenant-outbox-sweep", "ScheduleExpression": "rate(1 minute)"},
+    )
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {"Name": "covenant-jetstream-probe", "ScheduleExpression": "rate(1 minute)"},
+    )
+    assert len(resources(template, "Custom::CovenantJetStreamTopology")) == 1
+
+
+# -- IAM ----------------------------------------------------------------------------------------
+
+# Actions AWS authorizes only on "*": Lambda's ENI management for VPC functions, X-Ray.
+STAR_ONLY_ACTIONS = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+}
+
+
+def _statements(templates) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for stack, template in templates.items():
+        for logical, resource in template.to_json()["Resources"].items():
+            documents = []
+            if resource["Type"] == "AWS::IAM::Policy":
+                documents = [resource["Properties"]["PolicyDocument"]]
+            elif resource["Type"] == "AWS::IAM::Role":
+                documents = [
+                    p["PolicyDocument"] for p in resource["Properties"].get("Policies", [])
+                ]
+            for document in documents:
+                found += [(f"{stack}/{logical}", s) for s in document["Statement"]]
+    return found
+
+
+def test_iam_policies_use_no_wildcard_where_a_narrower_grant_exists(templates) -> None:
+    statements = _statements(templates)
+    assert statements
+    for where, statement in statements:
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        resources_ = (
+            statement["Resource"]
+            if isinstance(statement["Resource"], list)
+            else [statement["Resource"]]
+        )
+        assert not any("*" in action for action in actions), (where, actions)
+        if "*" in resources_:
+            assert set(actions) <= STAR_ONLY_ACTIONS, (where, actions)
+
+
+def test_each_function_reads_only_its_own_secret_and_connects_as_its_own_user(templates) -> None:
+    events = templates[f"Covenant-{PRIMARY.code}-Events"].to_json()["Resources"]
+    readers: dict[str, set[str]] = {}
+    for logical, resource in events.items():
+        if resource["Type"] != "AWS::IAM::Policy":
+            continue
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+            if "secretsmanager:GetSecretValue" in statement["Action"]:
+                readers.setdefault(logical, set()).add(json.dumps(statement["Resource"]))
+    bridge = next(v for k, v in readers.items() if k.startswith("BridgeRole"))
+    jetstream = next(v for k, v in readers.items() if k.startswith("JetStreamRole"))
+    assert bridge == {'{"Ref": "NatsBridgeSecret' + next(iter(bridge)).split("NatsBridgeSecret")[1]}
+    assert "NatsAdminSecret" in next(iter(jetstream)) and "NatsBridge" not in next(iter(jetstream))
+    for code in CODES:
+        api = templates[f"Covenant-{code}-Api"].to_json()["Resources"]
+        for logical, resource in api.items():
+            if resource["Type"] != "AWS::IAM::Policy" or "Role" not in logical:
+                continue
+            text = json.dumps(resource["Properties"]["PolicyDocument"])
+            if "rds-db:connect" in text:
+                user = "covenant_graphql" if logical.startswith("Graphql") else "covenant_mobile"
+                assert f"/{user}" in text and text.count("dbuser") == 1, logical
+
+
+# -- observability ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_alarms_notify_the_regions_topic(templates, code) -> None:
+    template = templates[f"Covenant-{code}-Monitoring"]
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    metrics = json.dumps(alarms)
+    for metric in ("5xx", "Latency", "Errors", "Throttles"):
+        assert f'"{metric}"' in metrics, metric
+    assert (
+        "AuroraReplicaLagMaximum" if code == PRIMARY.code else "AuroraGlobalDBReplicationLag"
+    ) in metrics
+    if code == PRIMARY.code:
+        for metric in (
+            "ApproximateNumberOfMessagesVisible",
+            "OutboxLagSeconds",
+            "JetStreamHealthy",
+        ):
+            assert metric in metrics, metric
+    topic = next(iter(resources(template, "AWS::SNS::Topic")))
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
+    template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+    template.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email"})
+
+
+# -- layers -------------------------------------------------------------------------------------
+
+
+def test_the_lock_file_pins_every_runtime_requirement_at_its_pyproject_version() -> None:
+    locked = locked_versions()
+    for requirement in runtime_requirements():
+        name, _, version = requirement.partition("==")
+        assert locked.get(name.lower().replace("_", "-").replace(".", "-")) == version, requirement
 
 
 def test_the_dependencies_layer_holds_the_pinned_packages_for_arm64() -> None:
-    from stacks.layers import build_dependencies, runtime_requirements
-
     folder = build_dependencies(runtime_requirements()) / "python"
     for package in ("pg8000", "aws_lambda_powertools", "ariadne", "nats"):
         assert (folder / package).is_dir()
     assert any(p.name == "pg8000-1.31.6.dist-info" for p in folder.iterdir())
+    assert any("aarch64" in p.name for p in folder.rglob("*.so"))

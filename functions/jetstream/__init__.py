@@ -1,0 +1,1 @@
+"""JetStream topology on deploy (custom resource) and the JetStream health probe."""

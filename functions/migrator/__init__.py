@@ -1,0 +1,1 @@
+"""Migrations custom resource: applies the migrations and seed data on deploy."""

@@ -1,0 +1,146 @@
+"""Migrations custom resource (CloudFormation, through the CDK provider framework).
+
+Create and Update apply the pending migrations and the seed data with the one migration runner
+(`covenant.migrate`, `covenant.seed`), as the master user whose credentials Secrets Manager
+holds, then make sure every function's login role exists: NOLOGIN group `covenant_app` with
+the data privileges, and one LOGIN role per function granted `rds_iam`, so the functions sign
+in with IAM tokens only. Everything is idempotent; a failure fails the deploy, which rolls back.
+Delete never touches the database.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from covenant.config import env
+from covenant.db import Database, Role, Session
+from covenant.migrate import migrate
+from covenant.seed import seed
+
+logger = Logger(service="migrator")
+
+PHYSICAL_ID = "covenant-migrations"
+APP_ROLE = "covenant_app"
+# Long enough for an index build on a large table, shorter than the function's timeout.
+STATEMENT_TIMEOUT_MS = 9 * 60 * 1000
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class MigratorError(RuntimeError):
+    """The custom resource is misconfigured."""
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if event["RequestType"] == "Delete":
+        return {"PhysicalResourceId": event.get("PhysicalResourceId", PHYSICAL_ID)}
+    database = master_database()
+    try:
+        data = apply(database, login_users())
+    finally:
+        database.close()
+    logger.info("database ready", extra=data)
+    return {"PhysicalResourceId": PHYSICAL_ID, "Data": data}
+
+
+def login_users() -> list[str]:
+    users = [u.strip() for u in (env("DATABASE_LOGIN_USERS") or "").split(",") if u.strip()]
+    for user in users:
+        if not _IDENTIFIER.match(user):
+            raise MigratorError(f"DATABASE_LOGIN_USERS: {user!r} is not a plain role name")
+    return users
+
+
+def master_database() -> Database:
+    secret_arn = env("DATABASE_SECRET_ARN")
+    if not secret_arn:
+        raise MigratorError("DATABASE_SECRET_ARN is not set")
+    secret: dict[str, Any] = parameters.get_secret(secret_arn, transform="json", force_fetch=True)
+    url = (
+        f"postgresql://{quote(str(secret['username']), safe='')}:"
+        f"{quote(str(secret['password']), safe='')}@{secret['host']}:{secret.get('port', 5432)}/"
+        f"{quote(str(secret.get('dbname') or 'covenant'), safe='')}?sslmode=require"
+    )
+    return Database(
+        Role.WRITER,
+        url,
+        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+        connect_timeout_s=10,
+        application_name="covenant-migrator",
+    )
+
+
+def apply(database: Database, users: list[str]) -> dict[str, str]:
+    """Migrations, seed data, login roles; returns what the custom resource reports."""
+    applied = migrate(database)
+    seeded = seed(database)
+    ensure_login_roles(database, users)
+    return {
+        "Applied": ",".join(f"{m.version:04d}_{m.name}" for m in applied) or "none",
+        "Countries": str(seeded.countries),
+        "Projects": str(seeded.projects),
+        "LoginRoles": ",".join(users),
+    }
+
+
+def ensure_login_roles(database: Database, users: list[str]) -> None:
+    with database.session() as session:
+        session.run("BEGIN")
+        try:
+            _grant_app_role(session)
+            iam_role = session.scalar("SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'")
+            for user in users:
+                _login_role(session, user, iam=bool(iam_role))
+            session.run("COMMIT")
+        except BaseException:
+            session.run("ROLLBACK")
+            raise
+
+
+# Role names are checked against _IDENTIFIER before they reach SQL text; DDL takes no binds.
+def _grant_app_role(session: Session) -> None:
+    session.run(
+        f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+                CREATE ROLE {APP_ROLE} NOLOGIN;
+            END IF;
+            EXECUTE format('GRANT CONNECT ON DATABASE %I TO {APP_ROLE}', current_database());
+        END $$
+        """
+    )
+    for statement in (
+        f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}",
+        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {APP_ROLE}",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public "
+        f"GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {APP_ROLE}",
+    ):
+        session.run(statement)
+
+
+def _login_role(session: Session, user: str, *, iam: bool) -> None:
+    if not _IDENTIFIER.match(user):
+        raise MigratorError(f"{user!r} is not a plain role name")
+    session.run(
+        f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN
+                CREATE ROLE {user} LOGIN;
+            END IF;
+        END $$
+        """
+    )
+    session.run(f"GRANT {APP_ROLE} TO {user}")
+    if iam:
+        session.run(f"GRANT rds_iam TO {user}")

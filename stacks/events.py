@@ -1,0 +1,625 @@
+"""The event path of the primary region: NATS JetStream on EKS, the wake-up queue, the bridge.
+
+    GraphQL (any region) ──wake-up──► SQS covenant-outbox-wakeup ──► bridge Lambda ──► NATS
+    EventBridge rule covenant-outbox-sweep (every minute) ─────────► bridge Lambda
+                                       (a message that keeps failing ──► the dead-letter queue)
+
+NATS runs from the official Helm chart on an EKS Auto Mode cluster with a private API endpoint:
+three servers with JetStream on encrypted gp3 volumes, users and passwords from a Kubernetes
+secret that External Secrets Operator keeps in step with two Secrets Manager secrets (one per
+NATS user: the bridge publishes, the admin applies the topology), reachable only through an
+internal NLB whose security group admits the bridge and the JetStream function.
+The JetStream topology (covenant.streams) is applied by a custom resource on every deploy that
+changes it; the same function probes JetStream every minute for the NATS health alarm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, cast
+
+from aws_cdk import CfnElement, CustomResource, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import custom_resources as cr
+from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
+from constructs import Construct
+
+from covenant.regions import Region
+from covenant.topology import FunctionSpec
+from stacks.database import database_user
+from stacks.functions import CovenantFunction, base_environment, log_retention
+from stacks.layers import REPO_ROOT, SharedLayers
+from stacks.nag import acknowledge, acknowledge_provider_framework, logical_id, managed_policy
+from stacks.network import NATS_PORT, RegionalNetwork
+from stacks.settings import AppSettings
+
+NATS_NAMESPACE = "nats"
+NATS_SERVICE = "nats"
+NATS_AUTH_SECRET = "nats-auth"  # noqa: S105 - the name of the Kubernetes secret ESO writes
+ESO_NAMESPACE = "external-secrets"
+ESO_SERVICE_ACCOUNT = "external-secrets"
+STORAGE_CLASS = "covenant-jetstream"
+
+# The bridge publishes events and reads stream information; it may not change the topology.
+BRIDGE_NATS_PERMISSIONS = {
+    "publish": {
+        "allow": ["covenant.>", "audit.>", "alerts.>", "notifications.>", "$JS.API.>"],
+        "deny": [
+            "$JS.API.STREAM.CREATE.>",
+            "$JS.API.STREAM.UPDATE.>",
+            "$JS.API.STREAM.DELETE.>",
+            "$JS.API.STREAM.PURGE.>",
+            "$JS.API.STREAM.MSG.DELETE.>",
+            "$JS.API.CONSUMER.CREATE.>",
+            "$JS.API.CONSUMER.DURABLE.CREATE.>",
+            "$JS.API.CONSUMER.DELETE.>",
+        ],
+    },
+    "subscribe": {"allow": ["_INBOX.>"]},
+}
+
+
+def _nats_secret(scope: Construct, name: str, user: str, key: kms.IKey) -> secretsmanager.Secret:
+    secret = secretsmanager.Secret(
+        scope,
+        name,
+        description=f"NATS credentials of the {user} user (JSON: user, password)",
+        encryption_key=key,
+        generate_secret_string=secretsmanager.SecretStringGenerator(
+            secret_string_template=json.dumps({"user": user}),
+            generate_string_key="password",
+            # Substituted into nats.conf from an environment variable: letters and digits only.
+            exclude_punctuation=True,
+            password_length=40,
+        ),
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+    acknowledge(
+        secret,
+        "AwsSolutions-SMG4",
+        "NATS has no Secrets Manager rotation function: rotation is the documented "
+        "runbook (docs/deploy.md): put a new value, External Secrets syncs it, roll the "
+        "NATS pods; the bridge re-reads the secret within 5 minutes and the outbox "
+        "holds events meanwhile.",
+    )
+    return secret
+
+
+class WakeupQueue(Construct):
+    """The queue GraphQL functions of every region send wake-ups to, with its DLQ. Its name is
+    fixed (settings), so the other regions build its URL and ARN without a lookup."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, settings: AppSettings, bridge_timeout_s: int
+    ) -> None:
+        super().__init__(scope, construct_id)
+        names = settings.events
+        self.dead_letters = sqs.Queue(
+            self,
+            "DeadLetters",
+            queue_name=names.wakeup_dlq_name,
+            retention_period=Duration.days(14),
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+        )
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            queue_name=names.wakeup_queue_name,
+            # AWS's guidance for a Lambda event source: six times the function's timeout.
+            visibility_timeout=Duration.seconds(6 * bridge_timeout_s),
+            retention_period=Duration.days(4),
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dead_letters, max_receive_count=names.wakeup_max_receive_count
+            ),
+        )
+        acknowledge(
+            self.dead_letters,
+            "AwsSolutions-SQS3",
+            "This is the dead-letter queue; its depth is alarmed on.",
+        )
+
+
+class NatsCluster(Construct):
+    """EKS Auto Mode cluster running NATS with JetStream from the official Helm chart."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        region: Region,
+        settings: AppSettings,
+        network: RegionalNetwork,
+        key: kms.Key,
+        bridge_secret: secretsmanager.ISecret,
+        admin_secret: secretsmanager.ISecret,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        config = settings.events
+        groups = network.security_groups
+        assert groups.nats_load_balancer is not None
+        self.cluster = eks.Cluster(
+            self,
+            "Cluster",
+            cluster_name="covenant-events",
+            version=eks.KubernetesVersion.of(config.kubernetes_version),
+            vpc=network.vpc,
+            vpc_subnets=[network.function_subnets],
+            endpoint_access=eks.EndpointAccess.PRIVATE,
+            default_capacity_type=eks.DefaultCapacityType.AUTOMODE,
+            compute=eks.ComputeConfig(node_pools=["system", "general-purpose"]),
+            kubectl_provider_options=eks.KubectlProviderOptions(
+                kubectl_layer=KubectlV36Layer(self, "KubectlLayer"),
+                private_subnets=network.vpc.select_subnets(
+                    subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS
+                ).subnets,
+            ),
+            secrets_encryption_key=key,
+            cluster_logging=[
+                eks.ClusterLoggingTypes.API,
+                eks.ClusterLoggingTypes.AUDIT,
+                eks.ClusterLoggingTypes.AUTHENTICATOR,
+                eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+                eks.ClusterLoggingTypes.SCHEDULER,
+            ],
+        )
+        self._acknowledge_eks()
+        if config.admin_role_arn:
+            self.cluster.grant_access(
+                "Administrators",
+                config.admin_role_arn,
+                [
+                    eks.AccessPolicy.from_access_policy_name(
+                        "AmazonEKSClusterAdminPolicy",
+                        access_scope_type=eks.AccessScopeType.CLUSTER,
+                    )
+                ],
+            )
+        # EKS Auto Mode's block storage runs as the cluster role: it encrypts the JetStream
+        # volumes with the region's events key.
+        key.grant(
+            self.cluster.role,
+            "kms:CreateGrant",
+            "kms:Decrypt",
+            "kms:DescribeKey",
+            "kms:GenerateDataKeyWithoutPlaintext",
+            "kms:ReEncryptFrom",
+            "kms:ReEncryptTo",
+        )
+        storage = self.cluster.add_manifest(
+            "StorageClass",
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": STORAGE_CLASS},
+                "provisioner": "ebs.csi.eks.amazonaws.com",
+                "volumeBindingMode": "WaitForFirstConsumer",
+                # JetStream data outlives a Helm uninstall or a deleted claim.
+                "reclaimPolicy": "Retain",
+                "allowVolumeExpansion": True,
+                "parameters": {"type": "gp3", "encrypted": "true", "kmsKeyId": key.key_arn},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": NATS_NAMESPACE},
+            },
+        )
+        secrets = self._external_secrets(region, config.external_secrets_chart_version)
+        sync = self.cluster.add_manifest(
+            "NatsAuth",
+            {
+                "apiVersion": "external-secrets.io/v1",
+                "kind": "SecretStore",
+                "metadata": {"name": "aws-secrets-manager", "namespace": NATS_NAMESPACE},
+                "spec": {
+                    "provider": {"aws": {"service": "SecretsManager", "region": region.aws_region}}
+                },
+            },
+            {
+                "apiVersion": "external-secrets.io/v1",
+                "kind": "ExternalSecret",
+                "metadata": {"name": NATS_AUTH_SECRET, "namespace": NATS_NAMESPACE},
+                "spec": {
+                    "refreshInterval": "1h",
+                    "secretStoreRef": {"name": "aws-secrets-manager", "kind": "SecretStore"},
+                    "target": {"name": NATS_AUTH_SECRET, "creationPolicy": "Owner"},
+                    "data": [
+                        {
+                            "secretKey": f"{who}-{field}",
+                            "remoteRef": {"key": secret.secret_arn, "property": field},
+                        }
+                        for who, secret in (("bridge", bridge_secret), ("admin", admin_secret))
+                        for field in ("user", "password")
+                    ],
+                },
+            },
+        )
+        sync.node.add_dependency(storage)
+        sync.node.add_dependency(secrets)
+        for secret in (bridge_secret, admin_secret):
+            secret.grant_read(self.secrets_role)  # and kms:Decrypt through Secrets Manager
+        self.chart = self.cluster.add_helm_chart(
+            "Nats",
+            chart="nats",
+            repository="https://nats-io.github.io/k8s/helm/charts/",
+            version=config.nats_chart_version,
+            release="nats",
+            namespace=NATS_NAMESPACE,
+            create_namespace=False,
+            wait=True,
+            timeout=Duration.minutes(12),
+            values=nats_values(settings, groups.nats_load_balancer.security_group_id),
+        )
+        self.chart.node.add_dependency(sync)
+        address = eks.KubernetesObjectValue(
+            self,
+            "Address",
+            # jsii's protocol for ICluster lags the class; the cluster is one.
+            cluster=cast(eks.ICluster, self.cluster),
+            object_type="service",
+            object_name=NATS_SERVICE,
+            object_namespace=NATS_NAMESPACE,
+            json_path=".status.loadBalancer.ingress[0].hostname",
+            timeout=Duration.minutes(10),
+        )
+        address.node.add_dependency(self.chart)
+        self.url = f"nats://{address.value}:{NATS_PORT}"
+
+    def _acknowledge_eks(self) -> None:
+        """What the EKS constructs of aws-cdk-lib create and cdk-nag flags, with the reason each
+        is as it must be."""
+        acknowledge(
+            self.cluster,
+            "AwsSolutions-IAM4",
+            "EKS Auto Mode requires these AWS managed policies on the cluster role (it manages "
+            "compute, block storage, load balancing and networking for the cluster) and on the "
+            "node role (kubelet, image pulls); AWS keeps them in step with the service.",
+            *(
+                managed_policy(name)
+                for name in (
+                    "AmazonEKSClusterPolicy",
+                    "AmazonEKSComputePolicy",
+                    "AmazonEKSBlockStoragePolicy",
+                    "AmazonEKSLoadBalancingPolicy",
+                    "AmazonEKSNetworkingPolicy",
+                    "AmazonEKSWorkerNodePolicy",
+                    "AmazonEC2ContainerRegistryReadOnly",
+                )
+            ),
+        )
+        provider = self.cluster.node.find_child("KubectlProvider")
+        handler = provider.node.find_child("Handler")
+        has_ecr_public = handler.node.find_child("HasEcrPublic")
+        assert isinstance(has_ecr_public, CfnElement)
+        ecr_public = {
+            "Fn::If": [
+                logical_id(has_ecr_public),
+                {
+                    "Fn::Join": [
+                        "",
+                        [
+                            "arn:",
+                            {"Ref": "AWS::Partition"},
+                            ":iam::aws:policy/AmazonElasticContainerRegistryPublicReadOnly",
+                        ],
+                    ]
+                },
+                {"Ref": "AWS::NoValue"},
+            ]
+        }
+        acknowledge(
+            provider,
+            "AwsSolutions-IAM4",
+            "The kubectl provider of aws-cdk-lib runs kubectl and helm in the VPC against the "
+            "private API endpoint: AWS managed execution, VPC access and registry read policies.",
+            managed_policy("service-role/AWSLambdaBasicExecutionRole"),
+            managed_policy("service-role/AWSLambdaVPCAccessExecutionRole"),
+            managed_policy("AmazonEC2ContainerRegistryReadOnly"),
+            "Policy::" + json.dumps(ecr_public, separators=(",", ":")),
+        )
+        framework = provider.node.find_child("Provider")
+        acknowledge_provider_framework(framework, handler)
+        acknowledge(
+            provider,
+            "AwsSolutions-L1",
+            "The kubectl handler's runtime is chosen by aws-cdk-lib with its kubectl layer.",
+        )
+
+    def _external_secrets(self, region: Region, version: str) -> Construct:
+        self.secrets_role = iam.Role(
+            self,
+            "SecretSyncRole",
+            assumed_by=iam.SessionTagsPrincipal(iam.ServicePrincipal("pods.eks.amazonaws.com")),
+            description="External Secrets Operator: reads the two NATS secrets only",
+        )
+        association = eks.CfnPodIdentityAssociation(
+            self,
+            "SecretSyncIdentity",
+            cluster_name=self.cluster.cluster_name,
+            namespace=ESO_NAMESPACE,
+            service_account=ESO_SERVICE_ACCOUNT,
+            role_arn=self.secrets_role.role_arn,
+        )
+        chart = self.cluster.add_helm_chart(
+            "ExternalSecrets",
+            chart="external-secrets",
+            repository="https://charts.external-secrets.io",
+            version=version,
+            release="external-secrets",
+            namespace=ESO_NAMESPACE,
+            create_namespace=True,
+            # The webhook must answer before the ExternalSecret is applied.
+            wait=True,
+            timeout=Duration.minutes(10),
+            values={
+                "installCRDs": True,
+                "serviceAccount": {"create": True, "name": ESO_SERVICE_ACCOUNT},
+                "env": {"AWS_REGION": region.aws_region},
+            },
+        )
+        chart.node.add_dependency(association)
+        return chart
+
+
+def nats_values(settings: AppSettings, load_balancer_security_group: str) -> dict[str, Any]:
+    """Values of the official NATS chart: a JetStream cluster of `natsReplicas` servers on
+    separate nodes, file storage on encrypted volumes, two users from the nats-auth secret,
+    clients only through an internal NLB."""
+    config = settings.events
+
+    def from_secret(key: str) -> dict[str, Any]:
+        return {"valueFrom": {"secretKeyRef": {"name": NATS_AUTH_SECRET, "key": key}}}
+
+    return {
+        "fullnameOverride": NATS_SERVICE,
+        "config": {
+            "cluster": {"enabled": True, "replicas": config.nats_replicas},
+            "jetstream": {
+                "enabled": True,
+                "fileStore": {
+                    "enabled": True,
+                    "pvc": {
+                        "enabled": True,
+                        "size": f"{config.jetstream_storage_gi}Gi",
+                        "storageClassName": STORAGE_CLASS,
+                    },
+                },
+                "memoryStore": {"enabled": False},
+            },
+            # `<< $VAR >>` is written unquoted: nats-server substitutes the environment variable.
+            "merge": {
+                "authorization": {
+                    "users": [
+                        {
+                            "user": "<< $BRIDGE_USER >>",
+                            "password": "<< $BRIDGE_PASSWORD >>",
+                            "permissions": BRIDGE_NATS_PERMISSIONS,
+                        },
+                        {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
+                    ]
+                }
+            },
+        },
+        "container": {
+            "image": {"tag": config.nats_image_tag},
+            "env": {
+                "BRIDGE_USER": from_secret("bridge-user"),
+                "BRIDGE_PASSWORD": from_secret("bridge-password"),
+                "ADMIN_USER": from_secret("admin-user"),
+                "ADMIN_PASSWORD": from_secret("admin-password"),
+                "GOMEMLIMIT": "900MiB",
+            },
+            "merge": {
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "1Gi"},
+                    "limits": {"memory": "1Gi"},
+                }
+            },
+        },
+        "podTemplate": {
+            "topologySpreadConstraints": {
+                "kubernetes.io/hostname": {"maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule"},
+                "topology.kubernetes.io/zone": {
+                    "maxSkew": 1,
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                },
+            }
+        },
+        "podDisruptionBudget": {"enabled": True},
+        "natsBox": {"enabled": False},
+        "service": {
+            "merge": {
+                "metadata": {
+                    "annotations": {
+                        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal",
+                        "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
+                        "service.beta.kubernetes.io/aws-load-balancer-security-groups": (
+                            load_balancer_security_group
+                        ),
+                        "service.beta.kubernetes.io/"
+                        "aws-load-balancer-manage-backend-security-group-rules": "true",
+                    }
+                },
+                "spec": {"type": "LoadBalancer", "loadBalancerClass": "eks.amazonaws.com/nlb"},
+            }
+        },
+    }
+
+
+def _topology_digest(replicas: int) -> str:
+    source = REPO_ROOT / "layers" / "shared" / "python" / "covenant" / "streams.py"
+    handler = REPO_ROOT / "functions" / "jetstream" / "handler.py"
+    digest = hashlib.sha256(str(replicas).encode())
+    for path in (source, handler):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class EventsStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        region: Region,
+        settings: AppSettings,
+        network: RegionalNetwork,
+        writer_host: str,
+        cluster_resource_id: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        groups = network.security_groups
+        assert groups.bridge is not None and groups.jetstream is not None
+        key = kms.Key(
+            self,
+            "EventsKey",
+            alias=f"alias/covenant/{region.code}/events",
+            description="Covenant events: NATS secrets, JetStream volumes, Kubernetes secrets",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        self.bridge_secret = _nats_secret(self, "NatsBridgeSecret", "bridge", key)
+        self.admin_secret = _nats_secret(self, "NatsAdminSecret", "admin", key)
+        self.nats = NatsCluster(
+            self,
+            "Nats",
+            region=region,
+            settings=settings,
+            network=network,
+            key=key,
+            bridge_secret=self.bridge_secret,
+            admin_secret=self.admin_secret,
+        )
+        layers = SharedLayers(self, "Layers")
+        bridge_spec: FunctionSpec = settings.functions["bridge"]
+        bridge_deploy = settings.deploy_settings("bridge")
+        self.wakeup = WakeupQueue(
+            self, "Wakeup", settings=settings, bridge_timeout_s=bridge_deploy.timeout_s
+        )
+        database_url = (
+            f"postgresql://{database_user('bridge')}@{writer_host}:5432/"
+            f"{settings.database.database_name}?sslmode=require&auth=iam"
+        )
+        self.bridge = CovenantFunction(
+            self,
+            "Bridge",
+            package="bridge",
+            handler=bridge_spec.handler,
+            description=bridge_spec.description,
+            deploy=bridge_deploy,
+            settings=settings,
+            layers=layers.layers,
+            environment={
+                **base_environment(service="bridge", region=region, settings=settings),
+                "DATABASE_URL": database_url,
+                "DATABASE_READER_URL": database_url,
+                "DB_STATEMENT_TIMEOUT_MS": str(settings.database.statement_timeout_ms),
+                "NATS_URL": self.nats.url,
+                "NATS_SECRET_ARN": self.bridge_secret.secret_arn,
+            },
+            vpc=network.vpc,
+            subnets=network.function_subnets,
+            security_group=groups.bridge,
+        )
+        self.bridge_secret.grant_read(self.bridge.role)
+        self.bridge.grant_database_connect(
+            cluster_resource_id=cluster_resource_id, db_user=database_user("bridge")
+        )
+        self.bridge.target.add_event_source(
+            sources.SqsEventSource(
+                self.wakeup.queue,
+                batch_size=10,
+                max_batching_window=Duration.seconds(1),
+                report_batch_item_failures=True,
+                # One relay publishes at a time (advisory lock); more pollers only wait.
+                max_concurrency=2,
+            )
+        )
+        self.sweep = events.Rule(
+            self,
+            "Sweep",
+            rule_name="covenant-outbox-sweep",
+            description="Publishes outbox events no wake-up delivered; prunes published rows",
+            schedule=events.Schedule.rate(Duration.minutes(settings.events.sweep_every_minutes)),
+            targets=[targets.LambdaFunction(self.bridge.target, retry_attempts=0)],
+        )
+        self.jetstream = self._jetstream(region, settings, network, layers)
+
+    def _jetstream(
+        self,
+        region: Region,
+        settings: AppSettings,
+        network: RegionalNetwork,
+        layers: SharedLayers,
+    ) -> CovenantFunction:
+        groups = network.security_groups
+        assert groups.jetstream is not None
+        function = CovenantFunction(
+            self,
+            "JetStream",
+            package="jetstream",
+            handler="jetstream.handler.handler",
+            description="Applies the JetStream topology on deploy; probes JetStream every minute",
+            deploy=settings.deploy_settings("jetstream"),
+            settings=settings,
+            layers=layers.layers,
+            environment={
+                **base_environment(service="jetstream", region=region, settings=settings),
+                "NATS_URL": self.nats.url,
+                "NATS_SECRET_ARN": self.admin_secret.secret_arn,
+                "NATS_REPLICAS": str(settings.events.nats_replicas),
+            },
+            vpc=network.vpc,
+            subnets=network.function_subnets,
+            security_group=groups.jetstream,
+        )
+        self.admin_secret.grant_read(function.role)
+        provider = cr.Provider(
+            self,
+            "TopologyProvider",
+            on_event_handler=function.function,
+            log_group=logs.LogGroup(
+                self, "TopologyProviderLogs", retention=log_retention(settings.log_retention_days)
+            ),
+        )
+        topology = CustomResource(
+            self,
+            "Topology",
+            service_token=provider.service_token,
+            resource_type="Custom::CovenantJetStreamTopology",
+            properties={
+                "Digest": _topology_digest(settings.events.nats_replicas),
+                "Url": self.nats.url,
+            },
+        )
+        topology.node.add_dependency(self.nats.chart)
+        self.probe = events.Rule(
+            self,
+            "Probe",
+            rule_name="covenant-jetstream-probe",
+            description="JetStream health for the NATS alarm (metric JetStreamHealthy)",
+            schedule=events.Schedule.rate(Duration.minutes(1)),
+            targets=[targets.LambdaFunction(function.function, retry_attempts=0)],
+        )
+        acknowledge_provider_framework(provider, function.function)
+        return function
+
+    @property
+    def bridge_function(self) -> lambda_.IFunction:
+        return self.bridge.function

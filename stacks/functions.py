@@ -1,0 +1,169 @@
+"""One Lambda function as every stack deploys it: its own role, log group and configuration.
+
+Each function gets a role of its own that can write only its own log group; whatever else it
+may do (connect to the database as its own user, read its own secret, send to its own queue)
+is granted explicitly by the stack that wires it. No AWS managed policy is attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from aws_cdk import Annotations, ArnFormat, Aws, Duration, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from covenant.regions import Region, regions_as_json
+from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME, REPO_ROOT
+from stacks.nag import acknowledge
+from stacks.settings import AppSettings, DeploySettings
+
+_RETENTION = {
+    1: logs.RetentionDays.ONE_DAY,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    90: logs.RetentionDays.THREE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+}
+
+# Lambda creates and deletes the ENIs of a VPC function; EC2 offers no resource-level
+# permission for the Describe call and Lambda needs the others on ENIs it has yet to create.
+_VPC_ACTIONS = [
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+]
+
+
+def log_retention(days: int) -> logs.RetentionDays:
+    return _RETENTION.get(days, logs.RetentionDays.ONE_MONTH)
+
+
+def base_environment(*, service: str, region: Region, settings: AppSettings) -> dict[str, str]:
+    """What every Covenant function reads: its region, the region table, Powertools."""
+    return {
+        "COVENANT_REGION": region.code,
+        "COVENANT_STAGE": settings.stage,
+        "COVENANT_REGIONS": regions_as_json(settings.regions),
+        "POWERTOOLS_SERVICE_NAME": service,
+        "POWERTOOLS_METRICS_NAMESPACE": "Covenant",
+        "POWERTOOLS_LOG_LEVEL": "INFO",
+        # Events and responses can carry tokens and personal data: never into logs or traces.
+        "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+    }
+
+
+class CovenantFunction(Construct):
+    """A function of `functions/<package>/`, with the shared and dependency layers."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        package: str,
+        handler: str,
+        description: str,
+        deploy: DeploySettings,
+        settings: AppSettings,
+        layers: Sequence[lambda_.ILayerVersion],
+        environment: Mapping[str, str],
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        security_group: ec2.ISecurityGroup,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention(settings.log_retention_days)
+        )
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"Covenant {package} function",
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[self.log_group.log_group_arn],
+            )
+        )
+        self.role.add_to_policy(iam.PolicyStatement(actions=_VPC_ACTIONS, resources=["*"]))
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description=description,
+            runtime=LAMBDA_RUNTIME,
+            architecture=LAMBDA_ARCHITECTURE,
+            handler=handler,
+            # The function's own package only; shared code and libraries come from the layers.
+            code=lambda_.Code.from_asset(
+                str(REPO_ROOT / "functions"),
+                exclude=["*", f"!{package}", f"!{package}/**", "**/__pycache__"],
+            ),
+            layers=list(layers),
+            memory_size=deploy.memory_mb,
+            timeout=Duration.seconds(deploy.timeout_s),
+            reserved_concurrent_executions=deploy.reserved_concurrency,
+            log_group=self.log_group,
+            tracing=lambda_.Tracing.ACTIVE,
+            role=self.role,
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[security_group],
+            snap_start=(lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if deploy.snap_start else None),
+            environment=dict(environment),
+        )
+        # SnapStart and provisioned concurrency apply to published versions: callers invoke
+        # the alias, which always points at the version this deploy published.
+        self.target: lambda_.IFunction = self.function
+        if deploy.snap_start or deploy.provisioned_concurrency:
+            self.target = lambda_.Alias(
+                self,
+                "Live",
+                alias_name="live",
+                version=self.function.current_version,
+                provisioned_concurrent_executions=deploy.provisioned_concurrency or None,
+            )
+            Annotations.of(self.function).acknowledge_warning(
+                "@aws-cdk/aws-lambda:snapStartRequirePublish",
+                "The alias 'live' publishes a version on every change; callers invoke it.",
+            )
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5",
+            "Lambda manages the ENIs of a VPC function (ec2:DescribeNetworkInterfaces "
+            "has no resource-level permission) and X-Ray's PutTraceSegments and "
+            "PutTelemetryRecords accept only '*'. Everything else is scoped.",
+            "Resource::*",
+        )
+
+    def grant_database_connect(self, *, cluster_resource_id: str, db_user: str) -> None:
+        """IAM database authentication as `db_user` on this region's cluster, nothing more."""
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["rds-db:connect"],
+                resources=[
+                    Stack.of(self).format_arn(
+                        service="rds-db",
+                        resource="dbuser",
+                        resource_name=f"{cluster_resource_id}/{db_user}",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
+        )
+
+
+def account_arn(service: str, region: str, resource: str) -> str:
+    """An ARN in this account, for resources other stacks or regions own by a known name."""
+    return f"arn:{Aws.PARTITION}:{service}:{region}:{Aws.ACCOUNT_ID}:{resource}"

@@ -1,0 +1,243 @@
+"""One region's dashboard and alarms; every alarm notifies the region's SNS topic.
+
+Alarms: API 5xx rate and p99 latency, each function's errors and throttles, Aurora replica
+lag (in-cluster in the primary, global replication lag in the secondaries), and in the primary
+region the wake-up dead-letter queue depth, the outbox lag and JetStream health.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_apigatewayv2 as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from covenant.regions import Region
+from stacks.settings import AppSettings
+
+# Thresholds: page when users notice, not on one stray error.
+API_5XX_RATE_PERCENT = 1.0
+API_MIN_REQUESTS = 20  # per 5 minutes, below which the 5xx rate is not judged
+API_P99_LATENCY_MS = 2000
+FUNCTION_ERRORS = 5  # per 5 minutes
+OUTBOX_LAG_S = 120
+REPLICA_LAG_MS = 5000  # HEALTH_MAX_REPLICA_LAG_S: /health reports degraded beyond it
+
+
+@dataclass(frozen=True)
+class EventsMonitoring:
+    """What the primary region's events stack contributes to its dashboard."""
+
+    dead_letters: sqs.IQueue
+    bridge: lambda_.IFunction
+    jetstream: lambda_.IFunction
+
+
+class MonitoringStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        region: Region,
+        settings: AppSettings,
+        api: apigw.HttpApi,
+        stage_name: str,
+        functions: dict[str, lambda_.IFunction],
+        cluster_identifier: str,
+        events: EventsMonitoring | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        key = kms.Key(
+            self,
+            "AlarmsKey",
+            alias=f"alias/covenant/{region.code}/alarms",
+            description="Covenant alarm notifications (SNS)",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        # CloudWatch encrypts what it publishes to the topic with this key.
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": self.account}},
+            )
+        )
+        self.topic = sns.Topic(
+            self,
+            "Alarms",
+            topic_name=f"covenant-{region.code}-alarms",
+            display_name=f"Covenant alarms ({region.code})",
+            master_key=key,
+            enforce_ssl=True,
+        )
+        if settings.alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(settings.alarm_email))
+        self._action = actions.SnsAction(self.topic)
+        self.alarms: list[cloudwatch.Alarm] = []
+        dashboard = cloudwatch.Dashboard(
+            self, "Dashboard", dashboard_name=f"covenant-{region.code}"
+        )
+
+        api_dimensions = {"ApiId": api.api_id, "Stage": stage_name}
+        requests = _metric("AWS/ApiGateway", "Count", api_dimensions, "SampleCount")
+        server_errors = _metric("AWS/ApiGateway", "5xx", api_dimensions, "Sum")
+        error_rate = cloudwatch.MathExpression(
+            expression=f"IF(requests >= {API_MIN_REQUESTS}, 100 * errors / requests, 0)",
+            using_metrics={"requests": requests, "errors": server_errors},
+            label="5xx rate (%)",
+            period=Duration.minutes(5),
+        )
+        latency = _metric("AWS/ApiGateway", "Latency", api_dimensions, "p99")
+        self._alarm(
+            "Api5xxRate",
+            error_rate,
+            API_5XX_RATE_PERCENT,
+            "API 5xx rate above 1 % of requests",
+        )
+        self._alarm("ApiLatencyP99", latency, API_P99_LATENCY_MS, "API p99 latency above 2 s")
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="API requests and 5xx", left=[requests, server_errors]),
+            cloudwatch.GraphWidget(title="API 5xx rate (%)", left=[error_rate]),
+            cloudwatch.GraphWidget(title="API latency p99 (ms)", left=[latency]),
+        )
+
+        function_metrics: list[cloudwatch.IMetric] = []
+        all_functions = dict(functions)
+        if events is not None:
+            all_functions["bridge"] = events.bridge
+            all_functions["jetstream"] = events.jetstream
+        for name, function in all_functions.items():
+            errors = function.metric_errors(period=Duration.minutes(5), statistic="Sum")
+            throttles = function.metric_throttles(period=Duration.minutes(5), statistic="Sum")
+            self._alarm(
+                f"{name.title()}Errors",
+                errors,
+                FUNCTION_ERRORS,
+                f"{name} function errors",
+                comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            )
+            self._alarm(
+                f"{name.title()}Throttles",
+                throttles,
+                0,
+                f"{name} function throttled",
+            )
+            function_metrics += [errors, throttles]
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Function errors and throttles", left=function_metrics)
+        )
+
+        if region.primary:
+            replica_lag = _metric(
+                "AWS/RDS",
+                "AuroraReplicaLagMaximum",
+                {"DBClusterIdentifier": cluster_identifier},
+                "Maximum",
+            )
+            lag_title = "Aurora replica lag, in-cluster (ms)"
+        else:
+            replica_lag = _metric(
+                "AWS/RDS",
+                "AuroraGlobalDBReplicationLag",
+                {"DBClusterIdentifier": cluster_identifier},
+                "Maximum",
+            )
+            lag_title = "Aurora global replication lag from the primary (ms)"
+        self._alarm("ReplicaLag", replica_lag, REPLICA_LAG_MS, lag_title, periods=3)
+        dashboard.add_widgets(cloudwatch.GraphWidget(title=lag_title, left=[replica_lag]))
+
+        if events is not None:
+            depth = events.dead_letters.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(1), statistic="Maximum"
+            )
+            outbox_lag = _metric(
+                "Covenant", "OutboxLagSeconds", {"service": "bridge"}, "Maximum", minutes=1
+            )
+            jetstream = _metric(
+                "Covenant", "JetStreamHealthy", {"service": "jetstream"}, "Minimum", minutes=1
+            )
+            self._alarm("WakeupDeadLetters", depth, 0, "Wake-ups in the dead-letter queue")
+            self._alarm(
+                "OutboxLag",
+                outbox_lag,
+                OUTBOX_LAG_S,
+                "Oldest unpublished outbox event older than 2 minutes (or no bridge run)",
+                periods=3,
+                missing=cloudwatch.TreatMissingData.BREACHING,
+            )
+            self._alarm(
+                "NatsHealth",
+                jetstream,
+                1,
+                "JetStream unhealthy or unreachable from the VPC (or no probe run)",
+                comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+                periods=3,
+                missing=cloudwatch.TreatMissingData.BREACHING,
+            )
+            dashboard.add_widgets(
+                cloudwatch.GraphWidget(title="Outbox lag (s)", left=[outbox_lag]),
+                cloudwatch.GraphWidget(title="Wake-up DLQ depth", left=[depth]),
+                cloudwatch.GraphWidget(title="JetStream healthy (1/0)", left=[jetstream]),
+            )
+        dashboard.add_widgets(
+            cloudwatch.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=24)
+        )
+
+    def _alarm(
+        self,
+        name: str,
+        metric: cloudwatch.IMetric,
+        threshold: float,
+        description: str,
+        *,
+        comparison: cloudwatch.ComparisonOperator = (
+            cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
+        ),
+        periods: int = 1,
+        missing: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING,
+    ) -> None:
+        alarm = cloudwatch.Alarm(
+            self,
+            name,
+            metric=metric,
+            threshold=threshold,
+            comparison_operator=comparison,
+            evaluation_periods=periods,
+            datapoints_to_alarm=periods,
+            treat_missing_data=missing,
+            alarm_description=description,
+        )
+        alarm.add_alarm_action(self._action)
+        alarm.add_ok_action(self._action)
+        self.alarms.append(alarm)
+
+
+def _metric(
+    namespace: str,
+    name: str,
+    dimensions: dict[str, str],
+    statistic: str,
+    *,
+    minutes: int = 5,
+) -> cloudwatch.Metric:
+    return cloudwatch.Metric(
+        namespace=namespace,
+        metric_name=name,
+        dimensions_map=dimensions,
+        statistic=statistic,
+        period=Duration.minutes(minutes),
+    )

@@ -1,0 +1,186 @@
+"""One region's network: the VPC, its endpoints, and every security group of the region.
+
+All security groups and their rules live here, so one file says who may talk to whom:
+
+    API functions ──5432──► database          bridge ──5432──► database
+    migrator      ──5432──► database          bridge ──4222──► NATS load balancer
+    rotation      ──5432──► database          jetstream ──4222──► NATS load balancer
+    bridge, jetstream, migrator, rotation, API functions ──443──► interface endpoints
+
+API functions also reach 443 anywhere (through the NAT gateways): Cognito and the wake-up queue
+live in the primary region, and a VPC endpoint serves only its own region. Nothing else leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import RemovalPolicy, Stack, Tags
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from covenant.regions import Region
+from stacks.functions import log_retention
+from stacks.settings import AppSettings, RegionNetwork
+
+POSTGRES_PORT = 5432
+NATS_PORT = 4222
+HTTPS_PORT = 443
+
+
+class SecurityGroups(Construct):
+    """The region's security groups; primary-only ones are None elsewhere."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, primary: bool
+    ) -> None:
+        super().__init__(scope, construct_id)
+
+        def group(name: str, description: str) -> ec2.SecurityGroup:
+            return ec2.SecurityGroup(
+                self, name, vpc=vpc, description=description, allow_all_outbound=False
+            )
+
+        self.database = group("Database", "Aurora PostgreSQL: 5432 from the functions only")
+        self.api_functions = group("ApiFunctions", "GraphQL and mobile Lambdas")
+        self._to_database(self.api_functions, "API functions")
+        self.api_functions.add_egress_rule(
+            ec2.Peer.any_ipv4(),
+            ec2.Port.tcp(HTTPS_PORT),
+            "AWS APIs of the primary region (Cognito, SQS) and Cognito's JWKS, through NAT",
+        )
+        self.bridge: ec2.SecurityGroup | None = None
+        self.jetstream: ec2.SecurityGroup | None = None
+        self.migrator: ec2.SecurityGroup | None = None
+        self.rotation: ec2.SecurityGroup | None = None
+        self.nats_load_balancer: ec2.SecurityGroup | None = None
+        self.endpoints: ec2.SecurityGroup | None = None
+        if not primary:
+            return
+
+        self.endpoints = group("Endpoints", "Interface VPC endpoints: 443 from the functions")
+        self.nats_load_balancer = group("NatsLoadBalancer", "Internal NLB in front of NATS")
+        self.nats_load_balancer.add_egress_rule(
+            ec2.Peer.ipv4(vpc.vpc_cidr_block), ec2.Port.tcp(NATS_PORT), "NATS pods (IP targets)"
+        )
+        self.bridge = group("Bridge", "Outbox bridge Lambda")
+        self.jetstream = group("JetStream", "JetStream topology and health probe Lambda")
+        self.migrator = group("Migrator", "Migration custom resource Lambda")
+        self.rotation = group("Rotation", "Secrets Manager rotation Lambda of the master user")
+        self._to_database(self.bridge, "bridge")
+        self._to_database(self.migrator, "migrator")
+        self._to_database(self.rotation, "secret rotation")
+        for client, label in ((self.bridge, "bridge"), (self.jetstream, "JetStream probe")):
+            client.add_egress_rule(self.nats_load_balancer, ec2.Port.tcp(NATS_PORT), "NATS")
+            self.nats_load_balancer.add_ingress_rule(
+                client, ec2.Port.tcp(NATS_PORT), f"NATS clients: {label}"
+            )
+        for client, label in (
+            (self.api_functions, "API functions"),
+            (self.bridge, "bridge"),
+            (self.jetstream, "JetStream probe"),
+            (self.migrator, "migrator"),
+            (self.rotation, "secret rotation"),
+        ):
+            if client is not self.api_functions:
+                client.add_egress_rule(self.endpoints, ec2.Port.tcp(HTTPS_PORT), "VPC endpoints")
+            self.endpoints.add_ingress_rule(client, ec2.Port.tcp(HTTPS_PORT), label)
+
+    def _to_database(self, client: ec2.SecurityGroup, label: str) -> None:
+        client.add_egress_rule(self.database, ec2.Port.tcp(POSTGRES_PORT), "Aurora PostgreSQL")
+        self.database.add_ingress_rule(client, ec2.Port.tcp(POSTGRES_PORT), label)
+
+
+class RegionalNetwork(Construct):
+    """VPC with public (NAT only), private (functions, EKS) and isolated (database) subnets
+    in two or more AZs, flow logs of rejected traffic, and the endpoints the functions use."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        network: RegionNetwork,
+        nat_gateways: int,
+        primary: bool,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        azs = list(network.availability_zones) or None
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(network.vpc_cidr),
+            availability_zones=azs,
+            max_azs=None if azs else 2,
+            nat_gateways=nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(
+                    name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24
+                ),
+                ec2.SubnetConfiguration(
+                    name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
+                ),
+                ec2.SubnetConfiguration(
+                    name="Database", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=24
+                ),
+            ],
+            restrict_default_security_group=False,
+        )
+        flow_logs = logs.LogGroup(
+            self, "FlowLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.vpc.add_flow_log(
+            "RejectedTraffic",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
+            traffic_type=ec2.FlowLogTrafficType.REJECT,
+        )
+        self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
+        self.security_groups = SecurityGroups(self, "SecurityGroups", vpc=self.vpc, primary=primary)
+        if primary:
+            # The load balancer controller of EKS Auto Mode places internal NLBs in these.
+            for subnet in self.vpc.private_subnets:
+                Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
+            assert self.security_groups.endpoints is not None
+            for name, service in (
+                ("SecretsManager", ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER),
+                ("Sqs", ec2.InterfaceVpcEndpointAwsService.SQS),
+            ):
+                self.vpc.add_interface_endpoint(
+                    name,
+                    service=service,
+                    private_dns_enabled=True,
+                    open=False,
+                    security_groups=[self.security_groups.endpoints],
+                    subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+                )
+
+    @property
+    def function_subnets(self) -> ec2.SubnetSelection:
+        return ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+
+    @property
+    def database_subnets(self) -> ec2.SubnetSelection:
+        return ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+
+
+class NetworkStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        region: Region,
+        settings: AppSettings,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.network = RegionalNetwork(
+            self,
+            "Network",
+            network=settings.networks[region.code],
+            nat_gateways=settings.nat_gateways,
+            primary=region.primary,
+            log_retention=log_retention(settings.log_retention_days),
+        )
