@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 from pg8000.exceptions import DatabaseError
 
 from covenant import db
-from covenant.db import Database, DatabaseUnavailable, Role, record_statements, sqlstate
+from covenant.db import (
+    ConnectionSpec,
+    Database,
+    DatabaseUnavailable,
+    Role,
+    record_statements,
+    sqlstate,
+)
 
 
 def test_reader_is_the_replica_and_writer_the_primary(servers, reader, writer) -> None:
@@ -76,3 +85,40 @@ def test_statements_are_counted_per_request(reader) -> None:
         session.run("SELECT 1")
         session.rows("SELECT code FROM countries WHERE code = :code", code="KEN")
     assert len(statements) == 2
+
+
+def test_url_sslmodes_follow_libpq() -> None:
+
+    assert ConnectionSpec.from_url("postgresql://u@h/db").ssl_context() is None
+    require = ConnectionSpec.from_url("postgresql://u@h/db?sslmode=require").ssl_context()
+    assert require is not None
+    assert (require.verify_mode, require.check_hostname) == (ssl.CERT_NONE, False)
+    verify_ca = ConnectionSpec.from_url("postgresql://u@h/db?sslmode=verify-ca").ssl_context()
+    assert verify_ca is not None
+    assert (verify_ca.verify_mode, verify_ca.check_hostname) == (ssl.CERT_REQUIRED, False)
+    full = ConnectionSpec.from_url("postgresql://u@h/db?sslmode=verify-full").ssl_context()
+    assert full is not None
+    assert (full.verify_mode, full.check_hostname) == (ssl.CERT_REQUIRED, True)
+    with pytest.raises(ValueError, match="sslmode must be one of"):
+        ConnectionSpec.from_url("postgresql://u@h/db?sslmode=prefer-maybe")
+
+
+def test_iam_auth_signs_a_token_per_connect_and_needs_tls(monkeypatch) -> None:
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    spec = ConnectionSpec.from_url(
+        "postgresql://covenant_graphql@db.example.internal:5432/covenant?sslmode=require&auth=iam"
+    )
+    assert spec.iam_auth and spec.password is None
+    token = spec.secret()
+    assert token is not None
+    assert token.startswith("db.example.internal:5432/?Action=connect&DBUser=covenant_graphql")
+    assert "X-Amz-Signature=" in token and "eu-west-1" in token
+    assert "covenant_graphql@db.example.internal" in spec.redacted()
+    assert "Signature" not in spec.redacted()
+    with pytest.raises(ValueError, match="needs TLS"):
+        ConnectionSpec.from_url("postgresql://u@h/db?auth=iam")
+    with pytest.raises(ValueError, match="auth must be"):
+        ConnectionSpec.from_url("postgresql://u@h/db?auth=kerberos")

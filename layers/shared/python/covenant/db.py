@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 import struct
 import threading
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import Enum
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -41,14 +43,29 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached (connect failed or the connection broke)."""
 
 
+SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
+
+
 @dataclass(frozen=True)
 class ConnectionSpec:
+    """A database URL, libpq style: `postgresql://user[:password]@host[:port]/db?sslmode=...`.
+
+    - `sslmode`: disable (default), require (encrypted, certificate not checked, as libpq's
+      require), verify-ca (certificate checked against `sslrootcert` or the system store),
+      verify-full (that, and the host name).
+    - `auth=iam`: no password in the URL; each connect signs an RDS IAM authentication token
+      (15 minutes valid, signed locally by boto3: no network call) with the function's role.
+      IAM authentication needs TLS, so it refuses sslmode=disable.
+    """
+
     host: str
     port: int
     database: str
     user: str
     password: str | None
-    tls: bool
+    sslmode: str = "disable"
+    sslrootcert: str | None = None
+    iam_auth: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> ConnectionSpec:
@@ -57,18 +74,60 @@ class ConnectionSpec:
             raise ValueError("database URL must start with postgresql://")
         query = parse_qs(parts.query)
         sslmode = query.get("sslmode", ["disable"])[0]
+        if sslmode not in SSL_MODES:
+            raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, not {sslmode!r}")
+        auth = query.get("auth", ["password"])[0]
+        if auth not in ("password", "iam"):
+            raise ValueError(f"auth must be password or iam, not {auth!r}")
+        if auth == "iam" and sslmode == "disable":
+            raise ValueError("auth=iam needs TLS: set sslmode=require or stricter")
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 5432,
             database=unquote(parts.path.lstrip("/")) or "postgres",
             user=unquote(parts.username or "postgres"),
             password=unquote(parts.password) if parts.password else None,
-            tls=sslmode in ("require", "verify-ca", "verify-full"),
+            sslmode=sslmode,
+            sslrootcert=query.get("sslrootcert", [None])[0],
+            iam_auth=auth == "iam",
         )
+
+    @property
+    def tls(self) -> bool:
+        return self.sslmode != "disable"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.sslmode == "disable":
+            return None
+        context = ssl.create_default_context(cafile=self.sslrootcert)
+        if self.sslmode != "verify-full":
+            context.check_hostname = False
+        if self.sslmode == "require":
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def secret(self) -> str | None:
+        """The password to send: the URL's, or a fresh IAM token with auth=iam."""
+        if not self.iam_auth:
+            return self.password
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise ValueError("auth=iam needs AWS_REGION to sign the token")
+        token: str = _rds_client(region).generate_db_auth_token(
+            DBHostname=self.host, Port=self.port, DBUsername=self.user, Region=region
+        )
+        return token
 
     def redacted(self) -> str:
         """Where it points, without the password: safe for logs and messages."""
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+@cache
+def _rds_client(region: str) -> Any:
+    import boto3  # only IAM-authenticated deployments pay for the import
+
+    return boto3.client("rds", region_name=region)
 
 
 # SQLSTATE classes that mean the session is gone: connection exceptions and admin shutdowns.
@@ -217,12 +276,12 @@ class Database:
         try:
             connection = pg8000.native.Connection(
                 user=self.spec.user,
-                password=self.spec.password,
+                password=self.spec.secret(),
                 host=self.spec.host,
                 port=self.spec.port,
                 database=self.spec.database,
                 timeout=self._connect_timeout_s,
-                ssl_context=ssl.create_default_context() if self.spec.tls else None,
+                ssl_context=self.spec.ssl_context(),
                 application_name=f"{self._application_name}-{self.role.value}",
                 startup_params={"options": options},
             )
