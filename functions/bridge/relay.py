@@ -1,46 +1,89 @@
 """Moves events from the outbox into JetStream.
 
-One relay pass, in one writer transaction: take the relay lock, read the oldest unpublished
-events (seq order), publish them all with pipelined acknowledgements and `Nats-Msg-Id` = event
-id, then mark the acknowledged ones published in one statement. The transaction-scoped
-advisory lock lets one relay publish at a time, which keeps the events of a project in commit
-order (a second bridge waits, then continues where the first stopped: nothing is published
-twice, nothing skipped). If the bridge dies after publishing but before the mark commits, the
-rows are still unpublished: the next pass publishes them again and JetStream's duplicate
-window drops the copies.
+One relay pass is one writer transaction holding the relay lock (`pg_advisory_xact_lock`), so
+one relay publishes at a time: a second bridge waits, then continues where the first stopped,
+nothing published twice, nothing skipped. The lock is what makes reading safe; no row locks
+are taken. A pass reads the oldest unpublished events (seq order) in batches, publishes each
+batch with pipelined acknowledgements and `Nats-Msg-Id` = event id, and marks the batch's
+acknowledged events published in one statement.
+
+The database work overlaps the publishing. The pass's transaction reads on one thread (the
+next batch is read while this one is published); the marks run on a second thread and
+connection, one short transaction per batch (this batch is marked while the next one is
+published); the pass commits, and releases the lock, once every mark has. A bridge that dies
+before marking leaves the rows unpublished: the next pass publishes them again and JetStream's
+duplicate window drops the copies.
+
+Order: the events of one aggregate (a project, a country) reach their streams in commit order.
+Batches are published one after the other, and within a batch every aggregate is a chain: its
+next event is published only once the previous one is acknowledged, so a failure known only at
+acknowledgement time (the stream rejects the event, JetStream is briefly unavailable, the
+connection drops) stops the chain before any later event of that aggregate is sent. The
+aggregate then waits, for the rest of the pass, behind its failed event. Chains of different
+aggregates are pipelined together: a batch costs about one round trip per event of its longest
+chain, not one per event. (Two events of one aggregate are never visible out of order: the
+second one's transaction waits for the first's row lock on the aggregate, so it commits later.)
+
+Failures are of two kinds. The event's own (the stream or the server refuses it: too large, a
+4xx reply) counts an attempt; after `max_attempts` the event is set aside (`dead_at`) and its
+aggregate flows again. Everything else (NATS down, no acknowledgement in time, JetStream
+unavailable, no stream for the subject) counts nothing: the event waits for the next pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from nats.errors import MaxPayloadError, NoRespondersError
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from covenant.db import Database, Session
 
 logger = logging.getLogger(__name__)
 
 RELAY_LOCK = 0x0B71D6E  # advisory lock id: one relay publishes at a time
+_HEADER_BLOCK = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
+T = TypeVar("T")
 
+# `seen`: what this pass already read (published, failed, or waiting behind a failure): read
+# once per pass. The batch comes back as one text, a line per event and tab-separated fields,
+# the payload last: pg8000 decodes result rows in Python, a value at a time, where str.split
+# runs in C (and jsonb's text never holds a raw tab or newline; an aggregate id that does is
+# folded, which at worst orders two aggregates as one).
+#
+# Sets of seqs travel as int8multirange text (runs of consecutive seqs: a few ranges per
+# batch) rather than bigint arrays: small parameters. pg8000 does not set TCP_NODELAY, and a
+# statement whose parameters overflow its 8 KiB write buffer leaves a small last segment that
+# Nagle's algorithm holds until the server's delayed ACK, 40 ms later.
 _CLAIM = """
-SELECT id::text AS id, subject, aggregate_type || ':' || aggregate_id AS aggregate,
-       payload::text AS payload, attempts
-FROM outbox
-WHERE published_at IS NULL AND dead_at IS NULL
-  AND created_at <= now() - make_interval(secs => CAST(:min_age AS float8))
-ORDER BY seq
-LIMIT :limit
-FOR UPDATE
+SELECT string_agg(
+    concat_ws(E'\\t', b.seq, b.id, b.subject, b.aggregate, b.attempts, b.payload::text),
+    E'\\n' ORDER BY b.seq)
+FROM (
+    SELECT seq, id, subject, attempts, payload,
+           translate(aggregate_type || ':' || aggregate_id, E'\\t\\n', '  ') AS aggregate
+    FROM outbox
+    WHERE published_at IS NULL AND dead_at IS NULL
+      AND created_at <= now() - make_interval(secs => CAST(:min_age AS float8))
+      AND NOT seq <@ CAST(:seen AS int8multirange)
+    ORDER BY seq
+    LIMIT :limit
+) AS b
 """
 
 _MARK_PUBLISHED = """
-UPDATE outbox SET published_at = now(), last_error = NULL
-WHERE id = ANY(CAST(:ids AS uuid[]))
+UPDATE outbox AS o SET published_at = now(), last_error = NULL
+FROM unnest(CAST(:seqs AS int8multirange)) AS r(span)
+WHERE o.seq >= lower(r.span) AND o.seq < upper(r.span)
 """
 
 _MARK_FAILED = """
@@ -54,9 +97,39 @@ WHERE o.id = f.id
 
 
 class Publisher(Protocol):
-    async def publish_async(
-        self, subject: str, payload: bytes = b"", *, headers: dict[str, str] | None = None
-    ) -> asyncio.Future[Any]: ...
+    """What the relay needs of JetStream (bridge.publisher.JetStreamPublisher)."""
+
+    @property
+    def max_payload(self) -> int: ...
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        msg_id: str,
+        on_settled: Callable[[BaseException | None], None],
+    ) -> None:
+        """Sends the message; calls on_settled(None) on its acknowledgement, later, or
+        on_settled(error)."""
+        ...
+
+    def fail_pending(self, error: BaseException) -> int:
+        """Settles every publish still waiting with `error`."""
+        ...
+
+
+def _event(line: str) -> OutboxEvent:
+    seq, event_id, subject, aggregate, attempts, payload = line.split("\t", 5)
+    return OutboxEvent(int(seq), event_id, subject, aggregate, payload, int(attempts))
+
+
+class OutboxEvent(NamedTuple):
+    seq: int
+    id: str
+    subject: str
+    aggregate: str  # "project:<id>": the unit of ordering
+    payload: str
+    attempts: int
 
 
 @dataclass
@@ -66,40 +139,82 @@ class RelayResult:
     rejected: set[str] = field(default_factory=set)  # the event's own fault: counts an attempt
     dead: list[str] = field(default_factory=list)
     stream_missing: set[str] = field(default_factory=set)
-    more: bool = False  # the pass was full: more events may wait
+    more: bool = False  # the pass stopped with a full batch: more events may wait
 
 
 @dataclass(frozen=True)
 class RelaySettings:
-    batch_size: int = 1000
+    batch_size: int = 2000  # events read, and marked, per statement
+    batches_per_pass: int = 10  # batches per pass (per turn with the relay lock)
     ack_timeout_s: float = 10.0
     max_attempts: int = 5
-    max_payload: int = 1024 * 1024
 
 
-async def relay_pass(
-    database: Database, publisher: Any, settings: RelaySettings, min_age_s: float = 0.0
-) -> RelayResult:
-    result = RelayResult()
+_threads: dict[str, ThreadPoolExecutor] = {}
+_threads_lock = threading.Lock()
+
+
+def _database_thread(name: str) -> ThreadPoolExecutor:
+    """A thread that runs one kind of database work, in order, on its own connection (kept
+    across warm invocations like the function's other connections)."""
+    with _threads_lock:
+        if name not in _threads:
+            _threads[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        return _threads[name]
+
+
+class _Reader:
+    """The pass's transaction: the relay lock and the reads. Runs on the reading thread."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._session: Session | None = None
+
+    def begin(self) -> None:
+        self._session = Session(self._database)
+        self._session.run("BEGIN")
+        self._session.run("SELECT pg_advisory_xact_lock(:key)", key=RELAY_LOCK)
+
+    def claim(self, min_age_s: float, limit: int, seen: list[int]) -> list[OutboxEvent]:
+        if self._session is None:
+            raise RuntimeError("relay pass transaction not begun")
+        batch = self._session.scalar(_CLAIM, min_age=min_age_s, limit=limit, seen=seq_ranges(seen))
+        return [_event(line) for line in batch.split("\n")] if batch else []
+
+    def commit(self) -> None:
+        if self._session is not None:
+            self._session.run("COMMIT")
+            self._session = None
+
+    def rollback(self) -> None:
+        if self._session is None:
+            return
+        try:
+            self._session.run("ROLLBACK")
+        except Exception:
+            self._database.close()  # a connection that cannot roll back is dropped
+        self._session = None
+
+
+def _mark(
+    database: Database, published: list[int], rejected: dict[str, str], max_attempts: int
+) -> None:
+    """One batch's outcome, in a transaction of its own. Runs on the marking thread."""
+    if not (published or rejected):
+        return
     session = Session(database)
     session.run("BEGIN")
     try:
-        session.run("SELECT pg_advisory_xact_lock(:key)", key=RELAY_LOCK)
-        rows = session.rows(_CLAIM, min_age=min_age_s, limit=settings.batch_size)
-        result.more = len(rows) == settings.batch_size
-        await _publish(rows, publisher, settings, result)
-        if result.published:
-            session.run(_MARK_PUBLISHED, ids=result.published)
-        if result.rejected:
-            ids = sorted(result.rejected)
+        if published:
+            session.run(_MARK_PUBLISHED, seqs=seq_ranges(published))
+        if rejected:
+            ids = sorted(rejected)
             session.run(
                 _MARK_FAILED,
                 ids=ids,
-                errors=[result.failed[i][:1000] for i in ids],
-                max_attempts=settings.max_attempts,
+                errors=[rejected[i][:1000] for i in ids],
+                max_attempts=max_attempts,
             )
-            attempts = {row["id"]: row["attempts"] for row in rows}
-            result.dead = [i for i in ids if attempts[i] + 1 >= settings.max_attempts]
         session.run("COMMIT")
     except BaseException:
         try:
@@ -107,57 +222,205 @@ async def relay_pass(
         except Exception:
             database.close()
         raise
+
+
+async def relay_pass(
+    database: Database,
+    publisher: Publisher,
+    settings: RelaySettings,
+    min_age_s: float = 0.0,
+    deadline: float | None = None,
+) -> RelayResult:
+    """One pass: up to `batches_per_pass` batches under the relay lock; no new batch is read
+    after `deadline` (time.monotonic())."""
+    loop = asyncio.get_running_loop()
+    reading, marking = _database_thread("relay-read"), _database_thread("relay-mark")
+    reader = _Reader(database)
+    reads: list[asyncio.Future[Any]] = []
+    marks: list[asyncio.Future[Any]] = []
+
+    def read(work: Callable[[], T]) -> asyncio.Future[T]:
+        future = loop.run_in_executor(reading, work)
+        reads.append(future)
+        return future
+
+    result = RelayResult()
+    seen: list[int] = []
+    blocked: set[str] = set()  # aggregates waiting behind a failed event, for this pass
+    try:
+        await read(reader.begin)
+        claim = functools.partial(reader.claim, min_age_s, settings.batch_size)
+        claimed = read(functools.partial(claim, []))
+        for number in range(1, settings.batches_per_pass + 1):
+            events = await claimed
+            seen.extend(event.seq for event in events)
+            full = len(events) == settings.batch_size
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            last = not full or number == settings.batches_per_pass or out_of_time
+            if not last:  # read the next batch while this one is published
+                claimed = read(functools.partial(claim, list(seen)))
+            acknowledged = await publish_in_order(
+                events, publisher, settings.ack_timeout_s, result, blocked
+            )
+            result.published.extend(event.id for event in acknowledged)
+            rejected = {e.id: result.failed[e.id] for e in events if e.id in result.rejected}
+            result.dead.extend(
+                e.id for e in events if e.id in rejected and e.attempts + 1 >= settings.max_attempts
+            )
+            mark = functools.partial(
+                _mark, database, [e.seq for e in acknowledged], rejected, settings.max_attempts
+            )
+            marks.append(loop.run_in_executor(marking, mark))
+            _raise_failed(marks)  # a failed mark ends the pass: its events go again
+            if last:
+                result.more = full
+                break
+        await _settled(marks)  # every mark committed before the lock is released
+        await _settled(reads)
+        await read(reader.commit)
+    except BaseException:
+        await _settled(marks + reads, quiet=True)
+        await asyncio.shield(loop.run_in_executor(reading, reader.rollback))
+        raise
     return result
 
 
-async def _publish(
-    rows: list[dict[str, Any]], publisher: Any, settings: RelaySettings, result: RelayResult
-) -> None:
-    pending: list[tuple[str, asyncio.Future[Any]]] = []
-    blocked: set[str] = set()  # aggregates with an earlier event failing in this pass
-    for row in rows:
-        payload = row["payload"].encode("utf-8")
-        if row["aggregate"] in blocked:
-            continue  # keep this aggregate's order: it waits behind its failed event
-        if len(payload) > settings.max_payload:
-            result.failed[row["id"]] = (
-                f"event of {len(payload)} bytes exceeds the {settings.max_payload}-byte limit"
-            )
-            result.rejected.add(row["id"])
-            blocked.add(row["aggregate"])
-            continue
+def _raise_failed(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if future.done() and not future.cancelled():
+            error = future.exception()
+            if error is not None:
+                raise error
+
+
+async def _settled(futures: list[asyncio.Future[Any]], quiet: bool = False) -> None:
+    """Waits for the database work already submitted; raises its first error unless quiet."""
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    futures.clear()
+    if not quiet:
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+
+def seq_ranges(seqs: Iterable[int]) -> str:
+    """The int8multirange literal of a set of seqs: "{[1,4),[7,8)}" for 1, 2, 3, 7."""
+    ranges: list[str] = []
+    start = end = None
+    for seq in sorted(set(seqs)):
+        if start is None or end is None:
+            start = end = seq
+        elif seq == end + 1:
+            end = seq
+        else:
+            ranges.append(f"[{start},{end + 1})")
+            start = end = seq
+    if start is not None and end is not None:
+        ranges.append(f"[{start},{end + 1})")
+    return "{" + ",".join(ranges) + "}"
+
+
+async def publish_in_order(
+    events: list[OutboxEvent],
+    publisher: Publisher,
+    ack_timeout_s: float,
+    result: RelayResult,
+    blocked: set[str],
+) -> list[OutboxEvent]:
+    """Publishes `events` (seq order), each aggregate's in order, all aggregates pipelined;
+    returns the acknowledged ones and records every failure in `result`. An aggregate in
+    `blocked` publishes nothing; one whose event fails is added to it. Gives up on what is
+    still unacknowledged when no acknowledgement arrived for `ack_timeout_s`."""
+    chains: dict[str, deque[OutboxEvent]] = {}
+    for event in events:
+        if event.aggregate not in blocked:
+            chains.setdefault(event.aggregate, deque()).append(event)
+    acknowledged: list[OutboxEvent] = []
+    in_flight: dict[str, OutboxEvent] = {}
+    settled: deque[tuple[OutboxEvent, BaseException | None]] = deque()
+    arrived = asyncio.Event()
+    max_size = publisher.max_payload
+
+    def fail(event: OutboxEvent, reason: str, *, rejected: bool = False) -> None:
+        result.failed[event.id] = reason
+        if rejected:
+            result.rejected.add(event.id)
+        blocked.add(event.aggregate)
+
+    def on_settled(event: OutboxEvent, error: BaseException | None) -> None:
+        settled.append((event, error))
+        arrived.set()
+
+    async def send(event: OutboxEvent) -> None:
+        payload = event.payload.encode("utf-8")
+        size = message_size(payload, event.id)
+        if size > max_size:
+            fail(event, f"event of {size} bytes exceeds the {max_size}-byte limit", rejected=True)
+            return
+        in_flight[event.id] = event
         try:
-            future = await publisher.publish_async(
-                row["subject"], payload, headers={"Nats-Msg-Id": row["id"]}
+            await publisher.publish(
+                event.subject, payload, event.id, functools.partial(on_settled, event)
             )
         except MaxPayloadError as exc:
-            result.failed[row["id"]] = f"rejected by the server: {exc}"
-            result.rejected.add(row["id"])
-            blocked.add(row["aggregate"])
-            continue
-        except Exception as exc:  # not connected: everything waits for the next pass
-            result.failed[row["id"]] = f"{type(exc).__name__}: {exc}"
-            blocked.add(row["aggregate"])
-            continue
-        pending.append((row["id"], future))
-    subjects = {row["id"]: row["subject"] for row in rows}
-    deadline = time.monotonic() + settings.ack_timeout_s
-    for event_id, future in pending:
-        try:
-            await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
-        except NoRespondersError:
-            result.stream_missing.add(subjects[event_id])
-            result.failed[event_id] = f"no JetStream stream captures {subjects[event_id]}"
-        except TimeoutError:
-            result.failed[event_id] = "no acknowledgement in time"
-        except APIError as exc:
-            result.failed[event_id] = f"rejected by the stream: {exc.description or exc}"
-            if exc.code != 503:  # 503: JetStream unavailable for now, not the event's fault
-                result.rejected.add(event_id)
-        except Exception as exc:  # connection lost mid-pass: the next pass retries it
-            result.failed[event_id] = f"{type(exc).__name__}: {exc}"
-        else:
-            result.published.append(event_id)
+            del in_flight[event.id]
+            fail(event, f"rejected by the server: {exc}", rejected=True)
+        except Exception as exc:  # not connected: the chain waits for the next pass
+            del in_flight[event.id]
+            fail(event, f"{type(exc).__name__}: {exc}")
+
+    for chain in chains.values():
+        await send(chain[0])
+    while in_flight:
+        if not settled:
+            arrived.clear()
+            try:
+                async with asyncio.timeout(ack_timeout_s):
+                    await arrived.wait()
+            except TimeoutError:
+                silent = TimeoutError(f"no acknowledgement within {ack_timeout_s:g} s")
+                publisher.fail_pending(silent)
+                settled.extend(
+                    (e, silent) for e in in_flight.values() if (e, silent) not in settled
+                )
+        while settled:
+            event, error = settled.popleft()
+            if in_flight.pop(event.id, None) is None:
+                continue  # settled twice (a publish timed out here, then failed there)
+            failure = _failure(event, error, result)
+            if failure is not None:
+                fail(event, failure, rejected=event.id in result.rejected)
+                continue
+            acknowledged.append(event)
+            chain = chains[event.aggregate]
+            chain.popleft()
+            if chain:
+                await send(chain[0])
+    return acknowledged
+
+
+def message_size(payload: bytes, msg_id: str) -> int:
+    """What the server counts against max_payload: the payload and the header block carrying
+    Nats-Msg-Id (nats-py checks the payload alone, and the server closes the connection of a
+    client that sends more)."""
+    return len(payload) + _HEADER_BLOCK + len(msg_id.encode("utf-8"))
+
+
+def _failure(event: OutboxEvent, error: BaseException | None, result: RelayResult) -> str | None:
+    """Why a publish failed (None: acknowledged). A rejection by the stream (4xx) is also
+    recorded in result.rejected: it counts an attempt."""
+    if error is None:
+        return None
+    if isinstance(error, NoStreamResponseError | NoRespondersError):
+        result.stream_missing.add(event.subject)
+        return f"no JetStream stream captures {event.subject}"
+    if isinstance(error, APIError):
+        # 4xx: the event itself is refused; 5xx (503: JetStream unavailable) is not its fault.
+        if error.code is not None and 400 <= error.code < 500:
+            result.rejected.add(event.id)
+        return f"rejected by the stream: {error.description or error}"
+    # The connection dropped, or no acknowledgement came in time: the next pass retries it.
+    return str(error) if isinstance(error, TimeoutError) else f"{type(error).__name__}: {error}"
 
 
 def outbox_lag_seconds(database: Database) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,9 @@ from covenant import db
 from covenant.config import env
 
 logger = logging.getLogger(__name__)
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose every record failed (NATS down) is answered with every record as a batch item
+# failure, like any other: raising would fail the invocation and hide which records failed.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class BridgeSettings:
 
         return cls(
             relay=RelaySettings(
-                batch_size=int(number("BRIDGE_BATCH_SIZE", 1000)),
+                batch_size=int(number("BRIDGE_BATCH_SIZE", 2000)),
+                batches_per_pass=int(number("BRIDGE_BATCHES_PER_PASS", 10)),
                 ack_timeout_s=number("BRIDGE_ACK_TIMEOUT_S", 10),
                 max_attempts=int(number("BRIDGE_MAX_ATTEMPTS", 5)),
             ),
@@ -56,6 +60,9 @@ class BridgeSettings:
             retention_s=int(number("OUTBOX_RETENTION_S", 7 * 24 * 3600)),
             time_reserve_ms=int(number("BRIDGE_TIME_RESERVE_MS", 3000)),
         )
+
+
+NATS_UNAVAILABLE = "*"  # RelayResult.failed key: no connection, no event was read
 
 
 class EventsNotPublished(Exception):
@@ -85,21 +92,20 @@ def run_bridge(event: dict[str, Any], context: LambdaContext, metrics: Metrics) 
 async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: float) -> RelayResult:
     total = RelayResult()
     try:
-        js = await connection.jetstream()
-        relay = RelaySettings(
-            batch_size=settings.relay.batch_size,
-            ack_timeout_s=settings.relay.ack_timeout_s,
-            max_attempts=settings.relay.max_attempts,
-            max_payload=await connection.max_payload(),
-        )
+        publisher = await connection.publisher()
     except Exception as exc:
-        logger.error("NATS unavailable, events stay in the outbox: %s", exc)
-        total.failed["*"] = f"NATS unavailable: {exc}"
+        logger.error("NATS unavailable, events stay in the outbox: %s", _describe(exc))
+        total.failed[NATS_UNAVAILABLE] = f"NATS unavailable: {_describe(exc)}"
         return total
     while True:
-        result = await relay_pass(db.writer(), js, relay, min_age_s)
+        # No new batch once the invocation is into its reserve (for the lag, prune, settle).
+        remaining_s = (context.get_remaining_time_in_millis() - settings.time_reserve_ms) / 1000
+        deadline = time.monotonic() + remaining_s
+        result = await relay_pass(db.writer(), publisher, settings.relay, min_age_s, deadline)
         total.published.extend(result.published)
         total.failed.update(result.failed)
+        for event_id in result.published:  # failed in an earlier pass, published in this one
+            total.failed.pop(event_id, None)
         total.rejected.update(result.rejected)
         total.dead.extend(result.dead)
         total.stream_missing.update(result.stream_missing)
@@ -110,9 +116,15 @@ async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: fl
             return total
 
 
+def _describe(exc: BaseException) -> str:
+    return str(exc).removeprefix("nats: ") or type(exc).__name__
+
+
 def _report(result: RelayResult, metrics: Metrics) -> None:
     metrics.add_metric("EventsPublished", MetricUnit.Count, len(result.published))
     metrics.add_metric("EventsFailed", MetricUnit.Count, len(result.failed))
+    if NATS_UNAVAILABLE in result.failed:
+        metrics.add_metric("NatsUnavailable", MetricUnit.Count, 1)
     if result.stream_missing:
         metrics.add_metric("StreamMissing", MetricUnit.Count, len(result.stream_missing))
         logger.error(
@@ -135,12 +147,12 @@ def _settle_batch(
     waiting = unpublished(db.writer(), named)
 
     def check(record: SQSRecord) -> None:
-        ids = _event_ids(record.body)
-        missing = [i for i in ids if i in waiting]
-        if missing or "*" in result.failed:
-            reasons = {
-                result.failed.get(i, result.failed.get("*", "not yet published")) for i in missing
-            }
+        # The outbox decides: a wake-up whose events are all published (by this run or an
+        # earlier one) is done, whatever happened to NATS in this run.
+        missing = [i for i in _event_ids(record.body) if i in waiting]
+        if missing:
+            fallback = result.failed.get(NATS_UNAVAILABLE, "waiting behind an earlier event")
+            reasons = {result.failed.get(i, fallback) for i in missing}
             raise EventsNotPublished(f"{len(missing)} event(s) not published: {sorted(reasons)}")
 
     response = process_partial_response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import pytest
@@ -122,3 +123,10 @@ def test_iam_auth_signs_a_token_per_connect_and_needs_tls(monkeypatch) -> None:
         ConnectionSpec.from_url("postgresql://u@h/db?auth=iam")
     with pytest.raises(ValueError, match="auth must be"):
         ConnectionSpec.from_url("postgresql://u@h/db?auth=kerberos")
+
+
+def test_connections_send_without_nagle_delay(writer) -> None:
+    with writer.session() as session:
+        session.scalar("SELECT 1")
+    sock = writer.connection()._usock
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

@@ -140,6 +140,29 @@ def events_of(aggregate_ids: Iterable[str]) -> list[dict[str, Any]]:
         )
 
 
+def order_violations(
+    stored: Iterable[StoredMessage], events: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """Where a stream holds two events of one aggregate out of commit (seq) order; `events`
+    are outbox rows (id, seq, aggregate_id). Messages of other events are ignored."""
+    rows = {e["id"]: e for e in events}
+    last: dict[tuple[str, str], Mapping[str, Any]] = {}
+    violations: list[str] = []
+    for message in sorted(stored, key=lambda m: (m.stream, m.seq)):
+        row = rows.get(message.msg_id)
+        if row is None:
+            continue
+        key = (message.stream, str(row["aggregate_id"]))
+        before = last.get(key)
+        if before is not None and before["seq"] > row["seq"]:
+            violations.append(
+                f"{message.stream}: event seq {row['seq']} stored after seq {before['seq']} "
+                f"of aggregate {row['aggregate_id']}"
+            )
+        last[key] = row
+    return violations
+
+
 def write_events(
     count: int,
     *,
@@ -276,6 +299,10 @@ class Bridge:
 
     def all_messages(self) -> list[StoredMessage]:
         return [m for name in STREAM_NAMES for m in self.messages(name)]
+
+    def order_violations(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Events of one aggregate stored out of commit order, in any stream."""
+        return order_violations(self.all_messages(), events)
 
     def stream_ids(self, stream: str | None = None) -> Counter[str]:
         """The multiset of Nats-Msg-Id headers stored in one stream, or in all of them."""

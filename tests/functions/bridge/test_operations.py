@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -124,6 +125,24 @@ def test_nats_url_comes_from_the_secret(bridge_env, monkeypatch, fresh_parameter
         assert client.connected_url.port == bridge_env.nats_server.port
     assert result == {"published": 4, "failed": 0, "pruned": 0}
     assert bridge_env.stream_ids() == Counter(event_ids)
+
+
+def _bridge_connections(nats_server) -> list[dict]:
+    """The bridge's client connections as nats-server's monitoring endpoint lists them."""
+    url = f"http://127.0.0.1:{nats_server.monitor_port}/connz?subs=1"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        connections = json.loads(response.read())["connections"] or []
+    return [c for c in connections if c.get("name", "").endswith("-bridge")]
+
+
+def test_a_warm_bridge_keeps_one_connection_and_one_reply_subscription(bridge_env) -> None:
+    for _ in range(3):
+        event_ids = bridge_env.write_events(4)
+        assert bridge_env.sweep()["published"] == 4
+        assert bridge_env.stream_ids()[event_ids[0]] == 1
+    [connection] = _bridge_connections(bridge_env.nats_server)
+    # Acknowledgements come back on one wildcard inbox subscription, made once.
+    assert connection["subscriptions"] == 1, connection
 
 
 @pytest.fixture

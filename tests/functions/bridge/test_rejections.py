@@ -10,7 +10,6 @@ import time
 import uuid
 from collections import Counter
 
-import pytest
 from moto import mock_aws
 
 from covenant import db, wakeup
@@ -150,15 +149,6 @@ async def _limit_covenant_message_size(js, size: int) -> None:
     await js.update_stream(info.config.evolve(max_msg_size=size))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an event the stream rejects (over its max_msg_size, under max_payload) is "
-    "never classified as rejected: nats-py 2.16's JetStreamContext._handle_async_reply calls "
-    "APIError.from_error, which raises instead of returning, so the publish_async future never "
-    "completes; relay_pass waits the whole BRIDGE_ACK_TIMEOUT_S and records 'no acknowledgement "
-    "in time', so attempts stay 0, the row is never set aside, and every later pass retries it "
-    "and waits the ack timeout again",
-)
 def test_event_over_the_stream_max_msg_size_is_a_rejection(bridge_env) -> None:
     bridge_env.jetstream(lambda js: _limit_covenant_message_size(js, 16 * 1024))
     big, big_audit = _oversized_mutation(32 * 1024)
@@ -176,6 +166,39 @@ def test_event_over_the_stream_max_msg_size_is_a_rejection(bridge_env) -> None:
     stored = bridge_env.stream_ids()
     assert big not in stored
     assert all(stored[i] == 1 for i in others)
+
+
+def _payload_length(event_id: str) -> int:
+    with db.writer().session() as session:
+        return int(
+            session.scalar(
+                "SELECT length(payload::text) FROM outbox WHERE id = CAST(:id AS uuid)", id=event_id
+            )
+        )
+
+
+def test_an_event_whose_headers_take_it_over_max_payload_is_refused_before_sending(
+    bridge_env,
+) -> None:
+    """nats-py checks the payload alone against the server's max_payload, the server counts the
+    headers too, and closes the connection of a client that sends more: the bridge counts them,
+    so the event is refused on its own and the rest of the pass goes through."""
+    project = str(uuid.uuid4())
+    [probe] = bridge_env.write_events(1, aggregate_id=project, data={"description": "x" * 1000})
+    max_payload = 1024 * 1024  # nats-server's default
+    size = 1000 + max_payload - 20 - _payload_length(probe)
+    bridge_env.mark_everything_published()
+    [big] = bridge_env.write_events(1, aggregate_id=project, data={"description": "x" * size})
+    assert _payload_length(big) == max_payload - 20  # under max_payload without its headers
+    others = bridge_env.write_events(40, per_aggregate=2)
+
+    result = bridge_env.sweep()
+
+    assert result == {"published": len(others), "failed": 1, "pruned": 0}
+    assert bridge_env.stream_ids() == Counter(others)
+    row = bridge_env.outbox_rows([big])[big]
+    assert row["attempts"] == 1 and row["published_at"] is None
+    assert f"exceeds the {max_payload}-byte limit" in row["last_error"]
 
 
 # -- a stream missing ------------------------------------------------------------------------
@@ -215,13 +238,6 @@ def test_missing_stream_keeps_its_events_until_the_topology_is_applied(bridge_en
     assert bridge_env.stream_ids() == Counter(covenant + audit + unrelated)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: relay._publish catches nats.errors.NoRespondersError, but nats-py's "
-    "publish_async future fails with nats.js.errors.NoStreamResponseError when no stream "
-    "captures the subject, so stream_missing stays empty: no log error, no StreamMissing "
-    "metric; fix: `except (NoRespondersError, NoStreamResponseError)` in relay._publish",
-)
 def test_missing_stream_is_reported_in_the_log_and_the_metrics(
     bridge_env, gql, caplog, capsys
 ) -> None:
