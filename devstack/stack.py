@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,6 +261,9 @@ class DevStack:
         if self.triggers is not None:
             self.triggers.stop()
             self.triggers = None
+        bridge_connection = sys.modules.get("bridge.connection")  # loaded by the triggers
+        if bridge_connection is not None:
+            bridge_connection.shutdown()
         if self.gateway is not None:
             self.gateway.shutdown()
             self.gateway.server_close()

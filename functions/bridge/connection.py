@@ -162,6 +162,19 @@ async def reset() -> None:
         await _close(client)
 
 
+def shutdown() -> None:
+    """Closes the connection and its event loop: the end of a local process (`make dev`,
+    tests). A Lambda execution environment simply ends instead."""
+    global _loop
+    loop = _loop
+    if loop is None or loop.is_closed():
+        return
+    loop.run_until_complete(reset())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+    _loop = None
+
+
 async def _close(client: Client) -> None:
     # A broken connection may fail to close; it is dropped either way.
     with contextlib.suppress(Exception):

@@ -50,6 +50,7 @@ class DevRun:
         assert code in (0, -signal.SIGINT), "".join(self.output)
         assert "Stopped every process the stack started." in "".join(self.output)
         assert "Traceback" not in "".join(self.output)
+        assert "Task was destroyed" not in "".join(self.output)  # NATS connection closed
 
 
 @pytest.fixture
@@ -69,6 +70,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         COVENANT_NATS_PORT=str(free_port()),
         COVENANT_NATS_MONITOR_PORT=str(free_port()),
         COVENANT_MOTO_PORT=str(free_port()),
+        COVENANT_SWEEP_EVERY_S="1",  # the bridge connects to NATS before the test ends
         PYTHONUNBUFFERED="1",
     )
     yield env
@@ -153,6 +155,9 @@ def test_make_dev_serves_six_healthy_regions_and_stops_cleanly(stack_env) -> Non
         assert busy.returncode == 1
         assert f"port {stack_env['COVENANT_PORT']} (the gateway) is already in use" in busy.stderr
         assert "Traceback" not in busy.stderr
+
+        # The scheduled bridge run has opened its NATS connection; Ctrl-C must close it.
+        run.wait_for("connected to NATS")
     finally:
         run.ctrl_c()
     time.sleep(0.5)
