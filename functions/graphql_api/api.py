@@ -25,7 +25,7 @@ from covenant.db import record_statements
 from covenant.idempotency import PostgresPersistenceLayer
 from covenant.regions import load_regions
 from graphql_api import engine, transport
-from graphql_api.auth import actor_from_event
+from graphql_api.auth import InvalidToken, actor_from_event
 from graphql_api.context import RequestContext
 from graphql_api.explorer import CovenantExplorer
 from graphql_api.schema import executable_schema
@@ -139,6 +139,8 @@ def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> di
     status, body = _execute(event, context, request, config, request_id, metrics)
     metrics.add_metric("Latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
     headers = {"Allow": "POST"} if status == 405 else {}
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
     return transport.response(status, body, request.media_type, {**headers, **cors})
 
 
@@ -151,6 +153,12 @@ def _execute(
     metrics: Metrics,
 ) -> tuple[int, dict[str, Any]]:
     schema = executable_schema()
+    try:
+        actor = actor_from_event(event)  # first, as API Gateway's authorizer would
+    except InvalidToken as exc:
+        logger.info("token refused: %s", exc)
+        metrics.add_metric("Unauthorized", MetricUnit.Count, 1)
+        return 401, transport.error_body("The token is not valid.", code="UNAUTHENTICATED")
     request_error_status = 400 if request.media_type == transport.GRAPHQL_RESPONSE else 200
     try:
         prepared = prepare(
@@ -161,7 +169,6 @@ def _execute(
         return request_error_status, {"errors": failure.errors}
     if prepared.is_mutation and request.method == "GET":
         return 405, transport.error_body("Mutations need POST: GET may only run queries.")
-    actor = actor_from_event(event)
     key = request.headers.get("idempotency-key")
 
     def execute() -> dict[str, Any]:

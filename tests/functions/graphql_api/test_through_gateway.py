@@ -9,6 +9,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,48 @@ def test_a_forged_token_never_reaches_the_function(gateway, cognito) -> None:
     assert (status, body) == (401, {"message": "Unauthorized"})
     status, body = _post(gateway, "{ sectors { id } }", "not-a-jwt")
     assert (status, body) == (401, {"message": "Unauthorized"})
+
+
+# In AWS the GraphQL route has no authorizer (anonymous reads are allowed): the function itself
+# verifies a token that is sent, against the pool in its environment.
+
+
+def _aws_call(gql, cognito: LocalCognito, token: str | None, **environment: str) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    env = {
+        "COGNITO_USER_POOL_ID": cognito.user_pool_id,
+        "COGNITO_CLIENT_ID": cognito.client_id,
+        "COGNITO_ENDPOINT_URL": cognito.endpoint_url,
+        **environment,
+    }
+    return gql(CREATE, headers=headers, region="sfo", environment=env)
+
+
+def test_without_an_authorizer_the_function_verifies_the_token_itself(gql, cognito) -> None:
+    reply = _aws_call(gql, cognito, _token(cognito, "editor"))
+    assert reply.status == 200, reply.body
+    assert reply.data["createProject"]["region"] == {"code": "syd"}  # NZL's home region
+    reply = _aws_call(gql, cognito, _token(cognito, "viewer"))
+    assert reply.codes == ["FORBIDDEN"]
+    assert _aws_call(gql, cognito, None).codes == ["UNAUTHENTICATED"]
+
+
+def test_without_an_authorizer_a_bad_token_is_refused_with_401(gql, cognito) -> None:
+    def probes() -> int:
+        with db.writer().session() as session:
+            return int(
+                session.scalar("SELECT count(*) FROM projects WHERE name = 'Gateway Path Probe'")
+            )
+
+    before = probes()
+    header, payload, signature = _token(cognito, "admin").split(".")
+    forged = ".".join([header, payload[:-4] + "AAAA", signature])
+    for token in (forged, "not-a-jwt", header + "." + payload + "."):
+        reply = _aws_call(gql, cognito, token)
+        assert reply.status == 401, reply.body
+        assert reply.codes == ["UNAUTHENTICATED"]
+        assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    # A valid token of the pool, for another app client: the audience does not match.
+    reply = _aws_call(gql, cognito, _token(cognito, "admin"), COGNITO_CLIENT_ID="other")
+    assert reply.status == 401
+    assert probes() == before

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import ssl
 import struct
@@ -28,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from covenant.config import settings
+from covenant.config import env, settings
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class ConnectionSpec:
         """The password to send: the URL's, or a fresh IAM token with auth=iam."""
         if not self.iam_auth:
             return self.password
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        region = env("AWS_REGION") or env("AWS_DEFAULT_REGION")
         if not region:
             raise ValueError("auth=iam needs AWS_REGION to sign the token")
         token: str = _rds_client(region).generate_db_auth_token(
