@@ -8,6 +8,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+import covenant.snapstart  # noqa: F401 - registers the SnapStart hooks: no connection in a snapshot
 from graphql_api.api import serve
 from graphql_api.schema import executable_schema
 
