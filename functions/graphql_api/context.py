@@ -56,8 +56,8 @@ def context_of(info: Info) -> RequestContext:
 def field_key(info: Info, arguments: dict[str, Any] | None = None) -> tuple[str, ...]:
     """Identifies one field of the query document (list indices dropped, aliases kept) and
     its arguments: every parent resolved at this field shares one batch."""
-    path = tuple(str(part) for part in info.path.as_list() if isinstance(part, str))
-    return (*path, json.dumps(arguments or {}, sort_keys=True, default=str))
+    path = tuple(part for part in info.path.as_list() if isinstance(part, str))
+    return (*path, json.dumps(arguments, sort_keys=True, default=str) if arguments else "{}")
 
 
 def siblings(row: Row) -> list[Row]:

@@ -7,11 +7,15 @@ execution errors travel inside the result. Internal details never reach the clie
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
+    DocumentNode,
     ExecutionResult,
     GraphQLError,
     GraphQLSchema,
@@ -28,8 +32,15 @@ from graphql.validation import NoSchemaIntrospectionCustomRule
 
 from covenant.db import DatabaseUnavailable
 from graphql_api.errors import ApiError
-from graphql_api.limits import cost_limit_rule, depth_limit_rule, operation_count_rule
+from graphql_api.executor import RowExecutor
+from graphql_api.limits import (
+    cost_limit_rule,
+    depth_limit_rule,
+    operation_count_rule,
+    page_size_variables,
+)
 from graphql_api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from graphql_api.users import DirectoryUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +53,15 @@ class Limits:
     introspection: bool
     known_list_sizes: dict[str, int]
 
+    def key(self) -> tuple[Any, ...]:
+        return (
+            self.max_depth,
+            self.max_cost,
+            self.max_operations,
+            self.introspection,
+            tuple(sorted(self.known_list_sizes.items())),
+        )
+
 
 @dataclass
 class RequestErrors(Exception):
@@ -52,7 +72,7 @@ class RequestErrors(Exception):
 
 @dataclass(frozen=True)
 class Prepared:
-    document: Any
+    document: DocumentNode
     operation: OperationDefinitionNode
     variables: dict[str, Any]  # as sent: execution coerces them (already checked here)
 
@@ -73,36 +93,97 @@ def _formatted(error: GraphQLError, code: str = "BAD_USER_INPUT") -> dict[str, A
     return dict(formatted)
 
 
-def prepare(
-    schema: GraphQLSchema,
-    query: str,
-    variables: dict[str, Any] | None,
-    operation_name: str | None,
-    limits: Limits,
-) -> Prepared:
+@dataclass(frozen=True)
+class _Checked:
+    """A query text parsed and validated against the schema and the limits that do not
+    depend on variable values."""
+
+    document: DocumentNode | None
+    errors: list[dict[str, Any]]
+    # The depth and cost verdict, when no page size is a variable (the cost of `first: $n`
+    # depends on the value sent).
+    limit_errors: list[dict[str, Any]] | None
+
+
+class DocumentCache:
+    """Parsed and validated documents by query text, least recently used first out.
+
+    Clients send the same few query texts again and again; parsing and validating them is
+    most of the cost of a small request. A syntax tree takes about 110 bytes per character
+    of its text, so the cache is bounded by the characters it holds (`max_chars`, 128 KiB:
+    about 14 MiB of trees at most, whatever clients send) as well as by its entries; a text
+    longer than `max_text` is not kept."""
+
+    def __init__(
+        self, max_entries: int = 256, max_chars: int = 128 * 1024, max_text: int = 8192
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self.max_text = max_text
+        self._entries: OrderedDict[tuple[Any, ...], tuple[int, _Checked]] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> _Checked | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            self._entries.move_to_end(key)
+            return found[1]
+
+    def put(self, key: tuple[Any, ...], query: str, checked: _Checked) -> None:
+        if len(query) > self.max_text:
+            return
+        with self._lock:
+            replaced = self._entries.pop(key, None)
+            if replaced is not None:
+                self._chars -= replaced[0]
+            self._entries[key] = (len(query), checked)
+            self._chars += len(query)
+            while len(self._entries) > self.max_entries or self._chars > self.max_chars:
+                size, _ = self._entries.popitem(last=False)[1]
+                self._chars -= size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._chars = 0
+
+
+documents = DocumentCache()
+
+
+def _check(schema: GraphQLSchema, query: str, limits: Limits) -> _Checked:
+    key = (id(schema), limits.key(), query)
+    found = documents.get(key)
+    if found is not None:
+        return found
     try:
         document = parse(query)
     except GraphQLError as error:
-        raise RequestErrors([_formatted(error)]) from None
-    hide = not limits.introspection  # suggestions would reveal the schema
-    rules = [*specified_rules, operation_count_rule(limits.max_operations)]
-    if not limits.introspection:
-        rules.append(NoSchemaIntrospectionCustomRule)
-    errors = validate(schema, document, rules, hide_suggestions=hide)
-    if errors:
-        raise RequestErrors([_formatted(e) for e in errors])
-    operation = get_operation_ast(document, operation_name)
-    if operation is None:
-        if operation_name:
-            raise _request_error(f"Unknown operation named '{operation_name}'.")
-        raise _request_error("The document holds several operations: name one in operationName.")
-    coerced = get_variable_values(
-        schema, operation.variable_definitions or (), variables or {}, hide_suggestions=hide
-    )
-    if isinstance(coerced, list):
-        raise RequestErrors([_formatted(e) for e in coerced])
-    # Costed with the values execution will use: coerced, operation defaults included.
-    limit_errors = validate(
+        checked = _Checked(None, [_formatted(error)], None)
+    else:
+        hide = not limits.introspection  # suggestions would reveal the schema
+        rules = [*specified_rules, operation_count_rule(limits.max_operations)]
+        if not limits.introspection:
+            rules.append(NoSchemaIntrospectionCustomRule)
+        errors = [_formatted(e) for e in validate(schema, document, rules, hide_suggestions=hide)]
+        # The depth is the document's; its cost, too, unless a page size is a variable.
+        fixed_cost = not errors and not page_size_variables(document)
+        limit_errors = _limit_errors(schema, document, limits, {}) if fixed_cost else None
+        checked = _Checked(document, errors, limit_errors)
+    documents.put(key, query, checked)
+    return checked
+
+
+def _limit_errors(
+    schema: GraphQLSchema, document: DocumentNode, limits: Limits, variables: dict[str, Any]
+) -> list[dict[str, Any]]:
+    errors = validate(
         schema,
         document,
         [
@@ -111,13 +192,44 @@ def prepare(
                 limits.max_cost,
                 default_list_size=DEFAULT_PAGE_SIZE,
                 max_list_size=MAX_PAGE_SIZE,
-                variables=coerced.coerced,
+                variables=variables,
                 known_sizes=limits.known_list_sizes,
             ),
         ],
     )
+    return [_formatted(e) for e in errors]
+
+
+def prepare(
+    schema: GraphQLSchema,
+    query: str,
+    variables: dict[str, Any] | None,
+    operation_name: str | None,
+    limits: Limits,
+) -> Prepared:
+    checked = _check(schema, query, limits)
+    if checked.errors or checked.document is None:
+        raise RequestErrors(copy.deepcopy(checked.errors))  # the cached entry stays intact
+    document = checked.document
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        if operation_name:
+            raise _request_error(f"Unknown operation named '{operation_name}'.")
+        raise _request_error("The document holds several operations: name one in operationName.")
+    coerced = get_variable_values(
+        schema,
+        operation.variable_definitions or (),
+        variables or {},
+        hide_suggestions=not limits.introspection,
+    )
+    if isinstance(coerced, list):
+        raise RequestErrors([_formatted(e) for e in coerced])
+    # Costed with the values execution will use: coerced, operation defaults included.
+    limit_errors = checked.limit_errors
+    if limit_errors is None:
+        limit_errors = _limit_errors(schema, document, limits, coerced.coerced)
     if limit_errors:
-        raise RequestErrors([_formatted(e) for e in limit_errors])
+        raise RequestErrors(copy.deepcopy(limit_errors))
     return Prepared(document, operation, variables or {})
 
 
@@ -128,6 +240,7 @@ def run(schema: GraphQLSchema, prepared: Prepared, context: Any, request_id: str
         context_value=context,
         variable_values=prepared.variables,
         operation_name=prepared.operation.name.value if prepared.operation.name else None,
+        executor_class=RowExecutor,
     )
     body: dict[str, Any] = {"data": result.data}
     if result.errors:
@@ -152,6 +265,11 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
         logger.error("database unavailable: %s", original)
         formatted["message"] = (
             f"The database is unavailable; retry shortly. Request id: {request_id}"
+        )
+    elif isinstance(original, DirectoryUnavailable):
+        logger.error("user directory unavailable: %s", original, exc_info=original)
+        formatted["message"] = (
+            f"The user directory is unavailable; retry shortly. Request id: {request_id}"
         )
     else:
         logger.error(

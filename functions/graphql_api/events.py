@@ -47,15 +47,11 @@ def emit(
     aggregate_id = str(row[key])
     source = event_source(context.region, "graphql")
     subject = f"{collection}/{aggregate_id}"
-    uow.add_event(
-        CloudEvent(
-            type=f"covenant.{collection}.{action}",
-            source=source,
-            subject=subject,
-            data={aggregate_type: snapshot(row)},
-        ),
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
+    change = CloudEvent(
+        type=f"covenant.{collection}.{action}",
+        source=source,
+        subject=subject,
+        data={aggregate_type: snapshot(row)},
     )
     audit = CloudEvent(
         type=f"audit.{collection}.{action}",
@@ -72,9 +68,66 @@ def emit(
             },
         },
     )
-    uow.add_event(audit, aggregate_type=aggregate_type, aggregate_id=aggregate_id)
+    add_events(uow, [change, audit], aggregate_type=aggregate_type, aggregate_id=aggregate_id)
     event_ids = [event.id for event in uow.events]
     uow.after_commit(lambda: _wake_bridge(event_ids, context.region))
+
+
+# The envelopes travel as one JSON array (one parameter); each row takes its id and subject
+# (the event type) from its envelope, in the array's order.
+_INSERT_EVENTS = """
+INSERT INTO outbox (id, subject, aggregate_type, aggregate_id, payload)
+SELECT CAST(e.envelope ->> 'id' AS uuid), e.envelope ->> 'type', :aggregate_type, :aggregate_id,
+       e.envelope
+FROM jsonb_array_elements(CAST(:envelopes AS jsonb)) WITH ORDINALITY AS e(envelope, n)
+ORDER BY e.n
+"""
+
+
+def add_events(
+    uow: UnitOfWork, events: list[CloudEvent], *, aggregate_type: str, aggregate_id: str
+) -> None:
+    """Writes the events of one aggregate to the outbox in one statement, in their order
+    (what UnitOfWork.add_event does for one event: a mutation's two events would otherwise
+    be a third of its statements). The NATS subject is the event type."""
+    uow.run(
+        _INSERT_EVENTS,
+        envelopes="[" + ",".join(event.to_json() for event in events) + "]",
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+    )
+    uow.events.extend(events)
+
+
+def emit_role_change(
+    uow: UnitOfWork,
+    context: RequestContext,
+    user: dict[str, Any],
+    before: list[str],
+    after: list[str],
+) -> str:
+    """The audit event of a role change, in the outbox of `uow`'s transaction; returns its
+    id. Only audit:
+    users are not a collection of the COVENANT stream (countries, projects), so there is no
+    covenant.* event for them."""
+    subject = f"users/{user['sub']}"
+    audit = CloudEvent(
+        type="audit.users.role_changed",
+        source=event_source(context.region, "graphql"),
+        subject=subject,
+        data={
+            "actor": context.actor.describe(),
+            "action": "role_changed",
+            "requestId": context.request_id,
+            "region": context.region,
+            "user": user,
+            "changes": {"roles": {"from": before, "to": after}},
+        },
+    )
+    add_events(uow, [audit], aggregate_type="user", aggregate_id=str(user["sub"]))
+    event_ids = [event.id for event in uow.events]
+    uow.after_commit(lambda: _wake_bridge(event_ids, context.region))
+    return audit.id
 
 
 def _wake_bridge(event_ids: list[str], region: str) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from graphql import (
+    ArgumentNode,
+    DocumentNode,
     FieldNode,
     FragmentSpreadNode,
     GraphQLError,
@@ -33,9 +35,11 @@ from graphql import (
     ValidationContext,
     ValidationRule,
     VariableNode,
+    Visitor,
     get_named_type,
     get_nullable_type,
     is_list_type,
+    visit,
 )
 
 _FREE = ("__typename",)
@@ -198,6 +202,19 @@ def cost_limit_rule(
                 )
 
     return CostLimit
+
+
+def page_size_variables(document: DocumentNode, list_size_argument: str = "first") -> set[str]:
+    """The variables the document passes as a page size: the only values its cost depends on."""
+    found: set[str] = set()
+
+    class PageSizes(Visitor):
+        def enter_argument(self, node: ArgumentNode, *_: Any) -> None:
+            if node.name.value == list_size_argument and isinstance(node.value, VariableNode):
+                found.add(node.value.name.value)
+
+    visit(document, PageSizes())
+    return found
 
 
 def operation_count_rule(max_operations: int) -> type[ValidationRule]:

@@ -8,10 +8,9 @@ when totalCount is selected.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Tracer
 
@@ -26,19 +25,72 @@ tracer = Tracer()  # each statement is an X-Ray subsegment in AWS; a no-op elsew
 class Table:
     name: str
     alias: str
-    columns: str
+    # Column -> how it is read ("{a}" stands for the table's alias; None: as it is), in the
+    # order of a full row.
+    reads: Mapping[str, str | None]
+    # GraphQL field -> the columns it is resolved from; fields not listed need none.
+    field_columns: Mapping[str, tuple[str, ...]]
     id_column: str
     id_type: str
+
+    def expression(self, column: str, alias: str | None = None, name: str | None = None) -> str:
+        """How `column` of the row `alias` is read, named `name` (default: the column)."""
+        read = self.reads[column]
+        source = (
+            f"{alias or self.alias}.{column}"
+            if read is None
+            else read.format(a=alias or self.alias)
+        )
+        return (
+            source if read is None and name in (None, column) else f"{source} AS {name or column}"
+        )
+
+    @property
+    def columns(self) -> str:
+        """Every column: the full row."""
+        return ", ".join(self.expression(column) for column in self.reads)
+
+    def select(self, fields: Iterable[str] | None, *always: str) -> str:
+        """The select list for a response that asks for `fields` (None: the full row). The id
+        (and the `always` columns, e.g. the sort column of a cursor) are always read."""
+        if fields is None:
+            return self.columns
+        wanted = {self.id_column, *always}
+        for field in fields:
+            wanted.update(self.field_columns.get(field, ()))
+        return ", ".join(self.expression(column) for column in self.reads if column in wanted)
 
 
 COUNTRIES = Table(
     name="countries",
     alias="c",
-    columns=(
-        "c.code::text AS code, c.iso2::text AS iso2, c.name, c.continent, c.region, c.gdp_usd, "
-        "c.contribution_usd, c.covenant_status, c.joined_at, c.version, c.created_at, "
-        "c.updated_at"
-    ),
+    reads={
+        "code": "{a}.code::text",
+        "iso2": "{a}.iso2::text",
+        "name": None,
+        "continent": None,
+        "region": None,
+        "gdp_usd": None,
+        "contribution_usd": None,
+        "covenant_status": None,
+        "joined_at": None,
+        "version": None,
+        "created_at": None,
+        "updated_at": None,
+    },
+    field_columns={
+        "iso2": ("iso2",),
+        "name": ("name",),
+        "continent": ("continent",),
+        "region": ("region",),
+        "gdpUsd": ("gdp_usd",),
+        "contributionUsd": ("contribution_usd",),
+        "covenantStatus": ("covenant_status",),
+        "joinedAt": ("joined_at",),
+        "version": ("version",),
+        "createdAt": ("created_at",),
+        "updatedAt": ("updated_at",),
+    },
     id_column="code",
     id_type="bpchar",
 )
@@ -46,11 +98,35 @@ COUNTRIES = Table(
 PROJECTS = Table(
     name="projects",
     alias="p",
-    columns=(
-        "p.id::text AS id, p.name, p.description, p.sector_id, p.country_code::text AS "
-        "country_code, p.region, p.status, p.budget_usd, p.impact_score::float8 AS impact_score, "
-        "p.progress, p.version, p.created_at, p.updated_at"
-    ),
+    reads={
+        "id": "{a}.id::text",
+        "name": None,
+        "description": None,
+        "sector_id": None,
+        "country_code": "{a}.country_code::text",
+        "region": None,
+        "status": None,
+        "budget_usd": None,
+        "impact_score": "{a}.impact_score::float8",
+        "progress": None,
+        "version": None,
+        "created_at": None,
+        "updated_at": None,
+    },
+    field_columns={
+        "name": ("name",),
+        "description": ("description",),
+        "sector": ("sector_id",),
+        "country": ("country_code",),
+        "region": ("region",),
+        "status": ("status",),
+        "budgetUsd": ("budget_usd",),
+        "impactScore": ("impact_score",),
+        "progress": ("progress",),
+        "version": ("version",),
+        "createdAt": ("created_at",),
+        "updatedAt": ("updated_at",),
+    },
     id_column="id",
     id_type="uuid",
 )
@@ -185,17 +261,34 @@ def _order_by(table: Table, order: Order) -> str:
 
 @tracer.capture_method(capture_response=False)
 def page(
-    session: Session, table: Table, query: Query, order: Order, first: int, after: str | None
-) -> tuple[list[Row], bool]:
-    """One page of a top-level list: rows and whether more follow."""
+    session: Session,
+    table: Table,
+    query: Query,
+    order: Order,
+    first: int,
+    after: str | None,
+    fields: Iterable[str] | None = None,
+    look_ahead: bool = True,
+    with_total: bool = False,
+) -> tuple[list[Row], bool, int | None]:
+    """One page of a top-level list: its rows, whether more follow (False without
+    `look_ahead`, which reads one row beyond the page to know) and, `with_total`, how many
+    rows the whole list has (None when the page is empty: then `count` tells)."""
+    total = ""
+    if with_total:
+        # The filter without the keyset condition, in an uncorrelated subquery (its alias
+        # shadows the outer one): computed once, in the same round trip as the page.
+        total = f", (SELECT count(*) FROM {table.name} {table.alias} WHERE {query.where}) AS _total"
     _keyset(table, order, after, query)
     rows = session.rows(
-        f"SELECT {table.columns} FROM {table.name} {table.alias} WHERE {query.where} "
+        f"SELECT {table.select(fields, order.column)}{total} FROM {table.name} {table.alias} "
+        f"WHERE {query.where} "
         f"ORDER BY {_order_by(table, order)} LIMIT :limit",
         **query.params,
-        limit=first + 1,
+        limit=first + 1 if look_ahead else first,
     )
-    return rows[:first], len(rows) > first
+    counted = [row.pop("_total") for row in rows] if with_total else []
+    return rows[:first], len(rows) > first, int(counted[0]) if counted else None
 
 
 @tracer.capture_method(capture_response=False)
@@ -218,24 +311,27 @@ def nested_pages(
     order: Order,
     first: int,
     after: str | None,
+    fields: Iterable[str] | None = None,
+    look_ahead: bool = True,
 ) -> dict[str, tuple[list[Row], bool]]:
-    """The first page of children of every parent key, in one statement."""
+    """The first page of children of every parent key, in one statement (and whether more
+    follow, as in `page`)."""
     _keyset(table, order, after, query)
     a = table.alias
     rows = session.rows(
         f"SELECT k.parent_key::text AS _parent, x.* "
         f"FROM unnest(CAST(:keys AS {parent_type}[])) AS k(parent_key) "
-        f"CROSS JOIN LATERAL (SELECT {table.columns} FROM {table.name} {a} "
+        f"CROSS JOIN LATERAL (SELECT {table.select(fields, order.column)} FROM {table.name} {a} "
         f"WHERE {a}.{parent_column} = k.parent_key AND {query.where} "
         f"ORDER BY {_order_by(table, order)} LIMIT :limit) AS x",
         **query.params,
         keys=list(keys),
-        limit=first + 1,
+        limit=first + 1 if look_ahead else first,
     )
-    grouped: dict[str, list[Row]] = defaultdict(list)
+    grouped: dict[str, list[Row]] = {key: [] for key in keys}
     for row in rows:
         grouped[row.pop("_parent")].append(row)
-    return {key: (grouped.get(key, [])[:first], len(grouped.get(key, [])) > first) for key in keys}
+    return {key: (children[:first], len(children) > first) for key, children in grouped.items()}
 
 
 @tracer.capture_method(capture_response=False)
@@ -260,27 +356,35 @@ def nested_counts(
 
 
 @tracer.capture_method(capture_response=False)
-def countries_by_code(session: Session, codes: Sequence[str]) -> dict[str, Row]:
+def countries_by_code(
+    session: Session, codes: Sequence[str], fields: Iterable[str] | None = None
+) -> dict[str, Row]:
     rows = session.rows(
-        f"SELECT {COUNTRIES.columns} FROM countries c WHERE c.code = ANY(CAST(:codes AS bpchar[]))",
+        f"SELECT {COUNTRIES.select(fields)} FROM countries c "
+        "WHERE c.code = ANY(CAST(:codes AS bpchar[]))",
         codes=list(codes),
     )
     return {row["code"]: row for row in rows}
 
 
 @tracer.capture_method(capture_response=False)
-def country_by_any_code(session: Session, code: str) -> Row | None:
+def country_by_any_code(
+    session: Session, code: str, fields: Iterable[str] | None = None
+) -> Row | None:
     return session.one(
-        f"SELECT {COUNTRIES.columns} FROM countries c "
+        f"SELECT {COUNTRIES.select(fields)} FROM countries c "
         "WHERE c.code = CAST(:code AS bpchar) OR c.iso2 = CAST(:code AS bpchar) LIMIT 1",
         code=code.upper(),
     )
 
 
 @tracer.capture_method(capture_response=False)
-def project_by_id(session: Session, project_id: str) -> Row | None:
+def project_by_id(
+    session: Session, project_id: str, fields: Iterable[str] | None = None
+) -> Row | None:
     return session.one(
-        f"SELECT {PROJECTS.columns} FROM projects p WHERE p.id = CAST(:id AS uuid)", id=project_id
+        f"SELECT {PROJECTS.select(fields)} FROM projects p WHERE p.id = CAST(:id AS uuid)",
+        id=project_id,
     )
 
 
@@ -374,3 +478,73 @@ def sectoral_stats(session: Session, sector: str | None) -> list[Row]:
         """,
         sector=sector,
     )
+
+
+class Statements(Protocol):
+    """Where a write runs: a unit of work (its transaction) or a session."""
+
+    def one(self, sql: str, **params: Any) -> Row | None: ...
+
+    def scalar(self, sql: str, **params: Any) -> Any: ...
+
+
+_OLD = "_old_"
+
+
+@tracer.capture_method(capture_response=False)
+def update_row(
+    statements: Statements,
+    table: Table,
+    key: str,
+    assignments: Mapping[str, str],
+    params: Mapping[str, Any],
+    expected_version: int | None,
+) -> tuple[Row, Row] | None:
+    """Updates the row `key` in one statement: locks it, checks its version (when one is
+    expected), applies `assignments` (column -> SQL expression over `params`; `old.<column>`
+    is the locked row) and returns (the row as written, the assigned columns as they were).
+    None when no row has that key at the expected version (see `current_version`)."""
+    a, id_column = table.alias, table.id_column
+    row = statements.one(
+        f"UPDATE {table.name} AS {a} "
+        f"SET {', '.join(f'{column} = {value}' for column, value in assignments.items())} "
+        f"FROM (SELECT * FROM {table.name} "
+        f"WHERE {id_column} = CAST(:row_key AS {table.id_type}) FOR UPDATE) AS old "
+        f"WHERE {a}.{id_column} = old.{id_column} AND (CAST(:expected_version AS integer) IS NULL "
+        "OR old.version = CAST(:expected_version AS integer)) "
+        f"RETURNING {table.columns}, "
+        + ", ".join(table.expression(c, "old", f"{_OLD}{c}") for c in assignments),
+        **params,
+        row_key=key,
+        expected_version=expected_version,
+    )
+    if row is None:
+        return None
+    old = {column: row.pop(f"{_OLD}{column}") for column in assignments}
+    return row, old
+
+
+@tracer.capture_method(capture_response=False)
+def delete_row(
+    statements: Statements, table: Table, key: str, expected_version: int | None
+) -> Row | None:
+    """Deletes the row `key` if it is at the expected version; returns it as it was."""
+    a, id_column = table.alias, table.id_column
+    return statements.one(
+        f"DELETE FROM {table.name} AS {a} "
+        f"WHERE {a}.{id_column} = CAST(:row_key AS {table.id_type}) "
+        "AND (CAST(:expected_version AS integer) IS NULL "
+        f"OR {a}.version = CAST(:expected_version AS integer)) RETURNING {table.columns}",
+        row_key=key,
+        expected_version=expected_version,
+    )
+
+
+def current_version(statements: Statements, table: Table, key: str) -> int | None:
+    """The version of the row `key`, None when there is none: why an update or delete of it
+    found nothing."""
+    found = statements.scalar(
+        f"SELECT version FROM {table.name} WHERE {table.id_column} = CAST(:key AS {table.id_type})",
+        key=key,
+    )
+    return None if found is None else int(found)

@@ -8,7 +8,8 @@ from typing import Any
 from ariadne import ObjectType
 
 from covenant.db import Row
-from graphql_api.context import Info
+from graphql_api.context import RequestContext
+from graphql_api.executor import RowResolver
 from graphql_api.pagination import Order, encode_cursor
 from graphql_api.repository import Table
 
@@ -25,20 +26,20 @@ def _cursor(conn: dict[str, Any], row: Row) -> str:
     return encode_cursor(order, row[order.column], row[table.id_column])
 
 
-def _total_count(conn: dict[str, Any], info: Info) -> int:
+def _total_count(conn: dict[str, Any], context: RequestContext) -> int:
     return int(conn["count"]())
 
 
-def _nodes(conn: dict[str, Any], info: Info) -> list[Row]:
+def _nodes(conn: dict[str, Any], context: RequestContext) -> list[Row]:
     rows: list[Row] = conn["rows"]
     return rows
 
 
-def _edges(conn: dict[str, Any], info: Info) -> list[dict[str, Any]]:
+def _edges(conn: dict[str, Any], context: RequestContext) -> list[dict[str, Any]]:
     return [{"cursor": _cursor(conn, row), "node": row} for row in conn["rows"]]
 
 
-def _page_info(conn: dict[str, Any], info: Info) -> dict[str, Any]:
+def _page_info(conn: dict[str, Any], context: RequestContext) -> dict[str, Any]:
     rows = conn["rows"]
     return {
         "has_next_page": conn["has_next"],
@@ -48,10 +49,10 @@ def _page_info(conn: dict[str, Any], info: Info) -> dict[str, Any]:
 
 def _bind(name: str) -> ObjectType:
     bound = ObjectType(name)
-    bound.set_field("totalCount", _total_count)
-    bound.set_field("nodes", _nodes)
-    bound.set_field("edges", _edges)
-    bound.set_field("pageInfo", _page_info)
+    bound.set_field("totalCount", RowResolver(_total_count))
+    bound.set_field("nodes", RowResolver(_nodes))
+    bound.set_field("edges", RowResolver(_edges))
+    bound.set_field("pageInfo", RowResolver(_page_info))
     return bound
 
 

@@ -27,6 +27,7 @@ continent = EnumType(
         "OCEANIA": "Oceania",
     },
 )
+role = EnumType("Role", {"ADMIN": "admin", "EDITOR": "editor", "VIEWER": "viewer"})
 sort_direction = EnumType("SortDirection", {"ASC": "asc", "DESC": "desc"})
 country_order_field = EnumType(
     "CountryOrderField", {"NAME": "name", "CODE": "code", "GDP": "gdp_usd"}
@@ -47,6 +48,7 @@ ENUMS = [
     covenant_status,
     project_status,
     continent,
+    role,
     sort_direction,
     country_order_field,
     project_order_field,

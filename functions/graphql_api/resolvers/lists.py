@@ -12,6 +12,7 @@ from graphql_api.context import Info, context_of, field_key, mark_siblings, sibl
 from graphql_api.pagination import Order, page_size
 from graphql_api.repository import Query, Table
 from graphql_api.resolvers.connection import connection
+from graphql_api.selection import connection_fields, node_fields
 
 FilterBuilder = Callable[[Mapping[str, Any] | None, tuple[str, ...]], Query]
 
@@ -40,11 +41,22 @@ def top_level(kind: ListKind, info: Info, args: Mapping[str, Any]) -> dict[str, 
     first = page_size(args.get("first"))
     order = repository.resolve_order(kind.orders, args.get("order_by"))
     query = kind.build_filter(args.get("filter"), context.region_codes)
-    rows, has_next = repository.page(
-        context.session, kind.table, query, order, first, args.get("after")
+    asked = connection_fields(info)
+    rows, has_next, counted = repository.page(
+        context.session,
+        kind.table,
+        query,
+        order,
+        first,
+        args.get("after"),
+        node_fields(info),
+        look_ahead="pageInfo" in asked,
+        with_total="totalCount" in asked,
     )
 
     def total() -> int:
+        if counted is not None:
+            return counted
         return context.batch(
             ("count", *field_key(info, dict(args))),
             lambda: repository.count(
@@ -66,6 +78,15 @@ class Parent:
     key_type: str
 
 
+@dataclass(frozen=True)
+class _Level:
+    """The children of every parent of one list level, loaded in one statement."""
+
+    order: Order
+    pages: dict[str, tuple[list[Row], bool]]
+    keys: list[str]
+
+
 def nested(
     kind: ListKind,
     parent: Parent,
@@ -74,15 +95,13 @@ def nested(
     args: Mapping[str, Any],
 ) -> dict[str, Any]:
     context = context_of(info)
-    first = page_size(args.get("first"))
-    order = repository.resolve_order(kind.orders, args.get("order_by"))
     batch = field_key(info, dict(args))
-    keys = unique(parent.key_of(r) for r in siblings(row))
     own_key = parent.key_of(row)
-    if own_key not in keys:
-        keys = [own_key]
 
-    def load_pages() -> dict[str, tuple[list[Row], bool]]:
+    def load(parents: list[Row]) -> _Level:
+        first = page_size(args.get("first"))
+        order = repository.resolve_order(kind.orders, args.get("order_by"))
+        keys = unique(parent.key_of(r) for r in parents)
         pages = repository.nested_pages(
             context.session,
             kind.table,
@@ -93,25 +112,29 @@ def nested(
             order,
             first,
             args.get("after"),
+            node_fields(info),
+            "pageInfo" in connection_fields(info),
         )
         mark_siblings(child for rows, _ in pages.values() for child in rows)
-        return pages
+        return _Level(order, pages, keys)
 
-    pages = context.batch(("pages", *batch), load_pages)
-    rows, has_next = pages[own_key]
+    level = context.batch(("pages", *batch), lambda: load(siblings(row)))
+    if own_key not in level.pages:  # a parent outside the level that loaded first
+        level = context.batch(("pages", own_key, *batch), lambda: load([row]))
+    rows, has_next = level.pages[own_key]
 
     def total() -> int:
         counts = context.batch(
-            ("counts", *batch),
+            ("counts", id(level), *batch),  # per level: the keys it loaded
             lambda: repository.nested_counts(
                 context.session,
                 kind.table,
                 parent.child_column,
                 parent.key_type,
-                keys,
+                level.keys,
                 kind.build_filter(args.get("filter"), context.region_codes),
             ),
         )
         return counts[own_key]
 
-    return connection(rows, has_next, order, kind.table, total)
+    return connection(rows, has_next, level.order, kind.table, total)

@@ -3,6 +3,8 @@ The result is read back from the writer, so the client sees its own write."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,12 +13,14 @@ from typing import Any
 from ariadne import MutationType
 from pg8000.exceptions import DatabaseError
 
+from covenant import db
 from covenant.db import Row, sqlstate
 from covenant.uow import UnitOfWork
+from graphql_api import repository, users
 from graphql_api.context import Info, RequestContext, context_of, mark_siblings
 from graphql_api.errors import BadUserInput, Conflict, NotFound
-from graphql_api.events import emit
-from graphql_api.repository import COUNTRIES, PROJECTS
+from graphql_api.events import emit, emit_role_change
+from graphql_api.repository import COUNTRIES, PROJECTS, Table
 from graphql_api.resolvers.query import check_project_id
 from graphql_api.validation import (
     COUNTRY_FIELDS,
@@ -27,6 +31,8 @@ from graphql_api.validation import (
     path,
     project_changes,
 )
+
+logger = logging.getLogger(__name__)
 
 mutation = MutationType()
 
@@ -42,8 +48,9 @@ _CHECK_RULES = {
 
 
 @contextmanager
-def database_rules() -> Iterator[None]:
-    """Constraint violations the database caught, as the client's error."""
+def database_rules(values: dict[str, Any] | None = None) -> Iterator[None]:
+    """Constraint violations the database caught, as the client's error (`values`: the
+    validated input, to name what was wrong)."""
     try:
         yield
     except DatabaseError as exc:
@@ -58,38 +65,39 @@ def database_rules() -> Iterator[None]:
         if state == "23514" and constraint in _CHECK_RULES:
             field, rule = _CHECK_RULES[constraint]
             raise BadUserInput(f"input.{field}", rule) from exc
+        if state == "23503" and constraint == "projects_country_region":
+            # Raised by the trigger that derives the region: checked in the same statement.
+            code = (values or {}).get("country_code", "")
+            raise BadUserInput(path("country_code"), f"no country has the code {code}") from exc
         raise
 
 
-def _changed(current: Row, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    changes = {}
-    for field, value in values.items():
-        old = current[field]
-        if isinstance(old, float) or field == "impact_score":
-            same = old is not None and round(float(old), 2) == round(float(value), 2)
-        else:
-            same = old == value
-        if not same:
-            changes[field] = {"from": old, "to": value}
-    return changes
+def _changed(old: Row, new: Row) -> dict[str, dict[str, Any]]:
+    """The columns whose value the write changed, from -> to."""
+    return {
+        column: {"from": value, "to": new[column]}
+        for column, value in old.items()
+        if value != new[column]
+    }
 
 
-def _check_version(kind: str, key: str, current: Row, expected: int | None) -> None:
-    if expected is not None and current["version"] != expected:
-        raise Conflict(
-            f"{kind} {key} is at version {current['version']}, not {expected}: it changed since "
-            "you read it. Read it again and retry.",
-            currentVersion=current["version"],
-        )
+def _missing_or_stale(
+    uow: UnitOfWork, table: Table, kind: str, key: str, expected: int | None
+) -> Exception:
+    """Why a write of one row found nothing: NOT_FOUND, or CONFLICT naming the version."""
+    current = repository.current_version(uow, table, key)
+    if current is None:
+        noun = "code" if table is COUNTRIES else "id"
+        return NotFound(f"No {kind.lower()} has the {noun} {key}.")
+    return Conflict(
+        f"{kind} {key} is at version {current}, not {expected}: it changed since you read it. "
+        "Read it again and retry.",
+        currentVersion=current,
+    )
 
 
-def _require_country(uow: UnitOfWork, code: str) -> None:
-    if uow.scalar("SELECT 1 FROM countries WHERE code = CAST(:c AS bpchar)", c=code) is None:
-        raise BadUserInput(path("country_code"), f"no country has the code {code}")
-
-
-def _assignments(values: dict[str, Any], casts: dict[str, str]) -> str:
-    return ", ".join(f"{field} = CAST(:{field} AS {casts[field]})" for field in values)
+def _assignments(values: dict[str, Any], casts: dict[str, str]) -> dict[str, str]:
+    return {field: f"CAST(:{field} AS {casts[field]})" for field in values}
 
 
 _PROJECT_CASTS = {
@@ -124,8 +132,7 @@ def resolve_create_project(_: Any, info: Info, input: dict[str, Any]) -> Row:
     context = _writing(info)
     context.actor.require("editor", "admin")
     values = project_changes(input)
-    with database_rules(), UnitOfWork() as uow:
-        _require_country(uow, values["country_code"])
+    with database_rules(values), UnitOfWork() as uow:
         columns = [f for f in PROJECT_FIELDS if f in values]
         row = uow.one(
             f"INSERT INTO projects AS p (id, {', '.join(columns)}) VALUES (gen_random_uuid(), "
@@ -153,28 +160,16 @@ def resolve_update_project(
     if not values:
         raise BadUserInput("input", "give at least one field to change")
     expected = check_expected_version(expected_version)
-    with database_rules(), UnitOfWork() as uow:
-        current = uow.one(
-            f"SELECT {PROJECTS.columns} FROM projects p WHERE p.id = CAST(:id AS uuid) FOR UPDATE",
-            id=project_id,
+    with database_rules(values), UnitOfWork() as uow:
+        written = repository.update_row(
+            uow, PROJECTS, project_id, _assignments(values, _PROJECT_CASTS), values, expected
         )
-        if current is None:
-            raise NotFound(f"No project has the id {project_id}.")
-        _check_version("Project", project_id, current, expected)
-        changes = _changed(current, values)
-        if not changes:
-            return mark_siblings([current])[0]
-        if "country_code" in changes:
-            _require_country(uow, values["country_code"])
-        changed = {f: values[f] for f in changes}
-        row = uow.one(
-            f"UPDATE projects AS p SET {_assignments(changed, _PROJECT_CASTS)} "
-            f"WHERE p.id = CAST(:id AS uuid) RETURNING {PROJECTS.columns}",
-            **changed,
-            id=project_id,
-        )
-        assert row is not None
-        emit(uow, context, "projects", "updated", row, changes)
+        if written is None:
+            raise _missing_or_stale(uow, PROJECTS, "Project", project_id, expected)
+        row, old = written
+        changes = _changed(old, row)
+        if changes:  # else nothing changed: same version, no event
+            emit(uow, context, "projects", "updated", row, changes)
     return mark_siblings([row])[0]
 
 
@@ -190,15 +185,10 @@ def resolve_delete_project(
     project_id = check_project_id(id)
     expected = check_expected_version(expected_version)
     with UnitOfWork() as uow:
-        current = uow.one(
-            f"SELECT {PROJECTS.columns} FROM projects p WHERE p.id = CAST(:id AS uuid) FOR UPDATE",
-            id=project_id,
-        )
-        if current is None:
-            raise NotFound(f"No project has the id {project_id}.")
-        _check_version("Project", project_id, current, expected)
-        uow.run("DELETE FROM projects WHERE id = CAST(:id AS uuid)", id=project_id)
-        emit(uow, context, "projects", "deleted", current)
+        deleted = repository.delete_row(uow, PROJECTS, project_id, expected)
+        if deleted is None:
+            raise _missing_or_stale(uow, PROJECTS, "Project", project_id, expected)
+        emit(uow, context, "projects", "deleted", deleted)
     return {"id": project_id}
 
 
@@ -210,7 +200,7 @@ def resolve_create_country(_: Any, info: Info, input: dict[str, Any]) -> Row:
     values = country_changes(input, context.region_codes)
     if values.get("covenant_status", "pending") != "pending":
         values.setdefault("joined_at", datetime.now(UTC))
-    with database_rules(), UnitOfWork() as uow:
+    with database_rules(values), UnitOfWork() as uow:
         columns = [f for f in COUNTRY_FIELDS if f in values]
         row = uow.one(
             f"INSERT INTO countries AS c (code, {', '.join(columns)}) "
@@ -240,31 +230,110 @@ def resolve_update_country(
     if not values:
         raise BadUserInput("input", "give at least one field to change")
     expected = check_expected_version(expected_version)
-    with database_rules(), UnitOfWork() as uow:
-        current = uow.one(
-            f"SELECT {COUNTRIES.columns} FROM countries c "
-            "WHERE c.code = CAST(:code AS bpchar) FOR UPDATE",
-            code=key,
-        )
-        if current is None:
-            raise NotFound(f"No country has the code {key}.")
-        _check_version("Country", key, current, expected)
-        if (
-            values.get("covenant_status", "pending") != "pending"
-            and current["joined_at"] is None
-            and "joined_at" not in values
-        ):
-            values["joined_at"] = datetime.now(UTC)
-        changes = _changed(current, values)
-        if not changes:
-            return mark_siblings([current])[0]
-        changed = {f: values[f] for f in changes}
-        row = uow.one(
-            f"UPDATE countries AS c SET {_assignments(changed, _COUNTRY_CASTS)} "
-            f"WHERE c.code = CAST(:code AS bpchar) RETURNING {COUNTRIES.columns}",
-            **changed,
-            code=key,
-        )
-        assert row is not None
-        emit(uow, context, "countries", "updated", row, changes)
+    assignments = _assignments(values, _COUNTRY_CASTS)
+    if values.get("covenant_status", "pending") != "pending" and "joined_at" not in values:
+        # A country that becomes a member joins now, unless it joined before.
+        assignments["joined_at"] = "COALESCE(old.joined_at, now())"
+    with database_rules(values), UnitOfWork() as uow:
+        written = repository.update_row(uow, COUNTRIES, key, assignments, values, expected)
+        if written is None:
+            raise _missing_or_stale(uow, COUNTRIES, "Country", key, expected)
+        row, old = written
+        changes = _changed(old, row)
+        if changes:  # else nothing changed: same version, no event
+            emit(uow, context, "countries", "updated", row, changes)
     return mark_siblings([row])[0]
+
+
+_USER_NAME = re.compile(r"^\S{1,128}$")
+# Role changes of one user are serialised (pg_advisory_xact_lock(this, hashtext(sub))), so
+# the roles an audit event reports as "before" are the ones the change replaced.
+_ROLE_LOCK_SPACE = 5151
+
+
+@mutation.field("setUserRole")
+def resolve_set_user_role(_: Any, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+    context = _writing(info)
+    context.actor.require("admin")
+    name = str(input["user"]).strip()
+    if not _USER_NAME.match(name):
+        raise BadUserInput("input.user", "must be an email or a user name (1 to 128 characters)")
+    role = str(input["role"])
+    directory = users.Directory.load()
+    try:
+        user = users.find_user(directory, name)
+    except users.UserNotFound:
+        raise NotFound(f"No user has the email or user name {name}.") from None
+    if user.sub == context.actor.sub:
+        raise BadUserInput("input.user", "is you: another admin must change your role")
+    applied: list[users.Change] = []
+    event_id: str | None = None
+    try:
+        # The audit event is written first but commits only once Cognito has made the change:
+        # a failed call rolls it back, so no event ever records a change that did not happen.
+        with UnitOfWork() as uow:
+            uow.run(
+                "SELECT pg_advisory_xact_lock(CAST(:space AS integer), hashtext(:sub))",
+                space=_ROLE_LOCK_SPACE,
+                sub=user.sub,
+            )
+            before = users.roles_of(directory, user)
+            if before == {role}:
+                return _role_change(user, role, before, changed=False)
+            event_id = emit_role_change(uow, context, user.describe(), sorted(before), [role])
+            applied = users.set_role(directory, user, role, before)
+    except Exception:
+        if applied and event_id is not None:  # Cognito changed; did the event commit?
+            _settle(directory, user, applied, event_id, role)
+        raise
+    return _role_change(user, role, before, changed=True)
+
+
+def _settle(
+    directory: users.Directory,
+    user: users.User,
+    applied: list[users.Change],
+    event_id: str,
+    role: str,
+) -> None:
+    """After Cognito made the change, the commit of its audit event failed. A commit whose
+    answer was lost may still have happened, so the change is undone only when the event is
+    known to be absent; otherwise (or when the undo fails) the log says what to check."""
+    try:
+        with db.writer().session() as session:
+            committed = session.scalar(
+                "SELECT 1 FROM outbox WHERE id = CAST(:id AS uuid)", id=event_id
+            )
+    except Exception:
+        logger.exception(
+            "role of user %s set to %s; whether its audit event %s committed is unknown: "
+            "check the outbox, and record the change or restore the roles",
+            user.sub,
+            role,
+            event_id,
+        )
+        return
+    if committed is not None:
+        return
+    try:
+        users.undo(directory, user, applied)
+    except users.DirectoryUnavailable:
+        logger.exception(
+            "role of user %s set to %s WITHOUT its audit event: the commit and the undo both "
+            "failed; restore the roles (%s undone in reverse) or record the change",
+            user.sub,
+            role,
+            applied,
+        )
+
+
+def _role_change(
+    user: users.User, role: str, before: frozenset[str], *, changed: bool
+) -> dict[str, Any]:
+    return {
+        "username": user.username,
+        "email": user.email,
+        "role": role,
+        "previous_roles": sorted(before),
+        "changed": changed,
+    }

@@ -13,6 +13,7 @@ from graphql_api.context import Info, context_of, mark_siblings
 from graphql_api.errors import BadUserInput
 from graphql_api.resolvers.lists import COUNTRY_LIST, PROJECT_LIST, top_level
 from graphql_api.resolvers.types import region_by_code, sectors_by_id
+from graphql_api.selection import object_fields
 
 query = QueryType()
 
@@ -43,7 +44,9 @@ def resolve_countries(_: Any, info: Info, **args: Any) -> dict[str, Any]:
 def resolve_country(_: Any, info: Info, code: str) -> Row | None:
     if not _ALPHA3.match(code):
         raise BadUserInput("code", "must be an ISO 3166 alpha-3 code, e.g. KEN")
-    found = repository.countries_by_code(context_of(info).session, [code.upper()])
+    found = repository.countries_by_code(
+        context_of(info).session, [code.upper()], object_fields(info)
+    )
     return mark_siblings(found.values())[0] if found else None
 
 
@@ -51,7 +54,7 @@ def resolve_country(_: Any, info: Info, code: str) -> Row | None:
 def resolve_country_by_code(_: Any, info: Info, code: str) -> Row | None:
     if not _ALPHA2_OR_3.match(code):
         raise BadUserInput("code", "must be an ISO 3166 alpha-2 or alpha-3 code, e.g. KE or KEN")
-    return repository.country_by_any_code(context_of(info).session, code)
+    return repository.country_by_any_code(context_of(info).session, code, object_fields(info))
 
 
 @query.field("projects")
@@ -61,17 +64,20 @@ def resolve_projects(_: Any, info: Info, **args: Any) -> dict[str, Any]:
 
 @query.field("project")
 def resolve_project(_: Any, info: Info, id: str) -> Row | None:
-    return repository.project_by_id(context_of(info).session, check_project_id(id))
+    return repository.project_by_id(
+        context_of(info).session, check_project_id(id), object_fields(info)
+    )
 
 
 @query.field("regions")
 def resolve_regions(_: Any, info: Info) -> list[dict[str, Any]]:
-    return [region_by_code(info, r.code) for r in context_of(info).regions]
+    context = context_of(info)
+    return [region_by_code(context, r.code) for r in context.regions]
 
 
 @query.field("sectors")
 def resolve_sectors(_: Any, info: Info) -> list[Row]:
-    return list(sectors_by_id(info).values())
+    return list(sectors_by_id(context_of(info)).values())
 
 
 @query.field("regionalStats")

@@ -9,8 +9,18 @@ from ariadne import ObjectType
 from covenant.db import Row
 from covenant.regions import Region
 from graphql_api import repository
-from graphql_api.context import Info, context_of, field_key, mark_siblings, siblings, unique
+from graphql_api.context import (
+    Info,
+    RequestContext,
+    context_of,
+    field_key,
+    mark_siblings,
+    siblings,
+    unique,
+)
+from graphql_api.executor import RowResolver
 from graphql_api.resolvers.lists import COUNTRY_LIST, PROJECT_LIST, Parent, nested
+from graphql_api.selection import object_fields
 
 country = ObjectType("Country")
 project = ObjectType("Project")
@@ -30,17 +40,16 @@ def region_row(found: Region) -> dict[str, Any]:
     return {"code": found.code, "aws_region": found.aws_region, "primary": found.primary}
 
 
-def region_by_code(info: Info, code: str) -> dict[str, Any]:
+def region_by_code(context: RequestContext, code: str) -> dict[str, Any]:
     """Regions come from the region table (configuration): no SQL."""
-    context = context_of(info)
     rows = context.batch(
-        ("regions",), lambda: mark_siblings(region_row(r) for r in context.regions)
+        ("regions",),
+        lambda: {r["code"]: r for r in mark_siblings(region_row(r) for r in context.regions)},
     )
-    return next(r for r in rows if r["code"] == code)
+    return rows[code]
 
 
-def sectors_by_id(info: Info) -> dict[str, Row]:
-    context = context_of(info)
+def sectors_by_id(context: RequestContext) -> dict[str, Row]:
     return context.batch(
         ("sectors",),
         lambda: {r["id"]: r for r in mark_siblings(repository.all_sectors(context.session))},
@@ -51,9 +60,16 @@ def by_status(row: Row) -> list[dict[str, Any]]:
     return [{"status": status, "count": int(row[status])} for status in STATUSES]
 
 
-@country.field("region")
-def resolve_country_region(row: Row, info: Info) -> dict[str, Any]:
-    return region_by_code(info, row["region"])
+def _region_of(row: Row, context: RequestContext) -> dict[str, Any]:
+    return region_by_code(context, row["region"])
+
+
+country.set_field("region", RowResolver(_region_of))
+project.set_field("region", RowResolver(_region_of))
+regional_stats.set_field("region", RowResolver(_region_of))
+project.set_field(
+    "sector", RowResolver(lambda row, context: sectors_by_id(context)[row["sector_id"]])
+)
 
 
 @country.field("projects")
@@ -64,26 +80,18 @@ def resolve_country_projects(row: Row, info: Info, **args: Any) -> dict[str, Any
 @project.field("country")
 def resolve_project_country(row: Row, info: Info) -> Row:
     context = context_of(info)
-    codes = unique(r["country_code"] for r in siblings(row))
-    if row["country_code"] not in codes:
-        codes = [row["country_code"]]
 
-    def load() -> dict[str, Row]:
-        found = repository.countries_by_code(context.session, codes)
+    def load(parents: list[Row]) -> dict[str, Row]:
+        codes = unique(r["country_code"] for r in parents)
+        found = repository.countries_by_code(context.session, codes, object_fields(info))
         mark_siblings(found.values())
         return found
 
-    return context.batch(("country-of", *field_key(info)), load)[row["country_code"]]
-
-
-@project.field("sector")
-def resolve_project_sector(row: Row, info: Info) -> Row:
-    return sectors_by_id(info)[row["sector_id"]]
-
-
-@project.field("region")
-def resolve_project_region(row: Row, info: Info) -> dict[str, Any]:
-    return region_by_code(info, row["region"])
+    batch = field_key(info)
+    countries = context.batch(("country-of", *batch), lambda: load(siblings(row)))
+    if row["country_code"] not in countries:  # a parent outside the level that loaded first
+        countries = context.batch(("country-of", row["country_code"], *batch), lambda: load([row]))
+    return countries[row["country_code"]]
 
 
 @sector.field("projects")
@@ -94,11 +102,6 @@ def resolve_sector_projects(row: Row, info: Info, **args: Any) -> dict[str, Any]
 @region.field("countries")
 def resolve_region_countries(row: Row, info: Info, **args: Any) -> dict[str, Any]:
     return nested(COUNTRY_LIST, _COUNTRIES_OF_REGION, row, info, args)
-
-
-@regional_stats.field("region")
-def resolve_stats_region(row: Row, info: Info) -> dict[str, Any]:
-    return region_by_code(info, row["region"])
 
 
 for stats_type in (regional_stats, global_stats, sectoral_stats):

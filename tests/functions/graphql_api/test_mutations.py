@@ -151,6 +151,61 @@ def test_a_stale_version_gets_conflict_and_changes_nothing(gql, created) -> None
     assert len(_outbox(project["id"])) == 4  # create + one update, nothing from the stale ones
 
 
+def test_a_write_is_four_statements_and_a_change_to_the_same_values_writes_nothing(
+    gql, created
+) -> None:
+    """BEGIN, the write (locking the row, checking the version, returning old and new values),
+    one outbox INSERT of both events, COMMIT (nested fields of the result would add theirs)."""
+    lean = "mutation ($input: CreateProjectInput!) { createProject(input: $input) { id } }"
+    project = gql(lean, {"input": _input()}, claims=EDITOR)
+    assert len(project.statements) == 4, project.statements
+    project_id = project.data["createProject"]["id"]
+    created.append(project_id)
+    update = gql(
+        "mutation ($id: ID!) { updateProject(id: $id, input: {progress: 30}, expectedVersion: 1)"
+        " { version } }",
+        {"id": project_id},
+        claims=EDITOR,
+    )
+    assert len(update.statements) == 4, update.statements
+    audit = _outbox(project_id)[-1]["payload"]
+    assert audit["data"]["changes"] == {"progress": {"from": 0, "to": 30}}
+    same = gql(
+        UPDATE,
+        {"id": project_id, "input": {"progress": 30, "name": "Mutation Test Grid"}},
+        claims=EDITOR,
+    )
+    assert same.data["updateProject"]["version"] == 2
+    assert len(_outbox(project_id)) == 4  # created + updated: the same values are no change
+    delete = gql(DELETE, {"id": project_id, "v": 2}, claims=EDITOR)
+    assert delete.data == {"deleteProject": {"id": project_id}}
+    assert len(delete.statements) == 4, delete.statements
+
+
+def test_a_country_that_becomes_a_member_joins_once(gql) -> None:
+    create = (
+        'mutation { createCountry(input: {code: "XJX", iso2: "XJ", name: "Joinland", '
+        'continent: ASIA, region: "sin", gdpUsd: 5000000000}) { joinedAt version } }'
+    )
+    status = (
+        'mutation ($s: CovenantStatus!) { updateCountry(code: "XJX", input: {covenantStatus: $s})'
+        " { covenantStatus joinedAt version } }"
+    )
+    try:
+        assert gql(create, claims=ADMIN).data["createCountry"] == {"joinedAt": None, "version": 1}
+        active = gql(status, {"s": "ACTIVE"}, claims=ADMIN).data["updateCountry"]
+        assert active["covenantStatus"] == "ACTIVE" and active["joinedAt"]
+        audit = _outbox("XJX")[-1]["payload"]
+        assert set(audit["data"]["changes"]) == {"covenantStatus", "joinedAt"}
+        suspended = gql(status, {"s": "SUSPENDED"}, claims=ADMIN).data["updateCountry"]
+        assert suspended["joinedAt"] == active["joinedAt"]  # joined once, not again
+        assert set(_outbox("XJX")[-1]["payload"]["data"]["changes"]) == {"covenantStatus"}
+    finally:
+        with db.writer().session() as session:
+            session.run("DELETE FROM countries WHERE code = 'XJX'")
+            session.run("DELETE FROM tombstones WHERE record_id = 'XJX'")
+
+
 def test_delete_then_not_found(gql, created) -> None:
     project = gql(CREATE, {"input": _input()}, claims=EDITOR).data["createProject"]
     created.append(project["id"])

@@ -33,10 +33,11 @@ NESTED = {
     }""",
 }
 
-# At most one statement per list level plus one per totalCount asked for.
+# At most one statement per list level plus one per totalCount asked for (a top-level list
+# reads its totalCount in the statement of its page).
 EXPECTED = {
     "countries_projects_sector": 3,  # countries, projects of all countries, sectors
-    "with_counts": 4,  # + count of countries + counts of projects per country
+    "with_counts": 3,  # countries with their count, projects of all countries, their counts
     "projects_country_region": 3,  # projects, their countries, countries per region
     "sector_projects_country": 4,  # sectors, projects per sector, countries, their projects
     "regions_countries_projects": 3,  # countries per region, projects per country, sectors

@@ -152,3 +152,49 @@ def test_without_an_authorizer_a_bad_token_is_refused_with_401(gql, cognito) -> 
     reply = _aws_call(gql, cognito, _token(cognito, "admin"), COGNITO_CLIENT_ID="other")
     assert reply.status == 401
     assert probes() == before
+
+
+def test_an_admin_changes_a_role_that_the_next_sign_in_carries(servers, cognito) -> None:
+    """setUserRole against the local pool as `make dev` serves it (moto server), with the
+    functions' Cognito environment: the viewer becomes an editor, and their next token says so."""
+    verifier = JwtVerifier(
+        issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
+    )
+    server = Gateway(
+        free_port(),
+        {
+            "DATABASE_URL": servers.writer_url,
+            "DATABASE_READER_URL": servers.reader_url,
+            **cognito.environment(),
+        },
+        verifier=verifier,
+    )
+    server.serve_in_thread()
+    viewer = next(u for u in SEEDED_USERS if u.group == "viewer")
+    change = (
+        'mutation { setUserRole(input: {user: "%s", role: %s}) { role previousRoles changed } }'
+    )
+    try:
+        status, body = _post(server, change % (viewer.email, "EDITOR"), _token(cognito, "admin"))
+        assert status == 200, body
+        assert body["data"]["setUserRole"] == {
+            "role": "EDITOR",
+            "previousRoles": ["VIEWER"],
+            "changed": True,
+        }
+        token = _token(cognito, "viewer")  # signs in as the (former) viewer
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert claims["cognito:groups"] == ["editor"]
+        status, body = _post(server, change % (viewer.email, "VIEWER"), _token(cognito, "editor"))
+        assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
+    finally:
+        client = cognito.client()
+        for group in ("admin", "editor"):
+            client.admin_remove_user_from_group(
+                UserPoolId=cognito.user_pool_id, Username=viewer.email, GroupName=group
+            )
+        client.admin_add_user_to_group(
+            UserPoolId=cognito.user_pool_id, Username=viewer.email, GroupName="viewer"
+        )
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,432 @@
+"""Execution with a short path for fields that only read their parent row.
+
+Most of a list response is fields read straight from a row (`name`, `budgetUsd`) or found from
+it (`sector`). For each of them graphql-core builds a path, a resolve-info object and the
+argument map, calls the resolver, and walks the completion steps (non-null, list, leaf or
+object) one call at a time: about 5 us per field, three quarters of the execution time of a
+list of 2 000 projects. Here the fields whose resolver needs only the parent row and the
+request context (`RowKey`, `RowResolver`: no arguments, no path, no selection) are resolved
+and completed in place, rows of an object type go straight to their fields, and lists of rows
+are walked in one loop. Whenever a value is not a plain one (null in a non-null field, a value
+its type refuses, an error, an awaitable), the value is completed by graphql-core's own code,
+so results and errors are exactly graphql-core's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from ariadne.resolvers import is_default_resolver
+from graphql import (
+    GraphQLField,
+    GraphQLID,
+    GraphQLLeafType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLResolveInfo,
+    GraphQLSchema,
+    GraphQLString,
+    Undefined,
+    is_leaf_type,
+)
+from graphql.execution import Executor
+from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
+from graphql.pyutils import AwaitableOrValue, Path
+
+
+class RowKey:
+    """The resolver of a field that is one key of its parent row (or one attribute of its
+    parent object): what ariadne's `resolve_to` and graphql-core's default resolver do."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, parent: Any, info: Any, **arguments: Any) -> Any:
+        if isinstance(parent, Mapping):
+            value = parent.get(self.key)
+        else:
+            value = getattr(parent, self.key, None)
+        return value(info, **arguments) if callable(value) else value
+
+    def __repr__(self) -> str:
+        return f"RowKey({self.key!r})"
+
+
+class RowResolver:
+    """A resolver that needs only the parent row and the request context: bound as
+    `RowResolver(lambda row, context: ...)`, it takes no arguments."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[Any, Any], Any]) -> None:
+        self.function = function
+
+    def __call__(self, parent: Any, info: GraphQLResolveInfo[Any]) -> Any:
+        return self.function(parent, info.context)
+
+
+def bind_row_keys(schema: GraphQLSchema, key_of: Callable[[str], str]) -> None:
+    """Gives every field without a resolver of its own (graphql-core's default resolver, or
+    the alias ariadne binds when it converts names) a RowKey reading `key_of(field name)`, so
+    that the executor can recognise plain reads."""
+    for type_name, named in schema.type_map.items():
+        if type_name.startswith("__") or not isinstance(named, GraphQLObjectType):
+            continue
+        for field_name, field in named.fields.items():
+            if is_default_resolver(field.resolve):
+                field.resolve = RowKey(key_of(field_name))
+
+
+class _Step(NamedTuple):
+    """How to produce one field of a row in place."""
+
+    field: GraphQLField
+    key: str | None  # a RowKey's key
+    function: Callable[[Any, Any], Any] | None  # a RowResolver's function
+    leaf: GraphQLLeafType | None
+    row_type: GraphQLObjectType | None  # an object type whose values are rows
+    row_items: GraphQLOutputType | None  # the item type of a list of such rows
+    nullable: bool
+    passes: type | None  # values of this Python type are their own serialisation
+
+
+class _Plan(NamedTuple):
+    """The fields of one selection on one object type that can be produced in place."""
+
+    steps: dict[str, _Step]
+    leaves_only: bool  # every field is a plain key read of a leaf
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+
+def _step(field: GraphQLField, has_arguments: bool) -> _Step | None:
+    resolver = field.resolve
+    if has_arguments or field.args:
+        return None
+    key = resolver.key if type(resolver) is RowKey else None
+    function = resolver.function if type(resolver) is RowResolver else None
+    if key is None and function is None:
+        return None
+    nullable = not isinstance(field.type, GraphQLNonNull)
+    inner = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+    if is_leaf_type(inner):
+        passes = str if inner is GraphQLString or inner is GraphQLID else None
+        return _Step(field, key, function, inner, None, None, nullable, passes)
+    row_type = _row_type(inner)
+    if row_type is not None:
+        return _Step(field, key, function, None, row_type, None, nullable, None)
+    if isinstance(inner, GraphQLList) and _row_type(inner.of_type) is not None:
+        return _Step(field, key, function, None, None, inner.of_type, nullable, None)
+    return None
+
+
+def _row_type(return_type: GraphQLOutputType) -> GraphQLObjectType | None:
+    inner = return_type.of_type if type(return_type) is GraphQLNonNull else return_type
+    if type(inner) is GraphQLObjectType and inner.is_type_of is None:
+        return inner
+    return None
+
+
+class RowExecutor(Executor[Any]):
+    """graphql-core's executor, with fields that only read their parent row produced in
+    place."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Keyed by the identity of a grouped field set, which graphql-core memoises per
+        # (type, field group) and keeps alive for the whole execution.
+        self._plans: dict[int, tuple[GroupedFieldSet, _Plan]] = {}
+        # Rows whose selection is only plain leaves, completed: (row, grouped field set) ids.
+        self._completed: dict[tuple[int, int], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def execute_fields(
+        self,
+        parent_type: GraphQLObjectType,
+        source_value: Any,
+        path: Path | None,
+        grouped_field_set: GroupedFieldSet,
+        position_context: Any,
+    ) -> AwaitableOrValue[dict[str, Any]]:
+        plan = self._plan(parent_type, grouped_field_set) if type(source_value) is dict else None
+        if not plan:
+            return super().execute_fields(
+                parent_type, source_value, path, grouped_field_set, position_context
+            )
+        if plan.leaves_only:
+            known = self._completed.get((id(source_value), id(grouped_field_set)))
+            if known is not None and known[0] is source_value:
+                return known[1]
+        results: dict[str, Any] = {}
+        pending: list[str] = []
+        in_place = True
+        for response_name, field_details_list in grouped_field_set.items():
+            step = plan.steps.get(response_name)
+            if step is not None and step.key is not None and step.leaf is not None:
+                value = source_value.get(step.key)
+                if value is None:
+                    if step.nullable:
+                        results[response_name] = None
+                        continue
+                elif type(value) is step.passes:
+                    results[response_name] = value
+                    continue
+                elif not callable(value):
+                    coerced = _coerced(step.leaf, value)
+                    if coerced is not Undefined:
+                        results[response_name] = coerced
+                        continue
+            in_place = False
+            if step is None or (step.key is not None and callable(source_value.get(step.key))):
+                # A resolver of its own, or a callable value the resolver calls.
+                result = self.execute_field(
+                    parent_type,
+                    source_value,
+                    field_details_list,
+                    Path(path, response_name, parent_type.name),
+                    position_context,
+                )
+                if result is Undefined:
+                    continue
+            elif step.key is not None:
+                result = self._complete(
+                    parent_type,
+                    step,
+                    field_details_list,
+                    path,
+                    response_name,
+                    source_value.get(step.key),
+                )
+            else:
+                assert step.function is not None
+                try:
+                    value = step.function(source_value, self.context_value)
+                except Exception as raw_error:
+                    self.handle_field_error(
+                        raw_error,
+                        step.field.type,
+                        field_details_list,
+                        Path(path, response_name, parent_type.name),
+                    )
+                    result = None
+                else:
+                    result = self._complete(
+                        parent_type, step, field_details_list, path, response_name, value
+                    )
+            results[response_name] = result
+            if type(result) not in _PLAIN and self.is_awaitable(result):
+                pending.append(response_name)
+        if pending:
+            return _awaited_fields(results, pending)
+        if plan.leaves_only and in_place:
+            # The same row under the same selection completes to the same values wherever
+            # it appears (a sector under each of 2 000 projects): computed once.
+            self._completed[(id(source_value), id(grouped_field_set))] = (source_value, results)
+        return results
+
+    def _complete(
+        self,
+        parent_type: GraphQLObjectType,
+        step: _Step,
+        field_details_list: FieldDetailsList,
+        path: Path | None,
+        response_name: str,
+        value: Any,
+    ) -> AwaitableOrValue[Any]:
+        """Completes a resolved value as graphql-core's execute_field does after the resolver."""
+        if value is None and step.nullable:
+            return None
+        if step.leaf is not None and value is not None and not isinstance(value, Exception):
+            coerced = _coerced(step.leaf, value)
+            if coerced is not Undefined:
+                return coerced
+        if step.row_type is not None and type(value) is dict:
+            grouped_field_set = self.collect_subfields(step.row_type, field_details_list)[0]
+            known = self._completed.get((id(value), id(grouped_field_set)))
+            if known is not None and known[0] is value:
+                return known[1]
+        field_path = Path(path, response_name, parent_type.name)
+        completed: AwaitableOrValue[Any]
+        try:
+            if step.row_type is not None and type(value) is dict:
+                completed = self.execute_fields(
+                    step.row_type, value, field_path, grouped_field_set, None
+                )
+            elif (
+                step.row_items is not None
+                and type(value) is list
+                and self.get_stream_usage(field_details_list, field_path) is None
+            ):
+                completed = self._complete_rows(
+                    step.row_items,
+                    field_details_list,
+                    field_path,
+                    value,
+                    lambda: self._info(parent_type, step, field_details_list, field_path),
+                )
+            else:
+                completed = self.complete_value(
+                    step.field.type,
+                    field_details_list,
+                    self._info(parent_type, step, field_details_list, field_path),
+                    field_path,
+                    value,
+                    None,
+                )
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, step.field.type, field_details_list, field_path)
+            return None
+        if type(completed) not in _PLAIN and self.is_awaitable(completed):
+            return self._awaited_field(completed, step.field.type, field_details_list, field_path)
+        return completed
+
+    def _info(
+        self,
+        parent_type: GraphQLObjectType,
+        step: _Step,
+        field_details_list: FieldDetailsList,
+        path: Path,
+    ) -> GraphQLResolveInfo[Any]:
+        """The resolve info graphql-core's own completion needs (errors name the field)."""
+        return self.build_resolve_info(
+            step.field, [details.node for details in field_details_list], parent_type, path
+        )
+
+    async def _awaited_field(
+        self,
+        completed: Any,
+        return_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+    ) -> Any:
+        try:
+            return await completed
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, return_type, field_details_list, path)
+            return None
+
+    def complete_value(
+        self,
+        return_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        info: GraphQLResolveInfo[Any],
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> AwaitableOrValue[Any]:
+        # A row of an object type goes straight to its fields, as in graphql-core once it
+        # has unwrapped non-null (a row is not null) and asked is_type_of (none is set here).
+        if type(result) is dict:
+            row_type = _row_type(return_type)
+            if row_type is not None:
+                return self.collect_and_execute_subfields(
+                    row_type, field_details_list, path, result, position_context
+                )
+        return super().complete_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
+
+    def complete_list_value(
+        self,
+        return_type: GraphQLList[GraphQLOutputType],
+        field_details_list: FieldDetailsList,
+        info: GraphQLResolveInfo[Any],
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> AwaitableOrValue[list[Any]]:
+        item_type = return_type.of_type
+        row_type = _row_type(item_type)
+        if (
+            type(result) is not list
+            or row_type is None
+            or self.get_stream_usage(field_details_list, path) is not None
+        ):
+            return super().complete_list_value(
+                return_type, field_details_list, info, path, result, position_context
+            )
+        return self._complete_rows(item_type, field_details_list, path, result, lambda: info)
+
+    def _complete_rows(
+        self,
+        item_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        path: Path,
+        items: list[Any],
+        info: Callable[[], GraphQLResolveInfo[Any]],
+    ) -> AwaitableOrValue[list[Any]]:
+        """A list whose items are of a row type: each row straight to its fields, in one loop
+        (anything but a row, e.g. null, through graphql-core's item completion)."""
+        row_type = _row_type(item_type)
+        assert row_type is not None
+        grouped_field_set = self.collect_subfields(row_type, field_details_list)[0]
+        completed: list[Any] = []
+        pending: list[int] = []
+        for index, item in enumerate(items):
+            item_path = path.add_key(index, None)
+            if type(item) is not dict:
+                if self.complete_list_item_value(
+                    item, completed, item_type, field_details_list, info(), item_path, None
+                ):
+                    pending.append(index)
+                continue
+            try:
+                value = self.execute_fields(row_type, item, item_path, grouped_field_set, None)
+            except Exception as raw_error:
+                self.handle_field_error(raw_error, item_type, field_details_list, item_path)
+                value = None
+            if type(value) is not dict and self.is_awaitable(value):
+                value = self._awaited_field(value, item_type, field_details_list, item_path)
+                pending.append(index)
+            completed.append(value)
+        return _awaited_items(completed, pending) if pending else completed
+
+    def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: GroupedFieldSet) -> _Plan:
+        cached = self._plans.get(id(grouped_field_set))
+        if cached is not None:
+            return cached[1]
+        steps: dict[str, _Step] = {}
+        for response_name, field_details_list in grouped_field_set.items():
+            node = field_details_list[0].node
+            field = parent_type.fields.get(node.name.value)
+            step = _step(field, bool(node.arguments)) if field is not None else None
+            if step is not None:
+                steps[response_name] = step
+        leaves_only = len(steps) == len(grouped_field_set) and all(
+            step.key is not None and step.leaf is not None for step in steps.values()
+        )
+        plan = _Plan(steps, leaves_only)
+        self._plans[id(grouped_field_set)] = (grouped_field_set, plan)
+        return plan
+
+
+# Values that are never awaitable: checking these types first skips is_awaitable's probing.
+_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})
+
+
+def _coerced(leaf: GraphQLLeafType, value: Any) -> Any:
+    """The value as its type serialises it; Undefined when the type refuses it (graphql-core's
+    path then reports the error)."""
+    try:
+        coerced = leaf.coerce_output_value(value)
+    except Exception:
+        return Undefined
+    return Undefined if coerced is None else coerced
+
+
+async def _awaited_fields(results: dict[str, Any], pending: Iterable[str]) -> dict[str, Any]:
+    """No resolver of this API is asynchronous; kept so that one would still work."""
+    for name in pending:
+        results[name] = await results[name]
+    return results
+
+
+async def _awaited_items(items: list[Any], pending: Iterable[int]) -> list[Any]:
+    for index in pending:
+        items[index] = await items[index]
+    return items
