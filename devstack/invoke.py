@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,4 +46,8 @@ def invoke_file(function_name: str, event_path: Path, region_code: str | None) -
     stage = event.get("requestContext", {}).get("stage") if "requestContext" in event else None
     code = region_code or stage or primary_region().code
     region = get_region(code)
-    return invoke(get_function(function_name), region, event, endpoints())
+    function = get_function(function_name)
+    # Like `sam local invoke`: what the function prints (its JSON log lines, EMF metrics) goes
+    # to stderr, so stdout holds the response alone and can be piped into jq.
+    with contextlib.redirect_stdout(sys.stderr):
+        return invoke(function, region, event, endpoints())
