@@ -181,6 +181,13 @@ def _create_pool(client: Any) -> str:
         Schema=[
             {"Name": "email", "AttributeDataType": "String", "Required": True, "Mutable": True},
             {"Name": "name", "AttributeDataType": "String", "Required": True, "Mutable": True},
+            # The user's country (ISO alpha-3), optional: GET /auth/me reports it.
+            {
+                "Name": "country_code",
+                "AttributeDataType": "String",
+                "Mutable": True,
+                "StringAttributeConstraints": {"MinLength": "3", "MaxLength": "3"},
+            },
         ],
         AdminCreateUserConfig={"AllowAdminCreateUserOnly": True},
         MfaConfiguration="OFF",
@@ -204,7 +211,7 @@ def _create_client(client: Any, pool_id: str) -> str:
         GenerateSecret=False,
         ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
         # What the ID token carries (moto copies readable attributes into it, as Cognito does).
-        ReadAttributes=["email", "email_verified", "name"],
+        ReadAttributes=["email", "email_verified", "name", "custom:country_code"],
         PreventUserExistenceErrors="ENABLED",
         AccessTokenValidity=60,
         IdTokenValidity=60,

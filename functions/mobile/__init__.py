@@ -1,1 +1,1 @@
-"""The mobile contract Lambda: health (auth and offline sync join it in later issues)."""
+"""The mobile contract Lambda: health, Cognito auth and WatermelonDB offline sync."""

@@ -1,34 +1,214 @@
-"""Mobile Lambda entry point: routes of the regional HTTP API that the app calls."""
+"""Mobile Lambda entry point: the routes of the regional HTTP API that the app calls.
+
+GET /health, POST /auth/login, /auth/refresh, /auth/register (no token); GET /auth/me,
+POST /auth/logout, GET /sync, POST /sync (a Cognito token, verified by API Gateway's JWT
+authorizer). The work lives in mobile.health, mobile.auth.service and mobile.sync.
+"""
 
 from __future__ import annotations
 
+import base64
+import logging
 import re
 from typing import Any
 
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from covenant.config import settings
+from covenant.db import DatabaseUnavailable, reader
+from covenant.identity import Caller, caller_from_event
 from covenant.regions import region_codes
+from covenant.revocation import is_revoked
+from mobile.auth import service as auth
 from mobile.health import check_health
+from mobile.http import (
+    ApiError,
+    Forbidden,
+    NotAcceptable,
+    ServiceUnavailable,
+    Unauthenticated,
+    error_response,
+    gzip_accepted,
+    gzip_bytes,
+    json_response,
+    parse_json_object,
+)
+from mobile.settings import SyncSettings
+from mobile.sync.changes import parse_changes
+from mobile.sync.params import cursor, pull_params
+from mobile.sync.pull import pull
+from mobile.sync.push import PushRequest, push
 
 logger = Logger(service="mobile")
+tracer = Tracer(service="mobile")
+metrics = Metrics(namespace="Covenant", service="mobile")
+_log = logging.getLogger(__name__)
 # Each regional HTTP API serves its stage under /<region>; a custom domain mapping strips it.
 app = APIGatewayHttpResolver(strip_prefixes=[re.compile(rf"^/({'|'.join(region_codes())})")])
+
+_GZIP_MIN_BYTES = 1024
 
 
 @app.get("/health")
 def health() -> Response[Any]:
     report = check_health()
-    return Response(
-        status_code=report.http_status,
-        content_type=content_types.APPLICATION_JSON,
-        body=report.body(),
-        headers={"Cache-Control": "no-store"},
+    return json_response(report.http_status, report.body())
+
+
+@app.post("/auth/login")
+def login() -> Response[Any]:
+    return json_response(200, auth.login(_body(), _source_ip()))
+
+
+@app.post("/auth/refresh")
+def refresh() -> Response[Any]:
+    return json_response(200, auth.refresh(_body(), _source_ip()))
+
+
+@app.post("/auth/register")
+def register() -> Response[Any]:
+    return json_response(201, auth.register(_body(), _source_ip()))
+
+
+@app.get("/auth/me")
+def me() -> Response[Any]:
+    return json_response(200, auth.me(_caller()))
+
+
+@app.post("/auth/logout")
+def logout() -> Response[Any]:
+    return json_response(200, auth.logout(_caller(), _bearer_token()))
+
+
+@app.get("/sync")
+def sync_pull() -> Response[Any]:
+    _live(_caller())
+    result = pull(pull_params(app.current_event.query_string_parameters))
+    metrics.add_metric(f"SyncPull{result.kind.title()}", MetricUnit.Count, 1)
+    return _maybe_gzipped(result.body)
+
+
+@app.post("/sync")
+def sync_push() -> Response[Any]:
+    caller = _live(_caller())
+    if not caller.has_role("editor", "admin"):
+        raise Forbidden(
+            "Pushing changes needs the role editor or admin.", roles=["editor", "admin"]
+        )
+    config = SyncSettings.load()
+    raw = parse_json_object(app.current_event.decoded_body, max_bytes=config.max_push_bytes)
+    result = push(
+        PushRequest(
+            caller=caller,
+            region=settings().region,
+            request_id=_request_id(),
+            last_pulled_at=cursor(
+                (app.current_event.query_string_parameters or {}).get("last_pulled_at")
+            ),
+            raw_changes=raw,
+            changes=parse_changes(raw, max_records=config.max_push_records),
+        )
+    )
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    return json_response(200, result.body, headers)
+
+
+@app.exception_handler(ApiError)  # type: ignore[untyped-decorator]
+def api_error(error: ApiError) -> Response[Any]:
+    metrics.add_metric(f"Errors{error.status}", MetricUnit.Count, 1)
+    return error_response(error)
+
+
+@app.exception_handler(DatabaseUnavailable)  # type: ignore[untyped-decorator]
+def database_unavailable(error: DatabaseUnavailable) -> Response[Any]:
+    _log.warning("database unavailable: %s", error)
+    return error_response(
+        ServiceUnavailable("The database is unavailable; retry shortly.", requestId=_request_id())
     )
 
 
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+def internal_error(error: Exception) -> Response[Any]:
+    _log.exception("unhandled error")
+    metrics.add_metric("Errors500", MetricUnit.Count, 1)
+    return error_response(
+        ApiError(f"Internal error. Request id: {_request_id()}", requestId=_request_id())
+    )
+
+
+@app.not_found
+def not_found(_: Exception) -> Response[Any]:
+    return json_response(404, {"code": "NOT_FOUND", "message": "No such route."})
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    metrics.add_metric("Requests", MetricUnit.Count, 1)
     return app.resolve(event, context)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _body() -> dict[str, Any]:
+    return parse_json_object(app.current_event.decoded_body, max_bytes=64 * 1024)
+
+
+def _request_context() -> dict[str, Any]:
+    context: dict[str, Any] = app.current_event.raw_event.get("requestContext") or {}
+    return context
+
+
+def _source_ip() -> str:
+    # API Gateway's view of the TCP peer; X-Forwarded-For is the client's to write, so unused.
+    return str((_request_context().get("http") or {}).get("sourceIp") or "unknown")
+
+
+def _request_id() -> str:
+    return str(_request_context().get("requestId") or "unknown")
+
+
+def _caller() -> Caller:
+    caller = caller_from_event(app.current_event.raw_event)
+    if caller is None:  # API Gateway lets no token-less request reach these routes
+        raise Unauthenticated("Sign in: send your access token as 'Authorization: Bearer <token>'.")
+    return caller
+
+
+def _live(caller: Caller) -> Caller:
+    with reader().session() as session:
+        if is_revoked(session, caller):
+            raise Unauthenticated(auth.SESSION_ENDED)
+    return caller
+
+
+def _bearer_token() -> str | None:
+    raw = str(app.current_event.headers.get("authorization") or "").strip()
+    scheme, _, rest = raw.partition(" ")
+    return rest.strip() if rest and scheme.lower() == "bearer" else (raw or None)
+
+
+def _maybe_gzipped(body: str) -> Response[Any]:
+    payload = body.encode("utf-8")
+    headers = {"Vary": "Accept-Encoding"}
+    if len(payload) >= _GZIP_MIN_BYTES and gzip_accepted(app.current_event.headers):
+        # Base64 text, flagged as such: a bytes body with a JSON content type would be
+        # serialised again by the resolver.
+        response = json_response(
+            200,
+            base64.b64encode(gzip_bytes(payload)).decode("ascii"),
+            {"Content-Encoding": "gzip", **headers},
+        )
+        response.base64_encoded = True
+        return response
+    if len(payload) > SyncSettings.load().max_response_bytes:
+        raise NotAcceptable(
+            "This answer is too large to send uncompressed: send 'Accept-Encoding: gzip'."
+        )
+    return json_response(200, body, headers)

@@ -50,6 +50,11 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def env_int(name: str, default: int) -> int:
+    """An integer setting: `default` when unset or empty, ConfigError when malformed."""
+    return _int(name, default)
+
+
 @dataclass(frozen=True)
 class Settings:
     region: str

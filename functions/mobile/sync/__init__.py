@@ -1,0 +1,1 @@
+"""Offline sync over the WatermelonDB protocol: GET /sync pulls, POST /sync pushes."""

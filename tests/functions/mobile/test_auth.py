@@ -1,0 +1,324 @@
+"""POST /auth/login, /auth/refresh, /auth/register, GET /auth/me, POST /auth/logout through the
+deployed handler, against a Cognito user pool served by moto."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from covenant import db
+from devstack.jwt_auth import JwtVerifier
+
+from .conftest import gateway_claims, seeded, token_claims
+
+pytestmark = pytest.mark.usefixtures("clean_auth_failures")
+
+LOGIN_KEYS = {"user", "access_token", "id_token", "refresh_token", "expires_in"}
+WRONG = {"code": "UNAUTHENTICATED", "message": "Wrong email or password."}
+
+
+def _login(mobile, email: str, password: str, **kwargs):
+    return mobile("POST", "/auth/login", body={"email": email, "password": password}, **kwargs)
+
+
+def _new_email() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}@example.org"
+
+
+def test_login_answers_the_session_and_the_user(mobile, cognito) -> None:
+    user = seeded("editor")
+    reply = _login(mobile, user.email, user.password)
+    assert reply.status == 200, reply.body
+    assert set(reply.body) == LOGIN_KEYS
+    assert reply.headers["Cache-Control"] == "no-store"
+    sub = token_claims(reply.body["access_token"])["sub"]
+    assert reply.body["user"] == {
+        "id": sub,
+        "email": user.email,
+        "name": user.name,
+        "roles": ["editor"],
+    }
+    assert reply.body["expires_in"] > 0
+    verifier = JwtVerifier(
+        issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
+    )
+    for name in ("access_token", "id_token"):
+        assert verifier.verify(f"Bearer {reply.body[name]}")["sub"] == sub
+
+
+def test_email_is_not_case_sensitive(mobile) -> None:
+    user = seeded("viewer")
+    assert _login(mobile, f"  {user.email.upper()} ", user.password).status == 200
+
+
+def test_every_credential_failure_gets_the_same_401(mobile, cognito) -> None:
+    email = _new_email()
+    assert (
+        mobile(
+            "POST",
+            "/auth/register",
+            body={"email": email, "password": "Disabled-Later-2026!", "name": "Soon Disabled"},
+        ).status
+        == 201
+    )
+    cognito.client().admin_disable_user(UserPoolId=cognito.user_pool_id, Username=email)
+    user = seeded("viewer")
+    replies = [
+        _login(mobile, user.email, "Wrong-Password-2026!", source_ip="198.51.100.1"),
+        _login(mobile, "nobody-here@covenant.local", user.password, source_ip="198.51.100.2"),
+        _login(mobile, email, "Disabled-Later-2026!", source_ip="198.51.100.3"),
+    ]
+    assert [(r.status, r.body) for r in replies] == [(401, WRONG)] * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("not json", "body"),
+        ("[1, 2]", "body"),
+        ({"password": "x"}, "email"),
+        ({"email": 42, "password": "x"}, "email"),
+        ({"email": "not-an-email", "password": "x"}, "email"),
+        ({"email": "a@example.org"}, "password"),
+        ({"email": "a@example.org", "password": ""}, "password"),
+        ({"email": "a@example.org", "password": ["x"]}, "password"),
+    ],
+)
+def test_a_malformed_login_is_400_naming_the_field(mobile, body, field: str) -> None:
+    reply = mobile("POST", "/auth/login", body=body)
+    assert reply.status == 400
+    assert reply.body["code"] == "BAD_USER_INPUT"
+    assert reply.body["field"] == field
+
+
+def test_repeated_failures_lock_the_account_with_retry_after(mobile) -> None:
+    user = seeded("viewer")
+    env = {"AUTH_MAX_FAILURES_PER_ACCOUNT": "3", "AUTH_FAILURE_WINDOW_S": "3"}
+    for attempt in range(3):
+        reply = _login(
+            mobile, user.email, "Wrong-Password-2026!", env=env, source_ip=f"192.0.2.{attempt}"
+        )
+        assert reply.status == 401
+    # From any address, even with the right password, until the window has moved on.
+    locked = _login(mobile, user.email, user.password, env=env, source_ip="192.0.2.99")
+    assert locked.status == 429
+    assert locked.body["code"] == "TOO_MANY_REQUESTS"
+    retry_after = int(locked.headers["Retry-After"])
+    assert 1 <= retry_after <= 3
+    assert locked.body["retryAfter"] == retry_after
+    # Refused attempts do not extend the lock-out.
+    assert _login(mobile, user.email, user.password, env=env).status == 429
+    time.sleep(retry_after + 0.2)
+    assert _login(mobile, user.email, user.password, env=env).status == 200
+    # Success clears the account's failures: three more mistakes are allowed again.
+    for _ in range(3):
+        assert _login(mobile, user.email, "Wrong-Password-2026!", env=env).status == 401
+
+
+def test_repeated_failures_lock_the_source_address(mobile) -> None:
+    env = {"AUTH_MAX_FAILURES_PER_ADDRESS": "3"}
+    for _ in range(3):
+        reply = _login(mobile, _new_email(), "Whatever-2026!x", env=env, source_ip="192.0.2.50")
+        assert reply.status == 401
+    blocked = _login(mobile, _new_email(), "Whatever-2026!x", env=env, source_ip="192.0.2.50")
+    assert blocked.status == 429 and int(blocked.headers["Retry-After"]) >= 1
+    user = seeded("viewer")
+    assert _login(mobile, user.email, user.password, env=env, source_ip="192.0.2.50").status == 429
+    assert _login(mobile, user.email, user.password, env=env, source_ip="192.0.2.51").status == 200
+
+
+def test_concurrent_attempts_cannot_overrun_the_limit(mobile) -> None:
+    user = seeded("editor")
+    env = {"AUTH_MAX_FAILURES_PER_ACCOUNT": "3"}
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def attempt(index: int) -> None:
+        reply = _login(
+            mobile, user.email, "Wrong-Password-2026!", env=env, source_ip=f"192.0.2.{100 + index}"
+        )
+        with lock:
+            statuses.append(reply.status)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    db.close_all()
+    assert sorted(statuses) == [401] * 3 + [429] * 5
+
+
+def test_refresh_answers_new_tokens_without_a_refresh_token(mobile) -> None:
+    user = seeded("editor")
+    session = _login(mobile, user.email, user.password).body
+    reply = mobile("POST", "/auth/refresh", body={"refresh_token": session["refresh_token"]})
+    assert reply.status == 200, reply.body
+    assert set(reply.body) == {"user", "access_token", "id_token", "expires_in"}
+    assert reply.body["user"] == session["user"]
+    assert reply.body["access_token"] != session["access_token"]
+    assert token_claims(reply.body["access_token"])["sub"] == session["user"]["id"]
+
+
+def test_refresh_refuses_a_bad_token_and_a_malformed_body(mobile) -> None:
+    reply = mobile("POST", "/auth/refresh", body={"refresh_token": str(uuid.uuid4())})
+    assert reply.status == 401 and reply.body["code"] == "UNAUTHENTICATED"
+    reply = mobile("POST", "/auth/refresh", body={"token": "x"})
+    assert reply.status == 400 and reply.body["field"] == "refresh_token"
+
+
+def test_register_makes_a_viewer_whatever_role_is_asked(mobile, cognito) -> None:
+    email = _new_email()
+    reply = mobile(
+        "POST",
+        "/auth/register",
+        body={
+            "email": email,
+            "password": "Fresh-Account-2026!",
+            "name": "  Grace Hopper ",
+            "country_code": "ken",
+            "role": "admin",
+            "roles": ["admin", "editor"],
+            "groups": ["admin"],
+            "cognito:groups": ["admin"],
+            "custom:role": "admin",
+        },
+    )
+    assert reply.status == 201, reply.body
+    assert set(reply.body) == LOGIN_KEYS
+    assert reply.body["user"]["roles"] == ["viewer"]
+    assert reply.body["user"]["name"] == "Grace Hopper"
+    assert token_claims(reply.body["access_token"])["cognito:groups"] == ["viewer"]
+    groups = cognito.client().admin_list_groups_for_user(
+        UserPoolId=cognito.user_pool_id, Username=email
+    )["Groups"]
+    assert [g["GroupName"] for g in groups] == ["viewer"]
+    me = mobile("GET", "/auth/me", claims=gateway_claims(reply.body["access_token"]))
+    assert me.status == 200
+    assert me.body == {
+        "id": reply.body["user"]["id"],
+        "email": email,
+        "name": "Grace Hopper",
+        "country_code": "KEN",
+        "roles": ["viewer"],
+    }
+    assert _login(mobile, email, "Fresh-Account-2026!").status == 200
+
+
+def test_register_an_existing_email_is_a_conflict(mobile) -> None:
+    reply = mobile(
+        "POST",
+        "/auth/register",
+        body={"email": seeded("admin").email, "password": "Another-Pass-2026!", "name": "X"},
+    )
+    assert reply.status == 409 and reply.body["code"] == "CONFLICT"
+
+
+@pytest.mark.parametrize(
+    ("password", "missing"),
+    [
+        ("Short-1!", "at least 12 characters"),
+        ("all-lower-case-2026!", "an upper-case letter"),
+        ("No-Digits-At-All!", "a number"),
+        ("NoSymbolsHere2026", "a symbol"),
+    ],
+)
+def test_a_weak_password_is_400_with_the_policy(
+    mobile, cognito, password: str, missing: str
+) -> None:
+    email = _new_email()
+    reply = mobile(
+        "POST", "/auth/register", body={"email": email, "password": password, "name": "Weak"}
+    )
+    assert reply.status == 400
+    assert reply.body["field"] == "password"
+    assert missing in reply.body["message"]
+    assert reply.body["policy"] == {
+        "minimumLength": 12,
+        "requireUppercase": True,
+        "requireLowercase": True,
+        "requireNumbers": True,
+        "requireSymbols": True,
+    }
+    client = cognito.client()
+    with pytest.raises(client.exceptions.UserNotFoundException):
+        client.admin_get_user(UserPoolId=cognito.user_pool_id, Username=email)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": None}, "name"),
+        ({"country_code": "KE"}, "country_code"),
+        ({"country_code": "ZZZ"}, "country_code"),
+        ({"email": "bad"}, "email"),
+    ],
+)
+def test_a_malformed_registration_is_400_naming_the_field(mobile, extra, field: str) -> None:
+    body = {"email": _new_email(), "password": "Good-Password-2026!", "name": "Someone", **extra}
+    body = {k: v for k, v in body.items() if v is not None}
+    reply = mobile("POST", "/auth/register", body=body)
+    assert reply.status == 400 and reply.body["field"] == field
+
+
+def test_me_answers_the_profile_for_access_and_id_tokens(mobile, claims_of) -> None:
+    for token in ("AccessToken", "IdToken"):
+        reply = mobile("GET", "/auth/me", claims=claims_of("admin", token))
+        assert reply.status == 200, reply.body
+        assert set(reply.body) == {"id", "email", "name", "country_code", "roles"}
+        assert reply.body["email"] == "admin@covenant.local"
+        assert reply.body["roles"] == ["admin"]
+        assert reply.body["country_code"] is None
+
+
+def test_logout_signs_out_every_device(mobile, wait_for_replica) -> None:
+    email = _new_email()
+    password = "Two-Devices-2026!"
+    first = mobile(
+        "POST", "/auth/register", body={"email": email, "password": password, "name": "Ada"}
+    ).body
+    second = _login(mobile, email, password).body
+    time.sleep(1.1)  # tokens issued in the second of the sign-out itself stay valid
+    reply = mobile("POST", "/auth/logout", claims=gateway_claims(first["access_token"]))
+    assert reply.status == 200 and reply.body == {"signed_out": True}
+    wait_for_replica()  # the sign-out is recorded on the primary, checked on the replica
+    for session in (first, second):
+        refreshed = mobile(
+            "POST", "/auth/refresh", body={"refresh_token": session["refresh_token"]}
+        )
+        assert refreshed.status == 401
+        for token in ("access_token", "id_token"):
+            me = mobile("GET", "/auth/me", claims=gateway_claims(session[token]))
+            assert me.status == 401, token
+            sync = mobile("GET", "/sync", claims=gateway_claims(session[token]))
+            assert sync.status == 401
+    again = _login(mobile, email, password).body
+    assert mobile("GET", "/auth/me", claims=gateway_claims(again["access_token"])).status == 200
+    # Signing out with an ID token works too.
+    time.sleep(1.1)
+    assert mobile("POST", "/auth/logout", claims=gateway_claims(again["id_token"])).status == 200
+    wait_for_replica()
+    assert mobile("GET", "/auth/me", claims=gateway_claims(again["access_token"])).status == 401
+
+
+def test_tokens_and_passwords_never_reach_the_logs(mobile, capsys, caplog) -> None:
+    email, password = _new_email(), "Secret-Enough-2026!"
+    body = {"email": email, "password": password, "name": "Quiet"}
+    session = mobile("POST", "/auth/register", body=body).body
+    _login(mobile, email, "Wrong-Password-2026!")
+    mobile("POST", "/auth/refresh", body={"refresh_token": session["refresh_token"]})
+    mobile("POST", "/auth/logout", claims=gateway_claims(session["access_token"]))
+    output = capsys.readouterr()
+    logged = output.out + output.err + caplog.text
+    for secret in (
+        password,
+        "Wrong-Password-2026!",
+        session["access_token"],
+        session["refresh_token"],
+        session["id_token"],
+    ):
+        assert secret not in logged
