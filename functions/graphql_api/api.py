@@ -23,13 +23,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from covenant.config import env, settings
 from covenant.db import record_statements
 from covenant.idempotency import PostgresPersistenceLayer
+from covenant.project_rules import SECTOR_IDS
 from covenant.regions import load_regions
 from graphql_api import engine, transport
 from graphql_api.auth import InvalidToken, actor_from_event
 from graphql_api.context import RequestContext
 from graphql_api.explorer import CovenantExplorer
 from graphql_api.schema import executable_schema
-from graphql_api.validation import SECTOR_IDS
 
 logger = logging.getLogger(__name__)
 

@@ -3,29 +3,18 @@ the database's constraints stay as the last line of defence."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from covenant.project_rules import PROJECT_FIELDS, RuleViolation, clean_project_field
 from graphql_api.errors import BadUserInput
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _ALPHA3 = re.compile(r"^[A-Z]{3}$")
 _ALPHA2 = re.compile(r"^[A-Z]{2}$")
-SECTOR_IDS = ("agriculture", "minerals", "energy", "technology", "health", "education")
 
 # Fields each input may hold (snake_case, as resolvers receive them) and their rules.
-PROJECT_FIELDS = (
-    "name",
-    "description",
-    "sector_id",
-    "country_code",
-    "status",
-    "budget_usd",
-    "impact_score",
-    "progress",
-)
 COUNTRY_FIELDS = (
     "iso2",
     "name",
@@ -70,40 +59,15 @@ def _present(values: Mapping[str, Any], field: str) -> bool:
 
 
 def project_changes(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The validated subset of a project input (create: all required fields present)."""
+    """The validated subset of a project input, by the rules sync pushes obey too
+    (covenant.project_rules); each failure names the input field."""
     clean: dict[str, Any] = {}
-    if _present(values, "name"):
-        clean["name"] = _text(values["name"], "name", maximum=200)
-    if _present(values, "description"):
-        clean["description"] = _text(
-            values["description"], "description", maximum=5000, required=False
-        )
-    if _present(values, "sector_id"):
-        if values["sector_id"] not in SECTOR_IDS:
-            raise BadUserInput(path("sector_id"), f"must be one of {', '.join(SECTOR_IDS)}")
-        clean["sector_id"] = values["sector_id"]
-    if _present(values, "country_code"):
-        code = str(values["country_code"]).strip().upper()
-        if not _ALPHA3.match(code):
-            raise BadUserInput(path("country_code"), "must be an ISO 3166 alpha-3 code, e.g. KEN")
-        clean["country_code"] = code
-    if _present(values, "status"):
-        clean["status"] = values["status"]
-    if _present(values, "budget_usd"):
-        if not 0 < values["budget_usd"] <= MAX_SAFE_INTEGER:
-            raise BadUserInput(path("budget_usd"), "must be greater than 0")
-        clean["budget_usd"] = values["budget_usd"]
-    if _present(values, "impact_score"):
-        score = float(values["impact_score"])
-        if math.isnan(score) or not 0 <= score <= 10:
-            raise BadUserInput(path("impact_score"), "must be between 0.00 and 10.00")
-        if round(score, 2) != score:
-            raise BadUserInput(path("impact_score"), "must have at most 2 decimal places")
-        clean["impact_score"] = score
-    if _present(values, "progress"):
-        if not 0 <= values["progress"] <= 100:
-            raise BadUserInput(path("progress"), "must be between 0 and 100")
-        clean["progress"] = values["progress"]
+    for field in PROJECT_FIELDS:
+        if _present(values, field):
+            try:
+                clean[field] = clean_project_field(field, values[field])
+            except RuleViolation as exc:
+                raise BadUserInput(path(exc.field), exc.rule) from exc
     if clean.get("status") == "completed" and clean.get("progress", 100) != 100:
         raise BadUserInput(path("progress"), "must be 100 for a completed project")
     return clean

@@ -15,6 +15,7 @@ from pg8000.exceptions import DatabaseError
 
 from covenant import db
 from covenant.db import Row, sqlstate
+from covenant.project_rules import PROJECT_FIELDS
 from covenant.uow import UnitOfWork
 from graphql_api import repository, users
 from graphql_api.context import Info, RequestContext, context_of, mark_siblings
@@ -24,7 +25,6 @@ from graphql_api.repository import COUNTRIES, PROJECTS, Table
 from graphql_api.resolvers.query import check_project_id
 from graphql_api.validation import (
     COUNTRY_FIELDS,
-    PROJECT_FIELDS,
     check_expected_version,
     country_changes,
     country_code,
