@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from covenant.identity import claims_of, parse_groups
 from graphql_api.errors import Forbidden, Unauthenticated
-
-ROLES = ("admin", "editor", "viewer")
 
 
 @dataclass(frozen=True)
@@ -53,21 +52,9 @@ class InvalidToken(Exception):
     """A token was sent and refused (the reason is for the log, never the client)."""
 
 
-def parse_groups(raw: Any) -> frozenset[str]:
-    """`cognito:groups` as API Gateway passes it: a list, or stringified like "[admin editor]"."""
-    if raw is None:
-        return frozenset()
-    if isinstance(raw, list | tuple):
-        items = [str(item) for item in raw]
-    else:
-        items = str(raw).strip().strip("[]").replace(",", " ").split()
-    return frozenset(item for item in items if item in ROLES)
-
-
 def actor_from_event(event: Mapping[str, Any]) -> Actor:
     """The caller; raises InvalidToken when a token was sent and does not verify."""
-    context = event.get("requestContext") or {}
-    claims = ((context.get("authorizer") or {}).get("jwt") or {}).get("claims")
+    claims = claims_of(event)
     if not claims:
         headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
         authorization = headers.get("authorization")

@@ -10,18 +10,15 @@ exactly the admin calls made here).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from covenant import aws
 from covenant.config import ConfigError, env
-from covenant.regions import primary_region
-from graphql_api.auth import ROLES
+from covenant.identity import ROLES
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +42,9 @@ class Directory:
         pool = env("COGNITO_USER_POOL_ID") or ""
         if not pool:
             raise ConfigError("COGNITO_USER_POOL_ID must be set to manage user roles")
-        region = pool.partition("_")[0] if "_" in pool else ""
         return cls(
             user_pool_id=pool,
-            region=region
-            or env("COGNITO_REGION")
-            or env("AWS_DEFAULT_REGION")
-            or primary_region().aws_region,
+            region=aws.user_pool_region(pool),
             endpoint_url=env("COGNITO_ENDPOINT_URL") or None,
         )
 
@@ -66,29 +59,8 @@ class User:
         return {"sub": self.sub, "username": self.username, "email": self.email}
 
 
-_clients: dict[tuple[str, str | None], Any] = {}
-_clients_lock = threading.Lock()
-
-
 def _client(directory: Directory) -> Any:
-    """One client per pool region and endpoint, made on first use (never at init)."""
-    key = (directory.region, directory.endpoint_url)
-    with _clients_lock:
-        if key not in _clients:
-            # A local endpoint (moto) gets dummy credentials, never the developer's own.
-            local = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-            _clients[key] = boto3.client(
-                "cognito-idp",
-                region_name=directory.region,
-                endpoint_url=directory.endpoint_url,
-                config=Config(
-                    connect_timeout=3,
-                    read_timeout=5,
-                    retries={"max_attempts": 2, "mode": "standard"},
-                ),
-                **(local if directory.endpoint_url else {}),
-            )
-        return _clients[key]
+    return aws.client("cognito-idp", directory.region, directory.endpoint_url)
 
 
 def _unavailable(call: str, error: Exception) -> DirectoryUnavailable:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from covenant import aws
 from covenant.config import ConfigError, env, env_int
-from covenant.regions import primary_region
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,10 @@ class CognitoSettings:
         client = env("COGNITO_CLIENT_ID") or ""
         if not pool or not client:
             raise ConfigError("COGNITO_USER_POOL_ID and COGNITO_CLIENT_ID must be set")
-        # A pool id starts with its region ("us-east-1_AbC123"): the pool is called there.
-        region = pool.split("_", 1)[0] if "_" in pool else ""
         return cls(
             user_pool_id=pool,
             client_id=client,
-            region=region or env("AWS_DEFAULT_REGION") or primary_region().aws_region,
+            region=aws.user_pool_region(pool),
             endpoint_url=env("COGNITO_ENDPOINT_URL") or None,
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +15,7 @@ from pg8000.exceptions import DatabaseError
 
 from covenant import db
 from covenant.db import Row, sqlstate
-from covenant.project_rules import PROJECT_FIELDS
+from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
 from covenant.uow import UnitOfWork
 from graphql_api import repository, users
 from graphql_api.context import Info, RequestContext, context_of, mark_siblings
@@ -96,20 +96,11 @@ def _missing_or_stale(
     )
 
 
-def _assignments(values: dict[str, Any], casts: dict[str, str]) -> dict[str, str]:
+def _assignments(values: dict[str, Any], casts: Mapping[str, str]) -> dict[str, str]:
     return {field: f"CAST(:{field} AS {casts[field]})" for field in values}
 
 
-_PROJECT_CASTS = {
-    "name": "text",
-    "description": "text",
-    "sector_id": "text",
-    "country_code": "bpchar",
-    "status": "text",
-    "budget_usd": "bigint",
-    "impact_score": "numeric",
-    "progress": "smallint",
-}
+_PROJECT_CASTS = PROJECT_SQL_TYPES
 _COUNTRY_CASTS = {
     "iso2": "bpchar",
     "name": "text",

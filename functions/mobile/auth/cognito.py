@@ -13,16 +13,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from covenant import aws
 from mobile.settings import CognitoSettings
 
 logger = logging.getLogger(__name__)
@@ -100,30 +98,12 @@ class Profile:
     enabled: bool
 
 
-_clients: dict[tuple[str, str | None], Any] = {}
-_clients_lock = threading.Lock()
 _policies: dict[str, tuple[float, dict[str, Any]]] = {}
 _POLICY_TTL_S = 600.0
 
 
 def _client(settings: CognitoSettings) -> Any:
-    key = (settings.region, settings.endpoint_url)
-    with _clients_lock:
-        if key not in _clients:
-            # A local endpoint (moto) gets dummy credentials, never the developer's own.
-            local = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-            _clients[key] = boto3.client(
-                "cognito-idp",
-                region_name=settings.region,
-                endpoint_url=settings.endpoint_url,
-                config=Config(
-                    connect_timeout=3,
-                    read_timeout=5,
-                    retries={"max_attempts": 2, "mode": "standard"},
-                ),
-                **(local if settings.endpoint_url else {}),
-            )
-        return _clients[key]
+    return aws.client("cognito-idp", settings.region, settings.endpoint_url)
 
 
 def _code(error: ClientError) -> str:

@@ -35,7 +35,7 @@ from pg8000.exceptions import DatabaseError
 from covenant.db import Row, sqlstate
 from covenant.domain_events import emit_change, wake_bridge_after_commit
 from covenant.identity import Caller
-from covenant.project_rules import PROJECT_FIELDS
+from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
 from covenant.sync_horizon import prune_tombstones
 from covenant.uow import UnitOfWork
 from mobile.http import Conflict
@@ -49,16 +49,7 @@ _COLUMNS = (
     "p.region, p.status, p.budget_usd, p.impact_score::float8 AS impact_score, p.progress, "
     "p.version, p.change_seq, p.created_at, p.updated_at"
 )
-_CASTS = {
-    "name": "text",
-    "description": "text",
-    "sector_id": "text",
-    "country_code": "bpchar",
-    "status": "text",
-    "budget_usd": "bigint",
-    "impact_score": "numeric",
-    "progress": "smallint",
-}
+_CASTS = PROJECT_SQL_TYPES
 _UNNEST = (
     "unnest(CAST(:id AS uuid[]), "
     + ", ".join(f"CAST(:{f} AS {_CASTS[f]}[])" for f in PROJECT_FIELDS)

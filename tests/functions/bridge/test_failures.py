@@ -15,7 +15,7 @@ from moto import mock_aws
 
 import bridge.connection
 import bridge.relay
-from covenant import db, wakeup
+from covenant import aws, db
 from covenant.db import DatabaseUnavailable
 from covenant.regions import primary_region
 from devstack import event_sources
@@ -70,7 +70,7 @@ def test_nats_stopped_while_200_mutations_run_then_every_event_once(
     # Long enough that no wake-up is dead-lettered during the outage: the wake-ups alone
     # must deliver everything once NATS is back (the sweep is checked to find nothing left).
     monkeypatch.setattr(event_sources, "MAX_RECEIVE_COUNT", 1000)
-    monkeypatch.setattr(wakeup, "_clients", {})
+    aws.forget_clients()
     with mock_aws():
         sqs = bridge_env.moto_client("sqs")
         queues = event_sources.create_queues(sqs)

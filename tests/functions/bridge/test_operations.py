@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
 
 import bridge.connection
-from covenant import db, wakeup
+from covenant import aws, db
 from devstack import event_sources
 
 WRONG_NATS_URL = "nats://127.0.0.1:1"
@@ -149,7 +149,7 @@ def test_a_warm_bridge_keeps_one_connection_and_one_reply_subscription(bridge_en
 def wakeup_clients(monkeypatch):
     """The wake-up's boto3 clients are cached per process: start without any, so the ones
     made inside mock_aws talk to moto."""
-    monkeypatch.setattr(wakeup, "_clients", {})
+    aws.forget_clients()
     monkeypatch.delenv("SQS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("OUTBOX_WAKEUP_QUEUE_URL", raising=False)
 

@@ -12,7 +12,7 @@ from collections import Counter
 
 from moto import mock_aws
 
-from covenant import db, wakeup
+from covenant import aws, db, wakeup
 from covenant.events import CloudEvent, event_source
 from covenant.regions import primary_region
 from covenant.streams import apply_topology
@@ -58,7 +58,7 @@ def test_event_over_the_server_max_payload_is_dead_lettered_and_set_aside(
 ) -> None:
     monkeypatch.setattr(event_sources, "MAX_RECEIVE_COUNT", 2)
     monkeypatch.setattr(event_sources, "VISIBILITY_TIMEOUT_S", 1)
-    monkeypatch.setattr(wakeup, "_clients", {})
+    aws.forget_clients()
     invocations: list[tuple[dict, object]] = []  # (SQS event, response or error)
 
     def recording_invoke(function, region, event, endpoints):

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from covenant import db
+from covenant import aws, db
 from covenant.db import Database, Role
 from graphql_api import users
 
@@ -50,7 +50,7 @@ class Pool:
 def pool() -> Iterator[Pool]:
     """A user pool in moto's in-process mock, as make dev provisions it: sign-in by email, the
     three role groups, an admin, an editor, and a user who is admin and viewer at once."""
-    users._clients.clear()  # clients made outside this mock would not reach it
+    aws.forget_clients()  # clients made outside this mock would not reach it
     with mock_aws():
         client = boto3.client(
             "cognito-idp",
@@ -80,7 +80,7 @@ def pool() -> Iterator[Pool]:
             for group in groups:
                 client.admin_add_user_to_group(UserPoolId=pool_id, Username=email, GroupName=group)
         yield Pool(client, pool_id, subs)
-    users._clients.clear()
+    aws.forget_clients()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The events a change to a country or project writes to the outbox, whichever API made it:
 the change itself (`covenant.<collection>.<action>`) and its audit record naming the actor
 (`audit.<collection>.<action>`), CloudEvents in the change's own transaction. The GraphQL
-function writes the same envelope and data (functions/graphql_api/events.py)."""
+function and the sync push both write them through `emit_change`."""
 
 from __future__ import annotations
 
@@ -57,15 +57,11 @@ def emit_change(
     aggregate_id = str(row[key])
     source = event_source(region, function)
     subject = f"{collection}/{aggregate_id}"
-    uow.add_event(
-        CloudEvent(
-            type=f"covenant.{collection}.{action}",
-            source=source,
-            subject=subject,
-            data={aggregate_type: snapshot(row)},
-        ),
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
+    change = CloudEvent(
+        type=f"covenant.{collection}.{action}",
+        source=source,
+        subject=subject,
+        data={aggregate_type: snapshot(row)},
     )
     audit: dict[str, Any] = {
         "actor": dict(actor),
@@ -79,8 +75,13 @@ def emit_change(
     }
     if via is not None:
         audit["via"] = via
-    uow.add_event(
-        CloudEvent(type=f"audit.{collection}.{action}", source=source, subject=subject, data=audit),
+    uow.add_events(
+        [
+            change,
+            CloudEvent(
+                type=f"audit.{collection}.{action}", source=source, subject=subject, data=audit
+            ),
+        ],
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
     )

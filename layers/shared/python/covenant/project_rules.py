@@ -29,6 +29,17 @@ PROJECT_FIELDS = (
     "impact_score",
     "progress",
 )
+# Their PostgreSQL types, for the casts of bound parameters.
+PROJECT_SQL_TYPES: Mapping[str, str] = {
+    "name": "text",
+    "description": "text",
+    "sector_id": "text",
+    "country_code": "bpchar",
+    "status": "text",
+    "budget_usd": "bigint",
+    "impact_score": "numeric",
+    "progress": "smallint",
+}
 REQUIRED_ON_CREATE = ("name", "sector_id", "country_code", "budget_usd")
 DEFAULTS: Mapping[str, Any] = {
     "description": "",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -12,9 +12,14 @@ from covenant.events import CloudEvent
 
 logger = logging.getLogger(__name__)
 
+# The envelopes travel as one JSON array (one parameter); each row takes its id and subject
+# (the event type) from its envelope, in the array's order.
 _INSERT_OUTBOX = """
 INSERT INTO outbox (id, subject, aggregate_type, aggregate_id, payload)
-VALUES (CAST(:id AS uuid), :subject, :aggregate_type, :aggregate_id, CAST(:payload AS jsonb))
+SELECT CAST(e.envelope ->> 'id' AS uuid), e.envelope ->> 'type', :aggregate_type, :aggregate_id,
+       e.envelope
+FROM jsonb_array_elements(CAST(:envelopes AS jsonb)) WITH ORDINALITY AS e(envelope, n)
+ORDER BY e.n
 """
 
 
@@ -71,15 +76,22 @@ class UnitOfWork:
 
     def add_event(self, event: CloudEvent, *, aggregate_type: str, aggregate_id: str) -> None:
         """Writes the event to the outbox in this transaction; NATS subject = event type."""
+        self.add_events([event], aggregate_type=aggregate_type, aggregate_id=aggregate_id)
+
+    def add_events(
+        self, events: Sequence[CloudEvent], *, aggregate_type: str, aggregate_id: str
+    ) -> None:
+        """Writes the events of one aggregate to the outbox in one statement, in their order
+        (a change and its audit record: one round trip, not two)."""
+        if not events:
+            return
         self._require_session().run(
             _INSERT_OUTBOX,
-            id=event.id,
-            subject=event.type,
+            envelopes="[" + ",".join(event.to_json() for event in events) + "]",
             aggregate_type=aggregate_type,
             aggregate_id=aggregate_id,
-            payload=event.to_json(),
         )
-        self.events.append(event)
+        self.events.extend(events)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)

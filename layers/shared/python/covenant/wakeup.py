@@ -6,34 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Sequence
-from typing import Any
 
-import boto3
-
+from covenant import aws
 from covenant.config import env
 from covenant.regions import primary_region
 
 logger = logging.getLogger(__name__)
-
-_clients: dict[tuple[str, str | None], Any] = {}
-_lock = threading.Lock()
-
-
-def _client(region: str, endpoint_url: str | None) -> Any:
-    key = (region, endpoint_url)
-    with _lock:
-        if key not in _clients:
-            local = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-            _clients[key] = boto3.client(
-                "sqs",
-                region_name=region,
-                endpoint_url=endpoint_url,
-                # A local endpoint (moto) gets dummy credentials, never the developer's own.
-                **(local if endpoint_url else {}),
-            )
-        return _clients[key]
 
 
 def queue_region(queue_url: str) -> str:
@@ -51,7 +30,7 @@ def send_wakeup(event_ids: Sequence[str], region: str) -> bool:
     if not queue_url or not event_ids:
         return False
     try:
-        _client(queue_region(queue_url), env("SQS_ENDPOINT_URL")).send_message(
+        aws.client("sqs", queue_region(queue_url), env("SQS_ENDPOINT_URL")).send_message(
             QueueUrl=queue_url,
             MessageBody=json.dumps(
                 {"reason": "committed", "region": region, "eventIds": list(event_ids)}
