@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             from devstack.stack import StackOptions, run
+
+            # One EMF line per request would bury the gateway's output; opt in with
+            # POWERTOOLS_METRICS_DISABLED=false. Powertools reads the process environment at
+            # every flush, and this process is the stack's alone.
+            os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
             run(StackOptions.from_environment(port=args.port, data_dir=args.data_dir))
         elif args.command == "invoke":

@@ -12,7 +12,6 @@ import base64
 import json
 import logging
 import mimetypes
-import os
 import sys
 import threading
 import time
@@ -141,13 +140,7 @@ class Gateway(ThreadingHTTPServer):
         verifier: JwtVerifier | None = None,
         assets: Path | None = None,
     ) -> None:
-        # One EMF line per request would bury the gateway's output; opt in with
-        # POWERTOOLS_METRICS_DISABLED=false. Set in the functions' environment only: the
-        # process environment stays as it was (tests share the process).
-        self.endpoints = {
-            "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
-            **endpoints,
-        }
+        self.endpoints = dict(endpoints)
         self.verifier = verifier
         self.assets = assets  # node_modules with the explorer's browser assets, if installed
         self.regions = {r.code: r for r in load_regions()}
