@@ -48,7 +48,11 @@ tracer = Tracer(service="mobile")
 metrics = Metrics(namespace="Covenant", service="mobile")
 _log = logging.getLogger(__name__)
 # Each regional HTTP API serves its stage under /<region>; a custom domain mapping strips it.
-app = APIGatewayHttpResolver(strip_prefixes=[re.compile(rf"^/({'|'.join(region_codes())})")])
+# Requests carry passwords and tokens, answers carry tokens: Powertools' debug mode (which
+# prints every event) is off whatever POWERTOOLS_DEV says.
+app = APIGatewayHttpResolver(
+    strip_prefixes=[re.compile(rf"^/({'|'.join(region_codes())})")], debug=False
+)
 
 _GZIP_MIN_BYTES = 1024
 
@@ -107,7 +111,8 @@ def sync_push() -> Response[Any]:
             region=settings().region,
             request_id=_request_id(),
             last_pulled_at=cursor(
-                (app.current_event.query_string_parameters or {}).get("last_pulled_at")
+                (app.current_event.query_string_parameters or {}).get("last_pulled_at"),
+                required=True,
             ),
             raw_changes=raw,
             changes=parse_changes(raw, max_records=config.max_push_records),
@@ -145,8 +150,11 @@ def not_found(_: Exception) -> Response[Any]:
     return json_response(404, {"code": "NOT_FOUND", "message": "No such route."})
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
+# The event and the answer never reach a log or a trace, whatever the POWERTOOLS_* variables say.
+@logger.inject_lambda_context(
+    correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False
+)
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric("Requests", MetricUnit.Count, 1)

@@ -33,9 +33,17 @@ class PullParams:
     migration: Migration | None
 
 
-def cursor(raw: str | None, name: str = "last_pulled_at") -> int:
-    """A cursor this API handed out; absent, "null", "undefined" or 0 mean none yet."""
+def cursor(raw: str | None, name: str = "last_pulled_at", *, required: bool = False) -> int:
+    """A cursor this API handed out; absent, "null", "undefined" or 0 mean none yet. A push
+    must send one (WatermelonDB always pulls first): without it, every update would be
+    reported as a conflict."""
     if raw is None or raw.strip() in _ABSENT:
+        if required:
+            raise BadRequest(
+                f"{name} is required: send the `timestamp` of your last pull "
+                "(WatermelonDB's lastPulledAt).",
+                field=name,
+            )
         return 0
     if not _DIGITS.match(raw.strip()):
         raise BadRequest(

@@ -9,7 +9,10 @@ Order of work inside the transaction:
 2. Conflicts: every pushed id is locked (FOR UPDATE, in id order). A record changed on the
    server after last_pulled_at (change_seq above it), or deleted there after it (a newer
    tombstone), is a conflict: nothing is applied, 409 lists the ids, the client pulls and
-   pushes again (WatermelonDB's protocol).
+   pushes again (WatermelonDB's protocol). So is every record of a push whose cursor cannot
+   be checked: below the tombstone horizon (deletes since then are forgotten) or above the
+   primary's cursor (not handed out by this database, e.g. before a restore). The horizon is
+   read after the tombstones, so a prune committing in between is seen.
 3. The writes, set-based: one INSERT, one UPDATE, one DELETE, then the events.
 
 Per the protocol: a `created` record that already exists updates it; an `updated` record that
@@ -75,6 +78,7 @@ _UPDATE = (
     f"FROM {_UNNEST} WHERE p.id = v.id RETURNING {_COLUMNS}"
 )
 _DELETE = f"DELETE FROM projects AS p WHERE p.id = ANY(CAST(:ids AS uuid[])) RETURNING {_COLUMNS}"  # noqa: S608
+_HORIZON = "SELECT sync_cursor() AS cursor, pruned_through FROM sync_horizon"
 _DUPLICATE_ID = re.compile(r"\(id\)=\(([0-9a-f-]{36})\)")
 
 
@@ -195,6 +199,25 @@ def _conflict(ids: list[str]) -> Conflict:
     )
 
 
+def _uncheckable_cursor(since: int, horizon: Row, ids: list[str]) -> Conflict | None:
+    """A cursor against which changes cannot be checked makes every pushed record a
+    conflict; the pull that follows answers a full replacement and a usable cursor."""
+    if since < int(horizon["pruned_through"]):
+        why = "is older than the tombstone retention: deletes since then are forgotten"
+        reason = "cursor_too_old"
+    elif since > int(horizon["cursor"]):
+        why = f"is newer than any change on this server ({horizon['cursor']})"
+        reason = "cursor_unknown"
+    else:
+        return None
+    return Conflict(
+        f"last_pulled_at {since} {why}. Pull, then push again.",
+        conflicts={"projects": ids},
+        field="last_pulled_at",
+        reason=reason,
+    )
+
+
 def push(request: PushRequest) -> PushResult:
     changes, since = request.changes, request.last_pulled_at
     key = receipt_id(request.caller.sub, since, request.raw_changes)
@@ -209,6 +232,11 @@ def push(request: PushRequest) -> PushResult:
             if ids
             else {}
         )
+        horizon = uow.one(_HORIZON)
+        assert horizon is not None  # sync_horizon has its one row from migration 0006
+        uncheckable = _uncheckable_cursor(since, horizon, ids)
+        if uncheckable is not None:
+            raise uncheckable
         conflicts = _conflicts(changes, since, existing, deleted_at)
         if conflicts:
             raise _conflict(conflicts)

@@ -7,6 +7,7 @@ import base64
 import copy
 import gzip
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,25 @@ def claims_of(cognito: LocalCognito) -> Callable[..., dict[str, Any]]:
         return gateway_claims(cognito.login(user.email, user.password)[token])
 
     return make
+
+
+def wait_for_lock_waiters(count: int, deadline_s: float = 30) -> None:
+    """Returns once `count` sessions of the primary wait on a lock (e.g. pushes queued behind
+    a row lock): a test orders concurrent requests by this, never by sleeping."""
+    give_up = time.monotonic() + deadline_s
+    while True:
+        with db.writer().session() as session:
+            waiting = int(
+                session.scalar(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            )
+        if waiting >= count:
+            return
+        if time.monotonic() > give_up:
+            raise AssertionError(f"{waiting} session(s) wait on a lock, expected {count}")
+        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -3,16 +3,21 @@ deployed handler, against a Cognito user pool served by moto."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from covenant import db
 from devstack.jwt_auth import JwtVerifier
 
-from .conftest import gateway_claims, seeded, token_claims
+from .conftest import gateway_claims, make_event, seeded, token_claims
 
 pytestmark = pytest.mark.usefixtures("clean_auth_failures")
 
@@ -94,9 +99,18 @@ def test_a_malformed_login_is_400_naming_the_field(mobile, body, field: str) -> 
     assert reply.body["field"] == field
 
 
+def _age_failures(seconds: int) -> None:
+    """Moves every counted attempt `seconds` into the past: the window slides without a wait."""
+    with db.writer().session() as session:
+        session.run(
+            "UPDATE auth_failures SET attempted_at = attempted_at - make_interval(secs => :s)",
+            s=seconds,
+        )
+
+
 def test_repeated_failures_lock_the_account_with_retry_after(mobile) -> None:
     user = seeded("viewer")
-    env = {"AUTH_MAX_FAILURES_PER_ACCOUNT": "3", "AUTH_FAILURE_WINDOW_S": "3"}
+    env = {"AUTH_MAX_FAILURES_PER_ACCOUNT": "3", "AUTH_FAILURE_WINDOW_S": "600"}
     for attempt in range(3):
         reply = _login(
             mobile, user.email, "Wrong-Password-2026!", env=env, source_ip=f"192.0.2.{attempt}"
@@ -107,11 +121,12 @@ def test_repeated_failures_lock_the_account_with_retry_after(mobile) -> None:
     assert locked.status == 429
     assert locked.body["code"] == "TOO_MANY_REQUESTS"
     retry_after = int(locked.headers["Retry-After"])
-    assert 1 <= retry_after <= 3
+    assert 1 <= retry_after <= 600
     assert locked.body["retryAfter"] == retry_after
-    # Refused attempts do not extend the lock-out.
+    # Refused attempts do not extend the lock-out: once the first failure has left the
+    # window, one more attempt is allowed.
     assert _login(mobile, user.email, user.password, env=env).status == 429
-    time.sleep(retry_after + 0.2)
+    _age_failures(retry_after)
     assert _login(mobile, user.email, user.password, env=env).status == 200
     # Success clears the account's failures: three more mistakes are allowed again.
     for _ in range(3):
@@ -322,3 +337,70 @@ def test_tokens_and_passwords_never_reach_the_logs(mobile, capsys, caplog) -> No
         session["id_token"],
     ):
         assert secret not in logged
+
+
+# Invokes the mobile handler, in a fresh process, with every event of a JSON file (argv[1]),
+# and writes the responses to argv[2]; the process's stdout and stderr are its logs.
+_INVOKE_EACH = """
+import json, sys
+from covenant.regions import get_region
+from devstack.functions import get_function, invoke
+events = json.loads(open(sys.argv[1]).read())
+endpoints = json.loads(sys.argv[3])
+responses = [invoke(get_function("mobile"), get_region("ams"), e, endpoints) for e in events]
+open(sys.argv[2], "w").write(json.dumps(responses))
+"""
+
+
+def test_tokens_stay_out_of_the_logs_with_every_powertools_debug_switch_on(
+    endpoints, cognito, tmp_path: Path
+) -> None:
+    """POWERTOOLS_DEV prints each event and POWERTOOLS_LOGGER_LOG_EVENT logs it: both are
+    common switches when debugging, and a login event carries the password, a refresh event
+    the refresh token, every other one a bearer token."""
+    user = seeded("editor")
+    session = cognito.login(user.email, user.password)
+    events = [
+        make_event("POST", "/auth/login", body={"email": user.email, "password": user.password}),
+        make_event("POST", "/auth/refresh", body={"refresh_token": session["RefreshToken"]}),
+        make_event("GET", "/auth/me", claims=gateway_claims(session["AccessToken"])),
+    ]
+    (tmp_path / "events.json").write_text(json.dumps(events))
+    environment = {
+        **os.environ,
+        "POWERTOOLS_DEV": "true",
+        "POWERTOOLS_LOGGER_LOG_EVENT": "true",
+        "POWERTOOLS_LOG_LEVEL": "DEBUG",
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "true",
+        "POWERTOOLS_METRICS_DISABLED": "false",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _INVOKE_EACH,
+            str(tmp_path / "events.json"),
+            str(tmp_path / "responses.json"),
+            json.dumps(endpoints),
+        ],
+        cwd=Path(__file__).resolve().parents[3],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    responses = json.loads((tmp_path / "responses.json").read_text())
+    assert [r["statusCode"] for r in responses] == [200, 200, 200]
+    logged = result.stdout + result.stderr
+    assert '"Requests"' in logged  # the function's own output is what was captured
+    answered = [json.loads(r["body"]) for r in responses[:2]]
+    secrets = {
+        "password": user.password,
+        "refresh token": session["RefreshToken"],
+        "bearer token": session["AccessToken"],
+        **{f"{k} answered": a[k] for a in answered for k in ("access_token", "id_token")},
+        "refresh token answered": answered[0]["refresh_token"],
+    }
+    leaked = [name for name, secret in secrets.items() if secret in logged]
+    assert leaked == []

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from covenant import db
+from covenant.sync_horizon import prune_tombstones
 from covenant.uow import UnitOfWork
 
-from .conftest import token_claims
+from .conftest import token_claims, wait_for_lock_waiters
 
 _INSERT = """
 INSERT INTO projects (id, name, sector_id, country_code, status, budget_usd, progress)
@@ -49,12 +50,10 @@ def _events(project_id: str) -> list[dict[str, Any]]:
 def projects(servers) -> Iterator[list[str]]:
     ids: list[str] = []
     yield ids
+    # Their tombstones stay: deleting the newest ones would move the change cursor back,
+    # which no production path does, and a push's cursor check relies on it.
     with db.writer().session() as session:
         session.run("DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids)
-        session.run(
-            "DELETE FROM tombstones WHERE table_name = 'projects' AND record_id = ANY(:ids)",
-            ids=ids,
-        )
 
 
 def _existing(projects: list[str], name: str) -> str:
@@ -406,12 +405,11 @@ def test_a_push_retried_while_the_first_is_still_running_waits_and_replays(
         session.run("SELECT 1 FROM projects WHERE id = CAST(:id AS uuid) FOR UPDATE", id=target)
         first = threading.Thread(target=attempt, args=("first",))
         first.start()
-        first.join(0.5)
-        assert first.is_alive()  # the first push waits on the row
+        wait_for_lock_waiters(1)  # the first push holds its receipt and waits on the row
         retry = threading.Thread(target=attempt, args=("retry",))
         retry.start()
-        retry.join(0.5)
-        assert retry.is_alive()  # the retry waits on the first one's receipt
+        wait_for_lock_waiters(2)  # the retry waits on the first one's receipt
+        assert first.is_alive() and retry.is_alive()
         session.run("ROLLBACK")
     first.join(10)
     retry.join(10)
@@ -441,3 +439,77 @@ def test_the_sample_event_creates_its_project(endpoints, servers, claims_of, pro
     assert reply.status == 200, reply.body
     assert _row(created)["name"] == "Nairobi Clinic Solar Retrofit"
     assert _row(created)["region"] == "jnb"
+
+
+@pytest.mark.parametrize("raw", [None, "null", "soon"])
+def test_a_push_needs_the_cursor_of_its_pull(mobile, claims_of, projects, raw) -> None:
+    new_id = str(uuid.uuid4())
+    projects.append(new_id)
+    reply = mobile(
+        "POST",
+        "/sync",
+        body=_changes(created=[_record(new_id)]),
+        claims=claims_of("editor"),
+        query=None if raw is None else {"last_pulled_at": raw},
+    )
+    assert reply.status == 400
+    assert reply.body["field"] == "last_pulled_at"
+    assert _row(new_id) is None
+
+
+def test_a_cursor_this_server_never_handed_out_is_a_conflict(push, projects) -> None:
+    """E.g. a cursor from before a database restore: changes made since cannot be told apart,
+    so nothing is applied until the client has pulled (a full replacement) again."""
+    target = _existing(projects, "Sync unknown cursor target")
+    reply = push(
+        _changes(updated=[_record(target, progress=90, _status="updated")]), _cursor() + 10**9
+    )
+    assert reply.status == 409
+    assert (reply.body["reason"], reply.body["field"]) == ("cursor_unknown", "last_pulled_at")
+    assert reply.body["conflicts"] == {"projects": [target]}
+    assert _row(target)["progress"] == 10
+
+
+def test_a_cursor_older_than_the_tombstone_retention_is_a_conflict(push, projects) -> None:
+    """A record deleted on the server whose tombstone has been pruned must not come back
+    from a device that last pulled before the delete."""
+    gone = _existing(projects, "Sync pruned delete")
+    since = _cursor()
+    with UnitOfWork() as uow:
+        uow.run("DELETE FROM projects WHERE id = CAST(:id AS uuid)", id=gone)
+    assert prune_tombstones(0).pruned_through > since
+    stale = push(_changes(updated=[_record(gone, progress=5, _status="updated")]), since)
+    assert stale.status == 409
+    assert (stale.body["reason"], stale.body["conflicts"]) == (
+        "cursor_too_old",
+        {"projects": [gone]},
+    )
+    assert _row(gone) is None
+    fresh = str(uuid.uuid4())
+    projects.append(fresh)
+    assert push(_changes(created=[_record(fresh)]), _cursor()).status == 200
+
+
+def test_tombstones_are_kept_for_the_configured_retention(push, projects, monkeypatch) -> None:
+    from mobile.sync import push as push_module
+
+    def tombstone(record_id: str) -> object:
+        with db.writer().session() as session:
+            return session.scalar(
+                "SELECT change_seq FROM tombstones WHERE table_name = 'projects' "
+                "AND record_id = :id",
+                id=record_id,
+            )
+
+    doomed = _existing(projects, "Sync retention probe")
+    assert push(_changes(deleted=[doomed]), _cursor()).status == 200
+    assert tombstone(doomed) is not None
+    # The push path prunes now and then (once per warm Lambda and 10 minutes): make it due.
+    monkeypatch.setattr(push_module, "_last_maintenance", 0.0)
+    env = {"SYNC_TOMBSTONE_RETENTION_S": "3600"}
+    assert push(_changes(deleted=[str(uuid.uuid4())]), _cursor(), env=env).status == 200
+    assert tombstone(doomed) is not None
+    monkeypatch.setattr(push_module, "_last_maintenance", 0.0)
+    env = {"SYNC_TOMBSTONE_RETENTION_S": "0"}
+    assert push(_changes(deleted=[str(uuid.uuid4())]), _cursor(), env=env).status == 200
+    assert tombstone(doomed) is None
