@@ -7,8 +7,14 @@ All security groups and their rules live here, so one file says who may talk to 
     rotation      ──5432──► database          jetstream ──4222──► NATS load balancer
     bridge, jetstream, migrator, rotation, API functions ──443──► interface endpoints
 
-API functions also reach 443 anywhere (through the NAT gateways): Cognito and the wake-up queue
-live in the primary region, and a VPC endpoint serves only its own region. Nothing else leaves.
+Interface endpoints (primary region only, where the services the functions call live):
+Secrets Manager (bridge, JetStream probe, migrator, rotation), SQS (GraphQL and mobile wake-ups)
+and Cognito user pools (the mobile function's sign-in and admin calls, GraphQL's setUserRole and
+its token key set; the pool has no domain, which PrivateLink requires). Lambda itself carries
+logs, EMF metrics and X-Ray segments, and IAM database tokens are signed locally: no endpoint.
+API functions also reach 443 anywhere (through the NAT gateways): in the secondary regions,
+Cognito and the wake-up queue live in another region, and a VPC endpoint serves only its own
+region. Nothing else leaves.
 """
 
 from __future__ import annotations
@@ -146,6 +152,7 @@ class RegionalNetwork(Construct):
             for name, service in (
                 ("SecretsManager", ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER),
                 ("Sqs", ec2.InterfaceVpcEndpointAwsService.SQS),
+                ("Cognito", ec2.InterfaceVpcEndpointAwsService.COGNITO_IDP),
             ):
                 self.vpc.add_interface_endpoint(
                     name,

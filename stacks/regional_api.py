@@ -63,6 +63,9 @@ COGNITO_ADMIN_ACTIONS = {
         "cognito-idp:AdminGetUser",
     ],
 }
+# The functions whose writes add outbox events (GraphQL mutations, the sync push) and then
+# send a wake-up to the bridge's queue (covenant.domain_events.wake_bridge_after_commit).
+OUTBOX_WRITERS = ("graphql", "mobile")
 AUTH_ROUTES_THROTTLED = ("POST /auth/login", "POST /auth/register", "POST /auth/refresh")
 CORS_HEADERS = ["authorization", "content-type", "accept", "idempotency-key"]
 
@@ -241,7 +244,7 @@ class RegionalApiStack(Stack):
         queue_arn = account_arn(
             "sqs", settings.primary.aws_region, settings.events.wakeup_queue_name
         )
-        if name == "graphql":
+        if name in OUTBOX_WRITERS:
             environment["OUTBOX_WAKEUP_QUEUE_URL"] = (
                 f"https://sqs.{settings.primary.aws_region}.amazonaws.com/"
                 f"{self.account}/{settings.events.wakeup_queue_name}"
@@ -264,7 +267,7 @@ class RegionalApiStack(Stack):
         function.grant_database_connect(
             cluster_resource_id=database.cluster_resource_id, db_user=user
         )
-        if name == "graphql":
+        if name in OUTBOX_WRITERS:
             function.role.add_to_policy(
                 iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[queue_arn])
             )

@@ -88,8 +88,10 @@ def test_network_has_private_subnets_in_two_azs_and_tight_groups(templates, code
     }
     assert any(".s3" in e for e in endpoints)  # the gateway endpoint, in every region
     if code == PRIMARY.code:
-        assert any("secretsmanager" in e for e in endpoints)
-        assert any("sqs" in e for e in endpoints)
+        # Every AWS service the functions call in their own region: the bridge's, JetStream
+        # probe's and migrator's secrets, the wake-ups, Cognito (mobile auth, setUserRole).
+        for service in ("secretsmanager", "sqs", "cognito-idp"):
+            assert any(f'.{service}"' in e for e in endpoints), service
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -229,9 +231,10 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
             assert "auth=iam" in url and "sslmode=require" in url
         assert {"COGNITO_USER_POOL_ID", "COGNITO_CLIENT_ID", "COGNITO_REGION"} <= set(env)
         assert not any(k.startswith("AWS_") for k in env)  # reserved by Lambda
+        # Both write outbox events (mutations, sync push) and wake the bridge after commit.
+        assert "covenant-outbox-wakeup" in json.dumps(env["OUTBOX_WAKEUP_QUEUE_URL"])
     graphql = _function(template, "graphql_api.handler.handler")
     assert graphql["SnapStart"] == {"ApplyOn": "PublishedVersions"}
-    assert "OUTBOX_WAKEUP_QUEUE_URL" in graphql["Environment"]["Variables"]
     # API Gateway invokes the alias of the published (snapshotted) version.
     template.has_resource_properties("AWS::Lambda::Alias", {"Name": "live"})
 
@@ -265,6 +268,81 @@ def test_custom_domain_and_latency_routed_global_name(templates, code) -> None:
             )
         },
     )
+
+
+def _role_statements(template: Template, role_prefix: str) -> list[dict[str, Any]]:
+    """The statements of the policies attached to the role whose logical id starts so."""
+    found = []
+    for policy in resources(template, "AWS::IAM::Policy").values():
+        roles = json.dumps(policy["Properties"]["Roles"])
+        if f'"{role_prefix}' in roles:
+            found += policy["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+# What functions/mobile/auth/cognito.py and functions/graphql_api/users.py call with IAM
+# credentials (InitiateAuth and GlobalSignOut are authorized by the user's own token).
+COGNITO_CALLS = {
+    "Mobile": {
+        "cognito-idp:AdminCreateUser",
+        "cognito-idp:AdminSetUserPassword",
+        "cognito-idp:AdminAddUserToGroup",
+        "cognito-idp:AdminDeleteUser",
+        "cognito-idp:AdminGetUser",
+        "cognito-idp:AdminListGroupsForUser",
+        "cognito-idp:AdminUserGlobalSignOut",
+        "cognito-idp:DescribeUserPool",
+    },
+    "Graphql": {
+        "cognito-idp:AdminGetUser",
+        "cognito-idp:AdminListGroupsForUser",
+        "cognito-idp:AdminAddUserToGroup",
+        "cognito-idp:AdminRemoveUserFromGroup",
+    },
+}
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_api_functions_may_make_exactly_their_cognito_and_queue_calls(templates, code) -> None:
+    template = templates[f"Covenant-{code}-Api"]
+    for function, calls in COGNITO_CALLS.items():
+        statements = _role_statements(template, f"{function}FunctionRole")
+        cognito = [
+            s for s in statements if any(a.startswith("cognito-idp:") for a in _list(s["Action"]))
+        ]
+        assert len(cognito) == 1, function
+        assert set(_list(cognito[0]["Action"])) == calls, function
+        # On the one user pool (its ARN, a cross-region reference outside the primary).
+        pool = json.dumps(cognito[0]["Resource"])
+        assert "UsersPool" in pool and "Arn" in pool and "*" not in pool, function
+        send = [s for s in statements if "sqs:SendMessage" in _list(s["Action"])]
+        assert len(send) == 1 and _list(send[0]["Action"]) == ["sqs:SendMessage"], function
+        queue = json.dumps(send[0]["Resource"])
+        assert f":sqs:{PRIMARY.aws_region}:" in queue and '":covenant-outbox-wakeup"' in queue
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_every_covenant_function_runs_python_3_14_on_arm64_in_the_vpc(templates) -> None:
+    handlers = {spec.handler for spec in load_functions().values()} | {
+        "migrator.handler.handler",
+        "jetstream.handler.handler",
+    }
+    seen = set()
+    for template in templates.values():
+        for resource in resources(template, "AWS::Lambda::Function").values():
+            props = resource["Properties"]
+            if props.get("Handler") not in handlers:
+                continue  # functions aws-cdk-lib brings (provider framework, kubectl, rotation)
+            seen.add(props["Handler"])
+            assert props["Runtime"] == "python3.14", props["Handler"]
+            assert props["Architectures"] == ["arm64"], props["Handler"]
+            assert props["VpcConfig"]["SubnetIds"], props["Handler"]
+            env = props["Environment"]["Variables"]
+            assert env["POWERTOOLS_LOGGER_LOG_EVENT"] == "false", props["Handler"]
+    assert seen == handlers
 
 
 # -- auth ---------------------------------------------------------------------------------------
@@ -361,6 +439,7 @@ def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failur
     )
     bridge = _function(template, "bridge.handler.handler")
     assert "VpcConfig" in bridge
+    assert bridge["ReservedConcurrentExecutions"] == 3  # covenant:deploy.bridge
     env = bridge["Environment"]["Variables"]
     assert {"NATS_URL", "NATS_SECRET_ARN", "DATABASE_URL"} <= set(env)
 
