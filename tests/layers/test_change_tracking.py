@@ -76,7 +76,7 @@ def _tombstone(session: Session, project_id: str) -> dict | None:
 
 @pytest.fixture
 def own_projects(writer) -> Iterator[Callable[[int, str], list[str]]]:
-    """Creates projects for one test and deletes them (with their tombstones) afterwards."""
+    """Creates projects for one test and deletes them afterwards."""
     created: list[str] = []
 
     def make(count: int, label: str) -> list[str]:
@@ -88,10 +88,8 @@ def own_projects(writer) -> Iterator[Callable[[int, str], list[str]]]:
     if created:
         with UnitOfWork(writer) as uow:
             uow.run("DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=created)
-            uow.run(
-                "DELETE FROM tombstones WHERE table_name = 'projects' AND record_id = ANY(:ids)",
-                ids=created,
-            )
+            # Tombstones stay: deleting them would move the change cursor backwards
+            # under a device that already pulled past them (pruning advances sync_horizon).
 
 
 # ---------------------------------------------------------------------------------------------

@@ -454,7 +454,5 @@ def gql(servers: Any) -> Iterator[GraphQL]:
             session.run(
                 "DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=client.created
             )
-            session.run(
-                "DELETE FROM tombstones WHERE table_name = 'projects' AND record_id = ANY(:ids)",
-                ids=client.created,
-            )
+            # Tombstones stay: deleting them would move the change cursor backwards
+            # under a device that already pulled past them (pruning advances sync_horizon).
