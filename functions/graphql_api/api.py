@@ -21,17 +21,19 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from covenant.config import env, settings
-from covenant.db import record_statements
+from covenant.db import DatabaseUnavailable, reader, record_statements
 from covenant.idempotency import PostgresPersistenceLayer
 from covenant.project_rules import SECTOR_IDS
 from covenant.regions import load_regions
+from covenant.revocation import is_revoked
 from graphql_api import engine, transport
-from graphql_api.auth import InvalidToken, actor_from_event
+from graphql_api.auth import Actor, InvalidToken, actor_from_event
 from graphql_api.context import RequestContext
 from graphql_api.explorer import CovenantExplorer
 from graphql_api.schema import executable_schema
 
 logger = logging.getLogger(__name__)
+SESSION_ENDED = "This session has ended (signed out or role changed): sign in again."
 
 tracer = Tracer()
 prepare = tracer.capture_method(capture_response=False)(engine.prepare)
@@ -130,18 +132,28 @@ def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> di
         }
     except transport.TransportError as error:
         metrics.add_metric("RequestErrors", MetricUnit.Count, 1)
+        refused = transport.error_body(error.message)
+        _count_errors(metrics, refused)
+        metrics.add_metric(
+            "Latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000
+        )
         return transport.response(
-            error.status,
-            transport.error_body(error.message),
-            error.media_type,
-            {**error.headers, **cors},
+            error.status, refused, error.media_type, {**error.headers, **cors}
         )
     status, body = _execute(event, context, request, config, request_id, metrics)
+    _count_errors(metrics, body)
     metrics.add_metric("Latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
     headers = {"Allow": "POST"} if status == 405 else {}
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
     return transport.response(status, body, request.media_type, {**headers, **cors})
+
+
+def _count_errors(metrics: Metrics, body: dict[str, Any]) -> None:
+    """One `Errors<Code>` metric per error the client gets (e.g. ErrorsBadUserInput)."""
+    for error in body.get("errors", []):
+        code = str((error.get("extensions") or {}).get("code", "INTERNAL_SERVER_ERROR"))
+        metrics.add_metric(f"Errors{code.title().replace('_', '')}", MetricUnit.Count, 1)
 
 
 def _execute(
@@ -169,25 +181,28 @@ def _execute(
         return request_error_status, {"errors": failure.errors}
     if prepared.is_mutation and request.method == "GET":
         return 405, transport.error_body("Mutations need POST: GET may only run queries.")
+    if prepared.is_mutation and actor.authenticated:
+        try:
+            signed_out = _signed_out(actor)
+        except DatabaseUnavailable:
+            logger.exception("sign-out check failed")
+            return _unavailable(request, request_id)
+        if signed_out:
+            metrics.add_metric("Unauthorized", MetricUnit.Count, 1)
+            return 401, transport.error_body(SESSION_ENDED, code="UNAUTHENTICATED")
     key = request.headers.get("idempotency-key")
+    request_context = RequestContext(
+        actor=actor,
+        region=settings().region,
+        request_id=request_id,
+        regions=load_regions(),
+        writes=prepared.is_mutation,
+    )
 
     def execute() -> dict[str, Any]:
-        request_context = RequestContext(
-            actor=actor,
-            region=settings().region,
-            request_id=request_id,
-            regions=load_regions(),
-            writes=prepared.is_mutation,
-        )
         with record_statements() as statements:
             body = execute_operation(schema, prepared, request_context, request_id)
         metrics.add_metric("SqlStatements", MetricUnit.Count, len(statements))
-        for error in body.get("errors", []):
-            metrics.add_metric(
-                f"Errors{error['extensions']['code'].title().replace('_', '')}",
-                MetricUnit.Count,
-                1,
-            )
         return body
 
     if not (prepared.is_mutation and key):
@@ -197,7 +212,28 @@ def _execute(
             "Idempotency-Key must be 8 to 128 characters of A-Z a-z 0-9 . _ : -",
             field="Idempotency-Key",
         )
-    return _idempotent(context, actor.sub or "anonymous", key, request, execute, request_id)
+    return _idempotent(
+        context, actor.sub or "anonymous", key, request, execute, request_context, request_id
+    )
+
+
+def _signed_out(actor: Actor) -> bool:
+    """Whether the token predates the user's last sign-out everywhere or role change
+    (covenant.revocation). Only writes ask: a read needs no token, so a stale one reads what
+    anyone may. Asked of the local reader, as the mobile endpoints ask: the writer may be a
+    region away, and a sign-out reaches the replica within its lag (about a second)."""
+    with reader().session() as session:
+        return is_revoked(session, actor)
+
+
+def _unavailable(request: transport.GraphQLRequest, request_id: str) -> tuple[int, dict[str, Any]]:
+    # An answer without `data`: graphql-response+json needs a 4xx or 5xx status for it.
+    status = 503 if request.media_type == transport.GRAPHQL_RESPONSE else 200
+    return status, transport.error_body(
+        f"The database is unavailable; retry shortly. Request id: {request_id}",
+        code="INTERNAL_SERVER_ERROR",
+        requestId=request_id,
+    )
 
 
 class _NotReplayable(Exception):
@@ -214,6 +250,7 @@ def _idempotent(
     key: str,
     request: transport.GraphQLRequest,
     execute: Any,
+    request_context: RequestContext,
     request_id: str,
 ) -> tuple[int, dict[str, Any]]:
     idempotency_config.register_lambda_context(context)
@@ -228,7 +265,12 @@ def _idempotent(
     )
     def run_once(call: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = execute()
-        if any(e["extensions"]["code"] == "INTERNAL_SERVER_ERROR" for e in body.get("errors", [])):
+        internal = any(
+            e["extensions"]["code"] == "INTERNAL_SERVER_ERROR" for e in body.get("errors", [])
+        )
+        # Once a write has committed, running the request again would repeat it: the answer
+        # is kept, internal error and all.
+        if internal and not request_context.committed_writes:
             raise _NotReplayable(body)
         return body
 
@@ -243,11 +285,7 @@ def _idempotent(
         )
     except (IdempotencyPersistenceLayerError, IdempotencyInconsistentStateError):
         logger.exception("idempotency store unavailable")
-        return 200, transport.error_body(
-            f"The database is unavailable; retry shortly. Request id: {request_id}",
-            code="INTERNAL_SERVER_ERROR",
-            requestId=request_id,
-        )
+        return _unavailable(request, request_id)
     except IdempotencyAlreadyInProgressError:
         return 409, transport.error_body(
             "A request with this Idempotency-Key is still running; retry in a moment.",

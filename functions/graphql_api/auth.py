@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from covenant.identity import claims_of, parse_groups
+from covenant.identity import claims_of, issued_at, parse_groups
 from graphql_api.errors import Forbidden, Unauthenticated
 
 
@@ -24,6 +24,7 @@ class Actor:
     username: str | None
     email: str | None  # ID tokens carry it; access tokens only the username
     groups: frozenset[str]
+    issued_at: int | None = None  # the token's `iat`: a sign-out refuses older tokens
 
     @property
     def authenticated(self) -> bool:
@@ -78,4 +79,5 @@ def actor_from_event(event: Mapping[str, Any]) -> Actor:
         username=claims.get("username") or claims.get("cognito:username"),
         email=claims.get("email"),
         groups=parse_groups(claims.get("cognito:groups")),
+        issued_at=issued_at(claims),
     )

@@ -25,6 +25,7 @@ class RequestContext:
     request_id: str
     regions: tuple[Region, ...]
     writes: bool = False  # a mutation: read from the writer too, so a client sees its write
+    committed_writes: int = 0  # transactions committed so far: a retry must not repeat them
     _session: Session | None = None
     _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 import covenant.snapstart  # noqa: F401 - registers the SnapStart hooks: no connection in a snapshot
@@ -15,12 +16,21 @@ from graphql_api.schema import executable_schema
 logger = Logger(service="graphql")
 tracer = Tracer(service="graphql")
 metrics = Metrics(namespace="Covenant", service="graphql")
+# The modules log through `logging.getLogger(__name__)` ("graphql_api.*"): give them this
+# logger's handler, so that each line is JSON with the correlation id. (Left to the root
+# logger, they would also be dropped in Lambda: Powertools filters the root handlers for
+# records whose logger name contains the service name, and "graphql_api" does.)
+copy_config_to_registered_loggers(source_logger=logger, include={"graphql_api"})
 
 executable_schema()  # built at init (and before a SnapStart snapshot), never per request
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
+# The event (its Authorization header) and the answer never reach a log or a trace, whatever
+# the POWERTOOLS_* variables say.
+@logger.inject_lambda_context(
+    correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False
+)
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return serve(event, context, metrics)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from functools import cache
+from collections.abc import Callable
+from functools import cache, wraps
 from pathlib import Path
+from typing import Any
 
 from ariadne import load_schema_from_path, make_executable_schema
+from aws_lambda_powertools import Tracer
 from graphql import GraphQLSchema
 
 from graphql_api.executor import bind_row_keys
@@ -18,6 +21,7 @@ from graphql_api.resolvers.scalars import date_time, money
 from graphql_api.resolvers.types import TYPES
 
 SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
+tracer = Tracer()
 _CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -45,4 +49,29 @@ def executable_schema() -> GraphQLSchema:
         convert_names_case=snake_case,
     )
     bind_row_keys(schema, row_key)
+    _trace_root_fields(schema)
     return schema
+
+
+def _trace_root_fields(schema: GraphQLSchema) -> None:
+    """An X-Ray subsegment per query and mutation field, around the SQL subsegments of the
+    repository. Nested fields are not wrapped: they run once per row,
+    and the statements they cause (one per list level) have subsegments of their own."""
+    for root in (schema.query_type, schema.mutation_type):
+        for field in root.fields.values() if root else ():
+            if callable(field.resolve) and hasattr(field.resolve, "__name__"):
+                field.resolve = _traced(field.resolve)
+
+
+def _traced(resolve: Callable[..., Any]) -> Callable[..., Any]:
+    # Not tracer.capture_method: that also logs every exception, and a BAD_USER_INPUT or a
+    # FORBIDDEN is the client's answer, not an error of the function. The subsegment still
+    # records the exception.
+    name = f"## {resolve.__module__}.{resolve.__qualname__}"  # as Powertools names them
+
+    @wraps(resolve)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with tracer.provider.in_subsegment(name=name):
+            return resolve(*args, **kwargs)
+
+    return traced

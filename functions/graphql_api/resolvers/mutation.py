@@ -16,6 +16,7 @@ from pg8000.exceptions import DatabaseError
 from covenant import db
 from covenant.db import Row, sqlstate
 from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
+from covenant.revocation import revoke_tokens
 from covenant.uow import UnitOfWork
 from graphql_api import repository, users
 from graphql_api.context import Info, RequestContext, context_of, mark_siblings
@@ -118,12 +119,20 @@ def _writing(info: Info) -> RequestContext:
     return context
 
 
+@contextmanager
+def _transaction(context: RequestContext) -> Iterator[UnitOfWork]:
+    """The mutation's unit of work; the request counts its commit (see api._idempotent)."""
+    with UnitOfWork() as uow:
+        yield uow
+    context.committed_writes += 1
+
+
 @mutation.field("createProject")
 def resolve_create_project(_: Any, info: Info, input: dict[str, Any]) -> Row:
     context = _writing(info)
     context.actor.require("editor", "admin")
     values = project_changes(input)
-    with database_rules(values), UnitOfWork() as uow:
+    with database_rules(values), _transaction(context) as uow:
         columns = [f for f in PROJECT_FIELDS if f in values]
         row = uow.one(
             f"INSERT INTO projects AS p (id, {', '.join(columns)}) VALUES (gen_random_uuid(), "
@@ -151,7 +160,7 @@ def resolve_update_project(
     if not values:
         raise BadUserInput("input", "give at least one field to change")
     expected = check_expected_version(expected_version)
-    with database_rules(values), UnitOfWork() as uow:
+    with database_rules(values), _transaction(context) as uow:
         written = repository.update_row(
             uow, PROJECTS, project_id, _assignments(values, _PROJECT_CASTS), values, expected
         )
@@ -175,7 +184,7 @@ def resolve_delete_project(
     context.actor.require("editor", "admin")
     project_id = check_project_id(id)
     expected = check_expected_version(expected_version)
-    with UnitOfWork() as uow:
+    with _transaction(context) as uow:
         deleted = repository.delete_row(uow, PROJECTS, project_id, expected)
         if deleted is None:
             raise _missing_or_stale(uow, PROJECTS, "Project", project_id, expected)
@@ -191,7 +200,7 @@ def resolve_create_country(_: Any, info: Info, input: dict[str, Any]) -> Row:
     values = country_changes(input, context.region_codes)
     if values.get("covenant_status", "pending") != "pending":
         values.setdefault("joined_at", datetime.now(UTC))
-    with database_rules(values), UnitOfWork() as uow:
+    with database_rules(values), _transaction(context) as uow:
         columns = [f for f in COUNTRY_FIELDS if f in values]
         row = uow.one(
             f"INSERT INTO countries AS c (code, {', '.join(columns)}) "
@@ -225,7 +234,7 @@ def resolve_update_country(
     if values.get("covenant_status", "pending") != "pending" and "joined_at" not in values:
         # A country that becomes a member joins now, unless it joined before.
         assignments["joined_at"] = "COALESCE(old.joined_at, now())"
-    with database_rules(values), UnitOfWork() as uow:
+    with database_rules(values), _transaction(context) as uow:
         written = repository.update_row(uow, COUNTRIES, key, assignments, values, expected)
         if written is None:
             raise _missing_or_stale(uow, COUNTRIES, "Country", key, expected)
@@ -262,7 +271,7 @@ def resolve_set_user_role(_: Any, info: Info, input: dict[str, Any]) -> dict[str
     try:
         # The audit event is written first but commits only once Cognito has made the change:
         # a failed call rolls it back, so no event ever records a change that did not happen.
-        with UnitOfWork() as uow:
+        with _transaction(context) as uow:
             uow.run(
                 "SELECT pg_advisory_xact_lock(CAST(:space AS integer), hashtext(:sub))",
                 space=_ROLE_LOCK_SPACE,
@@ -272,6 +281,9 @@ def resolve_set_user_role(_: Any, info: Info, input: dict[str, Any]) -> dict[str
             if before == {role}:
                 return _role_change(user, role, before, changed=False)
             event_id = emit_role_change(uow, context, user.describe(), sorted(before), [role])
+            # The user's tokens carry the old groups: refuse them, so the new role holds at
+            # once (the app refreshes and gets the new groups; a demoted editor stops writing).
+            revoke_tokens(uow, user.sub)
             applied = users.set_role(directory, user, role, before)
     except Exception:
         if applied and event_id is not None:  # Cognito changed; did the event commit?

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,3 +122,13 @@ def gql(servers: Any) -> Callable[..., Reply]:
         )
 
     return run
+
+
+@pytest.fixture
+def log_lines(monkeypatch) -> Callable[[], list[dict[str, Any]]]:
+    """What the function logs, as the JSON lines its Powertools logger writes (in Lambda,
+    to CloudWatch): log_lines() returns the lines written so far in this test."""
+    module = importlib.import_module(get_function("graphql").handler.rpartition(".")[0])
+    stream = io.StringIO()
+    monkeypatch.setattr(module.logger.logger_handler, "stream", stream)
+    return lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line]

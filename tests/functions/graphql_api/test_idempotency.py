@@ -66,8 +66,12 @@ def _outbox_subjects(project_id: str) -> list[str]:
 
 
 def _executed(reply) -> bool:
-    """Whether the invocation ran the resolver (any statement beyond the idempotency store)."""
-    return any("idempotency_records" not in sql for sql in reply.statements)
+    """Whether the invocation ran the resolver (any statement beyond the idempotency store and
+    the caller's sign-out check, which every authenticated mutation passes first)."""
+    return any(
+        "idempotency_records" not in sql and "token_revocations" not in sql
+        for sql in reply.statements
+    )
 
 
 @pytest.fixture
@@ -83,10 +87,8 @@ def name(servers) -> Iterator[str]:
             )
         ]
         session.run("DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids)
-        session.run(
-            "DELETE FROM tombstones WHERE table_name = 'projects' AND record_id = ANY(:ids)",
-            ids=ids,
-        )
+        # Tombstones stay: deleting them would move the change cursor backwards
+        # under a device that already pulled past them (pruning advances sync_horizon).
 
 
 @pytest.fixture
@@ -305,6 +307,28 @@ def test_an_internal_error_is_not_replayed(create, name, monkeypatch) -> None:
     assert _project_ids(name) == [retry.data["createProject"]["id"]]
 
 
+def test_an_internal_error_after_the_write_committed_is_replayed(create, name, monkeypatch) -> None:
+    """The project is written, then reading its country for the answer fails: running the
+    request again would write it twice, so the retry gets the first answer instead."""
+    import graphql_api.repository as repository
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("replica gone")
+
+    key = _key()
+    with monkeypatch.context() as patch:
+        patch.setattr(repository, "countries_by_code", broken)
+        failed = create(name, key)
+    assert failed.status == 200
+    assert failed.codes == ["INTERNAL_SERVER_ERROR"]
+    (written,) = _project_ids(name)
+    assert _outbox_subjects(written) == ["covenant.projects.created", "audit.projects.created"]
+    retry = create(name, key)
+    assert (retry.status, retry.body) == (failed.status, failed.body)
+    assert not _executed(retry), retry.statements
+    assert _project_ids(name) == [written]
+
+
 def test_a_retry_in_another_region_replays(create, name, monkeypatch) -> None:
     """Deployed, each region's Lambda has its own name; Powertools reads it from os.environ."""
     key = _key()
@@ -328,6 +352,11 @@ def test_an_unavailable_idempotency_store_is_a_graphql_error(create, name, gql) 
             "DB_CONNECT_TIMEOUT_S": "1",
         },
     )
+    # Nothing was executed, so the answer has no `data`: a 5xx under graphql-response+json.
+    assert reply.status == 503
+    assert reply.headers["Content-Type"] == GRAPHQL_RESPONSE
+    assert "data" not in reply.body
     assert reply.codes == ["INTERNAL_SERVER_ERROR"]
     assert "retry" in reply.errors[0]["message"]
     assert "127.0.0.1" not in str(reply.body)
+    assert _project_ids(name) == []

@@ -4,6 +4,8 @@ asked for, and an audit event records who changed what, only when the change hap
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -134,8 +136,9 @@ def test_an_admin_changes_a_role_and_the_audit_event_names_everyone(set_role, po
     assert data["user"] == {"sub": reader, "username": reader, "email": "reader@covenant.test"}
     assert data["changes"] == {"roles": {"from": ["viewer"], "to": ["editor"]}}
     assert data["requestId"]
-    # A mutation's statements: BEGIN, the per-user lock, the outbox row, COMMIT.
-    assert len(reply.statements) == 4, reply.statements
+    # The statements: the caller's sign-out check; then BEGIN, the per-user lock, the outbox
+    # row, the revocation of the user's older tokens, COMMIT.
+    assert len(reply.statements) == 6, reply.statements
 
 
 def test_the_user_ends_with_exactly_the_role_asked_for(set_role, pool) -> None:
@@ -155,6 +158,37 @@ def test_asking_for_the_role_a_user_has_changes_and_records_nothing(set_role, po
     assert reply.data["setUserRole"]["previousRoles"] == ["EDITOR"]
     assert pool.roles("pen@covenant.test") == ["editor"]
     assert _audit_events(pool.subs["pen@covenant.test"]) == []
+
+
+def test_a_demoted_editor_old_token_stops_writing_at_once(
+    gql, set_role, pool, wait_for_replica
+) -> None:
+    """Tokens carry the groups they were issued with: a role change refuses the older ones,
+    so an editor made viewer cannot keep writing until the token expires."""
+    delete = "mutation ($id: ID!) { deleteProject(id: $id) { id } }"
+    old = pool.claims("pen@covenant.test", "editor") | {"iat": str(int(time.time()) - 5)}
+    before = gql(delete, {"id": str(uuid.uuid4())}, claims=old)
+    assert before.codes == ["NOT_FOUND"], before.body  # the editor may delete
+    assert set_role("pen@covenant.test", "VIEWER").data["setUserRole"]["changed"] is True
+    wait_for_replica()  # the check reads the local replica, as a region's function does
+    after = gql(delete, {"id": str(uuid.uuid4())}, claims=old)
+    assert (after.status, after.codes) == (401, ["UNAUTHENTICATED"]), after.body
+    # The refreshed token (issued after the change) carries the new group, and is refused
+    # for what a viewer may not do.
+    fresh = pool.claims("pen@covenant.test", "viewer") | {"iat": str(int(time.time()) + 1)}
+    refreshed = gql(delete, {"id": str(uuid.uuid4())}, claims=fresh)
+    assert (refreshed.status, refreshed.codes) == (200, ["FORBIDDEN"]), refreshed.body
+
+
+def test_a_role_left_as_it_was_revokes_nothing(gql, set_role, pool) -> None:
+    assert set_role("pen@covenant.test", "EDITOR").data["setUserRole"]["changed"] is False
+    old = pool.claims("pen@covenant.test", "editor") | {"iat": str(int(time.time()) - 5)}
+    reply = gql(
+        "mutation ($id: ID!) { deleteProject(id: $id) { id } }",
+        {"id": str(uuid.uuid4())},
+        claims=old,
+    )
+    assert reply.codes == ["NOT_FOUND"], reply.body
 
 
 def test_an_unknown_user_is_not_found(set_role) -> None:

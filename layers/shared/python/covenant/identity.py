@@ -72,11 +72,13 @@ def caller_from_event(event: Mapping[str, Any]) -> Caller | None:
         email=str(claims["email"]) if claims.get("email") else None,
         groups=parse_groups(claims.get("cognito:groups")),
         token_use=str(claims.get("token_use") or "access"),
-        issued_at=_epoch(claims.get("iat")),
+        issued_at=issued_at(claims),
     )
 
 
-def _epoch(value: Any) -> int | None:
+def issued_at(claims: Mapping[str, Any]) -> int | None:
+    """The token's `iat` in epoch seconds, None when absent or unreadable."""
+    value = claims.get("iat")
     if value is None or isinstance(value, bool):
         return None
     try:

@@ -10,8 +10,9 @@ same second as the sign-out is still accepted, so that signing in again right aw
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from covenant.db import Database, Session, writer
-from covenant.identity import Caller
 
 _RECORD = """
 INSERT INTO token_revocations (sub, revoked_at) VALUES (:sub, now())
@@ -28,12 +29,35 @@ SELECT EXISTS (
 """
 
 
+class Signed(Protocol):
+    """A verified token's subject and issue time (covenant.identity.Caller, GraphQL's Actor)."""
+
+    @property
+    def sub(self) -> str | None: ...
+
+    @property
+    def issued_at(self) -> int | None: ...
+
+
+class _Statements(Protocol):
+    def run(self, sql: str, **params: Any) -> list[list[Any]]: ...
+
+
 def record_sign_out(sub: str, database: Database | None = None) -> None:
     with (database or writer()).session() as session:
-        session.run(_RECORD, sub=sub)
+        revoke_tokens(session, sub)
 
 
-def is_revoked(session: Session, caller: Caller) -> bool:
+def revoke_tokens(transaction: _Statements, sub: str) -> None:
+    """Refuse every token of `sub` issued before now, inside the caller's transaction (a
+    Session or a UnitOfWork): e.g. with the audit event of a role change, whose old tokens
+    still carry the old groups. Cognito's refresh still works: the next token is newer."""
+    transaction.run(_RECORD, sub=sub)
+
+
+def is_revoked(session: Session, caller: Signed) -> bool:
     """True when the caller's token was issued before the user last signed out everywhere
     (a token without `iat` counts as issued before)."""
+    if caller.sub is None:
+        return False
     return bool(session.scalar(_REVOKED, sub=caller.sub, iat=caller.issued_at))

@@ -1,0 +1,65 @@
+"""Signing out everywhere (POST /auth/logout) ends a token's right to write through GraphQL
+too: API Gateway would still accept the token until it expires, so the function refuses a
+token issued before the user's last sign-out (covenant.revocation)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from covenant.revocation import record_sign_out
+
+DELETE = "mutation ($id: ID!) { deleteProject(id: $id) { id } }"
+READ = "{ sectors { id } }"
+
+
+def _editor(sub: str, issued_at: float) -> dict[str, Any]:
+    # Claims as API Gateway renders them: every value a string.
+    return {"sub": sub, "cognito:groups": "[editor]", "iat": str(int(issued_at))}
+
+
+@pytest.fixture
+def signed_out(writer, wait_for_replica) -> tuple[str, float]:
+    """A user who signed out everywhere just now (a sub no other test uses), as the replica
+    the check reads has seen it."""
+    sub = str(uuid.uuid4())
+    before = time.time() - 5
+    record_sign_out(sub, writer)
+    wait_for_replica()
+    return sub, before
+
+
+def test_a_token_from_before_the_sign_out_cannot_write(gql, signed_out) -> None:
+    sub, before = signed_out
+    reply = gql(DELETE, {"id": str(uuid.uuid4())}, claims=_editor(sub, before))
+    assert reply.status == 401, reply.body
+    assert reply.codes == ["UNAUTHENTICATED"]
+    assert "sign in again" in reply.errors[0]["message"]
+    assert reply.headers.get("WWW-Authenticate", "").startswith("Bearer")
+    # Refused before the operation ran: the only statement is the check itself.
+    assert len(reply.statements) == 1, reply.statements
+
+
+def test_a_token_issued_after_the_sign_out_writes(gql, signed_out) -> None:
+    sub, _ = signed_out
+    reply = gql(DELETE, {"id": str(uuid.uuid4())}, claims=_editor(sub, time.time() + 1))
+    assert reply.status == 200, reply.body
+    assert reply.codes == ["NOT_FOUND"]  # past the check: the resolver looked for the project
+
+
+def test_a_signed_out_token_still_reads_what_anyone_may(gql, signed_out) -> None:
+    sub, before = signed_out
+    reply = gql(READ, claims=_editor(sub, before))
+    assert reply.status == 200 and not reply.errors, reply.body
+    assert len(reply.data["sectors"]) == 6
+
+
+def test_a_token_without_iat_counts_as_older_than_the_sign_out(gql, signed_out) -> None:
+    sub, _ = signed_out
+    reply = gql(
+        DELETE, {"id": str(uuid.uuid4())}, claims={"sub": sub, "cognito:groups": "[editor]"}
+    )
+    assert reply.status == 401 and reply.codes == ["UNAUTHENTICATED"], reply.body
