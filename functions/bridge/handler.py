@@ -16,6 +16,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bridge.service import run_bridge
+from covenant.logs import adopt_shared_logs
 
 logger = Logger(service="bridge")
 tracer = Tracer(service="bridge")
@@ -26,4 +27,5 @@ metrics = Metrics(namespace="Covenant", service="bridge")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    adopt_shared_logs(logger)
     return run_bridge(event, context, metrics)

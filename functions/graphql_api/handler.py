@@ -10,6 +10,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 import covenant.snapstart  # noqa: F401 - registers the SnapStart hooks: no connection in a snapshot
+from covenant.logs import adopt_shared_logs
 from graphql_api.api import serve
 from graphql_api.schema import executable_schema
 
@@ -33,4 +34,5 @@ executable_schema()  # built at init (and before a SnapStart snapshot), never pe
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    adopt_shared_logs(logger)
     return serve(event, context, metrics)

@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from covenant import streams
 from covenant.config import env
+from covenant.logs import adopt_shared_logs
 
 logger = Logger(service="jetstream")
 metrics = Metrics(namespace="Covenant", service="jetstream")
@@ -38,6 +39,7 @@ class TopologyRefused(RuntimeError):
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    adopt_shared_logs(logger)
     if "RequestType" in event:
         return on_deploy(event, context)
     return probe()

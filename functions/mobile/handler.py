@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from covenant.config import settings
 from covenant.db import DatabaseUnavailable, reader
 from covenant.identity import Caller, caller_from_event
+from covenant.logs import adopt_shared_logs
 from covenant.regions import region_codes
 from covenant.revocation import is_revoked
 from mobile.auth import service as auth
@@ -157,6 +158,7 @@ def not_found(_: Exception) -> Response[Any]:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    adopt_shared_logs(logger)
     metrics.add_metric("Requests", MetricUnit.Count, 1)
     return app.resolve(event, context)
 

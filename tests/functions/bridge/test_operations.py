@@ -3,8 +3,9 @@ settings from Secrets Manager, and the wake-up a mutation sends after its commit
 
 from __future__ import annotations
 
+import importlib
+import io
 import json
-import logging
 import urllib.request
 from collections import Counter
 
@@ -183,14 +184,18 @@ def test_a_mutation_wakes_the_bridge_naming_both_its_events(
 
 
 def test_a_mutation_succeeds_when_its_wakeup_cannot_be_sent(
-    bridge_env, gql, wakeup_clients, caplog
+    bridge_env, gql, wakeup_clients, monkeypatch
 ) -> None:
     missing = "https://sqs.us-east-1.amazonaws.com/123456789012/covenant-no-such-queue"
-    with mock_aws(), caplog.at_level(logging.WARNING, logger="covenant.wakeup"):
+    graphql_handler = importlib.import_module("graphql_api.handler")
+    logged = io.StringIO()  # what the GraphQL function writes to CloudWatch
+    monkeypatch.setattr(graphql_handler.logger.logger_handler, "stream", logged)
+    with mock_aws():
         project = gql.create_project("Unheard Grid", OUTBOX_WAKEUP_QUEUE_URL=missing)
-    assert [r.getMessage() for r in caplog.records if r.name == "covenant.wakeup"] == [
-        "outbox wake-up not sent; the sweep will publish the events"
-    ]
+    lines = [json.loads(line) for line in logged.getvalue().splitlines()]
+    assert [
+        (line["service"], line["message"]) for line in lines if line["name"] == "covenant.wakeup"
+    ] == [("graphql", "outbox wake-up not sent; the sweep will publish the events")]
     events = bridge_env.events_of([project])
     assert len(events) == 2
     # The sweep publishes what no wake-up announced.

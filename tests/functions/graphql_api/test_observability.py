@@ -129,3 +129,37 @@ def test_resolvers_and_sql_run_in_subsegments(gql, monkeypatch) -> None:
     )
     assert created.codes == ["BAD_USER_INPUT"]  # nothing written
     assert "## graphql_api.resolvers.mutation.resolve_create_project" in opened
+
+
+def test_the_shared_layer_logs_as_the_function_with_the_correlation_id(
+    gql, log_lines, monkeypatch
+) -> None:
+    """A covenant.* line (here: the outbox wake-up that could not be sent) is the function's
+    JSON, not a plain root-logger line without the request it belongs to."""
+    from covenant import db, wakeup
+
+    from .conftest import EVENT
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no route to SQS")
+
+    monkeypatch.setattr(wakeup.aws, "client", unreachable)
+    create = (
+        'mutation { createProject(input: {name: "Logged Wakeup Grid", sectorId: "energy", '
+        'countryCode: "KEN", budgetUsd: 1000}) { id } }'
+    )
+    reply = gql(
+        create,
+        claims=EDITOR,
+        environment={"OUTBOX_WAKEUP_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/q"},
+    )
+    try:
+        assert not reply.errors, reply.body
+        [line] = [entry for entry in log_lines() if entry.get("name") == "covenant.wakeup"]
+        assert line["service"] == "graphql"
+        assert line["level"] == "WARNING"
+        assert line["message"] == "outbox wake-up not sent; the sweep will publish the events"
+        assert line["correlation_id"] == EVENT["requestContext"]["requestId"]
+    finally:
+        with db.writer().session() as session:
+            session.run("DELETE FROM projects WHERE name = 'Logged Wakeup Grid'")
