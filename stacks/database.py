@@ -32,10 +32,10 @@ from constructs import Construct
 
 from covenant.regions import Region, regions_as_json
 from stacks.functions import CovenantFunction, base_environment, log_retention
-from stacks.layers import REPO_ROOT, SharedLayers
+from stacks.layers import SharedLayers
 from stacks.nag import acknowledge, acknowledge_provider_framework, managed_policy
 from stacks.network import POSTGRES_PORT, RegionalNetwork
-from stacks.settings import AppSettings, DatabaseSettings
+from stacks.settings import REPO_ROOT, AppSettings, DatabaseSettings
 
 # The Lambda functions that use the database, each as its own IAM-authenticated login role.
 DATABASE_FUNCTIONS = ("graphql", "mobile", "bridge")
@@ -328,7 +328,7 @@ class Migrations(Construct):
         assert database.secret is not None
         groups = network.security_groups
         assert groups.migrator is not None
-        layers = SharedLayers(self, "Layers")
+        layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
         self.function = CovenantFunction(
             self,
             "Migrator",
@@ -342,6 +342,7 @@ class Migrations(Construct):
                 **base_environment(service="migrator", region=region, settings=settings),
                 "DATABASE_SECRET_ARN": database.secret.secret_arn,
                 "DATABASE_LOGIN_USERS": ",".join(database_user(f) for f in DATABASE_FUNCTIONS),
+                "DATABASE_TLS": settings.database.tls_query,
             },
             vpc=network.vpc,
             subnets=network.function_subnets,

@@ -39,10 +39,10 @@ from covenant.regions import Region
 from covenant.topology import FunctionSpec
 from stacks.database import database_user
 from stacks.functions import CovenantFunction, base_environment, log_retention
-from stacks.layers import REPO_ROOT, SharedLayers
+from stacks.layers import SharedLayers
 from stacks.nag import acknowledge, acknowledge_provider_framework, logical_id, managed_policy
 from stacks.network import NATS_PORT, RegionalNetwork
-from stacks.settings import AppSettings
+from stacks.settings import REPO_ROOT, AppSettings
 
 NATS_NAMESPACE = "nats"
 NATS_SERVICE = "nats"
@@ -506,7 +506,7 @@ class EventsStack(Stack):
             bridge_secret=self.bridge_secret,
             admin_secret=self.admin_secret,
         )
-        layers = SharedLayers(self, "Layers")
+        layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
         bridge_spec: FunctionSpec = settings.functions["bridge"]
         bridge_deploy = settings.deploy_settings("bridge")
         self.wakeup = WakeupQueue(
@@ -514,7 +514,7 @@ class EventsStack(Stack):
         )
         database_url = (
             f"postgresql://{database_user('bridge')}@{writer_host}:5432/"
-            f"{settings.database.database_name}?sslmode=require&auth=iam"
+            f"{settings.database.database_name}?{settings.database.tls_query}&auth=iam"
         )
         self.bridge = CovenantFunction(
             self,

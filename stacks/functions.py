@@ -17,9 +17,9 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from covenant.regions import Region, regions_as_json
-from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME, REPO_ROOT
+from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from stacks.nag import acknowledge
-from stacks.settings import AppSettings, DeploySettings
+from stacks.settings import REPO_ROOT, AppSettings, DeploySettings
 
 _RETENTION = {
     1: logs.RetentionDays.ONE_DAY,

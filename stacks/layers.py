@@ -1,5 +1,6 @@
-"""The two Lambda layers: the shared code (layers/shared) and the third-party dependencies,
-built at synth time by pip for the Lambda platform (no Docker), cached by their pins.
+"""The Lambda layers: the shared code (layers/shared) and the third-party dependencies,
+built at synth time by pip for the Lambda platform (no Docker), cached by their pins; and, when
+cdk.json names one, the CA bundle that verifies the database's certificates.
 
 Reproducible: pyproject.toml pins what the functions import, and `lambda-requirements.lock`
 (beside this file) pins every package pip resolves for Lambda's Python on arm64, transitive ones
@@ -17,12 +18,14 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from aws_cdk import Annotations
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from stacks.settings import DATABASE_CA_FILE, REPO_ROOT
+
 BUILD_DIR = REPO_ROOT / ".local" / "build"
 LAMBDA_PYTHON = "3.14"
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -134,11 +137,45 @@ def build_dependencies(requirements: list[str]) -> Path:
     return target
 
 
-class SharedLayers(Construct):
-    """Both layers in one region; functions take `layers`."""
+def build_ca_layer(bundle: Path) -> Path:
+    """A folder laid out as a layer holding the database CA bundle at DATABASE_CA_FILE."""
+    pem = bundle.read_bytes()
+    target = BUILD_DIR / f"database-ca-{hashlib.sha256(pem).hexdigest()[:16]}"
+    placed = target / PurePosixPath(DATABASE_CA_FILE).relative_to("/opt")
+    if not placed.exists() or placed.read_bytes() != pem:
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        placed.write_bytes(pem)
+    return target
 
-    def __init__(self, scope: Construct, construct_id: str) -> None:
+
+def warn_if_database_unverified(scope: Construct, ca_bundle: Path | None) -> None:
+    """One synth warning (on the construct given: the app puts it on the primary's Data
+    stack) when the functions will not verify the database's certificate."""
+    if ca_bundle is None:
+        Annotations.of(scope).add_warning_v2(
+            "covenant:database-tls-unverified",
+            "covenant:database has no caBundle: database connections are encrypted "
+            "(sslmode=require) but the server certificate is not verified. Set caBundle "
+            "to AWS's RDS global bundle (docs/deploy.md).",
+        )
+
+
+class SharedLayers(Construct):
+    """The layers of one region (shared code, dependencies, and the database CA bundle when
+    configured); functions take `layers`."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, ca_bundle: Path | None) -> None:
         super().__init__(scope, construct_id)
+        self.database_ca: lambda_.ILayerVersion | None = None
+        if ca_bundle is not None:
+            self.database_ca = lambda_.LayerVersion(
+                self,
+                "DatabaseCa",
+                code=lambda_.Code.from_asset(str(build_ca_layer(ca_bundle))),
+                compatible_runtimes=[LAMBDA_RUNTIME],
+                compatible_architectures=[LAMBDA_ARCHITECTURE],
+                description="CA bundle that verifies the Aurora servers' certificates",
+            )
         self.shared = lambda_.LayerVersion(
             self,
             "SharedCode",
@@ -162,7 +199,8 @@ class SharedLayers(Construct):
 
     @property
     def layers(self) -> list[lambda_.ILayerVersion]:
-        return [self.dependencies, self.shared]
+        extra = [self.database_ca] if self.database_ca is not None else []
+        return [self.dependencies, self.shared, *extra]
 
 
 if __name__ == "__main__":

@@ -92,9 +92,9 @@ class DatabaseEndpoints:
         self.reader_host = reader_host
         self.cluster_resource_id = cluster_resource_id
 
-    def url(self, *, host: str, user: str, database: str) -> str:
+    def url(self, *, host: str, user: str, database: str, tls: str) -> str:
         # IAM authentication (`auth=iam`): no password anywhere, a 15-minute token per connect.
-        return f"postgresql://{user}@{host}:5432/{database}?sslmode=require&auth=iam"
+        return f"postgresql://{user}@{host}:5432/{database}?{tls}&auth=iam"
 
 
 def _access_log_format() -> apigw_v1.AccessLogFormat:
@@ -156,7 +156,7 @@ class RegionalApiStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.region_config = region
-        layers = SharedLayers(self, "Layers")
+        layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
         cors_origins = list(settings.cors_allowed_origins)
         self.api = apigw.HttpApi(
             self,
@@ -229,11 +229,14 @@ class RegionalApiStack(Stack):
     ) -> CovenantFunction:
         user = database_user(name)
         db_name = settings.database.database_name
+        tls = settings.database.tls_query
         environment = {
             **base_environment(service=name, region=region, settings=settings),
-            "DATABASE_URL": database.url(host=database.writer_host, user=user, database=db_name),
+            "DATABASE_URL": database.url(
+                host=database.writer_host, user=user, database=db_name, tls=tls
+            ),
             "DATABASE_READER_URL": database.url(
-                host=database.reader_host, user=user, database=db_name
+                host=database.reader_host, user=user, database=db_name, tls=tls
             ),
             "DB_STATEMENT_TIMEOUT_MS": str(settings.database.statement_timeout_ms),
             "COGNITO_USER_POOL_ID": user_pool.pool_id,

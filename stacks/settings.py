@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from constructs import Node
@@ -20,9 +21,27 @@ from covenant.regions import Region, parse_regions
 from covenant.topology import CONTEXT_KEY as FUNCTIONS_KEY
 from covenant.topology import FunctionSpec, parse_functions
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where the database CA layer puts the bundle in a function (layers unpack under /opt).
+DATABASE_CA_FILE = "/opt/database-ca/bundle.pem"
+
 
 class SettingsError(ValueError):
     """The cdk.json context is missing a value or holds a malformed one."""
+
+
+def _ca_bundle(raw: Any) -> Path | None:
+    if raw in (None, ""):
+        return None
+    path = Path(str(raw))
+    path = path if path.is_absolute() else REPO_ROOT / path
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"covenant:database caBundle {raw!r} cannot be read: {exc}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise SettingsError(f"covenant:database caBundle {raw!r} holds no PEM certificate")
+    return path
 
 
 def _section(node: Node, key: str) -> Mapping[str, Any]:
@@ -57,9 +76,20 @@ class DatabaseSettings:
     backup_retention_days: int
     secret_rotation_days: int
     statement_timeout_ms: int
+    # PEM file of the CAs that sign Aurora's certificates (AWS's RDS global bundle): with it,
+    # every connection verifies the server (verify-full); without it, TLS is only encrypted
+    # (require) and the synth warns. A path, relative to the repository or absolute.
+    ca_bundle: Path | None = None
 
     def cluster_identifier(self, region: Region) -> str:
         return f"{self.cluster_identifier_prefix}-{region.code}"
+
+    @property
+    def tls_query(self) -> str:
+        """The TLS part of every database URL the functions get (covenant.db.ConnectionSpec)."""
+        if self.ca_bundle is None:
+            return "sslmode=require"
+        return f"sslmode=verify-full&sslrootcert={DATABASE_CA_FILE}"
 
 
 @dataclass(frozen=True)
@@ -214,6 +244,7 @@ class AppSettings:
                     backup_retention_days=int(database.get("backupRetentionDays", 14)),
                     secret_rotation_days=int(database.get("secretRotationDays", 30)),
                     statement_timeout_ms=int(database.get("statementTimeoutMs", 5000)),
+                    ca_bundle=_ca_bundle(database.get("caBundle")),
                 ),
                 auth=AuthSettings(
                     user_pool_name=str(auth.get("userPoolName", "covenant")),

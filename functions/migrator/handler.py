@@ -20,10 +20,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from covenant.config import env
 from covenant.db import Database, Role, Session
+from covenant.logs import adopt_shared_logs
 from covenant.migrate import migrate
 from covenant.seed import seed
 
 logger = Logger(service="migrator")
+_TLS = re.compile(r"^sslmode=(require|verify-ca|verify-full)(&sslrootcert=/[\w./-]+)?$")
 
 PHYSICAL_ID = "covenant-migrations"
 APP_ROLE = "covenant_app"
@@ -38,6 +40,7 @@ class MigratorError(RuntimeError):
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    adopt_shared_logs(logger)
     if event["RequestType"] == "Delete":
         return {"PhysicalResourceId": event.get("PhysicalResourceId", PHYSICAL_ID)}
     database = master_database()
@@ -57,6 +60,16 @@ def login_users() -> list[str]:
     return users
 
 
+def database_tls() -> str:
+    """The URL's TLS settings, as the stack sets them (stacks.settings.DatabaseSettings):
+    `sslmode=verify-full&sslrootcert=...` with a CA bundle, else `sslmode=require`. Never
+    weaker than require: the master password travels on this connection."""
+    tls = env("DATABASE_TLS") or "sslmode=require"
+    if not _TLS.match(tls):
+        raise MigratorError(f"DATABASE_TLS must be sslmode=require or stricter, not {tls!r}")
+    return tls
+
+
 def master_database() -> Database:
     secret_arn = env("DATABASE_SECRET_ARN")
     if not secret_arn:
@@ -65,7 +78,7 @@ def master_database() -> Database:
     url = (
         f"postgresql://{quote(str(secret['username']), safe='')}:"
         f"{quote(str(secret['password']), safe='')}@{secret['host']}:{secret.get('port', 5432)}/"
-        f"{quote(str(secret.get('dbname') or 'covenant'), safe='')}?sslmode=require"
+        f"{quote(str(secret.get('dbname') or 'covenant'), safe='')}?{database_tls()}"
     )
     return Database(
         Role.WRITER,

@@ -2,12 +2,14 @@
 of the six regions, cdk-nag's AwsSolutions pack enabled (an unacknowledged finding fails the
 synth, and with it every test here, with the findings in the message).
 
-The custom domain and the alarm e-mail are optional in cdk.json; the tests switch them on so
-their resources are synthesized and checked too.
+The custom domain, the alarm e-mail and the database CA bundle are optional in cdk.json; the
+tests switch them on so their resources are synthesized and checked too (the bundle is a CA
+made for the test: AWS's cannot be fetched offline).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,10 @@ from typing import Any
 import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from app import build_app
 from covenant.regions import cdk_context
@@ -23,11 +29,37 @@ from covenant.regions import cdk_context
 DOMAIN = {"name": "covenant.example.org", "hostedZoneId": "Z0123456789EXAMPLEZONE"}
 
 
-def synth_context() -> dict[str, Any]:
+def make_ca_bundle(path: Path) -> Path:
+    """A self-signed CA certificate in PEM, standing in for AWS's RDS global bundle."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Covenant Test RDS CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def synth_context(ca_bundle: Path) -> dict[str, Any]:
     context = cdk_context()
     context["covenant:domain"] = DOMAIN
     context["covenant:alarmEmail"] = "oncall@example.org"
+    context["covenant:database"] = {**context["covenant:database"], "caBundle": str(ca_bundle)}
     return context
+
+
+@pytest.fixture(scope="session")
+def ca_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_ca_bundle(tmp_path_factory.mktemp("ca") / "rds-test-bundle.pem")
 
 
 def _findings(outdir: Path) -> str:
@@ -43,10 +75,13 @@ def _findings(outdir: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def cloud_assembly(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cdk.cx_api.CloudAssembly]:
+def cloud_assembly(
+    tmp_path_factory: pytest.TempPathFactory, ca_bundle: Path
+) -> Iterator[cdk.cx_api.CloudAssembly]:
     outdir = tmp_path_factory.mktemp("cdk.out")
     try:
-        assembly = build_app(cdk.App(context=synth_context(), outdir=str(outdir))).synth()
+        app = cdk.App(context=synth_context(ca_bundle), outdir=str(outdir))
+        assembly = build_app(app).synth()
     except RuntimeError as exc:
         if "ValidationFailed" not in str(exc):
             raise

@@ -12,6 +12,7 @@ from covenant.regions import load_regions
 from covenant.topology import load_functions
 from stacks.events import BRIDGE_NATS_PERMISSIONS
 from stacks.layers import build_dependencies, locked_versions, runtime_requirements
+from stacks.settings import DATABASE_CA_FILE
 
 from .conftest import DOMAIN, resources
 
@@ -19,6 +20,7 @@ REGIONS = load_regions()
 PRIMARY = next(r for r in REGIONS if r.primary)
 SECONDARIES = [r for r in REGIONS if not r.primary]
 CODES = [r.code for r in REGIONS]
+VERIFIED_TLS = f"sslmode=verify-full&sslrootcert={DATABASE_CA_FILE}"
 
 
 def _only(template: Template, kind: str, **match: Any) -> dict[str, Any]:
@@ -143,6 +145,8 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     migrator = _function(template, "migrator.handler.handler")
     env = migrator["Environment"]["Variables"]
     assert env["DATABASE_LOGIN_USERS"] == "covenant_graphql,covenant_mobile,covenant_bridge"
+    assert env["DATABASE_TLS"] == VERIFIED_TLS
+    assert len(migrator["Layers"]) == 3
     assert "VpcConfig" in migrator
 
 
@@ -218,7 +222,7 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         assert fn["Runtime"] == "python3.14"
         assert fn["Architectures"] == ["arm64"]
         assert fn["TracingConfig"] == {"Mode": "Active"}
-        assert len(fn["Layers"]) == 2
+        assert len(fn["Layers"]) == 3  # dependencies, shared code, database CA bundle
         assert fn["VpcConfig"]["SubnetIds"] and fn["VpcConfig"]["SecurityGroupIds"]
         env = fn["Environment"]["Variables"]
         assert env["COVENANT_REGION"] == code
@@ -228,7 +232,8 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         for variable in ("DATABASE_URL", "DATABASE_READER_URL"):
             url = json.dumps(env[variable])
             assert f"postgresql://covenant_{name}@" in url
-            assert "auth=iam" in url and "sslmode=require" in url
+            # The server's certificate is verified against the bundle's CA, host name included.
+            assert f"?{VERIFIED_TLS}&auth=iam" in url
         assert {"COGNITO_USER_POOL_ID", "COGNITO_CLIENT_ID", "COGNITO_REGION"} <= set(env)
         assert not any(k.startswith("AWS_") for k in env)  # reserved by Lambda
         # Both write outbox events (mutations, sync push) and wake the bridge after commit.
@@ -442,6 +447,7 @@ def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failur
     assert bridge["ReservedConcurrentExecutions"] == 3  # covenant:deploy.bridge
     env = bridge["Environment"]["Variables"]
     assert {"NATS_URL", "NATS_SECRET_ARN", "DATABASE_URL"} <= set(env)
+    assert f"?{VERIFIED_TLS}&auth=iam" in json.dumps(env["DATABASE_URL"])
 
 
 def test_schedules_sweep_the_outbox_and_probe_jetstream(templates) -> None:

@@ -50,3 +50,31 @@ def test_delete_never_touches_the_database(monkeypatch) -> None:
     monkeypatch.setattr(migrator, "master_database", fail)
     event = {"RequestType": "Delete", "PhysicalResourceId": "covenant-migrations"}
     assert migrator.handler(event, _context()) == {"PhysicalResourceId": "covenant-migrations"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (None, "sslmode=require"),
+        (
+            "sslmode=verify-full&sslrootcert=/opt/database-ca/bundle.pem",
+            "sslmode=verify-full&sslrootcert=/opt/database-ca/bundle.pem",
+        ),
+    ],
+)
+def test_the_master_connection_uses_the_stacks_tls_setting(monkeypatch, setting, expected) -> None:
+    if setting is None:
+        monkeypatch.delenv("DATABASE_TLS", raising=False)
+    else:
+        monkeypatch.setenv("DATABASE_TLS", setting)
+    assert migrator.database_tls() == expected
+
+
+@pytest.mark.parametrize(
+    "weaker",
+    ["sslmode=disable", "sslmode=prefer", "sslmode=require&password=x", "sslmode=require "],
+)
+def test_a_tls_setting_weaker_than_require_is_refused(monkeypatch, weaker) -> None:
+    monkeypatch.setenv("DATABASE_TLS", weaker)
+    with pytest.raises(migrator.MigratorError, match="require or stricter"):
+        migrator.database_tls()
