@@ -1094,8 +1094,9 @@ def print_targets(results: list[SizeResult], flags: list[str]) -> None:
             )
         m = result.series["M"]["handler"]
         say(
-            f"  statements/request M  at {result.size:>7,}: {m.stmts} (BEGIN, UPDATE locking the "
-            "row and returning its old values, one outbox INSERT of both events, COMMIT; "
+            f"  statements/request M  at {result.size:>7,}: {m.stmts} (the caller's sign-out "
+            "check on the replica; BEGIN, UPDATE locking the row and returning its old values, "
+            "one outbox INSERT of both events, COMMIT; "
             f"floor {max(result.series['M']['floor'].statements)}): no list, not judged"
         )
     for result in results:
