@@ -17,10 +17,16 @@ from typing import Any
 from graphql import (
     DocumentNode,
     ExecutionResult,
+    FieldNode,
+    FragmentSpreadNode,
     GraphQLError,
     GraphQLSchema,
+    InlineFragmentNode,
     OperationDefinitionNode,
     OperationType,
+    SelectionSetNode,
+    ValidationContext,
+    ValidationRule,
     execute,
     get_operation_ast,
     parse,
@@ -50,6 +56,7 @@ class Limits:
     max_depth: int
     max_cost: int
     max_operations: int
+    max_mutations: int
     introspection: bool
     known_list_sizes: dict[str, int]
 
@@ -58,6 +65,7 @@ class Limits:
             self.max_depth,
             self.max_cost,
             self.max_operations,
+            self.max_mutations,
             self.introspection,
             tuple(sorted(self.known_list_sizes.items())),
         )
@@ -157,6 +165,60 @@ class DocumentCache:
 documents = DocumentCache()
 
 
+def _response_keys(
+    context: ValidationContext, selection_set: SelectionSetNode, visiting: frozenset[str]
+) -> set[str]:
+    """The response keys (alias, else field name) a selection set resolves, with named and
+    inline fragments expanded where they are spread; `__typename` resolves nothing."""
+    keys: set[str] = set()
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            if selection.name.value != "__typename":
+                keys.add((selection.alias or selection.name).value)
+        elif isinstance(selection, InlineFragmentNode):
+            keys |= _response_keys(context, selection.selection_set, visiting)
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = context.get_fragment(name)
+            if fragment is None or name in visiting:
+                continue  # unknown or cyclic: graphql's own rules report it
+            keys |= _response_keys(context, fragment.selection_set, visiting | {name})
+    return keys
+
+
+def mutation_count_rule(max_mutations: int, operation_name: str | None) -> type[ValidationRule]:
+    """At most `max_mutations` root fields in the mutation that will run (the one
+    `operation_name` selects; the document's other operations do not run): each root mutation
+    field is its own transaction, and costs only 1 in the cost rule.
+
+    Fields count by response key, as execution resolves them: aliases each count, fragments
+    count where they are spread, the same key selected twice resolves (and counts) once. A
+    field under `@skip` or `@include` counts: the limit does not depend on variable values."""
+
+    class MutationCount(ValidationRule):
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            if node.operation != OperationType.MUTATION:
+                return
+            if get_operation_ast(self.context.document, operation_name) is not node:
+                return
+            count = len(_response_keys(self.context, node.selection_set, frozenset()))
+            if count > max_mutations:
+                self.report_error(
+                    GraphQLError(
+                        f"The mutation has {count} fields; "
+                        f"at most {max_mutations} run in one request.",
+                        extensions={
+                            "code": "BAD_USER_INPUT",
+                            "limit": "mutations",
+                            "mutations": count,
+                            "maximum": max_mutations,
+                        },
+                    )
+                )
+
+    return MutationCount
+
+
 def _check(schema: GraphQLSchema, query: str, limits: Limits) -> _Checked:
     key = (id(schema), limits.key(), query)
     found = documents.get(key)
@@ -228,6 +290,10 @@ def prepare(
     limit_errors = checked.limit_errors
     if limit_errors is None:
         limit_errors = _limit_errors(schema, document, limits, coerced.coerced)
+    if operation.operation == OperationType.MUTATION:
+        rule = mutation_count_rule(limits.max_mutations, operation_name)
+        too_many = [_formatted(e) for e in validate(schema, document, [rule])]
+        limit_errors = [*limit_errors, *too_many]
     if limit_errors:
         raise RequestErrors(copy.deepcopy(limit_errors))
     return Prepared(document, operation, variables or {})

@@ -1,12 +1,19 @@
-"""Depth, cost and operation-count limits: exact figures, and no way around them."""
+"""Depth, cost, operation-count and mutation-count limits: exact figures, and no way around
+them."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from graphql import parse, validate
 
+from covenant import db
+from graphql_api.engine import mutation_count_rule
 from graphql_api.limits import cost_limit_rule, depth_limit_rule, operation_count_rule
 from graphql_api.schema import executable_schema
+
+from .conftest import EDITOR, Reply
 
 
 def _errors(query: str, *, depth: int = 50, cost: int = 10**9, operations: int = 10, **kw):
@@ -108,3 +115,109 @@ def test_lists_of_known_size_cost_their_size() -> None:
     query = "{ regions { countries(first: 10) { nodes { code } } } }"
     assert _cost(query, known_sizes={"Query.regions": 6}) == 1 + 6 * (1 + 10 * (1 + 1))
     assert _cost(query) == 1 + 50 * (1 + 10 * (1 + 1))  # unknown: the default page size
+
+
+# --- mutations: root fields of the operation that runs -------------------------------------
+
+
+def _mutation_errors(query: str, maximum: int, operation_name: str | None = None) -> list[str]:
+    rule = mutation_count_rule(maximum, operation_name)
+    return [e.message for e in validate(executable_schema(), parse(query), [rule])]
+
+
+def _deletes(count: int, prefix: str = "d") -> str:
+    """Aliased deletes of ids that do not exist: each answers NOT_FOUND and writes nothing."""
+    return " ".join(
+        f'{prefix}{i}: deleteProject(id: "{uuid.uuid4()}") {{ id }}' for i in range(count)
+    )
+
+
+def _too_many(count: int, maximum: int) -> dict:
+    message = f"The mutation has {count} fields; at most {maximum} run in one request."
+    extensions = {"code": "BAD_USER_INPUT", "limit": "mutations", "mutations": count}
+    return {"errors": [{"message": message, "extensions": {**extensions, "maximum": maximum}}]}
+
+
+def _writes(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+
+
+def test_eleven_aliased_mutations_are_refused_before_anything_runs(gql) -> None:
+    name = f"Mutation Limit {uuid.uuid4().hex}"
+    fields = " ".join(f"m{i}: createProject(input: $input) {{ id }}" for i in range(11))
+    document = f"mutation ($input: CreateProjectInput!) {{ {fields} }}"
+    project = {"name": name, "sectorId": "energy", "countryCode": "KEN", "budgetUsd": 1_000}
+    reply = gql(document, {"input": project}, claims=EDITOR)
+    assert reply.status == 400
+    assert reply.headers["Content-Type"] == "application/graphql-response+json; charset=utf-8"
+    assert reply.body == _too_many(11, 10)
+    assert reply.statements == []  # not even the sign-out check: nothing ran
+    with db.writer().session() as session:
+        rows = session.rows("SELECT id FROM projects WHERE name = :name", name=name)
+    assert rows == []
+
+
+def _ran(reply: Reply) -> None:
+    """The mutation was accepted and ran: its first delete answered NOT_FOUND (a failed
+    non-null root field ends a mutation: the fields after it do not run) and wrote nothing."""
+    assert reply.status == 200, reply.body
+    assert reply.codes == ["NOT_FOUND"]
+    assert any("projects" in s for s in reply.statements)
+    assert _writes(reply.statements) == []
+
+
+def test_ten_mutations_run(gql) -> None:
+    _ran(gql(f"mutation {{ {_deletes(10)} }}", claims=EDITOR))
+
+
+def test_fragments_cannot_hide_mutations(gql) -> None:
+    document = f"""
+    mutation {{ __typename ...Two ... on Mutation {{ {_deletes(1, "inline")} }} }}
+    fragment Two on Mutation {{ {_deletes(2, "named")} ...One }}
+    fragment One on Mutation {{ {_deletes(1, "nested")} __typename }}
+    """
+    reply = gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_MUTATIONS": "3"})
+    assert reply.status == 400
+    assert reply.body == _too_many(4, 3)  # `__typename` runs nothing and does not count
+    assert reply.statements == []
+    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_MUTATIONS": "4"}))
+
+
+def test_the_mutation_limit_comes_from_the_environment(gql) -> None:
+    limit = {"GRAPHQL_MAX_MUTATIONS": "2"}
+    reply = gql(f"mutation {{ {_deletes(3)} }}", claims=EDITOR, environment=limit)
+    assert reply.status == 400
+    assert reply.body == _too_many(3, 2)
+    assert reply.statements == []
+    _ran(gql(f"mutation {{ {_deletes(2)} }}", claims=EDITOR, environment=limit))
+
+
+def test_only_the_operation_that_runs_counts(gql) -> None:
+    document = (
+        f"query Read {{ sectors {{ id }} }} "
+        f"mutation Many {{ {_deletes(3)} }} mutation Few {{ {_deletes(1)} }}"
+    )
+    limit = {"GRAPHQL_MAX_MUTATIONS": "2"}
+    _ran(gql(document, operation_name="Few", claims=EDITOR, environment=limit))
+    assert gql(document, operation_name="Read", environment=limit).status == 200
+    many = gql(document, operation_name="Many", claims=EDITOR, environment=limit)
+    assert many.status == 400
+    assert many.body == _too_many(3, 2)
+
+
+def test_mutation_fields_count_by_response_key() -> None:
+    same = 'deleteProject(id: "1") { id }'
+    # One key selected twice (directly or through a fragment) resolves once.
+    twice = f"mutation {{ {same} {same} ...D }} fragment D on Mutation {{ {same} }}"
+    assert _mutation_errors(twice, 1) == []
+    aliased = f"mutation {{ {same} a: {same} b: {same} __typename t: __typename }}"
+    assert _mutation_errors(aliased, 3) == []
+    assert _mutation_errors(aliased, 2) == [
+        "The mutation has 3 fields; at most 2 run in one request."
+    ]
+
+
+def test_queries_are_not_mutations() -> None:
+    many = " ".join(f"s{i}: sectors {{ id }}" for i in range(5))
+    assert _mutation_errors(f"{{ {many} }}", 1) == []
+    assert _mutation_errors(f"query Q {{ {many} }} mutation M {{ {_deletes(1)} }}", 1, "Q") == []
