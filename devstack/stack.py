@@ -77,7 +77,7 @@ class StackOptions:
                 raise DevStackError(f"{name} must be a port number, got {raw!r}") from None
 
         return cls(
-            data_dir=data_dir or Path(os.environ.get("COVENANT_DATA_DIR") or DEFAULT_DATA_DIR),
+            data_dir=data_dir or data_dir_from_env(),
             port=port or number("COVENANT_PORT", 8000),
             pg_port=number("COVENANT_PG_PORT", 55432),
             pg_replica_port=number("COVENANT_PG_REPLICA_PORT", 55433),
@@ -114,10 +114,17 @@ def state_file(data_dir: Path) -> Path:
     return data_dir / "state.json"
 
 
-def read_state(data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, str] | None:
-    """What a running `make dev` published about itself (endpoints), or None."""
+def data_dir_from_env() -> Path:
+    return Path(os.environ.get("COVENANT_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def read_state(data_dir: Path | None = None) -> dict[str, str] | None:
+    """What a running `make dev` published about itself (endpoints), or None; by default the
+    one whose data folder is COVENANT_DATA_DIR (else .local), as `make dev` chose it."""
     try:
-        state: dict[str, str] = json.loads(state_file(data_dir).read_text(encoding="utf-8"))
+        state: dict[str, str] = json.loads(
+            state_file(data_dir or data_dir_from_env()).read_text(encoding="utf-8")
+        )
     except (OSError, ValueError):
         return None
     return state

@@ -72,3 +72,22 @@ def test_sample_events_have_the_real_aws_shapes(path: Path) -> None:
     else:  # EventBridge scheduled event
         assert event["detail-type"] == "Scheduled Event"
         assert event["source"] == "aws.events"
+
+
+def test_invoke_finds_the_make_dev_of_covenant_data_dir(tmp_path, monkeypatch) -> None:
+    """A `make dev` started with COVENANT_DATA_DIR publishes its endpoints there; invoke and
+    tail, run with the same variable, must read them there (not from .local)."""
+    from devstack import invoke
+    from devstack.stack import state_file
+
+    for name in ("DATABASE_URL", "DATABASE_READER_URL", "NATS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    published = {
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:56432/covenant",
+        "DATABASE_READER_URL": "postgresql://postgres@127.0.0.1:56433/covenant",
+        "NATS_URL": "nats://127.0.0.1:4322",
+    }
+    state_file(tmp_path).parent.mkdir(parents=True, exist_ok=True)
+    state_file(tmp_path).write_text(json.dumps(published), encoding="utf-8")
+    monkeypatch.setenv("COVENANT_DATA_DIR", str(tmp_path))
+    assert {k: v for k, v in invoke.endpoints().items() if k in published} == published
