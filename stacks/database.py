@@ -329,6 +329,7 @@ class Migrations(Construct):
         groups = network.security_groups
         assert groups.migrator is not None
         layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
+        login_users = ",".join(database_user(f) for f in DATABASE_FUNCTIONS)
         self.function = CovenantFunction(
             self,
             "Migrator",
@@ -341,7 +342,7 @@ class Migrations(Construct):
             environment={
                 **base_environment(service="migrator", region=region, settings=settings),
                 "DATABASE_SECRET_ARN": database.secret.secret_arn,
-                "DATABASE_LOGIN_USERS": ",".join(database_user(f) for f in DATABASE_FUNCTIONS),
+                "DATABASE_LOGIN_USERS": login_users,
                 "DATABASE_TLS": settings.database.tls_query,
             },
             vpc=network.vpc,
@@ -362,7 +363,15 @@ class Migrations(Construct):
             "Applied",
             service_token=provider.service_token,
             resource_type="Custom::CovenantMigrations",
-            properties={"Digest": migrations_digest(regions_as_json(settings.regions))},
+            # Everything the run's outcome depends on: a change to any of them runs it again
+            # (a new function's login role, a TLS change); `-c covenant:migrationsRun=<id>`
+            # forces a run with nothing changed (e.g. after a restore).
+            properties={
+                "Digest": migrations_digest(regions_as_json(settings.regions)),
+                "LoginUsers": login_users,
+                "Tls": settings.database.tls_query,
+                **({"Run": settings.migrations_run} if settings.migrations_run else {}),
+            },
         )
         self.resource.node.add_dependency(database.cluster)
         acknowledge_provider_framework(provider, self.function.function)

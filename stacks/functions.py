@@ -31,12 +31,16 @@ _RETENTION = {
     365: logs.RetentionDays.ONE_YEAR,
 }
 
-# Lambda creates and deletes the ENIs of a VPC function; EC2 offers no resource-level
-# permission for the Describe call and Lambda needs the others on ENIs it has yet to create.
-_VPC_ACTIONS = [
+# Lambda creates and deletes the ENIs of a VPC function with the function's role. The
+# Describe calls have no resource-level permission and Create is granted on "*" as in AWS's
+# AWSLambdaVPCAccessExecutionRole (it names subnets, groups and an ENI yet to exist); the calls
+# on an existing ENI are held to this account's network interfaces in this region.
+_VPC_ACTIONS_ANY_RESOURCE = [
     "ec2:CreateNetworkInterface",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeSubnets",
+]
+_VPC_ACTIONS_ON_ENIS = [
     "ec2:DeleteNetworkInterface",
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
@@ -97,7 +101,19 @@ class CovenantFunction(Construct):
                 resources=[self.log_group.log_group_arn],
             )
         )
-        self.role.add_to_policy(iam.PolicyStatement(actions=_VPC_ACTIONS, resources=["*"]))
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=_VPC_ACTIONS_ANY_RESOURCE, resources=["*"])
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=_VPC_ACTIONS_ON_ENIS,
+                resources=[
+                    Stack.of(self).format_arn(
+                        service="ec2", resource="network-interface", resource_name="*"
+                    )
+                ],
+            )
+        )
         self.function = lambda_.Function(
             self,
             "Function",
@@ -145,6 +161,14 @@ class CovenantFunction(Construct):
             "has no resource-level permission) and X-Ray's PutTraceSegments and "
             "PutTelemetryRecords accept only '*'. Everything else is scoped.",
             "Resource::*",
+        )
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5",
+            "Lambda deletes and re-addresses the ENIs it created for this function, whose ids "
+            "are unknown until then: held to this account's network interfaces in this region.",
+            f"Resource::arn:<AWS::Partition>:ec2:{Stack.of(self).region}:<AWS::AccountId>:"
+            "network-interface/*",
         )
 
     def grant_database_connect(self, *, cluster_resource_id: str, db_user: str) -> None:

@@ -170,7 +170,17 @@ class MonitoringStack(Stack):
             jetstream = _metric(
                 "Covenant", "JetStreamHealthy", {"service": "jetstream"}, "Minimum", minutes=1
             )
+            set_aside = _metric(
+                "Covenant", "EventsDeadLettered", {"service": "bridge"}, "Sum", minutes=5
+            )
             self._alarm("WakeupDeadLetters", depth, 0, "Wake-ups in the dead-letter queue")
+            self._alarm(
+                "EventsSetAside",
+                set_aside,
+                0,
+                "Outbox events the stream kept refusing, set aside unpublished (dead_at): "
+                "see docs/deploy.md, Operating",
+            )
             self._alarm(
                 "OutboxLag",
                 outbox_lag,
@@ -191,6 +201,7 @@ class MonitoringStack(Stack):
             dashboard.add_widgets(
                 cloudwatch.GraphWidget(title="Outbox lag (s)", left=[outbox_lag]),
                 cloudwatch.GraphWidget(title="Wake-up DLQ depth", left=[depth]),
+                cloudwatch.GraphWidget(title="Events set aside", left=[set_aside]),
                 cloudwatch.GraphWidget(title="JetStream healthy (1/0)", left=[jetstream]),
             )
         dashboard.add_widgets(

@@ -181,6 +181,7 @@ class AppSettings:
     deploy: dict[str, DeploySettings]
     domain: DomainSettings | None
     nag: bool
+    migrations_run: str | None = None  # covenant:migrationsRun: forces a migrations run
 
     @property
     def primary(self) -> Region:
@@ -273,6 +274,7 @@ class AppSettings:
                     else None
                 ),
                 nag=bool(get("covenant:nag", True)),
+                migrations_run=str(get("covenant:migrationsRun", "")) or None,
             )
         except KeyError as exc:
             raise SettingsError(f"cdk.json context is missing {exc}") from exc

@@ -142,6 +142,12 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     assert len(migrations) == 1
     (resource,) = migrations.values()
     assert len(resource["Properties"]["Digest"]) == 64
+    # A change to the login roles or the TLS setting runs the migrator again, too.
+    assert resource["Properties"]["LoginUsers"] == (
+        "covenant_graphql,covenant_mobile,covenant_bridge"
+    )
+    assert resource["Properties"]["Tls"] == VERIFIED_TLS
+    assert "Run" not in resource["Properties"]  # only with -c covenant:migrationsRun=<id>
     migrator = _function(template, "migrator.handler.handler")
     env = migrator["Environment"]["Variables"]
     assert env["DATABASE_LOGIN_USERS"] == "covenant_graphql,covenant_mobile,covenant_bridge"
@@ -470,11 +476,14 @@ STAR_ONLY_ACTIONS = {
     "ec2:CreateNetworkInterface",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeSubnets",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+}
+# The ENI calls Lambda makes on a VPC function's existing interfaces: never on "*".
+ENI_ACTIONS = {
     "ec2:DeleteNetworkInterface",
     "ec2:AssignPrivateIpAddresses",
     "ec2:UnassignPrivateIpAddresses",
-    "xray:PutTraceSegments",
-    "xray:PutTelemetryRecords",
 }
 
 
@@ -509,6 +518,14 @@ def test_iam_policies_use_no_wildcard_where_a_narrower_grant_exists(templates) -
         assert not any("*" in action for action in actions), (where, actions)
         if "*" in resources_:
             assert set(actions) <= STAR_ONLY_ACTIONS, (where, actions)
+    eni_grants = [
+        json.dumps(statement["Resource"])
+        for _, statement in statements
+        if ENI_ACTIONS & set(_list(statement["Action"]))
+    ]
+    assert eni_grants
+    for resource in eni_grants:
+        assert ":network-interface/*" in resource and '"*"' not in resource, resource
 
 
 def test_each_function_reads_only_its_own_secret_and_connects_as_its_own_user(templates) -> None:
@@ -553,6 +570,7 @@ def test_alarms_notify_the_regions_topic(templates, code) -> None:
             "ApproximateNumberOfMessagesVisible",
             "OutboxLagSeconds",
             "JetStreamHealthy",
+            "EventsDeadLettered",
         ):
             assert metric in metrics, metric
     topic = next(iter(resources(template, "AWS::SNS::Topic")))
