@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -104,6 +105,58 @@ def _get_json(url: str) -> tuple[int, dict]:
         return response.status, json.loads(response.read())
 
 
+def _post_json(url: str, body: dict, headers: dict[str, str] | None = None) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _mutation_reaches_the_stream(base: str, env: dict[str, str]) -> tuple[str, float]:
+    """Signs in as the seeded editor, creates a project through the gateway, and returns its
+    id and the seconds from the mutation's answer until its event is in COVENANT."""
+    session = _post_json(
+        f"{base}/ams/auth/login",
+        {"email": "editor@covenant.local", "password": "Covenant-Editor-2026!"},
+    )
+    answer = _post_json(
+        f"{base}/ams/graphql",
+        {
+            "query": 'mutation { createProject(input: {name: "Make Dev Stream Check", '
+            'sectorId: "energy", countryCode: "NLD", budgetUsd: 1000000}) { id } }'
+        },
+        {"Authorization": f"Bearer {session['access_token']}"},
+    )
+    answered = time.monotonic()
+    assert "errors" not in answer, answer
+    project_id = answer["data"]["createProject"]["id"]
+
+    async def wait_for_event() -> float:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        connection = await nats.connect(f"nats://127.0.0.1:{env['COVENANT_NATS_PORT']}")
+        try:
+            stream = connection.jetstream()
+            while time.monotonic() - answered < 10:
+                try:
+                    message = await stream.get_last_msg("COVENANT", "covenant.projects.created")
+                except NotFoundError:
+                    message = None
+                if message is not None and project_id in (message.data or b"").decode():
+                    return time.monotonic() - answered
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"project {project_id} never reached COVENANT")
+        finally:
+            await connection.close()
+
+    return project_id, asyncio.run(wait_for_event())
+
+
 def _ports(env: dict[str, str]) -> list[int]:
     return [
         int(env[name])
@@ -155,6 +208,11 @@ def test_make_dev_serves_six_healthy_regions_and_stops_cleanly(stack_env) -> Non
         assert busy.returncode == 1
         assert f"port {stack_env['COVENANT_PORT']} (the gateway) is already in use" in busy.stderr
         assert "Traceback" not in busy.stderr
+
+        # A mutation sent to /ams/graphql by a signed-in editor is in the COVENANT stream
+        # within a second of its answer (issue: the bridge under make dev).
+        project_id, elapsed = _mutation_reaches_the_stream(base, stack_env)
+        assert elapsed <= 1.0, f"project {project_id} reached COVENANT after {elapsed:.2f} s"
 
         # The scheduled bridge run has opened its NATS connection; Ctrl-C must close it.
         run.wait_for("connected to NATS")
