@@ -3,9 +3,12 @@
 One relay pass is one writer transaction holding the relay lock (`pg_advisory_xact_lock`), so
 one relay publishes at a time: a second bridge waits, then continues where the first stopped,
 nothing published twice, nothing skipped. The lock is what makes reading safe; no row locks
-are taken. A pass reads the oldest unpublished events (seq order) in batches, publishes each
-batch with pipelined acknowledgements and `Nats-Msg-Id` = event id, and marks the batch's
-acknowledged events published in one statement.
+are taken. The wait is bounded (`lock_deadline`, from the invocation's remaining time) and made
+of queued waits shorter than the statement timeout (`lock_timeout`, see `_Reader.begin`): when
+the other relay still holds the lock at the bound, the pass ends without reading (`busy`).
+A pass reads the oldest unpublished events (seq order) in batches, publishes each batch with
+pipelined acknowledgements and `Nats-Msg-Id` = event id, and marks the batch's acknowledged
+events published in one statement.
 
 The database work overlaps the publishing. The pass's transaction reads on one thread (the
 next batch is read while this one is published); the marks run on a second thread and
@@ -46,11 +49,15 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError
 
-from covenant.db import Database, Session
+from covenant.db import Database, Session, sqlstate
 
 logger = logging.getLogger(__name__)
 
 RELAY_LOCK = 0x0B71D6E  # advisory lock id: one relay publishes at a time
+# A queued wait for the relay lock that ran out: lock_timeout (55P03); statement_timeout
+# (57014) only as a backstop, the waits are kept shorter than it.
+_LOCK_WAIT_ENDED = ("55P03", "57014")
+_LOCK_SLICE_MS = 1000  # the longest queued wait when the connection has no statement timeout
 _HEADER_BLOCK = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
 T = TypeVar("T")
 
@@ -140,6 +147,8 @@ class RelayResult:
     dead: list[str] = field(default_factory=list)
     stream_missing: set[str] = field(default_factory=set)
     more: bool = False  # the pass stopped with a full batch: more events may wait
+    busy: bool = False  # another relay held the lock until the wait's bound: nothing was read
+    lock_wait_s: float = 0.0  # time spent waiting for the relay lock
 
 
 @dataclass(frozen=True)
@@ -170,10 +179,46 @@ class _Reader:
         self._database = database
         self._session: Session | None = None
 
-    def begin(self) -> None:
-        self._session = Session(self._database)
-        self._session.run("BEGIN")
-        self._session.run("SELECT pg_advisory_xact_lock(:key)", key=RELAY_LOCK)
+    def begin(self, lock_deadline: float | None) -> bool:
+        """Opens the pass's transaction and takes the relay lock, waiting for it until
+        `lock_deadline` (time.monotonic(); None: no bound); False, and no transaction, when
+        another relay still holds it then.
+
+        The wait is a series of queued waits (`pg_advisory_xact_lock` under `SET LOCAL
+        lock_timeout`), each shorter than the connection's statement timeout, in a fresh
+        transaction each: one wait as long as the bound would need a longer statement timeout,
+        and pg8000's socket timeout (the statement timeout plus the connect timeout, set in
+        covenant.db) would drop the connection during it. Between two waits the relay is out of
+        the lock's queue for a few round trips only, so relays still take turns."""
+        session = self._session = Session(self._database)
+        session.run("BEGIN")
+        if session.scalar("SELECT pg_try_advisory_xact_lock(:key)", key=RELAY_LOCK):
+            return True  # not contended: no timeout changed, one statement as before
+        started = time.monotonic()
+        statement_timeout_ms = int(
+            session.scalar("SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'")
+        )
+        slice_ms = statement_timeout_ms // 2 if statement_timeout_ms > 0 else _LOCK_SLICE_MS
+        while True:
+            wait_ms = slice_ms
+            if lock_deadline is not None:
+                wait_ms = min(wait_ms, int((lock_deadline - time.monotonic()) * 1000))
+            if wait_ms <= 0:
+                self.rollback()
+                return False
+            session.run("SELECT set_config('lock_timeout', :ms, true)", ms=f"{wait_ms}ms")
+            try:
+                session.run("SELECT pg_advisory_xact_lock(:key)", key=RELAY_LOCK)
+            except Exception as exc:
+                if sqlstate(exc) not in _LOCK_WAIT_ENDED:
+                    raise
+                session.run("ROLLBACK")  # the failed wait aborted the transaction
+                session.run("BEGIN")
+                continue
+            # The reads that follow run with the connection's own timeouts again.
+            session.run("SET LOCAL lock_timeout TO DEFAULT")
+            logger.info("waited %.2f s for the relay lock", time.monotonic() - started)
+            return True
 
     def claim(self, min_age_s: float, limit: int, seen: list[int]) -> list[OutboxEvent]:
         if self._session is None:
@@ -230,9 +275,11 @@ async def relay_pass(
     settings: RelaySettings,
     min_age_s: float = 0.0,
     deadline: float | None = None,
+    lock_deadline: float | None = None,
 ) -> RelayResult:
     """One pass: up to `batches_per_pass` batches under the relay lock; no new batch is read
-    after `deadline` (time.monotonic())."""
+    after `deadline` (time.monotonic()). When another relay holds the lock, waits for it until
+    `lock_deadline` (None: no bound), then gives up: the result is `busy`, nothing read."""
     loop = asyncio.get_running_loop()
     reading, marking = _database_thread("relay-read"), _database_thread("relay-mark")
     reader = _Reader(database)
@@ -248,7 +295,12 @@ async def relay_pass(
     seen: list[int] = []
     blocked: set[str] = set()  # aggregates waiting behind a failed event, for this pass
     try:
-        await read(reader.begin)
+        waiting_since = time.monotonic()
+        locked = await read(functools.partial(reader.begin, lock_deadline))
+        result.lock_wait_s = time.monotonic() - waiting_since
+        if not locked:
+            result.busy = True
+            return result
         claim = functools.partial(reader.claim, min_age_s, settings.batch_size)
         claimed = read(functools.partial(claim, []))
         for number in range(1, settings.batches_per_pass + 1):

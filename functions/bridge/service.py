@@ -63,6 +63,7 @@ class BridgeSettings:
 
 
 NATS_UNAVAILABLE = "*"  # RelayResult.failed key: no connection, no event was read
+BUSY = "another bridge held the relay lock"  # why a wake-up of a busy run is retried
 
 
 class EventsNotPublished(Exception):
@@ -81,11 +82,14 @@ def run_bridge(event: dict[str, Any], context: LambdaContext, metrics: Metrics) 
     if not is_batch:
         pruned = prune_published(database, settings.retention_s)
         metrics.add_metric("OutboxPruned", MetricUnit.Count, pruned)
-        return {
+        response: dict[str, Any] = {
             "published": len(result.published),
             "failed": len(result.failed),
             "pruned": pruned,
         }
+        if result.busy:
+            response["busy"] = True
+        return response
     return _settle_batch(event, context, result)
 
 
@@ -101,7 +105,12 @@ async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: fl
         # No new batch once the invocation is into its reserve (for the lag, prune, settle).
         remaining_s = (context.get_remaining_time_in_millis() - settings.time_reserve_ms) / 1000
         deadline = time.monotonic() + remaining_s
-        result = await relay_pass(db.writer(), publisher, settings.relay, min_age_s, deadline)
+        # Another bridge draining: wait for the relay lock no longer than leaves time for one
+        # batch whose acknowledgements all time out, before the reserve.
+        lock_deadline = deadline - settings.relay.ack_timeout_s
+        result = await relay_pass(
+            db.writer(), publisher, settings.relay, min_age_s, deadline, lock_deadline
+        )
         total.published.extend(result.published)
         total.failed.update(result.failed)
         for event_id in result.published:  # failed in an earlier pass, published in this one
@@ -109,6 +118,10 @@ async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: fl
         total.rejected.update(result.rejected)
         total.dead.extend(result.dead)
         total.stream_missing.update(result.stream_missing)
+        total.lock_wait_s += result.lock_wait_s
+        if result.busy:  # another bridge holds the relay lock; it is draining, not us
+            total.busy = True
+            return total
         progressed = bool(result.published or result.rejected)
         out_of_time = context.get_remaining_time_in_millis() < settings.time_reserve_ms
         if not (result.more and progressed) or out_of_time:
@@ -125,6 +138,13 @@ def _report(result: RelayResult, metrics: Metrics) -> None:
     metrics.add_metric("EventsFailed", MetricUnit.Count, len(result.failed))
     if NATS_UNAVAILABLE in result.failed:
         metrics.add_metric("NatsUnavailable", MetricUnit.Count, 1)
+    if result.busy:
+        metrics.add_metric("RelayBusy", MetricUnit.Count, 1)
+        logger.warning(
+            "another bridge held the relay lock for all of this invocation's wait (%.1f s): "
+            "it is draining the outbox; what is left waits for a later run",
+            result.lock_wait_s,
+        )
     if result.stream_missing:
         metrics.add_metric("StreamMissing", MetricUnit.Count, len(result.stream_missing))
         logger.error(
@@ -151,7 +171,10 @@ def _settle_batch(
         # earlier one) is done, whatever happened to NATS in this run.
         missing = [i for i in _event_ids(record.body) if i in waiting]
         if missing:
-            fallback = result.failed.get(NATS_UNAVAILABLE, "waiting behind an earlier event")
+            fallback = result.failed.get(
+                NATS_UNAVAILABLE,
+                BUSY if result.busy else "waiting behind an earlier event",
+            )
             reasons = {result.failed.get(i, fallback) for i in missing}
             raise EventsNotPublished(f"{len(missing)} event(s) not published: {sorted(reasons)}")
 
