@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from typing import Any, cast
 
 from aws_cdk import CfnElement, CustomResource, Duration, RemovalPolicy, Stack
@@ -36,6 +38,7 @@ from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
 from covenant.regions import Region
+from covenant.streams import DAY_S, STREAMS
 from covenant.topology import FunctionSpec
 from stacks.database import database_user
 from stacks.functions import CovenantFunction, base_environment, log_retention
@@ -51,23 +54,46 @@ ESO_NAMESPACE = "external-secrets"
 ESO_SERVICE_ACCOUNT = "external-secrets"
 STORAGE_CLASS = "covenant-jetstream"
 
-# The bridge publishes events and reads stream information; it may not change the topology.
-BRIDGE_NATS_PERMISSIONS = {
-    "publish": {
-        "allow": ["covenant.>", "audit.>", "alerts.>", "notifications.>", "$JS.API.>"],
-        "deny": [
-            "$JS.API.STREAM.CREATE.>",
-            "$JS.API.STREAM.UPDATE.>",
-            "$JS.API.STREAM.DELETE.>",
-            "$JS.API.STREAM.PURGE.>",
-            "$JS.API.STREAM.MSG.DELETE.>",
-            "$JS.API.CONSUMER.CREATE.>",
-            "$JS.API.CONSUMER.DURABLE.CREATE.>",
-            "$JS.API.CONSUMER.DELETE.>",
-        ],
-    },
+# What the bridge user of NATS may do: publish on the subjects the streams capture (its events,
+# each with a reply subject for JetStream's acknowledgement) and receive on its inbox (the
+# acknowledgements). Nothing under `$JS.>`: the bridge never calls the JetStream API, so it can
+# neither read nor change streams and consumers, take (and so use up the deliveries of)
+# another consumer's messages, acknowledge them, or pause anything. A subject no stream
+# captures is refused by the server (a permissions violation, no acknowledgement) rather
+# than answered "no responders". tests/functions/bridge/test_nats_permissions.py holds this
+# against a real nats-server.
+BRIDGE_NATS_PERMISSIONS: dict[str, Any] = {
+    "publish": {"allow": [subject for stream in STREAMS for subject in stream.subjects]},
     "subscribe": {"allow": ["_INBOX.>"]},
 }
+
+
+def nats_config_merge() -> dict[str, Any]:
+    """What the stack merges into the chart's nats.conf (`config.merge`): the two users, their
+    names and passwords from the container's environment (the nats-auth secret). `<< $VAR >>`
+    is written unquoted (render_nats_config): nats-server substitutes the variable."""
+    return {
+        "authorization": {
+            "users": [
+                {
+                    "user": "<< $BRIDGE_USER >>",
+                    "password": "<< $BRIDGE_PASSWORD >>",
+                    "permissions": BRIDGE_NATS_PERMISSIONS,
+                },
+                {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
+            ]
+        }
+    }
+
+
+_UNQUOTED = re.compile(r'"<<\s+(.*)\s+>>"')
+
+
+def render_nats_config(config: Mapping[str, Any]) -> str:
+    """nats.conf text of `config` as the official chart writes it (its `nats.formatConfig`):
+    JSON indented by two spaces without HTML escaping (`toPrettyRawJson`), then every string
+    `"<< X >>"` replaced by X, unquoted. The tests start nats-server with it."""
+    return _UNQUOTED.sub(r"\1", json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def _nats_secret(scope: Construct, name: str, user: str, key: kms.IKey) -> secretsmanager.Secret:
@@ -109,7 +135,7 @@ class WakeupQueue(Construct):
             self,
             "DeadLetters",
             queue_name=names.wakeup_dlq_name,
-            retention_period=Duration.days(14),
+            retention_period=Duration.days(names.dead_letter_retention_days),
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
         )
@@ -119,7 +145,7 @@ class WakeupQueue(Construct):
             queue_name=names.wakeup_queue_name,
             # AWS's guidance for a Lambda event source: six times the function's timeout.
             visibility_timeout=Duration.seconds(6 * bridge_timeout_s),
-            retention_period=Duration.days(4),
+            retention_period=Duration.days(names.wakeup_retention_days),
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             dead_letter_queue=sqs.DeadLetterQueue(
@@ -401,19 +427,7 @@ def nats_values(settings: AppSettings, load_balancer_security_group: str) -> dic
                 },
                 "memoryStore": {"enabled": False},
             },
-            # `<< $VAR >>` is written unquoted: nats-server substitutes the environment variable.
-            "merge": {
-                "authorization": {
-                    "users": [
-                        {
-                            "user": "<< $BRIDGE_USER >>",
-                            "password": "<< $BRIDGE_PASSWORD >>",
-                            "permissions": BRIDGE_NATS_PERMISSIONS,
-                        },
-                        {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
-                    ]
-                }
-            },
+            "merge": nats_config_merge(),
         },
         "container": {
             "image": {"tag": config.nats_image_tag},
@@ -532,6 +546,7 @@ class EventsStack(Stack):
                 "DB_STATEMENT_TIMEOUT_MS": str(settings.database.statement_timeout_ms),
                 "NATS_URL": self.nats.url,
                 "NATS_SECRET_ARN": self.bridge_secret.secret_arn,
+                "OUTBOX_RETENTION_S": str(settings.events.outbox_retention_days * DAY_S),
             },
             vpc=network.vpc,
             subnets=network.function_subnets,

@@ -111,9 +111,53 @@ class EventsSettings:
     wakeup_max_receive_count: int
     sweep_every_minutes: int
     admin_role_arn: str | None
+    # How long the bridge keeps published outbox rows before pruning them (OUTBOX_RETENTION_S).
+    outbox_retention_days: int = 7
+    # SQS retention periods (at most 14 days). A message's age in the dead-letter queue counts
+    # from its first enqueue in the wake-up queue, so the DLQ must keep messages longer.
+    wakeup_retention_days: int = 4
+    dead_letter_retention_days: int = 14
 
     wakeup_queue_name: str = "covenant-outbox-wakeup"
     wakeup_dlq_name: str = "covenant-outbox-wakeup-dlq"
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> EventsSettings:
+        settings = cls(
+            kubernetes_version=str(raw["kubernetesVersion"]),
+            nats_chart_version=str(raw["natsChartVersion"]),
+            nats_image_tag=str(raw["natsImageTag"]),
+            external_secrets_chart_version=str(raw["externalSecretsChartVersion"]),
+            nats_replicas=int(raw.get("natsReplicas", 3)),
+            jetstream_storage_gi=int(raw.get("jetstreamStorageGi", 20)),
+            wakeup_max_receive_count=int(raw.get("wakeupMaxReceiveCount", 5)),
+            sweep_every_minutes=int(raw.get("sweepEveryMinutes", 1)),
+            admin_role_arn=raw.get("adminRoleArn") or None,
+            outbox_retention_days=int(raw.get("outboxRetentionDays", 7)),
+            wakeup_retention_days=int(raw.get("wakeupRetentionDays", 4)),
+            dead_letter_retention_days=int(raw.get("deadLetterRetentionDays", 14)),
+        )
+        if settings.outbox_retention_days < 1:
+            raise SettingsError(
+                "covenant:events.outboxRetentionDays must be at least 1, got "
+                f"{settings.outbox_retention_days}"
+            )
+        for key, days in (
+            ("wakeupRetentionDays", settings.wakeup_retention_days),
+            ("deadLetterRetentionDays", settings.dead_letter_retention_days),
+        ):
+            if not 1 <= days <= 14:  # SQS keeps a message at most 14 days
+                raise SettingsError(
+                    f"covenant:events.{key} must be between 1 and 14 (SQS's limit), got {days}"
+                )
+        if settings.dead_letter_retention_days <= settings.wakeup_retention_days:
+            raise SettingsError(
+                "covenant:events.deadLetterRetentionDays "
+                f"({settings.dead_letter_retention_days}) must be longer than "
+                f"wakeupRetentionDays ({settings.wakeup_retention_days}): a message's age in "
+                "the dead-letter queue counts from its first enqueue in the wake-up queue"
+            )
+        return settings
 
 
 @dataclass(frozen=True)
@@ -253,17 +297,7 @@ class AppSettings:
                     access_token_minutes=int(auth.get("accessTokenMinutes", 60)),
                     refresh_token_days=int(auth.get("refreshTokenDays", 30)),
                 ),
-                events=EventsSettings(
-                    kubernetes_version=str(events["kubernetesVersion"]),
-                    nats_chart_version=str(events["natsChartVersion"]),
-                    nats_image_tag=str(events["natsImageTag"]),
-                    external_secrets_chart_version=str(events["externalSecretsChartVersion"]),
-                    nats_replicas=int(events.get("natsReplicas", 3)),
-                    jetstream_storage_gi=int(events.get("jetstreamStorageGi", 20)),
-                    wakeup_max_receive_count=int(events.get("wakeupMaxReceiveCount", 5)),
-                    sweep_every_minutes=int(events.get("sweepEveryMinutes", 1)),
-                    admin_role_arn=events.get("adminRoleArn") or None,
-                ),
+                events=EventsSettings.parse(events),
                 deploy={
                     name: DeploySettings.parse(name, raw)
                     for name, raw in _section(node, "covenant:deploy").items()

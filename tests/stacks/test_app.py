@@ -9,6 +9,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from covenant.regions import load_regions
+from covenant.streams import DAY_S, STREAMS
 from covenant.topology import load_functions
 from stacks.events import BRIDGE_NATS_PERMISSIONS
 from stacks.layers import build_dependencies, locked_versions, runtime_requirements
@@ -432,9 +433,38 @@ def test_nats_runs_from_the_official_chart_with_three_jetstream_replicas(templat
     _helm(template, "external-secrets")
 
 
-def test_the_bridge_user_of_nats_cannot_change_the_topology() -> None:
-    denied = BRIDGE_NATS_PERMISSIONS["publish"]["deny"]
-    assert "$JS.API.STREAM.DELETE.>" in denied and "$JS.API.STREAM.UPDATE.>" in denied
+def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream(
+    templates,
+) -> None:
+    # tests/functions/bridge/test_nats_permissions.py holds these against a real nats-server.
+    values = _resolved_json(_helm(templates[f"Covenant-{PRIMARY.code}-Events"], "nats")["Values"])
+    assert values["config"]["merge"] == {
+        "authorization": {
+            "users": [
+                {
+                    "user": "<< $BRIDGE_USER >>",
+                    "password": "<< $BRIDGE_PASSWORD >>",
+                    "permissions": {
+                        "publish": {
+                            "allow": [
+                                "covenant.countries.*",
+                                "covenant.projects.*",
+                                "audit.>",
+                                "alerts.>",
+                                "notifications.>",
+                            ]
+                        },
+                        "subscribe": {"allow": ["_INBOX.>"]},
+                    },
+                },
+                {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
+            ]
+        }
+    }
+    # Derived from the topology, not stated twice: a new stream's subjects come with it.
+    assert BRIDGE_NATS_PERMISSIONS["publish"]["allow"] == [
+        subject for stream in STREAMS for subject in stream.subjects
+    ]
 
 
 def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failures(
@@ -443,7 +473,9 @@ def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failur
     template = templates[f"Covenant-{PRIMARY.code}-Events"]
     queue = _only(template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup")["Properties"]
     assert queue["RedrivePolicy"]["maxReceiveCount"] == 5
-    _only(template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup-dlq")
+    assert queue["MessageRetentionPeriod"] == 4 * DAY_S  # covenant:events.wakeupRetentionDays
+    dlq = _only(template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup-dlq")
+    assert dlq["Properties"]["MessageRetentionPeriod"] == 14 * DAY_S  # deadLetterRetentionDays
     template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
         {"FunctionResponseTypes": ["ReportBatchItemFailures"], "BatchSize": 10},
@@ -454,6 +486,7 @@ def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failur
     env = bridge["Environment"]["Variables"]
     assert {"NATS_URL", "NATS_SECRET_ARN", "DATABASE_URL"} <= set(env)
     assert f"?{VERIFIED_TLS}&auth=iam" in json.dumps(env["DATABASE_URL"])
+    assert env["OUTBOX_RETENTION_S"] == str(7 * DAY_S)  # covenant:events.outboxRetentionDays
 
 
 def test_schedules_sweep_the_outbox_and_probe_jetstream(templates) -> None:
