@@ -247,6 +247,9 @@ class RegionalApiStack(Stack):
         queue_arn = account_arn(
             "sqs", settings.primary.aws_region, settings.events.wakeup_queue_name
         )
+        if name == "graphql":
+            environment["GRAPHQL_INTROSPECTION"] = str(settings.graphql_introspection).lower()
+            environment["GRAPHQL_EXPLORER"] = str(settings.graphql_explorer).lower()
         if name in OUTBOX_WRITERS:
             environment["OUTBOX_WAKEUP_QUEUE_URL"] = (
                 f"https://sqs.{settings.primary.aws_region}.amazonaws.com/"

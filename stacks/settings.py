@@ -44,6 +44,13 @@ def _ca_bundle(raw: Any) -> Path | None:
     return path
 
 
+def _flag(section: Mapping[str, Any], key: str) -> bool:
+    value = section.get(key, False)
+    if not isinstance(value, bool):
+        raise SettingsError(f"{key!r} must be true or false, not {value!r}")
+    return value
+
+
 def _section(node: Node, key: str) -> Mapping[str, Any]:
     value = node.try_get_context(key)
     if value is None:
@@ -226,6 +233,10 @@ class AppSettings:
     domain: DomainSettings | None
     nag: bool
     migrations_run: str | None = None  # covenant:migrationsRun: forces a migrations run
+    # covenant:graphql: schema introspection and the browser explorer (off in AWS unless set,
+    # e.g. for a staging deploy: -c covenant:graphql='{"introspection":true,"explorer":true}')
+    graphql_introspection: bool = False
+    graphql_explorer: bool = False
 
     @property
     def primary(self) -> Region:
@@ -253,6 +264,7 @@ class AppSettings:
         auth = _section(node, "covenant:auth")
         events = _section(node, "covenant:events")
         domain = node.try_get_context("covenant:domain")
+        graphql = _section(node, "covenant:graphql")
         try:
             return cls(
                 regions=regions,
@@ -309,6 +321,8 @@ class AppSettings:
                 ),
                 nag=bool(get("covenant:nag", True)),
                 migrations_run=str(get("covenant:migrationsRun", "")) or None,
+                graphql_introspection=_flag(graphql, "introspection"),
+                graphql_explorer=_flag(graphql, "explorer"),
             )
         except KeyError as exc:
             raise SettingsError(f"cdk.json context is missing {exc}") from exc

@@ -247,6 +247,12 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         assert "covenant-outbox-wakeup" in json.dumps(env["OUTBOX_WAKEUP_QUEUE_URL"])
     graphql = _function(template, "graphql_api.handler.handler")
     assert graphql["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+    # Introspection and the explorer stay off in AWS unless covenant:graphql turns them on.
+    graphql_env = graphql["Environment"]["Variables"]
+    assert (graphql_env["GRAPHQL_INTROSPECTION"], graphql_env["GRAPHQL_EXPLORER"]) == (
+        "false",
+        "false",
+    )
     # API Gateway invokes the alias of the published (snapshotted) version.
     template.has_resource_properties("AWS::Lambda::Alias", {"Name": "live"})
 
