@@ -38,7 +38,7 @@ from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
 from covenant.regions import Region
-from covenant.streams import DAY_S, STREAMS
+from covenant.streams import BRIDGE_INBOX_PREFIX, DAY_S, STREAMS
 from covenant.topology import FunctionSpec
 from stacks.database import database_user
 from stacks.functions import CovenantFunction, base_environment, log_retention
@@ -55,8 +55,9 @@ ESO_SERVICE_ACCOUNT = "external-secrets"
 STORAGE_CLASS = "covenant-jetstream"
 
 # What the bridge user of NATS may do: publish on the subjects the streams capture (its events,
-# each with a reply subject for JetStream's acknowledgement) and receive on its inbox (the
-# acknowledgements). Nothing under `$JS.>`: the bridge never calls the JetStream API, so it can
+# each with a reply subject for JetStream's acknowledgement) and receive on its own inboxes
+# (the acknowledgements, under BRIDGE_INBOX_PREFIX, never another client's `_INBOX.` replies).
+# Nothing under `$JS.>`: the bridge never calls the JetStream API, so it can
 # neither read nor change streams and consumers, take (and so use up the deliveries of)
 # another consumer's messages, acknowledge them, or pause anything. A subject no stream
 # captures is refused by the server (a permissions violation, no acknowledgement) rather
@@ -64,7 +65,7 @@ STORAGE_CLASS = "covenant-jetstream"
 # against a real nats-server.
 BRIDGE_NATS_PERMISSIONS: dict[str, Any] = {
     "publish": {"allow": [subject for stream in STREAMS for subject in stream.subjects]},
-    "subscribe": {"allow": ["_INBOX.>"]},
+    "subscribe": {"allow": [f"{BRIDGE_INBOX_PREFIX}.>"]},
 }
 
 

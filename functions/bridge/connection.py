@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities import parameters
 from nats.aio.client import Client
 
 from bridge.publisher import JetStreamPublisher, NotConnected
+from covenant import streams
 from covenant.config import env
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ async def publisher() -> JetStreamPublisher:
         # replies from the publisher's own inbox: checking both per publish (two regular
         # expressions) costs about a tenth of the client's time per event.
         skip_subject_validation=True,
+        # Its NATS user may subscribe under this prefix only (stacks/events.py).
+        inbox_prefix=streams.BRIDGE_INBOX_PREFIX,
         allow_reconnect=True,
         error_cb=_log_error,
         disconnected_cb=publisher.connection_lost,

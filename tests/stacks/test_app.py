@@ -460,7 +460,7 @@ def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream
                                 "notifications.>",
                             ]
                         },
-                        "subscribe": {"allow": ["_INBOX.>"]},
+                        "subscribe": {"allow": ["_INBOX_BRIDGE.>"]},
                     },
                 },
                 {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},

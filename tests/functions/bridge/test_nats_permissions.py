@@ -151,7 +151,9 @@ class Violations:
         return True
 
 
-async def _connect(url: str, credentials: dict[str, str], violations: Violations) -> Client:
+async def _connect(
+    url: str, credentials: dict[str, str], violations: Violations, **options: Any
+) -> Client:
     return await nats.connect(
         url,
         connect_timeout=TIMEOUT_S,
@@ -159,6 +161,7 @@ async def _connect(url: str, credentials: dict[str, str], violations: Violations
         max_reconnect_attempts=1,
         error_cb=violations.record,
         **credentials,
+        **options,
     )
 
 
@@ -179,7 +182,10 @@ def run(secured_nats: SecuredNatsServer, test: Callable[[Session], Awaitable[Non
     async def main() -> None:
         violations, admin_errors = Violations(), Violations()
         admin = await _connect(secured_nats.url, ADMIN, admin_errors)
-        bridge = await _connect(secured_nats.url, BRIDGE, violations)
+        # As bridge.connection connects: its replies under its own inbox prefix.
+        bridge = await _connect(
+            secured_nats.url, BRIDGE, violations, inbox_prefix=streams.BRIDGE_INBOX_PREFIX
+        )
         try:
             for stream in streams.STREAMS:
                 await admin.jsm(timeout=TIMEOUT_S).purge_stream(stream.name)
@@ -233,7 +239,7 @@ def test_the_rendered_config_holds_the_bridge_permissions_and_the_credentials_un
     # Stated once, in covenant.streams: what the streams capture is what the bridge may publish.
     assert permissions == {
         "publish": {"allow": [s for stream in streams.STREAMS for s in stream.subjects]},
-        "subscribe": {"allow": ["_INBOX.>"]},
+        "subscribe": {"allow": [f"{streams.BRIDGE_INBOX_PREFIX}.>"]},
     }
     for subject in EVENT_SUBJECTS:
         assert streams.stream_for_subject(subject) is not None, subject
@@ -391,7 +397,8 @@ def test_the_bridge_publishes_only_what_a_stream_captures_and_receives_only_its_
         async def on_message(msg: Msg) -> None:
             received.append(msg)
 
-        for subject in ("covenant.>", "$JS.EVENT.>", ">"):
+        # Nor are other clients' replies (the admin's JetStream API answers among them).
+        for subject in ("covenant.>", "$JS.EVENT.>", ">", "_INBOX.>"):
             await bridge.subscribe(subject, cb=on_message)
             assert await violations.wait_for("Subscription", subject), subject
         admin_js = session.admin.jetstream(timeout=TIMEOUT_S)

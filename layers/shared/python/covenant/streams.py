@@ -198,6 +198,12 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(parts) == len(tokens)
 
 
+# The bridge's reply inboxes (JetStream's publish acknowledgements): the bridge connects with
+# this inbox prefix and its NATS user may subscribe under it only, so it can read no other
+# client's replies (e.g. the admin's JetStream API answers under the default `_INBOX.`).
+BRIDGE_INBOX_PREFIX = "_INBOX_BRIDGE"
+
+
 def stream_for_subject(subject: str) -> StreamSpec | None:
     """The stream that captures a published subject, or None if none does."""
     for stream in STREAMS:
