@@ -15,6 +15,13 @@ from pg8000.exceptions import DatabaseError
 
 from covenant import db
 from covenant.db import Row, sqlstate
+from covenant.domain_events import (
+    ChangeEvents,
+    add_change_events,
+    change_events,
+    wake_bridge_after_commit,
+)
+from covenant.events import CloudEvent
 from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
 from covenant.revocation import revoke_tokens
 from covenant.uow import UnitOfWork
@@ -240,9 +247,71 @@ def resolve_update_country(
             raise _missing_or_stale(uow, COUNTRIES, "Country", key, expected)
         row, old = written
         changes = _changed(old, row)
-        if changes:  # else nothing changed: same version, no event
+        if "region" in changes:
+            _emit_region_move(uow, context, row, changes)
+        elif changes:  # else nothing changed: same version, no event
             emit(uow, context, "countries", "updated", row, changes)
     return mark_siblings([row])[0]
+
+
+# The projects of a country, as the write that just moved them left them (in this transaction:
+# the cascade ran at the end of the country's UPDATE, so this statement sees its result).
+_PROJECTS_OF_COUNTRY = (
+    f"SELECT {PROJECTS.columns} FROM projects AS p "
+    "WHERE p.country_code = CAST(:code AS bpchar) ORDER BY p.id"
+)
+
+
+def _emit_region_move(
+    uow: UnitOfWork, context: RequestContext, country: Row, changes: dict[str, dict[str, Any]]
+) -> None:
+    """The events of a country update that changed its region, which moved its projects too.
+
+    A project's region is its country's: the foreign key (country_code, region) cascades the
+    country's new region to every project of the country within the country's UPDATE, and the
+    projects' change-tracking trigger runs for each of them (new version, updated_at and change
+    number: sync clients pull them, and an `expectedVersion` read before the move is stale, as
+    it is after any other change to the project). So each moved project has changed as if by
+    an updateProject, and gets the same events: `covenant.projects.updated` with its snapshot
+    (for the cache invalidator and mobile push, which otherwise never hear of the move), and
+    `audit.projects.updated` naming the actor, the change `region: {from, to}` and its `cause`,
+    the country's `audit.countries.updated` event. Audit per project rather than a list of
+    moved ids in the country's audit event: the AUDIT stream then answers "who changed this
+    project, and why" from the project's own subject, keeps the country's event the size it
+    always has (a list of every project of a country could outgrow the stream's message size),
+    and keeps the rule that every covenant.* event has its audit.* event.
+
+    Two statements for any number of projects: one SELECT of the moved rows and one outbox
+    INSERT of the country's events and all the projects' (each event on its own aggregate, so
+    the bridge keeps every project's events in order). A country without projects writes only
+    its own events."""
+    moved = uow.rows(_PROJECTS_OF_COUNTRY, code=country["code"])
+
+    def updated(
+        collection: str, row: Row, change: dict[str, dict[str, Any]], cause: CloudEvent | None
+    ) -> ChangeEvents:
+        return change_events(
+            function="graphql",
+            region=context.region,
+            actor=context.actor.describe(),
+            request_id=context.request_id,
+            collection=collection,
+            action="updated",
+            row=row,
+            changes=change,
+            cause=cause,
+        )
+
+    country_events = updated("countries", country, changes, None)
+    moves = {"region": changes["region"]}
+    add_change_events(
+        uow,
+        [
+            country_events,
+            *(updated("projects", project, moves, country_events.audit) for project in moved),
+        ],
+    )
+    wake_bridge_after_commit(uow, context.region)
 
 
 _USER_NAME = re.compile(r"^\S{1,128}$")

@@ -1,11 +1,15 @@
 """The events a change to a country or project writes to the outbox, whichever API made it:
 the change itself (`covenant.<collection>.<action>`) and its audit record naming the actor
 (`audit.<collection>.<action>`), CloudEvents in the change's own transaction. The GraphQL
-function and the sync push both write them through `emit_change`."""
+function and the sync push both write them through `emit_change`; a change that moves other
+rows with it (a country's region change cascading to its projects) writes the events of all of
+them at once through `change_events` and `add_change_events`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -38,8 +42,21 @@ def snapshot(row: Mapping[str, Any]) -> dict[str, Any]:
     return {camel(k): json_value(v) for k, v in row.items() if not k.startswith("_")}
 
 
-def emit_change(
-    uow: UnitOfWork,
+@dataclass(frozen=True)
+class ChangeEvents:
+    """The two events one change of one aggregate writes: the change and its audit record."""
+
+    aggregate_type: str
+    aggregate_id: str
+    change: CloudEvent
+    audit: CloudEvent
+
+    @property
+    def events(self) -> list[CloudEvent]:
+        return [self.change, self.audit]
+
+
+def change_events(
     *,
     function: str,
     region: str,
@@ -50,9 +67,12 @@ def emit_change(
     row: Mapping[str, Any],
     changes: Mapping[str, Mapping[str, Any]] | None = None,
     via: str | None = None,
-) -> None:
-    """Writes the change event and its audit event to the outbox of `uow`'s transaction.
-    `changes` maps a column to {"from": old, "to": new}; `via` names the channel (e.g. sync)."""
+    cause: CloudEvent | None = None,
+) -> ChangeEvents:
+    """The change event (`{<aggregate>: snapshot}`) and its audit event of one row.
+    `changes` maps a column to {"from": old, "to": new}; `via` names the channel (e.g. sync);
+    `cause` is the event of the change that made this one happen (a country's region change
+    moving its projects): the audit data names its type, id and subject."""
     aggregate_type, key = AGGREGATES[collection]
     aggregate_id = str(row[key])
     source = event_source(region, function)
@@ -75,16 +95,81 @@ def emit_change(
     }
     if via is not None:
         audit["via"] = via
-    uow.add_events(
-        [
-            change,
-            CloudEvent(
-                type=f"audit.{collection}.{action}", source=source, subject=subject, data=audit
-            ),
-        ],
+    if cause is not None:
+        audit["cause"] = {"type": cause.type, "id": cause.id, "subject": cause.subject}
+    return ChangeEvents(
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
+        change=change,
+        audit=CloudEvent(
+            type=f"audit.{collection}.{action}", source=source, subject=subject, data=audit
+        ),
     )
+
+
+def emit_change(
+    uow: UnitOfWork,
+    *,
+    function: str,
+    region: str,
+    actor: Mapping[str, Any],
+    request_id: str,
+    collection: str,
+    action: str,
+    row: Mapping[str, Any],
+    changes: Mapping[str, Mapping[str, Any]] | None = None,
+    via: str | None = None,
+) -> None:
+    """Writes the change event and its audit event to the outbox of `uow`'s transaction.
+    `changes` maps a column to {"from": old, "to": new}; `via` names the channel (e.g. sync)."""
+    events = change_events(
+        function=function,
+        region=region,
+        actor=actor,
+        request_id=request_id,
+        collection=collection,
+        action=action,
+        row=row,
+        changes=changes,
+        via=via,
+    )
+    uow.add_events(
+        events.events, aggregate_type=events.aggregate_type, aggregate_id=events.aggregate_id
+    )
+
+
+# UnitOfWork.add_events writes the events of one aggregate; this writes those of many in one
+# statement, each row with its own aggregate (the bridge keeps each aggregate's events in
+# order, so a project's event must carry the project, not the country that caused it).
+_INSERT_OUTBOX_MANY = """
+INSERT INTO outbox (id, subject, aggregate_type, aggregate_id, payload)
+SELECT CAST(e.item -> 'envelope' ->> 'id' AS uuid), e.item -> 'envelope' ->> 'type',
+       e.item ->> 'aggregateType', e.item ->> 'aggregateId', e.item -> 'envelope'
+FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS e(item, n)
+ORDER BY e.n
+"""
+
+
+def add_change_events(uow: UnitOfWork, batch: Sequence[ChangeEvents]) -> None:
+    """Writes the events of many changes (of any aggregates) to the outbox of `uow`'s
+    transaction in one statement, in the batch's order: one round trip however many rows a
+    change touched. Like `UnitOfWork.add_events`, records them in `uow.events` (the wake-up
+    sends their ids after the commit)."""
+    if not batch:
+        return
+    items = ",".join(
+        '{"aggregateType":'
+        + json.dumps(changed.aggregate_type)
+        + ',"aggregateId":'
+        + json.dumps(changed.aggregate_id)
+        + ',"envelope":'
+        + event.to_json()
+        + "}"
+        for changed in batch
+        for event in changed.events
+    )
+    uow.run(_INSERT_OUTBOX_MANY, items=f"[{items}]")
+    uow.events.extend(event for changed in batch for event in changed.events)
 
 
 def wake_bridge_after_commit(uow: UnitOfWork, region: str) -> None:
