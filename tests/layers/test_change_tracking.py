@@ -615,3 +615,23 @@ def test_an_update_that_changes_nothing_is_not_a_change(writer, own_projects) ->
             id=project_id,
         )
     assert after == before
+
+
+def test_a_country_update_that_changes_nothing_is_not_a_change(writer) -> None:
+    """Countries have a stored generated column (contribution_usd), which a BEFORE trigger sees
+    as NULL: it must not make every update look like a change."""
+    read = (
+        "SELECT version, change_seq, updated_at, contribution_usd FROM countries WHERE code = 'ISL'"
+    )
+    with writer.session() as session:
+        before = session.one(read)
+        session.run("UPDATE countries SET name = name, gdp_usd = gdp_usd WHERE code = 'ISL'")
+        assert session.one(read) == before
+        try:
+            session.run("UPDATE countries SET gdp_usd = gdp_usd + 10000 WHERE code = 'ISL'")
+            changed = session.one(read)
+            assert changed["version"] == before["version"] + 1
+            assert changed["change_seq"] > before["change_seq"]
+            assert changed["contribution_usd"] == before["contribution_usd"] + 1
+        finally:
+            session.run("UPDATE countries SET gdp_usd = gdp_usd - 10000 WHERE code = 'ISL'")
