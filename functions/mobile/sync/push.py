@@ -36,7 +36,12 @@ from typing import Any
 from pg8000.exceptions import DatabaseError
 
 from covenant.db import Row, sqlstate
-from covenant.domain_events import emit_change, wake_bridge_after_commit
+from covenant.domain_events import (
+    ChangeEvents,
+    add_change_events,
+    change_events,
+    wake_bridge_after_commit,
+)
 from covenant.identity import Caller
 from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
 from covenant.sync_horizon import prune_tombstones
@@ -265,18 +270,22 @@ def push(request: PushRequest) -> PushResult:
 
 
 def _apply(uow: UnitOfWork, request: PushRequest, plan: _Plan, existing: Mapping[str, Row]) -> None:
+    """The writes, then every event of the push in one outbox INSERT (however many records)."""
+    events: list[ChangeEvents] = []
+
     def emit(action: str, row: Row, diff: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        emit_change(
-            uow,
-            function="mobile",
-            region=request.region,
-            actor=request.caller.describe(),
-            request_id=request.request_id,
-            collection="projects",
-            action=action,
-            row={k: v for k, v in row.items() if k != "change_seq"},
-            changes=diff,
-            via="sync",
+        events.append(
+            change_events(
+                function="mobile",
+                region=request.region,
+                actor=request.caller.describe(),
+                request_id=request.request_id,
+                collection="projects",
+                action=action,
+                row={k: v for k, v in row.items() if k != "change_seq"},
+                changes=diff,
+                via="sync",
+            )
         )
 
     if plan.inserts:
@@ -290,6 +299,7 @@ def _apply(uow: UnitOfWork, request: PushRequest, plan: _Plan, existing: Mapping
         uow.run(_DELETE, ids=plan.deletes)
         for record_id in plan.deletes:
             emit("deleted", existing[record_id])
+    add_change_events(uow, events)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -513,3 +513,27 @@ def test_tombstones_are_kept_for_the_configured_retention(push, projects, monkey
     env = {"SYNC_TOMBSTONE_RETENTION_S": "0"}
     assert push(_changes(deleted=[str(uuid.uuid4())]), _cursor(), env=env).status == 200
     assert tombstone(doomed) is None
+
+
+def test_a_push_costs_the_same_statements_for_2_and_for_6_records(push, projects) -> None:
+    """Set-based writes and one outbox INSERT for all the events: the statements of a push do
+    not grow with its records (each record still gets its change and audit event)."""
+    from covenant.db import record_statements
+
+    counts = []
+    for size in (2, 6):
+        ids = [str(uuid.uuid4()) for _ in range(size)]
+        projects.extend(ids)
+        cursor = _cursor()
+        with record_statements() as statements:
+            reply = push(_changes(created=[_record(i, name=f"Batch {size}") for i in ids]), cursor)
+        assert reply.status == 200, reply.body
+        writes = [s for s in statements if "INSERT INTO outbox" in s]
+        assert len(writes) == 1, writes
+        counts.append(len(statements))
+        with db.writer().session() as session:
+            events = session.scalar(
+                "SELECT count(*) FROM outbox WHERE aggregate_id = ANY(:ids)", ids=ids
+            )
+        assert events == 2 * size  # covenant.projects.created and its audit event, each
+    assert counts[0] == counts[1], counts
