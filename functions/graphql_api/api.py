@@ -73,6 +73,7 @@ class GraphQLSettings:
                 max_cost=number("GRAPHQL_MAX_COST", 50_000),
                 max_operations=number("GRAPHQL_MAX_OPERATIONS", 10),
                 max_mutations=number("GRAPHQL_MAX_MUTATIONS", 10),
+                max_statements=number("GRAPHQL_MAX_STATEMENTS", 64),
                 introspection=flag("GRAPHQL_INTROSPECTION", local),
                 known_list_sizes=_known_list_sizes(),
             ),

@@ -44,6 +44,7 @@ from graphql_api.limits import (
     depth_limit_rule,
     operation_count_rule,
     page_size_variables,
+    statement_limit_rule,
 )
 from graphql_api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from graphql_api.users import DirectoryUnavailable
@@ -57,6 +58,7 @@ class Limits:
     max_cost: int
     max_operations: int
     max_mutations: int
+    max_statements: int
     introspection: bool
     known_list_sizes: dict[str, int]
 
@@ -66,6 +68,7 @@ class Limits:
             self.max_cost,
             self.max_operations,
             self.max_mutations,
+            self.max_statements,
             self.introspection,
             tuple(sorted(self.known_list_sizes.items())),
         )
@@ -108,8 +111,9 @@ class _Checked:
 
     document: DocumentNode | None
     errors: list[dict[str, Any]]
-    # The depth and cost verdict, when no page size is a variable (the cost of `first: $n`
-    # depends on the value sent).
+    # The depth, cost and statements verdict (statements: of the operation the request
+    # names), when no page size is a variable (the cost of `first: $n` depends on the value
+    # sent).
     limit_errors: list[dict[str, Any]] | None
 
 
@@ -219,8 +223,11 @@ def mutation_count_rule(max_mutations: int, operation_name: str | None) -> type[
     return MutationCount
 
 
-def _check(schema: GraphQLSchema, query: str, limits: Limits) -> _Checked:
-    key = (id(schema), limits.key(), query)
+def _check(
+    schema: GraphQLSchema, query: str, limits: Limits, operation_name: str | None
+) -> _Checked:
+    # The operation name is part of the key: the statements limit is that operation's.
+    key = (id(schema), limits.key(), operation_name, query)
     found = documents.get(key)
     if found is not None:
         return found
@@ -234,16 +241,23 @@ def _check(schema: GraphQLSchema, query: str, limits: Limits) -> _Checked:
         if not limits.introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
         errors = [_formatted(e) for e in validate(schema, document, rules, hide_suggestions=hide)]
-        # The depth is the document's; its cost, too, unless a page size is a variable.
+        # The depth and the statements are the document's (and the named operation's); its
+        # cost, too, unless a page size is a variable.
         fixed_cost = not errors and not page_size_variables(document)
-        limit_errors = _limit_errors(schema, document, limits, {}) if fixed_cost else None
+        limit_errors = (
+            _limit_errors(schema, document, limits, {}, operation_name) if fixed_cost else None
+        )
         checked = _Checked(document, errors, limit_errors)
     documents.put(key, query, checked)
     return checked
 
 
 def _limit_errors(
-    schema: GraphQLSchema, document: DocumentNode, limits: Limits, variables: dict[str, Any]
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    limits: Limits,
+    variables: dict[str, Any],
+    operation_name: str | None,
 ) -> list[dict[str, Any]]:
     errors = validate(
         schema,
@@ -257,6 +271,7 @@ def _limit_errors(
                 variables=variables,
                 known_sizes=limits.known_list_sizes,
             ),
+            statement_limit_rule(limits.max_statements, operation_name),
         ],
     )
     return [_formatted(e) for e in errors]
@@ -269,7 +284,7 @@ def prepare(
     operation_name: str | None,
     limits: Limits,
 ) -> Prepared:
-    checked = _check(schema, query, limits)
+    checked = _check(schema, query, limits, operation_name)
     if checked.errors or checked.document is None:
         raise RequestErrors(copy.deepcopy(checked.errors))  # the cached entry stays intact
     document = checked.document
@@ -289,7 +304,7 @@ def prepare(
     # Costed with the values execution will use: coerced, operation defaults included.
     limit_errors = checked.limit_errors
     if limit_errors is None:
-        limit_errors = _limit_errors(schema, document, limits, coerced.coerced)
+        limit_errors = _limit_errors(schema, document, limits, coerced.coerced, operation_name)
     if operation.operation == OperationType.MUTATION:
         rule = mutation_count_rule(limits.max_mutations, operation_name)
         too_many = [_formatted(e) for e in validate(schema, document, [rule])]

@@ -8,26 +8,33 @@
   not multiply again; every other field has multiplier 1. The document's cost is the sum over
   its operations' root fields.
 - Operations: a document may hold only a few operations.
+- Statements: an upper bound of the SQL statements the operation that runs makes the database
+  execute (see `estimate_statements`): cost bounds the rows a document reads, not the number of
+  statements, and a root field that reads no rows per page (`projects(first: 0) { totalCount }`,
+  `sectoralStats { projectCount }`) costs almost nothing yet runs a full count or aggregate.
 
 Fragments (named and inline) are expanded where they are spread and aliases each count, so
-neither can hide depth or cost. `__typename` is free; the introspection fields `__schema` and
-`__type` are not counted (introspection is switched on or off as a whole). Cyclic fragments are
-reported by graphql's own rule; these rules stop at a cycle.
+neither can hide depth, cost or statements. `__typename` is free; the introspection fields
+`__schema` and `__type` are not counted (introspection is switched on or off as a whole).
+Cyclic fragments are reported by graphql's own rule; these rules stop at a cycle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from graphql import (
     ArgumentNode,
     DocumentNode,
     FieldNode,
+    FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLNamedType,
     GraphQLObjectType,
     GraphQLOutputType,
+    GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
     OperationDefinitionNode,
@@ -38,6 +45,7 @@ from graphql import (
     Visitor,
     get_named_type,
     get_nullable_type,
+    get_operation_ast,
     is_list_type,
     visit,
 )
@@ -231,3 +239,235 @@ def operation_count_rule(max_operations: int) -> type[ValidationRule]:
                 )
 
     return OperationCount
+
+
+# --- Statements ----------------------------------------------------------------------------
+#
+# What each field makes the database run, read from the resolvers (resolvers/*.py) and the
+# repository: nested lists and many-to-one fields are batched per list level (one statement
+# for every parent at once), keyed by the field's response path and arguments
+# (context.field_key), so a field costs its statements once per response path, whatever the
+# number of rows above it; aliases are different paths, and so are `nodes` and `edges`.
+# `tests/functions/graphql_api/test_limits.py` checks that every field with a resolver of its
+# own appears in one of the three tables below, and that the estimate is never below the
+# statements a request really runs.
+
+STATEMENTS: Mapping[str, int] = {
+    # Root lists and look-ups: one statement each (a page reads one row beyond it, for
+    # pageInfo, in the same statement).
+    "Query.countries": 1,
+    "Query.projects": 1,
+    "Query.country": 1,
+    "Query.countryByCode": 1,
+    "Query.project": 1,
+    # The aggregates: one statement each, over whole tables (not weighted: see the README).
+    "Query.regionalStats": 1,
+    "Query.globalStats": 1,
+    "Query.sectoralStats": 1,
+    # Nested lists and many-to-one fields: one statement per level.
+    "Country.projects": 1,
+    "Sector.projects": 1,
+    "Region.countries": 1,
+    "Project.country": 1,
+    # A separate count: per level for a nested list; for a top-level list the count rides
+    # with the page's statement, except when the page is empty (`first: 0`, or past the end).
+    "CountryConnection.totalCount": 1,
+    "ProjectConnection.totalCount": 1,
+    # Each mutation is a transaction: BEGIN, the write, the outbox insert (or, when nothing
+    # was written, the version check), COMMIT, and ROLLBACK should the COMMIT fail; an
+    # updateCountry that moves the country to another region also reads the projects it
+    # moved; setUserRole also takes an advisory lock, revokes the user's tokens and, when
+    # the COMMIT fails after Cognito changed, checks whether the audit event was recorded.
+    "Mutation.createCountry": 5,
+    "Mutation.updateCountry": 6,
+    "Mutation.createProject": 5,
+    "Mutation.updateProject": 5,
+    "Mutation.deleteProject": 5,
+    "Mutation.setUserRole": 7,
+}
+
+# Fields served by one load per request, whoever asks first: the sectors (`sectors`, and every
+# project's `sector`) are read once.
+ONCE_PER_REQUEST: Mapping[str, str] = {
+    "Query.sectors": "sectors",
+    "Project.sector": "sectors",
+}
+
+# Fields with a resolver of their own that run no SQL: regions come from configuration, a
+# connection's nodes, edges and pageInfo from the page already read, the status counts from
+# the aggregate's row.
+NO_STATEMENTS: frozenset[str] = frozenset(
+    {
+        "Query.regions",
+        "Country.region",
+        "Project.region",
+        "RegionalStats.region",
+        *(
+            f"{connection}.{field}"
+            for connection in ("CountryConnection", "ProjectConnection")
+            for field in ("nodes", "edges", "pageInfo")
+        ),
+        *(
+            f"{stats}.projectsByStatus"
+            for stats in ("RegionalStats", "GlobalStats", "SectoralStats")
+        ),
+    }
+)
+
+# Statements a request runs once per operation of a kind: before a mutation runs, the API
+# checks that the caller's token was not revoked (api._signed_out).
+OPERATION_STATEMENTS: Mapping[str, int] = {"mutation": 1}
+
+
+class _StatementEstimate:
+    """Counts the statements of an operation's fields as graphql-core executes them: fields
+    are grouped by response key (the same key selected twice, directly or through fragments,
+    resolves once: its selections merge), a named fragment is expanded once per selection
+    set, `@skip` and `@include` are ignored (a field they may drop still counts)."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        statements: Mapping[str, int],
+        once: Mapping[str, str],
+    ) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.statements = statements
+        self.once = once
+        # A merged selection's statements, by type and the selection sets merged: a fragment
+        # spread in many places is counted once, however the document nests it.
+        self._known: dict[tuple[str, frozenset[int]], tuple[int, frozenset[str]]] = {}
+
+    def operation(self, node: OperationDefinitionNode) -> int:
+        root = self.schema.get_root_type(node.operation)
+        counted, loads = self._selection(root, [(node.selection_set, frozenset())])
+        return counted + len(loads) + OPERATION_STATEMENTS.get(node.operation.value, 0)
+
+    def _fields(
+        self, groups: Iterable[tuple[SelectionSetNode, frozenset[str]]]
+    ) -> dict[str, list[tuple[FieldNode, frozenset[str]]]]:
+        """The fields of merged selection sets, by response key, fragments expanded."""
+        found: dict[str, list[tuple[FieldNode, frozenset[str]]]] = {}
+        spread: set[str] = set()
+
+        def add(selection_set: SelectionSetNode, visiting: frozenset[str]) -> None:
+            for selection in selection_set.selections:
+                if isinstance(selection, FieldNode):
+                    key = (selection.alias or selection.name).value
+                    found.setdefault(key, []).append((selection, visiting))
+                elif isinstance(selection, InlineFragmentNode):
+                    add(selection.selection_set, visiting)
+                elif isinstance(selection, FragmentSpreadNode):
+                    name = selection.name.value
+                    fragment = self.fragments.get(name)
+                    if fragment is None or name in spread or name in visiting:
+                        continue  # spread already, unknown or cyclic
+                    spread.add(name)
+                    add(fragment.selection_set, visiting | {name})
+
+        for selection_set, visiting in groups:
+            add(selection_set, visiting)
+        return found
+
+    def _selection(
+        self,
+        parent: GraphQLNamedType | None,
+        groups: list[tuple[SelectionSetNode, frozenset[str]]],
+    ) -> tuple[int, frozenset[str]]:
+        """The statements below a merged selection on `parent`, and the once-per-request
+        loads it asks for."""
+        if not isinstance(parent, GraphQLObjectType):
+            return 0, frozenset()
+        key = (parent.name, frozenset(id(selection_set) for selection_set, _ in groups))
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        counted = 0
+        loads: set[str] = set()
+        for nodes in self._fields(groups).values():
+            name = nodes[0][0].name.value
+            if name in _FREE or name in _INTROSPECTION:
+                continue
+            coordinate = f"{parent.name}.{name}"
+            counted += self.statements.get(coordinate, 0)
+            if coordinate in self.once:
+                loads.add(self.once[coordinate])
+            definition = parent.fields.get(name)
+            children = {
+                id(node.selection_set): (node.selection_set, visiting)
+                for node, visiting in nodes
+                if node.selection_set is not None
+            }
+            if definition is not None and children:
+                below, asked = self._selection(
+                    get_named_type(definition.type), list(children.values())
+                )
+                counted += below
+                loads |= asked
+        result = (counted, frozenset(loads))
+        self._known[key] = result
+        return result
+
+
+def _fragments(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
+    return {
+        definition.name.value: definition
+        for definition in document.definitions
+        if isinstance(definition, FragmentDefinitionNode)
+    }
+
+
+def estimate_statements(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation_name: str | None = None,
+    *,
+    statements: Mapping[str, int] = STATEMENTS,
+    once: Mapping[str, str] = ONCE_PER_REQUEST,
+) -> int:
+    """An upper bound of the SQL statements running the operation `operation_name` of a valid
+    document executes: the sum of `statements` over its fields, counted once per response
+    path (after fragments are expanded and fields of the same response key merged), plus one
+    per load of `once` it asks for, plus the operation's own (`OPERATION_STATEMENTS`). It
+    depends on neither variables nor data: a field's statements do not depend on how many
+    rows are above it, and fields under `@skip`/`@include` count. Not counted: a request's
+    idempotency record (a mutation sent with an Idempotency-Key)."""
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        raise ValueError(f"no operation {operation_name!r} to run in the document")
+    return _StatementEstimate(schema, _fragments(document), statements, once).operation(operation)
+
+
+def statement_limit_rule(
+    max_statements: int,
+    operation_name: str | None,
+    *,
+    statements: Mapping[str, int] = STATEMENTS,
+    once: Mapping[str, str] = ONCE_PER_REQUEST,
+) -> type[ValidationRule]:
+    """At most `max_statements` SQL statements (as `estimate_statements` bounds them) in the
+    operation that will run (the one `operation_name` selects): the others do not run."""
+
+    class StatementLimit(ValidationRule):
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            document = self.context.document
+            if get_operation_ast(document, operation_name) is not node:
+                return
+            estimate = _StatementEstimate(
+                self.context.schema, _fragments(document), statements, once
+            )
+            found = estimate.operation(node)
+            if found > max_statements:
+                self.report_error(
+                    _too_complex(
+                        f"The operation may run {found} SQL statements; "
+                        f"at most {max_statements} run in one request.",
+                        limit="statements",
+                        statements=found,
+                        maximum=max_statements,
+                    )
+                )
+
+    return StatementLimit

@@ -1,16 +1,26 @@
-"""Depth, cost, operation-count and mutation-count limits: exact figures, and no way around
-them."""
+"""Depth, cost, operation-count, mutation-count and statement limits: exact figures, and no
+way around them."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from graphql import parse, validate
+from graphql import GraphQLObjectType, parse, validate
 
 from covenant import db
 from graphql_api.engine import mutation_count_rule
-from graphql_api.limits import cost_limit_rule, depth_limit_rule, operation_count_rule
+from graphql_api.executor import RowKey
+from graphql_api.limits import (
+    NO_STATEMENTS,
+    ONCE_PER_REQUEST,
+    STATEMENTS,
+    cost_limit_rule,
+    depth_limit_rule,
+    estimate_statements,
+    operation_count_rule,
+    statement_limit_rule,
+)
 from graphql_api.schema import executable_schema
 
 from .conftest import EDITOR, Reply
@@ -221,3 +231,261 @@ def test_queries_are_not_mutations() -> None:
     many = " ".join(f"s{i}: sectors {{ id }}" for i in range(5))
     assert _mutation_errors(f"{{ {many} }}", 1) == []
     assert _mutation_errors(f"query Q {{ {many} }} mutation M {{ {_deletes(1)} }}", 1, "Q") == []
+
+
+# --- statements: the SQL a document makes the database run ---------------------------------
+
+DEFAULT_MAX_STATEMENTS = 64
+
+
+def _statements(query: str, operation_name: str | None = None) -> int:
+    return estimate_statements(executable_schema(), parse(query), operation_name)
+
+
+def _aliased(count: int, field: str, prefix: str = "a") -> str:
+    return " ".join(f"{prefix}{i}: {field}" for i in range(count))
+
+
+def _too_many_statements(count: int, maximum: int) -> dict:
+    message = f"The operation may run {count} SQL statements; at most {maximum} run in one request."
+    extensions = {"code": "BAD_USER_INPUT", "limit": "statements", "statements": count}
+    return {"errors": [{"message": message, "extensions": {**extensions, "maximum": maximum}}]}
+
+
+@pytest.mark.parametrize(
+    ("field", "each"),
+    [
+        # Cost 7 each (1 + 6 sectors x 1), yet an aggregate over all projects each.
+        ("sectoralStats { projectCount }", 1),
+        # Cost 1 each: an empty page, then its count in a statement of its own.
+        ("projects(first: 0) { totalCount }", 2),
+    ],
+)
+def test_aliased_cheap_fields_cannot_run_hundreds_of_statements(gql, field, each) -> None:
+    document = "{ " + _aliased(200, field) + " }"
+    assert _cost(document) < 50_000  # within the cost limit: cost does not stop it
+    reply = gql(document)
+    assert reply.status == 400
+    assert reply.headers["Content-Type"] == "application/graphql-response+json; charset=utf-8"
+    assert reply.body == _too_many_statements(200 * each, DEFAULT_MAX_STATEMENTS)
+    assert reply.statements == []  # refused before anything ran
+
+
+def test_the_statement_limit_answers_200_to_a_plain_json_client(gql) -> None:
+    reply = gql(
+        "{ " + _aliased(65, "globalStats { projectCount }") + " }",
+        headers={"Accept": "application/json"},
+    )
+    assert reply.status == 200
+    assert reply.body == _too_many_statements(65, DEFAULT_MAX_STATEMENTS)
+    assert reply.statements == []
+
+
+def test_a_document_at_the_default_limit_runs(gql) -> None:
+    # 32 empty pages, each with its count: exactly 64 statements, all of them run.
+    at_limit = "{ " + _aliased(32, "projects(first: 0) { totalCount }") + " }"
+    assert _statements(at_limit) == DEFAULT_MAX_STATEMENTS
+    reply = gql(at_limit)
+    assert reply.status == 200 and not reply.errors, reply.body
+    assert len(reply.statements) == DEFAULT_MAX_STATEMENTS
+    over = "{ globalStats { projectCount } " + at_limit[2:]
+    refused = gql(over)
+    assert refused.status == 400
+    assert refused.body == _too_many_statements(65, DEFAULT_MAX_STATEMENTS)
+    assert refused.statements == []
+
+
+def test_the_statement_limit_comes_from_the_environment(gql) -> None:
+    document = "{ globalStats { projectCount } sectoralStats { projectCount } }"
+    reply = gql(document, environment={"GRAPHQL_MAX_STATEMENTS": "1"})
+    assert reply.status == 400
+    assert reply.body == _too_many_statements(2, 1)
+    assert reply.statements == []
+    at_limit = gql(document, environment={"GRAPHQL_MAX_STATEMENTS": "2"})
+    assert at_limit.status == 200 and not at_limit.errors, at_limit.body
+    assert len(at_limit.statements) == 2
+    many = "{ " + _aliased(100, "globalStats { projectCount }") + " }"
+    assert gql(many, environment={"GRAPHQL_MAX_STATEMENTS": "100"}).status == 200
+
+
+def test_a_mutation_over_the_statement_limit_writes_nothing(gql) -> None:
+    # Each delete is a transaction of up to 5 statements; the caller's sign-out check is one.
+    document = f"mutation {{ {_deletes(4)} }}"
+    assert _statements(document) == 4 * 5 + 1
+    reply = gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "20"})
+    assert reply.status == 400
+    assert reply.body == _too_many_statements(21, 20)
+    assert reply.statements == []
+    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "21"}))
+
+
+def test_fragments_and_aliases_are_counted_as_execution_resolves_them() -> None:
+    plain = "{ countries { totalCount nodes { projects { nodes { sector { id } } } } } }"
+    hidden = """
+    { ...Q } fragment Q on Query { countries { ...C } }
+    fragment C on CountryConnection { totalCount nodes { ... on Country { ...P } } }
+    fragment P on Country { projects { nodes { sector { id } } } }
+    """
+    assert _statements(plain) == _statements(hidden) == 4  # page, count, projects, sectors
+    # The same response key twice (directly or through a fragment) resolves once: its
+    # selections merge.
+    merged = """
+    { countries { totalCount } countries { nodes { code } } ...Q }
+    fragment Q on Query { countries { totalCount } }
+    """
+    assert _statements(merged) == 2
+    # Aliases are fields of their own, whatever their arguments.
+    assert _statements("{ a: countries { totalCount } b: countries { totalCount } }") == 4
+    assert _statements('{ a: project(id: "1") { id } b: project(id: "2") { id } }') == 2
+    # nodes and edges are loaded each for their own path.
+    both = """{ countries { nodes { projects { nodes { id } } }
+                edges { node { projects { nodes { id } } } } } }"""
+    assert _statements(both) == 3
+
+
+def test_what_runs_no_statement_costs_nothing() -> None:
+    # Regions come from configuration; sectors are read once per request, whoever asks.
+    assert _statements("{ regions { code awsRegion } __typename }") == 0
+    assert _statements("{ a: sectors { id } b: sectors { name } }") == 1
+    sectors_everywhere = """{ sectors { id } projects { nodes { sector { name } } }
+        sectoralStats { sector { name } projectsByStatus { count } } }"""
+    assert _statements(sectors_everywhere) == 3  # sectors, projects, sectoralStats
+    assert _statements("{ regionalStats { region { code } projectsByStatus { count } } }") == 1
+
+
+def test_only_the_operation_that_runs_counts_statements() -> None:
+    document = (
+        "query One { globalStats { projectCount } } "
+        "query Three { a: globalStats { projectCount } b: globalStats { projectCount } "
+        "c: globalStats { projectCount } }"
+    )
+    assert _statements(document, "One") == 1
+    assert _statements(document, "Three") == 3
+    rule = statement_limit_rule(2, "One")
+    assert validate(executable_schema(), parse(document), [rule]) == []
+    (error,) = validate(executable_schema(), parse(document), [statement_limit_rule(2, "Three")])
+    assert error.extensions == {
+        "code": "BAD_USER_INPUT",
+        "limit": "statements",
+        "statements": 3,
+        "maximum": 2,
+    }
+
+
+def test_mutations_count_their_transactions() -> None:
+    assert _statements(f"mutation {{ {_deletes(10)} }}") == 10 * 5 + 1
+    nested = """mutation { createProject(input: {name: "n", sectorId: "energy",
+        countryCode: "KEN", budgetUsd: 1}) { id sector { name } country { name } region { code } } }"""
+    assert _statements(nested) == 5 + 1 + 1 + 1  # write, sectors, country, sign-out check
+
+
+def test_a_fragment_spread_everywhere_is_estimated_once_per_shape() -> None:
+    # 40 levels, each spreading the next under two aliases: 2^40 response paths, counted in
+    # linear time.
+    levels = 40
+    fragments = " ".join(
+        f"fragment F{i} on Country {{ a: projects {{ nodes {{ country {{ ...F{i + 1} }} }} }} "
+        f"b: projects {{ nodes {{ country {{ ...F{i + 1} }} }} }} }}"
+        for i in range(levels)
+    )
+    document = f'{{ country(code: "KEN") {{ ...F0 }} }} {fragments} fragment F{levels} on Country {{ code }}'
+    # S(i), below a country spreading F<i>: 2 x (projects 1 + country 1 + S(i + 1)), S(40) = 0.
+    assert _statements(document) == 1 + 4 * (2**levels - 1)
+
+
+def test_every_field_that_runs_sql_is_known() -> None:
+    """A resolver of its own may run SQL: each must be listed, with its statements or as
+    running none. Plain reads of the parent row (RowKey) run none."""
+    schema = executable_schema()
+    tables = {*STATEMENTS, *ONCE_PER_REQUEST, *NO_STATEMENTS}
+    unknown, listed_reads, coordinates = [], [], set()
+    for type_name, named in schema.type_map.items():
+        if type_name.startswith("__") or not isinstance(named, GraphQLObjectType):
+            continue
+        for field_name, field in named.fields.items():
+            coordinate = f"{type_name}.{field_name}"
+            coordinates.add(coordinate)
+            if isinstance(field.resolve, RowKey):
+                if coordinate in tables:
+                    listed_reads.append(coordinate)
+            elif coordinate not in tables:
+                unknown.append(coordinate)
+    assert unknown == []
+    assert listed_reads == []
+    assert tables <= coordinates  # nothing stale
+
+
+# Legitimate documents of every shape: the estimate is never below what really runs.
+READS = {
+    "nested": """{ countries(first: 20, filter: {region: "ams"}) { totalCount pageInfo { hasNextPage }
+        nodes { code projects(first: 3) { totalCount nodes { name sector { name }
+        country { name region { code } } } } } } }""",
+    "fragments": """query Fragments { ...Root }
+        fragment Root on Query { countries(first: 5) { ...Page } sectors { ...Sector } }
+        fragment Page on CountryConnection { totalCount nodes { ... on Country { code ...Projects } } }
+        fragment Projects on Country { projects(first: 2) { nodes { id ...Project } } }
+        fragment Sector on Sector { id projects(first: 1) { totalCount nodes { ...Project } } }
+        fragment Project on Project { name sector { id } country { code } }""",
+    "aliases": """{ active: projects(first: 2, filter: {status: ACTIVE}) { totalCount nodes { id } }
+        none: projects(first: 0) { totalCount }
+        past: projects(first: 5, filter: {nameContains: "no such project name"}) { totalCount }
+        big: countries(first: 3, orderBy: {field: GDP, direction: DESC}) { nodes { code } }
+        small: countries(first: 3, orderBy: {field: GDP}) { nodes { code } } }""",
+    "merged": """{ countries(first: 2) { nodes { code } }
+        countries(first: 2) { totalCount nodes { projects(first: 1) { nodes { id } } } } }""",
+    "stats": """{ regionalStats { region { code countries(first: 2) { totalCount nodes { code } } }
+        projectsByStatus { status count } }
+        globalStats { projectCount averageProgress projectsByStatus { count } }
+        energy: sectoralStats(sector: "energy") { sector { id name
+            projects(first: 2) { totalCount nodes { id country { code } } } } projectCount }
+        all: sectoralStats { sector { id } countryCount } }""",
+    "edges_and_nodes": """{ countries(first: 5) { pageInfo { endCursor }
+        edges { cursor node { projects(first: 1) { nodes { id } } } }
+        nodes { projects(first: 1) { nodes { id } } } } }""",
+    "regions": """{ regions { code countries(first: 2) { totalCount nodes { region { code }
+        projects(first: 1) { nodes { sector { name } } } } } } }""",
+    "lookups": """{ country(code: "KEN") { name projects(first: 2) { nodes { id } } }
+        countryByCode(code: "ke") { code } project(id: "00000000-0000-0000-0000-000000000000") { id }
+        sectors { id name } }""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(READS))
+def test_the_estimate_bounds_the_statements_a_read_runs(gql, name) -> None:
+    reply = gql(READS[name])
+    assert reply.status == 200 and not reply.errors, reply.body
+    assert reply.statements
+    assert _statements(READS[name]) >= len(reply.statements), reply.statements
+
+
+def test_the_estimate_bounds_the_statements_a_mutation_runs(gql) -> None:
+    nested = """id name sector { name projects(first: 2) { nodes { id } } }
+        country { name projects(first: 2) { totalCount nodes { id sector { id } } } }
+        region { code countries(first: 1) { nodes { code } } }"""
+    create = f"""mutation ($input: CreateProjectInput!) {{
+        createProject(input: $input) {{ {nested} }} }}"""
+    project = {
+        "name": f"Statements {uuid.uuid4().hex}",
+        "sectorId": "energy",
+        "countryCode": "KEN",
+        "budgetUsd": 1_000,
+    }
+    created = gql(create, {"input": project}, claims=EDITOR)
+    assert created.status == 200 and not created.errors, created.body
+    project_id = created.data["createProject"]["id"]
+    try:
+        assert _statements(create) >= len(created.statements), created.statements
+        documents = [
+            f"""mutation ($id: ID!) {{ updateProject(id: $id, input: {{progress: 10}}) {{ {nested} }}
+            again: updateProject(id: $id, input: {{progress: 10}}, expectedVersion: 1) {{ id }} }}""",
+            "mutation ($id: ID!) { deleteProject(id: $id) { id } }",
+            "mutation ($id: ID!) { deleteProject(id: $id) { id } }",  # NOT_FOUND
+        ]
+        for document in documents:
+            reply = gql(document, {"id": project_id}, claims=EDITOR)
+            assert reply.status == 200, reply.body
+            assert reply.statements
+            assert _statements(document) >= len(reply.statements), reply.statements
+    finally:
+        with db.writer().session() as session:
+            session.run("DELETE FROM projects WHERE id = CAST(:id AS uuid)", id=project_id)
