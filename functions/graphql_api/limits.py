@@ -105,10 +105,17 @@ def depth_limit_rule(max_depth: int) -> type[ValidationRule]:
     class DepthLimit(ValidationRule):
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
             walker = _Walker(self.context)
+            # Each selection set is measured once per (parent type, fragments being expanded):
+            # a fragment spread many times (aliases branching at every level) would otherwise
+            # cost exponential time in a document of a few kilobytes.
+            known: dict[tuple[int, str, frozenset[str]], int] = {}
 
             def depth(
                 selection_set: SelectionSetNode | None, parent: Any, seen: frozenset[str]
             ) -> int:
+                key = (id(selection_set), getattr(parent, "name", ""), seen)
+                if key in known:
+                    return known[key]
                 deepest = 0
                 for field, field_type, visiting in walker.fields(selection_set, parent, seen):
                     name = field.name.value
@@ -116,6 +123,7 @@ def depth_limit_rule(max_depth: int) -> type[ValidationRule]:
                         continue
                     child = get_named_type(field_type) if field_type is not None else None
                     deepest = max(deepest, 1 + depth(field.selection_set, child, visiting))
+                known[key] = deepest
                 return deepest
 
             found = depth(node.selection_set, _root_type(self.context, node), frozenset())
@@ -170,8 +178,21 @@ def cost_limit_rule(
 
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
             walker = _Walker(self.context)
+            # As in the depth rule: each selection set once per parent, expansion and place.
+            known: dict[tuple[int, str, frozenset[str], bool], int] = {}
 
             def cost(
+                selection_set: SelectionSetNode | None,
+                parent: Any,
+                seen: frozenset[str],
+                inside_connection: bool,
+            ) -> int:
+                key = (id(selection_set), getattr(parent, "name", ""), seen, inside_connection)
+                if key not in known:
+                    known[key] = measure(selection_set, parent, seen, inside_connection)
+                return known[key]
+
+            def measure(
                 selection_set: SelectionSetNode | None,
                 parent: Any,
                 seen: frozenset[str],

@@ -489,3 +489,42 @@ def test_the_estimate_bounds_the_statements_a_mutation_runs(gql) -> None:
     finally:
         with db.writer().session() as session:
             session.run("DELETE FROM projects WHERE id = CAST(:id AS uuid)", id=project_id)
+
+
+def _fragment_bomb(levels: int, branches: int = 4) -> str:
+    """Each fragment spreads the one below it through `branches` aliases: a few KB whose
+    fully expanded tree has branches**levels paths."""
+    aliases = "abcdefgh"[:branches]
+    fragments = ["fragment F0 on Project { country { code } }"]
+    for level in range(1, levels + 1):
+        body = " ".join(
+            f"{alias}: country {{ projects {{ nodes {{ ...F{level - 1} }} }} }}"
+            for alias in aliases
+        )
+        fragments.append(f"fragment F{level} on Project {{ {body} }}")
+    operation = f"{{ projects {{ nodes {{ ...F{levels} }} }} }}"
+    return "\n".join([operation, *fragments])
+
+
+def test_a_fragment_bomb_is_measured_in_linear_time(gql, monkeypatch) -> None:
+    """Depth and cost measure each fragment's selection set once per place, so a document
+    that expands to 4**9 paths costs a few hundred walks, not hundreds of thousands (the
+    limit rules must not be the denial of service they guard against)."""
+    from graphql_api import limits
+
+    walks = 0
+    original = limits._Walker.fields
+
+    def counted(self, *args, **kwargs):
+        nonlocal walks
+        walks += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(limits._Walker, "fields", counted)
+    document = _fragment_bomb(9)
+    assert len(document) < 3000
+    reply = gql(document)
+    assert reply.status == 400, reply.body
+    assert "depth" in {e["extensions"].get("limit") for e in reply.errors}
+    assert reply.statements == []
+    assert 0 < walks < 1000, walks
