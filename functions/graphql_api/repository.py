@@ -17,6 +17,7 @@ from aws_lambda_powertools import Tracer
 from covenant.db import Row, Session
 from graphql_api.errors import BadUserInput
 from graphql_api.pagination import Order, decode_cursor
+from graphql_api.validation import search_text
 
 tracer = Tracer()  # each statement is an X-Ray subsegment in AWS; a no-op elsewhere
 
@@ -199,7 +200,8 @@ def country_filter(filters: Mapping[str, Any] | None, known_regions: Iterable[st
         query.add("c.covenant_status = :f_status", f_status=f["covenant_status"])
     _range(query, "c.gdp_usd", f.get("gdp_min"), f.get("gdp_max"), ("gdpMin", "gdpMax"), "bigint")
     if f.get("name_contains"):
-        query.add("lower(c.name) LIKE :f_name", f_name=_like(f["name_contains"]))
+        name = search_text(f["name_contains"], "filter.nameContains")
+        query.add("lower(c.name) LIKE :f_name", f_name=_like(name))
     return query
 
 
@@ -207,13 +209,14 @@ def project_filter(filters: Mapping[str, Any] | None, known_regions: Iterable[st
     query = Query()
     f = filters or {}
     if f.get("sector_id") is not None:
-        query.add("p.sector_id = :f_sector", f_sector=f["sector_id"])
+        query.add(
+            "p.sector_id = :f_sector", f_sector=search_text(f["sector_id"], "filter.sectorId")
+        )
     if f.get("status") is not None:
         query.add("p.status = :f_status", f_status=f["status"])
     if f.get("country_code") is not None:
-        query.add(
-            "p.country_code = CAST(:f_country AS bpchar)", f_country=f["country_code"].upper()
-        )
+        country = search_text(f["country_code"], "filter.countryCode")
+        query.add("p.country_code = CAST(:f_country AS bpchar)", f_country=country.upper())
     if f.get("region") is not None:
         if f["region"] not in set(known_regions):
             raise BadUserInput("filter.region", f"must be one of {', '.join(known_regions)}")
@@ -235,14 +238,15 @@ def project_filter(filters: Mapping[str, Any] | None, known_regions: Iterable[st
         "numeric",
     )
     if f.get("name_contains"):
-        query.add("lower(p.name) LIKE :f_name", f_name=_like(f["name_contains"]))
+        name = search_text(f["name_contains"], "filter.nameContains")
+        query.add("lower(p.name) LIKE :f_name", f_name=_like(name))
     return query
 
 
 def _keyset(table: Table, order: Order, after: str | None, query: Query) -> None:
     if after is None:
         return
-    value, row_id = decode_cursor(after, order)
+    value, row_id = decode_cursor(after, order, id_type=table.id_type)
     a = table.alias
     comparison = "<" if order.descending else ">"
     query.add(

@@ -16,6 +16,44 @@ from typing import Any
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
+# The deepest JSON a request may nest (RFC 8259 section 9 lets a parser set a limit). A
+# GraphQL request needs a handful of levels; far deeper input would exhaust the stack, in
+# the parser or later (the idempotency record hashes the variables): it is malformed input.
+MAX_JSON_DEPTH = 64
+TOO_DEEP = f"nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than MAX_JSON_DEPTH (or too deep for the parser at all)."""
+
+    def __init__(self) -> None:
+        super().__init__(TOO_DEEP)
+
+
+def _depth_at_most(value: Any, limit: int) -> bool:
+    """Whether `value` nests at most `limit` arrays and objects; iterative, so any depth the
+    parser returned is measured without recursion."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return True
+
+
+def loads(raw: str | bytes) -> Any:
+    """json.loads, but JSON nested too deeply raises JsonTooDeep (a ValueError, as other
+    malformed JSON) instead of RecursionError."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise JsonTooDeep from None
+    if not _depth_at_most(value, MAX_JSON_DEPTH):
+        raise JsonTooDeep
+    return value
 
 
 @dataclass(frozen=True)
@@ -114,7 +152,11 @@ def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -
         variables = None
         if params.get("variables"):
             try:
-                variables = json.loads(params["variables"])
+                variables = loads(params["variables"])
+            except JsonTooDeep:
+                raise TransportError(
+                    400, f"'variables' must be JSON-encoded: {TOO_DEEP}", media_type=media_type
+                ) from None
             except ValueError:
                 raise TransportError(
                     400, "'variables' must be JSON-encoded", media_type=media_type
@@ -147,7 +189,7 @@ def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -
     if len(body) > max_body_bytes:
         raise TransportError(413, f"The body is over {max_body_bytes} bytes", media_type=media_type)
     try:
-        payload = json.loads(body)
+        payload = loads(body)
     except ValueError as exc:
         raise TransportError(
             400, f"The body is not valid JSON: {exc}", media_type=media_type

@@ -1,16 +1,28 @@
-"""Input rules of the mutations. Each failure names the argument path and the rule broken;
-the database's constraints stay as the last line of defence."""
+"""Input rules of the mutations and of the strings filters search for. Each failure names the
+argument path and the rule broken; the database's constraints stay as the last line of
+defence. Text obeys covenant.project_rules.text_rule (no NUL, no other control characters, no
+unpaired surrogates), checked before any SQL runs."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from covenant.project_rules import PROJECT_FIELDS, RuleViolation, clean_project_field
+from covenant.project_rules import PROJECT_FIELDS, RuleViolation, clean_project_field, text_rule
 from graphql_api.errors import BadUserInput
 
 MAX_SAFE_INTEGER = 2**53 - 1
+# joinedAt: not before the UN Charter entered into force (every country listed is a UN member
+# or observer state, none a member of anything founded on the Charter before it), and not in
+# the future: joining is a fact, recorded when it happened (a pending country has no date).
+EARLIEST_JOINED_AT = datetime(1945, 10, 24, tzinfo=UTC)
+CLOCK_SKEW = timedelta(minutes=5)
+JOINED_AT_RULE = (
+    "must be between 1945-10-24 (the UN Charter in force) and now "
+    "(a date in the future is refused, with 5 minutes of clock skew)"
+)
 _ALPHA3 = re.compile(r"^[A-Z]{3}$")
 _ALPHA2 = re.compile(r"^[A-Z]{2}$")
 
@@ -41,6 +53,9 @@ def path(field: str) -> str:
 
 
 def _text(value: Any, field: str, *, maximum: int, required: bool = True) -> str:
+    broken = text_rule(str(value))
+    if broken:
+        raise BadUserInput(path(field), broken)
     text = str(value).strip()
     if required and not text:
         raise BadUserInput(path(field), "must not be empty")
@@ -95,8 +110,24 @@ def country_changes(values: Mapping[str, Any], region_codes: tuple[str, ...]) ->
     if _present(values, "covenant_status"):
         clean["covenant_status"] = values["covenant_status"]
     if _present(values, "joined_at"):
-        clean["joined_at"] = values["joined_at"]
+        clean["joined_at"] = joined_at(values["joined_at"])
     return clean
+
+
+def joined_at(value: datetime, now: datetime | None = None) -> datetime:
+    """A country's joinedAt (the DateTime scalar has parsed it, time zone and all)."""
+    latest = (now or datetime.now(UTC)) + CLOCK_SKEW
+    if not EARLIEST_JOINED_AT <= value <= latest:
+        raise BadUserInput(path("joined_at"), JOINED_AT_RULE)
+    return value
+
+
+def search_text(value: str, argument: str) -> str:
+    """A string a filter compares or searches for, checked before it reaches SQL."""
+    broken = text_rule(value)
+    if broken:
+        raise BadUserInput(argument, broken)
+    return value
 
 
 def country_code(value: str, argument: str = "code") -> str:

@@ -4,13 +4,19 @@ class, each with its status and `code`), JSON bodies in and out, gzip."""
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from aws_lambda_powertools.event_handler import Response, content_types
 
 NO_STORE = {"Cache-Control": "no-store"}
+# The deepest JSON a body may nest (RFC 8259 section 9 lets a parser set a limit): a push is
+# four levels deep, a sign-in one. Far deeper input would exhaust the stack, in the parser or
+# later (a push's receipt hashes the whole body): it is refused as malformed.
+MAX_JSON_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -108,11 +114,56 @@ def parse_json_object(raw: str | None, *, max_bytes: int | None = None) -> dict[
         )
     try:
         value = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
     except ValueError:
         raise BadRequest("The request body is not valid JSON.", field="body") from None
     if not isinstance(value, dict):
         raise BadRequest("The request body must be a JSON object.", field="body")
+    _check_json_text(value)
     return value
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(
+        f"The request body is not valid JSON: nested more than {MAX_JSON_DEPTH} levels deep.",
+        field="body",
+    )
+
+
+def _check_json_text(body: dict[str, Any]) -> None:
+    """Refuses a body nested deeper than MAX_JSON_DEPTH, or holding a string that is not
+    Unicode text: JSON may spell an unpaired UTF-16 surrogate ("\\ud800"), which no database
+    column, hash or log line can encode (RFC 7493, I-JSON, forbids it). Iterative, so any depth
+    the parser returned is walked without recursion; the error names the string's path."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            if isinstance(key, str) and _SURROGATE.search(key):
+                _not_unicode(path or "body", key, "a key")
+            if isinstance(key, int):
+                where = f"{path}[{key}]"
+            else:
+                where = f"{path}.{key[:64]}" if path else key[:64]
+            if isinstance(child, str) and _SURROGATE.search(child):
+                _not_unicode(where, child, "a string")
+            if isinstance(child, dict | list):
+                stack.append((child, where, depth + 1))
+
+
+def _not_unicode(where: str, text: str, what: str) -> NoReturn:
+    found = _SURROGATE.search(text)
+    assert found is not None
+    raise BadRequest(
+        f"{where} holds {what} that is not valid Unicode text (an unpaired surrogate "
+        f"U+{ord(found.group()):04X} at character {found.start() + 1}).",
+        field=where,
+        rule="must be valid Unicode text",
+    )
 
 
 def gzip_accepted(headers: Mapping[str, str]) -> bool:

@@ -314,7 +314,7 @@ def _emit_region_move(
     wake_bridge_after_commit(uow, context.region)
 
 
-_USER_NAME = re.compile(r"^\S{1,128}$")
+_USER_NAME = re.compile(r"^[^\s\x00-\x1f\x7f-\x9f]{1,128}$")  # no space or control character
 # Role changes of one user are serialised (pg_advisory_xact_lock(this, hashtext(sub))), so
 # the roles an audit event reports as "before" are the ones the change replaced.
 _ROLE_LOCK_SPACE = 5151

@@ -8,6 +8,7 @@ from typing import Any
 from ariadne import QueryType
 
 from covenant.db import Row
+from covenant.project_rules import SECTOR_IDS
 from graphql_api import repository
 from graphql_api.context import Info, context_of, mark_siblings
 from graphql_api.errors import BadUserInput
@@ -93,9 +94,10 @@ def resolve_global_stats(_: Any, info: Info) -> Row:
 
 @query.field("sectoralStats")
 def resolve_sectoral_stats(_: Any, info: Info, sector: str | None = None) -> list[Row]:
-    rows = repository.sectoral_stats(context_of(info).session, sector)
-    if sector is not None and not rows:
+    # Refused before any SQL: an unknown id (NUL and all) is no sector of the fixed six.
+    if sector is not None and sector not in SECTOR_IDS:
         raise BadUserInput("sector", "is not a sector id (agriculture, minerals, energy, ...)")
+    rows = repository.sectoral_stats(context_of(info).session, sector)
     sectors = mark_siblings(
         {"id": r["sector_id"], "name": r["sector_name"], "description": r["sector_description"]}
         for r in rows

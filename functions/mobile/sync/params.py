@@ -68,7 +68,7 @@ def _migration(raw: str | None) -> Migration | None:
         return None
     try:
         value: Any = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         raise BadRequest(
             "migration must be JSON: null or {from, tables, columns}.", field="migration"
         ) from None

@@ -221,7 +221,7 @@ def test_only_admins_change_roles(gql, pool, claims, code) -> None:
     assert _audit_events(pool.subs["pen@covenant.test"]) == []
 
 
-@pytest.mark.parametrize("user", ["", "   ", "two words", "x" * 129])
+@pytest.mark.parametrize("user", ["", "   ", "two words", "x" * 129, "nul\x00user", "bell\x07user"])
 def test_a_malformed_user_is_bad_input_naming_the_field(set_role, user) -> None:
     reply = set_role(user, "EDITOR")
     assert reply.codes == ["BAD_USER_INPUT"]

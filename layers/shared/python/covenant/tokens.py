@@ -44,10 +44,30 @@ logger = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Header values a refusal may quote: an algorithm name, a key id. Anything else the client
+# wrote (the Authorization header, whatever shape it has) is never quoted: it may hold a
+# token, and the message is logged.
+_ALGORITHM = re.compile(r"^[A-Za-z0-9]{1,16}$")
+_KID = re.compile(r"^[A-Za-z0-9_+/=-]{1,64}$")
 
 
 class Unauthorized(Exception):
-    """The request is refused with 401; the message says why (for logs, never the client)."""
+    """The request is refused with 401; the message says why (for logs, never the client).
+    It never holds the Authorization header or any part of it."""
+
+
+def _reason(error: jwt.PyJWTError) -> str:
+    """PyJWT's reason ("Invalid header padding", "Signature has expired"), without the
+    details some append after a colon (a decoding error's account of the bytes it read)."""
+    return str(error).partition(":")[0].strip() or type(error).__name__
+
+
+def _quoted(value: Any, shape: re.Pattern[str]) -> str:
+    """A header value for a log message: quoted when it has the expected shape, else only
+    described (what a client writes there is not copied into the logs)."""
+    if isinstance(value, str) and shape.match(value):
+        return repr(value)
+    return f"(a {type(value).__name__} that is not a valid name)"
 
 
 class JwtVerifier:
@@ -83,16 +103,18 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"malformed token header: {exc}") from None
+            raise Unauthorized(f"malformed token header: {_reason(exc)}") from None
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
-            raise Unauthorized(f"token algorithm {algorithm!r} is not accepted")
+            raise Unauthorized(f"token algorithm {_quoted(algorithm, _ALGORITHM)} is not accepted")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise Unauthorized("token has no kid")
         key, key_algorithm = self._key(kid)
         if key_algorithm not in (None, algorithm):
-            raise Unauthorized(f"key {kid!r} is for {key_algorithm}, the token says {algorithm}")
+            raise Unauthorized(
+                f"key {_quoted(kid, _KID)} is for {key_algorithm}, the token says {algorithm}"
+            )
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -108,7 +130,7 @@ class JwtVerifier:
                 },
             )
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"token refused: {exc}") from None
+            raise Unauthorized(f"token refused: {_reason(exc)}") from None
         for name in ("exp", "iat", "nbf"):
             value = claims.get(name)
             if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -139,7 +161,7 @@ class JwtVerifier:
                 self._fetched_at = time.monotonic()
             key = self._keys.get(kid)
         if key is None:
-            raise Unauthorized(f"kid {kid!r} is not in the issuer's key set")
+            raise Unauthorized(f"kid {_quoted(kid, _KID)} is not in the issuer's key set")
         return key
 
     def _fetch_keys(self) -> dict[str, tuple[jwt.PyJWK, str | None]]:
@@ -171,13 +193,16 @@ class JwtVerifier:
 
 
 def token_from(authorization_header: str | None) -> str:
+    """The token of an Authorization header (alone or after `Bearer `). A refusal says what
+    is wrong with the header, never what it holds: `<token> x` has the token where the
+    scheme should be."""
     if authorization_header is None or not authorization_header.strip():
         raise Unauthorized("no Authorization header")
     value = authorization_header.strip()
     scheme, _, rest = value.partition(" ")
     if rest:
         if scheme.lower() != "bearer":
-            raise Unauthorized(f"Authorization scheme {scheme!r} is not Bearer")
+            raise Unauthorized("the Authorization scheme (its first word) is not Bearer")
         value = rest.strip()
     if not _TOKEN.match(value):
         raise Unauthorized("Authorization does not hold a JWT")
