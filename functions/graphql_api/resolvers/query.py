@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ariadne import QueryType
@@ -81,15 +82,25 @@ def resolve_sectors(_: Any, info: Info) -> list[Row]:
     return list(sectors_by_id(context_of(info)).values())
 
 
+def _stats_once(info: Info, key: tuple[Any, ...], load: Callable[[], list[Row]]) -> list[Row]:
+    """A stats aggregate runs once per request and arguments: aliases asking for the same
+    stats again (`a: sectoralStats ... b: sectoralStats ...`) share its rows, each alias with
+    copies of its own (resolvers below add fields to them)."""
+    rows = context_of(info).batch(("stats", *key), load)
+    return [dict(row) for row in rows]
+
+
 @query.field("regionalStats")
 def resolve_regional_stats(_: Any, info: Info, region: str | None = None) -> list[Row]:
     code = _known_region(info, region, "region")
-    return repository.regional_stats(context_of(info).session, code)
+    session = context_of(info).session
+    return _stats_once(info, ("regional", code), lambda: repository.regional_stats(session, code))
 
 
 @query.field("globalStats")
 def resolve_global_stats(_: Any, info: Info) -> Row:
-    return repository.global_stats(context_of(info).session)
+    session = context_of(info).session
+    return _stats_once(info, ("global",), lambda: [repository.global_stats(session)])[0]
 
 
 @query.field("sectoralStats")
@@ -97,7 +108,10 @@ def resolve_sectoral_stats(_: Any, info: Info, sector: str | None = None) -> lis
     # Refused before any SQL: an unknown id (NUL and all) is no sector of the fixed six.
     if sector is not None and sector not in SECTOR_IDS:
         raise BadUserInput("sector", "is not a sector id (agriculture, minerals, energy, ...)")
-    rows = repository.sectoral_stats(context_of(info).session, sector)
+    session = context_of(info).session
+    rows = _stats_once(
+        info, ("sectoral", sector), lambda: repository.sectoral_stats(session, sector)
+    )
     sectors = mark_siblings(
         {"id": r["sector_id"], "name": r["sector_name"], "description": r["sector_description"]}
         for r in rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from covenant import db
+from covenant.project_rules import SECTOR_IDS
 from covenant.reference import countries as reference_countries
 
 COUNTRY_PAGE = """
@@ -257,3 +258,29 @@ def test_stats_agree_with_the_data(gql) -> None:
     assert data["one"] == [{"countryCount": 1}]
     bad = gql('{ sectoralStats(sector: "mining") { projectCount } }')
     assert bad.codes == ["BAD_USER_INPUT"]
+
+
+def test_the_same_stats_asked_again_under_aliases_run_once(gql) -> None:
+    """Aliases asking for the same aggregate share its one statement (and its answer);
+    other arguments are other statements."""
+    reply = gql(
+        """{
+          a: sectoralStats { sector { id } projectCount }
+          b: sectoralStats { sector { name } projectCount totalBudgetUsd }
+          c: sectoralStats(sector: "energy") { projectCount }
+          g1: globalStats { projectCount }
+          g2: globalStats { countryCount }
+          r1: regionalStats(region: "ams") { countryCount }
+          r2: regionalStats(region: "ams") { projectCount }
+        }"""
+    )
+    assert not reply.errors, reply.body
+    data = reply.data
+    assert [s["projectCount"] for s in data["a"]] == [s["projectCount"] for s in data["b"]]
+    assert {s["sector"]["id"] for s in data["a"]} == set(SECTOR_IDS)
+    assert all("name" in s["sector"] for s in data["b"])
+    energy = next(s for s in data["a"] if s["sector"]["id"] == "energy")
+    assert data["c"] == [{"projectCount": energy["projectCount"]}]
+    assert data["g1"]["projectCount"] == sum(s["projectCount"] for s in data["a"])
+    # sectoral (all), sectoral (energy), global, regional (ams): four, not seven.
+    assert len(reply.statements) == 4, reply.statements
