@@ -460,6 +460,13 @@ LEFT JOIN (SELECT sector_id, count(*), count(DISTINCT country_code), sum(budget_
 ORDER BY s.name
 """
 
+# The sign-out check every authenticated mutation makes (on the replica): part of what a
+# correct mutation must do, so the floor makes it too.
+_FLOOR_SIGNED_OUT = """
+SELECT EXISTS (SELECT 1 FROM token_revocations WHERE sub = :sub
+               AND (CAST(:iat AS bigint) IS NULL
+                    OR CAST(:iat AS bigint) < floor(extract(epoch FROM revoked_at))::bigint))
+"""
 _FLOOR_UPDATE = """
 UPDATE projects p SET progress = CAST(:progress AS smallint)
 FROM (SELECT id, progress FROM projects WHERE id = CAST(:id AS uuid) FOR UPDATE) AS old
@@ -626,8 +633,11 @@ class Floor:
         return dumps({"sectoralStats": stats}), 1
 
     def update(self, project_id: str, progress: int) -> Result:
-        """What the mutation must do: the update and its two outbox events, one transaction."""
+        """What the mutation must do: check the caller has not signed out since the token was
+        issued, then the update and its two outbox events, one transaction."""
         CLOCK.ms = 0.0
+        if self._read(_FLOOR_SIGNED_OUT, sub=EDITOR["sub"], iat=EDITOR.get("iat"))[0][0]:
+            raise RuntimeError("the bench editor has signed out")
         self._write("BEGIN")
         try:
             row = self._write(_FLOOR_UPDATE, id=project_id, progress=progress)[0]
@@ -667,7 +677,7 @@ class Floor:
                 "updatedAt": iso(snapshot["updatedAt"]),
             }
         }
-        return dumps(data), 4, CLOCK.ms
+        return dumps(data), 5, CLOCK.ms
 
 
 # --------------------------------------------------------------------------------------------
