@@ -170,23 +170,27 @@ documents = DocumentCache()
 
 
 def _response_keys(
-    context: ValidationContext, selection_set: SelectionSetNode, visiting: frozenset[str]
+    context: ValidationContext, selection_set: SelectionSetNode, spread: set[str]
 ) -> set[str]:
     """The response keys (alias, else field name) a selection set resolves, with named and
-    inline fragments expanded where they are spread; `__typename` resolves nothing."""
+    inline fragments expanded where they are spread; `__typename` resolves nothing. Every
+    fragment here spreads into the same level, so each is expanded once (`spread`): a second
+    spread adds nothing (execution merges it), and expanding it again would make a document
+    of fragments that each spread the next twice cost exponential time."""
     keys: set[str] = set()
     for selection in selection_set.selections:
         if isinstance(selection, FieldNode):
             if selection.name.value != "__typename":
                 keys.add((selection.alias or selection.name).value)
         elif isinstance(selection, InlineFragmentNode):
-            keys |= _response_keys(context, selection.selection_set, visiting)
+            keys |= _response_keys(context, selection.selection_set, spread)
         elif isinstance(selection, FragmentSpreadNode):
             name = selection.name.value
             fragment = context.get_fragment(name)
-            if fragment is None or name in visiting:
-                continue  # unknown or cyclic: graphql's own rules report it
-            keys |= _response_keys(context, fragment.selection_set, visiting | {name})
+            if fragment is None or name in spread:
+                continue  # unknown (graphql's own rules report it), already expanded, or a cycle
+            spread.add(name)
+            keys |= _response_keys(context, fragment.selection_set, spread)
     return keys
 
 
@@ -205,7 +209,7 @@ def mutation_count_rule(max_mutations: int, operation_name: str | None) -> type[
                 return
             if get_operation_ast(self.context.document, operation_name) is not node:
                 return
-            count = len(_response_keys(self.context, node.selection_set, frozenset()))
+            count = len(_response_keys(self.context, node.selection_set, set()))
             if count > max_mutations:
                 self.report_error(
                     GraphQLError(

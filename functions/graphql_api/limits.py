@@ -70,10 +70,16 @@ class _Walker:
         selection_set: SelectionSetNode | None,
         parent: Any,
         visiting: frozenset[str],
+        spread: set[str] | None = None,
     ) -> list[tuple[FieldNode, GraphQLOutputType | None, frozenset[str]]]:
+        """The fields of one level: `visiting` holds the fragments being expanded on the path
+        (a cycle stops there); `spread` the fragments already expanded at this level, which
+        a second spread adds nothing to (as execution merges them): without it, a fragment
+        spread twice in each of twenty nested fragments is expanded 2**20 times."""
         found: list[tuple[FieldNode, GraphQLOutputType | None, frozenset[str]]] = []
         if selection_set is None:
             return found
+        spread = set() if spread is None else spread
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
                 name = selection.name.value
@@ -86,14 +92,17 @@ class _Walker:
                 condition = parent
                 if selection.type_condition is not None:
                     condition = self.context.schema.get_type(selection.type_condition.name.value)
-                found.extend(self.fields(selection.selection_set, condition, visiting))
+                found.extend(self.fields(selection.selection_set, condition, visiting, spread))
             elif isinstance(selection, FragmentSpreadNode):
                 name = selection.name.value
                 fragment = self.context.get_fragment(name)
-                if fragment is None or name in visiting:
-                    continue  # unknown or cyclic: graphql's own rules report it
+                if fragment is None or name in visiting or name in spread:
+                    continue  # unknown or cyclic (graphql's own rules report it), or merged
+                spread.add(name)
                 condition = self.context.schema.get_type(fragment.type_condition.name.value)
-                found.extend(self.fields(fragment.selection_set, condition, visiting | {name}))
+                found.extend(
+                    self.fields(fragment.selection_set, condition, visiting | {name}, spread)
+                )
         return found
 
 
@@ -105,15 +114,16 @@ def depth_limit_rule(max_depth: int) -> type[ValidationRule]:
     class DepthLimit(ValidationRule):
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
             walker = _Walker(self.context)
-            # Each selection set is measured once per (parent type, fragments being expanded):
-            # a fragment spread many times (aliases branching at every level) would otherwise
-            # cost exponential time in a document of a few kilobytes.
-            known: dict[tuple[int, str, frozenset[str]], int] = {}
+            # Each selection set is measured once per parent type: a fragment spread many
+            # times (aliases, or other fragments, branching at every level) would otherwise
+            # cost exponential time in a document of a few kilobytes. Not keyed by the path's
+            # fragments: they only matter to a cycle, and a cyclic document is refused anyway.
+            known: dict[tuple[int, str], int] = {}
 
             def depth(
                 selection_set: SelectionSetNode | None, parent: Any, seen: frozenset[str]
             ) -> int:
-                key = (id(selection_set), getattr(parent, "name", ""), seen)
+                key = (id(selection_set), getattr(parent, "name", ""))
                 if key in known:
                     return known[key]
                 deepest = 0
@@ -178,8 +188,8 @@ def cost_limit_rule(
 
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
             walker = _Walker(self.context)
-            # As in the depth rule: each selection set once per parent, expansion and place.
-            known: dict[tuple[int, str, frozenset[str], bool], int] = {}
+            # As in the depth rule: each selection set once per parent type and place.
+            known: dict[tuple[int, str, bool], int] = {}
 
             def cost(
                 selection_set: SelectionSetNode | None,
@@ -187,7 +197,7 @@ def cost_limit_rule(
                 seen: frozenset[str],
                 inside_connection: bool,
             ) -> int:
-                key = (id(selection_set), getattr(parent, "name", ""), seen, inside_connection)
+                key = (id(selection_set), getattr(parent, "name", ""), inside_connection)
                 if key not in known:
                     known[key] = measure(selection_set, parent, seen, inside_connection)
                 return known[key]

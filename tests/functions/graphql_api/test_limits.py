@@ -528,3 +528,68 @@ def test_a_fragment_bomb_is_measured_in_linear_time(gql, monkeypatch) -> None:
     assert "depth" in {e["extensions"].get("limit") for e in reply.errors}
     assert reply.statements == []
     assert 0 < walks < 1000, walks
+
+
+def _doubling_fragments(levels: int, on: str, leaf: str) -> str:
+    """Each fragment spreads the next one twice: 2**levels expansions if nothing merges."""
+    fragments = [f"fragment F{levels} on {on} {{ {leaf} }}"]
+    fragments += [f"fragment F{i} on {on} {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels)]
+    return "\n".join(fragments)
+
+
+def _two_fragment_levels(levels: int) -> str:
+    """Each level spreads two different fragments of the next: no name repeats in a selection
+    set, yet 2**levels paths."""
+    fragments = []
+    for i in range(levels):
+        nxt = f"...X{i + 1} ...Y{i + 1}" if i + 1 < levels else "code"
+        for name in ("X", "Y"):
+            fragments.append(
+                f"fragment {name}{i} on Country {{ projects {{ nodes {{ country {{ {nxt} }} }} }} }}"
+            )
+    return "{ countries { nodes { ...X0 ...Y0 } } }\n" + "\n".join(fragments)
+
+
+def _counting(monkeypatch, owner, name: str) -> list[int]:
+    calls = [0]
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_fragments_spread_twice_at_every_level_are_expanded_once(gql, monkeypatch) -> None:
+    from graphql_api import limits
+
+    walks = _counting(monkeypatch, limits._Walker, "fields")
+    document = "{ ...F0 }\n" + _doubling_fragments(30, "Query", "sectors { id }")
+    reply = gql(document)
+    assert reply.status == 200 and not reply.errors, reply.body
+    assert len(reply.data["sectors"]) == 6
+    assert 0 < walks[0] < 200, walks
+
+
+def test_two_fragments_per_level_are_measured_once_each(gql, monkeypatch) -> None:
+    from graphql_api import limits
+
+    walks = _counting(monkeypatch, limits._Walker, "fields")
+    reply = gql(_two_fragment_levels(24))
+    assert reply.status == 400, reply.body
+    assert "depth" in {e["extensions"].get("limit") for e in reply.errors}
+    assert reply.statements == []
+    assert 0 < walks[0] < 2000, walks
+
+
+def test_mutation_fields_are_counted_without_expanding_a_fragment_twice(gql, monkeypatch) -> None:
+    from graphql_api import engine
+
+    calls = _counting(monkeypatch, engine, "_response_keys")
+    leaf = 'deleteProject(id: "00000000-0000-4000-8000-000000000000") { id }'
+    document = "mutation { ...F0 }\n" + _doubling_fragments(30, "Mutation", leaf)
+    reply = gql(document, claims=EDITOR)
+    assert reply.codes == ["NOT_FOUND"], reply.body  # one field, run once
+    assert 0 < calls[0] < 200, calls
