@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pg8000.exceptions import DatabaseError
 
 from covenant.config import env, settings
 from covenant.db import DatabaseUnavailable, reader, record_statements
@@ -186,7 +187,7 @@ def _execute(
     if prepared.is_mutation and actor.authenticated:
         try:
             signed_out = _signed_out(actor)
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, DatabaseError):  # unreachable, timed out, a conflict
             logger.exception("sign-out check failed")
             return _unavailable(request, request_id)
         if signed_out:

@@ -81,8 +81,15 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and not _UNSENDABLE.search(value)
 
 
+# Exactly what datetime.isoformat() writes for an aware timestamp: fromisoformat alone also
+# takes forms PostgreSQL refuses (ISO week dates, comma fractions).
+_ISO_TIMESTAMP = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?[+-][0-9]{2}:[0-9]{2}$"
+)
+
+
 def _timestamptz(value: Any) -> bool:
-    if not isinstance(value, str) or not value.isascii():
+    if not isinstance(value, str) or not _ISO_TIMESTAMP.match(value):
         return False
     try:
         return datetime.fromisoformat(value).tzinfo is not None

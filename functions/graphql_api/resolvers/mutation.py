@@ -350,10 +350,11 @@ def resolve_set_user_role(_: Any, info: Info, input: dict[str, Any]) -> dict[str
             if before == {role}:
                 return _role_change(user, role, before, changed=False)
             event_id = emit_role_change(uow, context, user.describe(), sorted(before), [role])
-            # The user's tokens carry the old groups: refuse them, so the new role holds at
-            # once (the app refreshes and gets the new groups; a demoted editor stops writing).
-            revoke_tokens(uow, user.sub)
             applied = users.set_role(directory, user, role, before)
+            # The user's tokens carry the old groups: refuse those issued until now, i.e.
+            # after Cognito made the change (a token refreshed while this transaction waited
+            # or called Cognito still has the old groups), so the new role holds at once.
+            revoke_tokens(uow, user.sub)
     except Exception:
         if applied and event_id is not None:  # Cognito changed; did the event commit?
             _settle(directory, user, applied, event_id, role)

@@ -324,6 +324,17 @@ def _cursor(key: str, value: Any, row_id: Any) -> str:
         (PROJECT_PAGE, "IMPACT", _cursor("impact_score:asc", [1], SOME_ID)),
         (PROJECT_PAGE, "CREATED_AT", _cursor("created_at:asc", "yesterday", SOME_ID)),
         (PROJECT_PAGE, "CREATED_AT", _cursor("created_at:asc", 1_700_000_000, SOME_ID)),
+        # Python's fromisoformat takes these; PostgreSQL does not.
+        (
+            PROJECT_PAGE,
+            "CREATED_AT",
+            _cursor("created_at:asc", "2024-W01-1T00:00:00+00:00", SOME_ID),
+        ),
+        (
+            PROJECT_PAGE,
+            "CREATED_AT",
+            _cursor("created_at:asc", "2024-01-01T00:00:00,5+00:00", SOME_ID),
+        ),
         (PROJECT_PAGE, "NAME", _cursor("name:asc", 5, SOME_ID)),
         (PROJECT_PAGE, "NAME", _cursor("name:asc", "a\u0000b", SOME_ID)),
         (PROJECT_PAGE, "NAME", _cursor("name:asc", "\ud800", SOME_ID)),

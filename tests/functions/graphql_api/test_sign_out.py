@@ -63,3 +63,25 @@ def test_a_token_without_iat_counts_as_older_than_the_sign_out(gql, signed_out) 
         DELETE, {"id": str(uuid.uuid4())}, claims={"sub": sub, "cognito:groups": "[editor]"}
     )
     assert reply.status == 401 and reply.codes == ["UNAUTHENTICATED"], reply.body
+
+
+@pytest.mark.parametrize("failure", ["unavailable", "statement"])
+def test_a_failed_check_is_a_clean_503_and_writes_nothing(gql, monkeypatch, failure) -> None:
+    """Whatever the replica answers (unreachable, a statement timeout, a recovery conflict),
+    the request gets a GraphQL answer with the request id, not an unhandled 500."""
+    from pg8000.exceptions import DatabaseError
+
+    from covenant.db import DatabaseUnavailable
+    from graphql_api import api
+
+    def broken(actor):
+        if failure == "unavailable":
+            raise DatabaseUnavailable("replica down")
+        raise DatabaseError({"C": "57014", "M": "canceling statement due to statement timeout"})
+
+    monkeypatch.setattr(api, "_signed_out", broken)
+    reply = gql(DELETE, {"id": str(uuid.uuid4())}, claims=_editor(str(uuid.uuid4()), time.time()))
+    assert reply.status == 503, reply.body
+    assert reply.codes == ["INTERNAL_SERVER_ERROR"]
+    assert reply.errors[0]["extensions"]["requestId"]
+    assert reply.statements == []

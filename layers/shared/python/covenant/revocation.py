@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 from covenant.db import Database, Session, writer
 
+# clock_timestamp(), not now(): the time of this statement, not of the transaction's start
+# (a role change records it after its Cognito calls, in a transaction begun before them).
 _RECORD = """
-INSERT INTO token_revocations (sub, revoked_at) VALUES (:sub, now())
+INSERT INTO token_revocations (sub, revoked_at) VALUES (:sub, clock_timestamp())
 ON CONFLICT (sub) DO UPDATE SET revoked_at = EXCLUDED.revoked_at
 """
 
