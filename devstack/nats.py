@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -13,10 +14,25 @@ from devstack.processes import wait_until
 
 
 class NatsServer:
-    def __init__(self, data_dir: Path, port: int, monitor_port: int) -> None:
+    """`config`: a configuration file's text (e.g. users and permissions), with the variables
+    it names in `environment`; without it, the open server `make dev` runs."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        monitor_port: int,
+        *,
+        config: str | None = None,
+        environment: dict[str, str] | None = None,
+        name: str = "covenant-local",
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.monitor_port = monitor_port
+        self.config = config
+        self.environment = environment or {}
+        self.name = name
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -26,9 +42,15 @@ class NatsServer:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "nats-server.log"
+        options: list[str] = []
+        if self.config is not None:
+            config = self.data_dir / "nats.conf"
+            config.write_text(self.config, encoding="utf-8")
+            options = ["--config", str(config)]
         self._process = subprocess.Popen(
             [
                 str(nats_server_path()),
+                *options,
                 "--jetstream",
                 "--store_dir",
                 str(self.data_dir / "jetstream"),
@@ -39,10 +61,11 @@ class NatsServer:
                 "--http_port",
                 str(self.monitor_port),
                 "--server_name",
-                "covenant-local",
+                self.name,
                 "--log",
                 str(log),
             ],
+            env={**os.environ, **self.environment} if self.environment else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

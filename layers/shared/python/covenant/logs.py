@@ -10,6 +10,8 @@ function that runs it.
 
 from __future__ import annotations
 
+import logging
+
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
@@ -17,4 +19,7 @@ SHARED_LOGGER = "covenant"
 
 
 def adopt_shared_logs(source: Logger) -> None:
+    # Once per process and function in practice: a warm invocation finds them adopted already.
+    if logging.getLogger(SHARED_LOGGER).handlers == source.handlers:
+        return
     copy_config_to_registered_loggers(source_logger=source, include={SHARED_LOGGER})

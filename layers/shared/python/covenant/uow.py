@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -12,13 +13,14 @@ from covenant.events import CloudEvent
 
 logger = logging.getLogger(__name__)
 
-# The envelopes travel as one JSON array (one parameter); each row takes its id and subject
-# (the event type) from its envelope, in the array's order.
+# The events travel as one JSON array (one parameter) of {aggregateType, aggregateId,
+# envelope}; each row takes its id and subject (the event type) from its envelope, in the
+# array's order.
 _INSERT_OUTBOX = """
 INSERT INTO outbox (id, subject, aggregate_type, aggregate_id, payload)
-SELECT CAST(e.envelope ->> 'id' AS uuid), e.envelope ->> 'type', :aggregate_type, :aggregate_id,
-       e.envelope
-FROM jsonb_array_elements(CAST(:envelopes AS jsonb)) WITH ORDINALITY AS e(envelope, n)
+SELECT CAST(e.item -> 'envelope' ->> 'id' AS uuid), e.item -> 'envelope' ->> 'type',
+       e.item ->> 'aggregateType', e.item ->> 'aggregateId', e.item -> 'envelope'
+FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS e(item, n)
 ORDER BY e.n
 """
 
@@ -83,15 +85,21 @@ class UnitOfWork:
     ) -> None:
         """Writes the events of one aggregate to the outbox in one statement, in their order
         (a change and its audit record: one round trip, not two)."""
-        if not events:
+        self.add_outbox_events([(event, aggregate_type, aggregate_id) for event in events])
+
+    def add_outbox_events(self, items: Sequence[tuple[CloudEvent, str, str]]) -> None:
+        """Writes (event, aggregate type, aggregate id) rows to the outbox in one statement,
+        in their order, each on its own aggregate (the bridge keeps each aggregate's events in
+        order, so an event must carry the aggregate it is about)."""
+        if not items:
             return
-        self._require_session().run(
-            _INSERT_OUTBOX,
-            envelopes="[" + ",".join(event.to_json() for event in events) + "]",
-            aggregate_type=aggregate_type,
-            aggregate_id=aggregate_id,
+        rows = ",".join(
+            f'{{"aggregateType":{json.dumps(kind)},"aggregateId":{json.dumps(key)},'
+            f'"envelope":{event.to_json()}}}'
+            for event, kind, key in items
         )
-        self.events.extend(events)
+        self._require_session().run(_INSERT_OUTBOX, items=f"[{rows}]")
+        self.events.extend(event for event, _, _ in items)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
