@@ -39,6 +39,28 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SIX_CONTINENTS = {"Africa", "Asia", "Europe", "North America", "South America", "Oceania"}
 SIX_REGIONS = {"iad", "ams", "syd", "sin", "sfo", "jnb"}
 SECTOR_IDS = {"agriculture", "minerals", "energy", "technology", "health", "education"}
+# The 193 UN member states and the 2 observer states (Holy See, Palestine) as ISO 3166-1
+# alpha-3:alpha-2, written out independently of countries.csv (from the ISO 3166-1 list less
+# its 54 entries that are not UN members or observers: territories, Taiwan, Western Sahara,
+# Cook Islands, Niue...). Kosovo has no ISO 3166-1 code.
+_UN_PAIRS = (
+    "AFG:AF AGO:AO ALB:AL AND:AD ARE:AE ARG:AR ARM:AM ATG:AG AUS:AU AUT:AT AZE:AZ BDI:BI BEL:BE "
+    "BEN:BJ BFA:BF BGD:BD BGR:BG BHR:BH BHS:BS BIH:BA BLR:BY BLZ:BZ BOL:BO BRA:BR BRB:BB BRN:BN "
+    "BTN:BT BWA:BW CAF:CF CAN:CA CHE:CH CHL:CL CHN:CN CIV:CI CMR:CM COD:CD COG:CG COL:CO COM:KM "
+    "CPV:CV CRI:CR CUB:CU CYP:CY CZE:CZ DEU:DE DJI:DJ DMA:DM DNK:DK DOM:DO DZA:DZ ECU:EC EGY:EG "
+    "ERI:ER ESP:ES EST:EE ETH:ET FIN:FI FJI:FJ FRA:FR FSM:FM GAB:GA GBR:GB GEO:GE GHA:GH GIN:GN "
+    "GMB:GM GNB:GW GNQ:GQ GRC:GR GRD:GD GTM:GT GUY:GY HND:HN HRV:HR HTI:HT HUN:HU IDN:ID IND:IN "
+    "IRL:IE IRN:IR IRQ:IQ ISL:IS ISR:IL ITA:IT JAM:JM JOR:JO JPN:JP KAZ:KZ KEN:KE KGZ:KG KHM:KH "
+    "KIR:KI KNA:KN KOR:KR KWT:KW LAO:LA LBN:LB LBR:LR LBY:LY LCA:LC LIE:LI LKA:LK LSO:LS LTU:LT "
+    "LUX:LU LVA:LV MAR:MA MCO:MC MDA:MD MDG:MG MDV:MV MEX:MX MHL:MH MKD:MK MLI:ML MLT:MT MMR:MM "
+    "MNE:ME MNG:MN MOZ:MZ MRT:MR MUS:MU MWI:MW MYS:MY NAM:NA NER:NE NGA:NG NIC:NI NLD:NL NOR:NO "
+    "NPL:NP NRU:NR NZL:NZ OMN:OM PAK:PK PAN:PA PER:PE PHL:PH PLW:PW PNG:PG POL:PL PRK:KP PRT:PT "
+    "PRY:PY PSE:PS QAT:QA ROU:RO RUS:RU RWA:RW SAU:SA SDN:SD SEN:SN SGP:SG SLB:SB SLE:SL SLV:SV "
+    "SMR:SM SOM:SO SRB:RS SSD:SS STP:ST SUR:SR SVK:SK SVN:SI SWE:SE SWZ:SZ SYC:SC SYR:SY TCD:TD "
+    "TGO:TG THA:TH TJK:TJ TKM:TM TLS:TL TON:TO TTO:TT TUN:TN TUR:TR TUV:TV TZA:TZ UGA:UG UKR:UA "
+    "URY:UY USA:US UZB:UZ VAT:VA VCT:VC VEN:VE VNM:VN VUT:VU WSM:WS YEM:YE ZAF:ZA ZMB:ZM ZWE:ZW"
+)
+UN_STATES = {a3: a2 for a3, a2 in (pair.split(":") for pair in _UN_PAIRS.split())}
 
 # ---------------------------------------------------------------------------------------------
 # Countries, pure data
@@ -64,6 +86,11 @@ def test_the_data_set_is_the_195_states() -> None:
     assert by_code["ZAF"].iso2 == "ZA"
     assert by_code["PSE"].iso2 == "PS"
     assert by_code["VAT"].iso2 == "VA"
+
+
+def test_the_codes_are_the_un_states_with_their_iso_pairs() -> None:
+    assert len(UN_STATES) == 195
+    assert {c.code: c.iso2 for c in countries()} == UN_STATES
 
 
 def test_codes_names_and_continents_are_well_formed() -> None:
@@ -147,6 +174,16 @@ def test_the_file_names_its_sources_and_vintage() -> None:
     assert imf and sum(sources[s] for s in imf) >= 150
     for source in sources:
         assert re.search(r"20\d\d", source), source
+    # The IMF rows carry the vintage the header names.
+    vintage = re.search(r"IMF World Economic Outlook, (April|October) (20\d\d)", text)
+    assert vintage is not None
+    assert set(imf) == {f"IMF WEO {vintage[1][:3]} {vintage[2]}"}
+    # Every other row is marked as an estimate, and a source line of the header names it.
+    source_lines = [line for line in header if line.lower().startswith("source")]
+    for country in countries():
+        if country.gdp_source not in imf:
+            assert re.search(r"\((est\.|latest)\)$", country.gdp_source), country
+            assert any(country.name in line for line in source_lines), country.code
 
 
 def test_the_contribution_is_one_ten_thousandth_rounded_down() -> None:
@@ -204,6 +241,7 @@ def test_seed_project_values_are_within_their_ranges() -> None:
     projects = seed_projects(load_regions())
     ids = [p.id for p in projects]
     assert len(set(ids)) == len(ids)
+    assert len({p.name for p in projects}) == len(projects)
     for project in projects:
         assert str(uuid.UUID(project.id)) == project.id
         assert project.name == project.name.strip() and 1 <= len(project.name) <= 200

@@ -176,6 +176,7 @@ def seed_projects(regions: Iterable[Region]) -> tuple[SeedProject, ...]:
     for country in countries():
         by_region.setdefault(country.region, []).append(country)
     projects: list[SeedProject] = []
+    names: set[str] = set()
     for region in sorted(regions, key=lambda r: r.code):
         members = sorted(by_region.get(region.code, []), key=lambda c: c.code)
         if not members:
@@ -192,10 +193,17 @@ def seed_projects(regions: Iterable[Region]) -> tuple[SeedProject, ...]:
                 "completed": 100,
                 "cancelled": rng.randint(0, 60),
             }[status]
+            # A region with few countries repeats a (country, sector, kind): later ones are
+            # numbered phases, so every seed project has a name of its own.
+            name, phase = f"{country.name} {kind}", 1
+            while name in names:
+                phase += 1
+                name = f"{country.name} {kind}, Phase {phase}"
+            names.add(name)
             projects.append(
                 SeedProject(
                     id=str(uuid.uuid5(_PROJECT_NAMESPACE, f"{region.code}:{index}")),
-                    name=f"{country.name} {kind}",
+                    name=name,
                     description=(
                         f"{kind} in {country.name}, funded by the covenant's "
                         f"{sector.name.lower()} window."
