@@ -167,6 +167,64 @@ def test_a_write_that_commits_late_is_numbered_after_the_cursor_a_reader_took(
             )
 
 
+def test_a_delete_and_a_country_change_that_commit_late_are_numbered_after_the_cursor(
+    servers, writer, reader, wait_for_replica, own_projects
+) -> None:
+    """The same race for the other kinds of change: a tombstone, and a country update."""
+    doomed, other = own_projects(2, "late delete")
+    country = "ISL"
+    country_sql = "SELECT change_seq, version, gdp_usd FROM countries WHERE code = :code"
+    tombstones_after = (
+        "SELECT record_id, change_seq FROM tombstones "
+        "WHERE table_name = 'projects' AND change_seq > :cursor"
+    )
+    with writer.session() as session:
+        country_before = session.one(country_sql, code=country)
+    assert country_before is not None
+    t1_db = _connect(servers)
+    t2_db = _connect(servers, timeout_ms=3000)
+    try:
+        with t1_db.session() as t1:
+            t1.run("BEGIN")
+            t1.run("DELETE FROM projects WHERE id = CAST(:id AS uuid)", id=doomed)
+            t1.run(
+                "UPDATE countries SET gdp_usd = gdp_usd + 10000 WHERE code = :code", code=country
+            )
+            with t2_db.session() as t2:
+                t2.run("BEGIN")
+                t2.run("UPDATE projects SET progress = 67 WHERE id = CAST(:id AS uuid)", id=other)
+                t2.run("COMMIT")
+            with writer.session() as session:
+                other_seq = _row(session, other)["change_seq"]
+                cursor = _cursor(session)
+                assert other_seq is not None and cursor >= other_seq
+                assert _tombstone(session, doomed) is None
+                assert session.one(country_sql, code=country) == country_before
+            t1.run("COMMIT")
+
+        with writer.session() as session:
+            deleted = dict(session.run(tombstones_after, cursor=cursor))
+            country_after = session.one(country_sql, code=country)
+        assert doomed in deleted, "a delete that committed late was missed by the pull"
+        assert deleted[doomed] > other_seq
+        assert country_after is not None
+        assert country_after["change_seq"] > cursor, "a country change that committed late"
+        assert country_after["version"] == country_before["version"] + 1
+        wait_for_replica()
+        with reader.session() as session:
+            assert dict(session.run(tombstones_after, cursor=cursor)) == deleted
+            assert session.one(country_sql, code=country) == country_after
+    finally:
+        t1_db.close()
+        t2_db.close()
+        with UnitOfWork(writer) as uow:
+            uow.run(
+                "UPDATE countries SET gdp_usd = :gdp WHERE code = :code",
+                gdp=country_before["gdp_usd"],
+                code=country,
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # Stress: concurrent writers, pollers on the primary and on the replica
 # ---------------------------------------------------------------------------------------------

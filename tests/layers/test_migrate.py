@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg8000.exceptions import DatabaseError
 
 from covenant.db import Database, Role
 from covenant.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
@@ -89,14 +89,83 @@ def test_applies_only_new_files(scratch_db: Database, tmp_path: Path) -> None:
 def test_a_failing_migration_leaves_no_trace(scratch_db: Database, tmp_path: Path) -> None:
     folder = _copy_migrations(tmp_path / "migrations")
     migrate(scratch_db, folder)
-    (folder / "9001_broken.sql").write_text(
+    (folder / "9001_fine.sql").write_text("CREATE TABLE fine (id int);")
+    (folder / "9002_broken.sql").write_text(
         "CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;"
     )
-    with pytest.raises(DatabaseError):
+    # The error names the file, the server's reason and the line it points at.
+    with pytest.raises(
+        MigrationError,
+        match=r"^migration 9002_broken\.sql failed and was rolled back: "
+        r'relation "no_such_table" does not exist \(line 2\)$',
+    ):
         migrate(scratch_db, folder)
+    # Each file is its own transaction: the one before stays applied, the broken one is gone.
+    assert "fine" in _tables(scratch_db)
     assert "half_done" not in _tables(scratch_db)
     with scratch_db.session() as session:
-        assert session.scalar("SELECT count(*) FROM schema_migrations WHERE version = 9001") == 0
+        recorded = session.run("SELECT version FROM schema_migrations WHERE version > 9000")
+        assert recorded == [[9001]]
+        # The connection is usable afterwards: no transaction or lock was left behind.
+        assert (
+            session.scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            == 0
+        )
+        assert session.scalar("SELECT 1") == 1
+    (folder / "9002_broken.sql").write_text("CREATE TABLE half_done (id int);")
+    assert [m.version for m in migrate(scratch_db, folder)] == [9002]
+
+
+def test_refuses_a_new_file_numbered_below_an_applied_one(
+    scratch_db: Database, tmp_path: Path
+) -> None:
+    """A database that got 9002 before 9001 would have a history no fresh database has."""
+    folder = _copy_migrations(tmp_path / "migrations")
+    (folder / "9002_later.sql").write_text("CREATE TABLE later (id int);")
+    migrate(scratch_db, folder)
+    (folder / "9001_from_a_branch.sql").write_text("CREATE TABLE must_not_exist (id int);")
+    with pytest.raises(
+        MigrationError, match=r"9001_from_a_branch\.sql is new but numbered below 9002_later"
+    ):
+        migrate(scratch_db, folder)
+    assert "must_not_exist" not in _tables(scratch_db)
+
+
+def test_two_runners_at_once_apply_each_file_exactly_once(
+    scratch_db: Database, tmp_path: Path
+) -> None:
+    folder = _copy_migrations(tmp_path / "migrations")
+    # Slow enough that the second runner arrives while the first is still applying.
+    (folder / "9001_slow.sql").write_text(
+        "CREATE TABLE slow (id int);\nSELECT pg_sleep(0.5);\nINSERT INTO slow VALUES (1);"
+    )
+    barrier = threading.Barrier(2)
+    applied: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        # A Database keeps one connection per thread: each runner has its own session.
+        try:
+            barrier.wait(timeout=10)
+            applied.append([m.version for m in migrate(scratch_db, folder)])
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+        finally:
+            scratch_db.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    # One runner applied everything; the other waited for it and found nothing left to do.
+    assert sorted(applied, key=len) == [[], [m.version for m in discover(folder)]]
+    with scratch_db.session() as session:
+        assert session.scalar("SELECT count(*) FROM slow") == 1
+        assert session.scalar("SELECT count(*) FROM schema_migrations") == len(discover(folder))
 
 
 def test_refuses_a_missing_applied_file(scratch_db: Database, tmp_path: Path) -> None:

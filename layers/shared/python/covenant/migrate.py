@@ -2,8 +2,10 @@
 
 Files are `NNNN_description.sql`, applied in number order, each in its own transaction and
 recorded with its SHA-256 in `schema_migrations`. Running again applies only what is new.
-If a file that was applied has since changed, nothing runs: edit history by adding a file.
-Concurrent runners serialise on an advisory lock.
+If a file that was applied has since changed or gone, or a new file is numbered below one
+already applied (so this database would get a different history from a fresh one), nothing
+runs: edit history by adding a file with the next number. A file that fails is rolled back
+and reported by name and line. Concurrent runners serialise on an advisory lock.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from covenant.db import Database, Session, writer
+from pg8000.exceptions import DatabaseError
+
+from covenant.db import Database, Session, is_connection_lost, writer
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +28,8 @@ _LOCK_KEY = 0x00C0FE7A  # advisory lock id shared by every migration runner
 
 
 class MigrationError(RuntimeError):
-    """The migrations on disk and in the database disagree; nothing was applied."""
+    """The migrations on disk and in the database disagree (nothing was applied), or a file
+    failed (it was rolled back; the files before it in the run stay applied)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,17 @@ def _pending(session: Session, wanted: list[Migration]) -> list[Migration]:
                 f"migration {version:04d}_{migration.name}.sql was edited after it was applied; "
                 "restore it and put the change in a new numbered file"
             )
-    return [m for m in wanted if m.version not in applied]
+    pending = [m for m in wanted if m.version not in applied]
+    if pending and applied:
+        newest = max(applied)
+        late = [m for m in pending if m.version < newest]
+        if late:
+            raise MigrationError(
+                f"migration {late[0].version:04d}_{late[0].name}.sql is new but numbered below "
+                f"{newest:04d}_{applied[newest]['name']}, which is already applied; "
+                "renumber it after the newest applied migration"
+            )
+    return pending
 
 
 def _apply(session: Session, migration: Migration) -> None:
@@ -108,6 +123,22 @@ def _apply(session: Session, migration: Migration) -> None:
             c=migration.checksum,
         )
         session.run("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         session.run("ROLLBACK")
+        if isinstance(exc, DatabaseError) and not is_connection_lost(exc):
+            raise MigrationError(
+                f"migration {migration.version:04d}_{migration.name}.sql failed and was rolled "
+                f"back: {_describe(exc, migration.sql)}"
+            ) from exc
         raise
+
+
+def _describe(exc: DatabaseError, sql: str) -> str:
+    """The server's message, with the line of the file it points at when it names one."""
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    message = str(fields.get("M") or exc)
+    position = str(fields.get("P") or "")
+    if position.isdigit() and 0 < int(position) <= len(sql) + 1:
+        line = sql.count("\n", 0, int(position) - 1) + 1
+        message += f" (line {line})"
+    return message
