@@ -40,8 +40,8 @@ tail: $(STAMP)
 	$(PY) -m devstack tail $(STREAM)
 
 ## reset: delete the local stack's data (PostgreSQL, NATS) so the next `make dev` starts fresh
-reset:
-	rm -rf .local
+reset: $(STAMP)
+	$(PY) -m devstack reset
 
-clean: reset
-	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache
+clean:
+	rm -rf .local $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache

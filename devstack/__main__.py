@@ -1,4 +1,4 @@
-"""python -m devstack {run,invoke,migrate}: the local stack's command line."""
+"""python -m devstack {run,invoke,tail,reset,migrate}: the local stack's command line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from covenant.db import DatabaseUnavailable
+from covenant.migrate import MigrationError
 from covenant.regions import RegionTableError
 from devstack.errors import DevStackError
 
@@ -18,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run_cmd = commands.add_parser("run", help="run the local six-region stack (make dev)")
     run_cmd.add_argument("--port", type=int, help="gateway port (default 8000, env COVENANT_PORT)")
-    run_cmd.add_argument("--data-dir", type=Path, help="data folder (default .local)")
+    run_cmd.add_argument(
+        "--data-dir", type=Path, help="data folder (default .local, env COVENANT_DATA_DIR)"
+    )
 
     invoke_cmd = commands.add_parser(
         "invoke", help="invoke a function with a JSON event file and print its response"
@@ -32,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     tail_cmd.add_argument("stream", nargs="?", default="COVENANT")
     tail_cmd.add_argument("--last", type=int, default=10, help="stored events to show first")
+
+    reset_cmd = commands.add_parser(
+        "reset", help="delete the local stack's data so the next run starts fresh (make reset)"
+    )
+    reset_cmd.add_argument(
+        "--data-dir", type=Path, help="data folder (default .local, env COVENANT_DATA_DIR)"
+    )
 
     commands.add_parser(
         "migrate", help="apply migrations and seed data to DATABASE_URL (what the deploy runs)"
@@ -51,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
             run(StackOptions.from_environment(port=args.port, data_dir=args.data_dir))
+        elif args.command == "reset":
+            from devstack.stack import StackOptions, reset
+
+            reset(StackOptions.from_environment(data_dir=args.data_dir))
         elif args.command == "invoke":
             from devstack.invoke import invoke_file
 
@@ -67,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             applied = migrate()
             result = seed()
             print(f"applied {len(applied)} migration(s); seed: {result}")
-    except (DevStackError, RegionTableError) as exc:
+    except (DevStackError, RegionTableError, DatabaseUnavailable, MigrationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

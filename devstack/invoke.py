@@ -50,4 +50,12 @@ def invoke_file(function_name: str, event_path: Path, region_code: str | None) -
     # Like `sam local invoke`: what the function prints (its JSON log lines, EMF metrics) goes
     # to stderr, so stdout holds the response alone and can be piped into jq.
     with contextlib.redirect_stdout(sys.stderr):
-        return invoke(function, region, event, endpoints())
+        try:
+            return invoke(function, region, event, endpoints())
+        finally:
+            # The bridge keeps its NATS connection on an event loop between invocations, as in
+            # a warm Lambda; this process ends here, so close it rather than leave asyncio to
+            # complain about pending tasks at exit.
+            bridge_connection = sys.modules.get("bridge.connection")
+            if bridge_connection is not None:
+                bridge_connection.shutdown()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -78,6 +80,34 @@ class NatsServer:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
             raise DevStackError(f"{exc}\n{tail}") from exc
 
+    def stop_leftover(self) -> list[str]:
+        """Stops a nats-server still running on this folder's store after a stack that could not
+        stop it (killed with SIGKILL, or a crash); the caller holds the folder's lock, so no
+        running stack owns it. Returns what was stopped."""
+        store = str(self.data_dir / "jetstream")
+        try:
+            listing = subprocess.run(
+                ["ps", "-eo", "pid=,args="],
+                capture_output=True,
+                text=True,
+                check=True,
+                stdin=subprocess.DEVNULL,
+            ).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return []  # no ps: a leftover server then shows as a port in use
+        stopped: list[str] = []
+        for line in listing.splitlines():
+            pid_text, _, args = line.strip().partition(" ")
+            words = args.split()
+            if not words or not words[0].endswith("nats-server"):
+                continue
+            if f"--store_dir {store} " not in f"{args} ":
+                continue
+            pid = int(pid_text)
+            _terminate(pid)
+            stopped.append(f"nats-server (pid {pid})")
+        return stopped
+
     def healthy(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             raise DevStackError(f"nats-server exited with code {self._process.returncode}")
@@ -98,3 +128,34 @@ class NatsServer:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+
+def _terminate(pid: int, timeout_s: float = 10) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not _running(pid):
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    except PermissionError as exc:
+        raise DevStackError(
+            f"nats-server pid {pid}, left running on this data folder, belongs to another user; "
+            "stop it, then start again"
+        ) from exc
+
+
+def _running(pid: int) -> bool:
+    """False once `pid` has exited, including as a zombie its new parent has not reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is the answer
+    return stat.rpartition(")")[2].split()[0] != "Z"

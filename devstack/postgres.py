@@ -85,6 +85,35 @@ class PostgresCluster:
             self._base_backup()
         self._pg_ctl(self._replica_dir, self.replica.port, "replica")
 
+    def stop_leftovers(self) -> list[str]:
+        """Stops servers still running from this folder after a stack that could not stop them
+        (killed with SIGKILL, or a crash); the caller holds the folder's lock, so no running
+        stack owns them. Returns what was stopped."""
+        stopped: list[str] = []
+        for folder, what in ((self._replica_dir, "replica"), (self._primary_dir, "primary")):
+            pid_file = folder / "postmaster.pid"
+            if not pid_file.exists():
+                continue
+            status = subprocess.run(
+                [str(_bin_path() / "pg_ctl"), "-D", str(folder), "status"],
+                user=self._user,
+                capture_output=True,
+                check=False,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+            )
+            if status.returncode != 0:  # a stale pid file: PostgreSQL starts over it
+                continue
+            pid = pid_file.read_text(errors="replace").split("\n", 1)[0].strip()
+            self._run("pg_ctl", "-D", str(folder), "-m", "fast", "-w", "stop")
+            stopped.append(f"PostgreSQL {what} (pid {pid})")
+        return stopped
+
+    def restart_replica(self) -> None:
+        """Restarts the replica alone, as a reader instance reboots while its writer runs on."""
+        self._run("pg_ctl", "-D", str(self._replica_dir), "-m", "fast", "-w", "stop")
+        self._pg_ctl(self._replica_dir, self.replica.port, "replica")
+
     def stop(self) -> None:
         for folder in (self._replica_dir, self._primary_dir):
             if (folder / "postmaster.pid").exists():

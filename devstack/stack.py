@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -164,6 +165,27 @@ class DevStack:
         self.endpoints: dict[str, str] = {}
         self.triggers: BackgroundTriggers | None = None
         self._sqs: Any = None
+
+    def stop_leftovers(self) -> None:
+        """Servers of this data folder that a killed stack (SIGKILL, a crash) left running would
+        hold their ports; with the folder's lock held, no running stack owns them: stop them."""
+        o = self.options
+        with contextlib.suppress(FileNotFoundError):
+            state_file(o.data_dir).unlink()  # the killed stack's endpoints
+        stopped: list[str] = []
+        if o.database_url is None:
+            cluster = PostgresCluster(o.data_dir / "postgres", o.pg_port, o.pg_replica_port)
+            stopped += cluster.stop_leftovers()
+        if o.nats_url is None:
+            stopped += NatsServer(
+                o.data_dir / "nats", o.nats_port, o.nats_monitor_port
+            ).stop_leftover()
+        if stopped:
+            print(
+                f"Stopped {', '.join(stopped)}, left running from {o.data_dir} by a stack that "
+                "ended without Ctrl-C.",
+                flush=True,
+            )
 
     def check_ports(self) -> None:
         o = self.options
@@ -352,6 +374,7 @@ def run(options: StackOptions) -> None:
     """Runs the stack in the foreground until Ctrl-C (SIGINT) or SIGTERM."""
     with _single_instance(options.data_dir):
         stack = DevStack(options)
+        stack.stop_leftovers()
         stack.check_ports()
         stopping = threading.Event()
 
@@ -374,6 +397,35 @@ def run(options: StackOptions) -> None:
         print("Stopped every process the stack started.", flush=True)
 
 
+def reset(options: StackOptions) -> None:
+    """Deletes the data folder (PostgreSQL, NATS), so the next start begins fresh; refused
+    while a stack runs from it. The shared build cache (.local/build) is kept."""
+    data_dir = options.data_dir
+    if not data_dir.exists():
+        print(f"Nothing to reset: {data_dir} does not exist.", flush=True)
+        return
+    with _single_instance(data_dir):
+        DevStack(options).stop_leftovers()
+        for entry in data_dir.iterdir():
+            if entry.resolve() == BUILD_DIR.resolve() or entry.name == "devstack.lock":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    if data_dir.resolve() != DEFAULT_DATA_DIR.resolve():
+        (data_dir / "devstack.lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            data_dir.rmdir()
+    print(f"Reset {data_dir}: the next start creates fresh data.", flush=True)
+
+
+def reset_command(data_dir: Path) -> str:
+    if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
+        return "make reset"
+    return f"COVENANT_DATA_DIR={data_dir} make reset"
+
+
 def _print_banner(stack: DevStack) -> None:
     assert stack.gateway is not None
     base = stack.gateway.url
@@ -386,7 +438,8 @@ def _print_banner(stack: DevStack) -> None:
         f"  PostgreSQL writer: {_redact(stack.endpoints['DATABASE_URL'])}",
         f"  PostgreSQL reader: {_redact(stack.endpoints['DATABASE_READER_URL'])}",
         f"  NATS JetStream:    {stack.endpoints['NATS_URL']}",
-        f"  Data folder:       {stack.options.data_dir} (reset: make reset)",
+        f"  Data folder:       {stack.options.data_dir} "
+        f"(reset: {reset_command(stack.options.data_dir)})",
         *_cognito_banner(stack),
         "",
         "Press Ctrl-C to stop.",

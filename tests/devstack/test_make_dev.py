@@ -53,6 +53,11 @@ class DevRun:
         assert "Traceback" not in "".join(self.output)
         assert "Task was destroyed" not in "".join(self.output)  # NATS connection closed
 
+    def kill_hard(self) -> None:
+        """The terminal is killed (SIGKILL to make and Python): nothing gets to clean up."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=60)
+
 
 @pytest.fixture
 def stack_env() -> Iterator[dict[str, str]]:
@@ -75,6 +80,15 @@ def stack_env() -> Iterator[dict[str, str]]:
         PYTHONUNBUFFERED="1",
     )
     yield env
+    # Stops whatever a failed test left running from the folder, then deletes it.
+    subprocess.run(
+        [sys.executable, "-m", "devstack", "reset"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -256,5 +270,23 @@ def test_data_survives_a_restart(stack_env) -> None:
             )
             assert session.scalar("SELECT count(*) FROM countries") == 195
         reader.close()
+    except BaseException:
+        run.ctrl_c()
+        raise
+
+    # A stack killed outright leaves its servers running; the next start stops them, says so,
+    # and comes up on the same data.
+    run.kill_hard()
+    run = _start(stack_env)
+    try:
+        run.wait_for("Press Ctrl-C to stop.")
+        output = "".join(run.output)
+        assert "left running from" in output and "PostgreSQL primary" in output, output
+        assert "nats-server" in output.split("left running from")[0], output
+        base = f"http://127.0.0.1:{stack_env['COVENANT_PORT']}"
+        status, body = _get_json(f"{base}/ams/health")
+        assert (status, body["status"]) == (200, "healthy")
     finally:
         run.ctrl_c()
+    time.sleep(0.5)
+    assert not any(port_in_use(port) for port in _ports(stack_env))

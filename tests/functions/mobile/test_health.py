@@ -12,7 +12,7 @@ import pytest
 from covenant import db
 from covenant.regions import get_region
 from devstack.functions import get_function, invoke
-from devstack.processes import free_port
+from devstack.processes import free_port, wait_until
 
 EVENT = json.loads((Path(__file__).parents[3] / "events" / "health.json").read_text())
 
@@ -80,6 +80,36 @@ def test_degraded_when_the_replica_lags(servers) -> None:
         with replica.session() as session:
             session.run("SELECT pg_wal_replay_resume()")
         replica.close()
+
+
+def test_a_restarted_replica_that_caught_up_is_healthy_while_the_primary_is_idle(
+    servers, wait_for_replica
+) -> None:
+    """A restarted standby reports as received only the start of the WAL segment it streams
+    from, below what it already replayed; with nothing new to replay that is no lag, however
+    long ago the last commit was."""
+    wait_for_replica()
+    servers.postgres.restart_replica()
+    replica = db.Database(
+        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
+    )
+
+    def streaming() -> bool:
+        with replica.session() as session:
+            return bool(
+                session.scalar(
+                    "SELECT count(*) = 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+                )
+            )
+
+    try:
+        wait_until(streaming, 30, "the restarted replica streaming again")
+    finally:
+        replica.close()
+    time.sleep(1.2)  # the last commit is now older than the lag allowed below
+    status, body = _health(servers, HEALTH_MAX_REPLICA_LAG_S="1")
+    assert (status, body["status"]) == (200, "healthy"), body
+    assert body["checks"]["database"]["replicaLagSeconds"] == 0.0
 
 
 def test_recovers_on_the_next_request_after_the_reader_connection_drops(servers) -> None:
