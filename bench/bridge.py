@@ -446,7 +446,9 @@ def _relay(endpoints: dict[str, str], expected: int) -> float:
     published = 0
     started = time.perf_counter()
     while published < expected:
-        response = invoke(bridge, primary_region(), scheduled_event("us-east-1"), settings)
+        response = invoke(
+            bridge, primary_region(), scheduled_event(primary_region().aws_region), settings
+        )
         if not response["published"]:
             raise RuntimeError(f"the bridge stopped after {published} events: {response}")
         published += response["published"]
@@ -523,7 +525,7 @@ def throughput(stack: DevStack, gateway: Gateway, count: int, rounds: int) -> Ra
 
 def _relay_warmup(endpoints: dict[str, str]) -> None:
     bridge = get_function("bridge")
-    invoke(bridge, primary_region(), scheduled_event("us-east-1"), endpoints)
+    invoke(bridge, primary_region(), scheduled_event(primary_region().aws_region), endpoints)
 
 
 def _expect_stored(url: str, count: int, what: str) -> None:

@@ -23,7 +23,7 @@ EDITOR = {"sub": "sub-editor", "email": "editor@covenant.local", "cognito:groups
 
 GRAPHQL_RESPONSE = "application/graphql-response+json; charset=utf-8"
 JSON = "application/json; charset=utf-8"
-REGIONS = ["iad", "ams", "syd", "sin", "sfo", "jnb"]
+REGIONS = list(region_codes())
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 SECTORS = "{ sectors { id } }"
 

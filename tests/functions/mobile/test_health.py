@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from covenant import db
-from covenant.regions import get_region
+from covenant.regions import get_region, region_codes
 from devstack.functions import get_function, invoke
 from devstack.processes import free_port, wait_until
 
@@ -30,7 +30,7 @@ def _health(servers, region: str = "ams", **env: str) -> tuple[int, dict]:
     return response["statusCode"], json.loads(response["body"])
 
 
-@pytest.mark.parametrize("region", ["iad", "ams", "syd", "sin", "sfo", "jnb"])
+@pytest.mark.parametrize("region", region_codes())
 def test_healthy_in_every_region(servers, region: str) -> None:
     status, body = _health(servers, region)
     assert status == 200
