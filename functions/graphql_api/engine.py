@@ -36,7 +36,7 @@ from graphql import (
 from graphql.execution.values import get_variable_values
 from graphql.validation import NoSchemaIntrospectionCustomRule
 
-from covenant.db import DatabaseUnavailable
+from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable
 from graphql_api.errors import ApiError
 from graphql_api.executor import RowExecutor
 from graphql_api.limits import (
@@ -346,7 +346,14 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
         formatted["message"] = original.message
         formatted["extensions"] = original.extensions
         return formatted
-    if isinstance(original, DatabaseUnavailable):
+    if isinstance(original, CommitOutcomeUnknown):
+        logger.error("commit outcome unknown: %s", original)
+        formatted["message"] = (
+            "The database connection was lost while this change was being committed; it may "
+            "have been applied. Read the data before sending it again. "
+            f"Request id: {request_id}"
+        )
+    elif isinstance(original, DatabaseUnavailable):
         logger.error("database unavailable: %s", original)
         formatted["message"] = (
             f"The database is unavailable; retry shortly. Request id: {request_id}"

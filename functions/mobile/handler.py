@@ -19,7 +19,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from covenant.config import settings
-from covenant.db import DatabaseUnavailable, reader
+from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, reader
 from covenant.identity import Caller, caller_from_event
 from covenant.logs import adopt_shared_logs
 from covenant.regions import region_codes
@@ -127,6 +127,19 @@ def sync_push() -> Response[Any]:
 def api_error(error: ApiError) -> Response[Any]:
     metrics.add_metric(f"Errors{error.status}", MetricUnit.Count, 1)
     return error_response(error)
+
+
+@app.exception_handler(CommitOutcomeUnknown)  # type: ignore[untyped-decorator]
+def commit_outcome_unknown(error: CommitOutcomeUnknown) -> Response[Any]:
+    _log.warning("commit outcome unknown: %s", error)
+    return error_response(
+        ServiceUnavailable(
+            "The database connection was lost while the push was being saved; it may have been "
+            "applied. Sending the same push again is safe: an applied push is answered from its "
+            "receipt.",
+            requestId=_request_id(),
+        )
+    )
 
 
 @app.exception_handler(DatabaseUnavailable)  # type: ignore[untyped-decorator]

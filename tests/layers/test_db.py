@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 import pytest
-from pg8000.exceptions import DatabaseError
+from pg8000.exceptions import DatabaseError, InterfaceError
 
 from covenant import db
 from covenant.db import (
@@ -64,6 +65,83 @@ def test_reader_refuses_writes(reader) -> None:
     with reader.session() as session, pytest.raises(DatabaseError) as raised:
         session.run("CREATE TABLE nope (id int)")
     assert sqlstate(raised.value) == "25006"  # read_only_sql_transaction
+
+
+def test_reader_role_is_read_only_on_a_writable_server(servers) -> None:
+    # The replica refuses writes anyway; the reader role must also refuse them when it points
+    # at the primary (DATABASE_READER_URL unset, or a failover made its endpoint writable).
+    on_primary = Database(
+        Role.READER, servers.writer_url, statement_timeout_ms=5000, connect_timeout_s=3
+    )
+    try:
+        with on_primary.session() as session:
+            assert session.scalar("SELECT pg_is_in_recovery()") is False
+            with pytest.raises(DatabaseError) as raised:
+                session.run("CREATE TABLE nope (id int)")
+        assert sqlstate(raised.value) == "25006"  # read_only_sql_transaction
+    finally:
+        on_primary.close()
+
+
+def test_both_roles_carry_the_statement_and_idle_transaction_timeouts(reader, writer) -> None:
+    for role in (reader, writer):
+        with role.session() as session:
+            assert session.scalar("SHOW statement_timeout") == "5s"
+            # A client that vanishes mid-transaction must not hold its locks for long.
+            assert session.scalar("SHOW idle_in_transaction_session_timeout") == "1min"
+
+
+def test_a_misuse_is_not_taken_for_a_lost_connection(writer) -> None:
+    """pg8000 raises InterfaceError for a broken socket and for a COMMIT after a failed
+    statement alike; only the first means the connection is gone."""
+    with writer.session() as session:
+        pid = session.backend_pid
+        session.run("BEGIN")
+        with pytest.raises(DatabaseError):
+            session.run("SELECT 1 / 0")
+        with pytest.raises(InterfaceError, match="in failed transaction block"):
+            session.run("COMMIT")  # the server rolled back instead
+    with writer.session() as session:
+        assert session.backend_pid == pid  # the healthy connection was kept
+        assert session.scalar("SELECT 1") == 1
+
+
+def test_a_statement_whose_answer_timed_out_is_not_run_again(servers, writer) -> None:
+    """The server may have run it: retrying on a fresh connection would run a write twice."""
+    with writer.session() as session:
+        session.run("CREATE TABLE IF NOT EXISTS timed_out_writes (n int)")
+    impatient = Database(
+        Role.WRITER, servers.writer_url, statement_timeout_ms=5000, connect_timeout_s=3
+    )
+    try:
+        impatient.connection()._usock.settimeout(0.2)  # the answer comes after 0.5 s
+        with impatient.session() as session, pytest.raises(DatabaseUnavailable):
+            session.run("INSERT INTO timed_out_writes SELECT 1 FROM pg_sleep(0.5)")
+        time.sleep(0.8)
+        with writer.session() as session:
+            assert session.scalar("SELECT count(*) FROM timed_out_writes") == 1
+    finally:
+        impatient.close()
+        with writer.session() as session:
+            session.run("DROP TABLE timed_out_writes")
+
+
+def test_passwords_stay_out_of_printed_settings() -> None:
+    url = "postgresql://covenant:hunter2@db.internal:5432/covenant?sslmode=require"
+    assert "hunter2" not in repr(ConnectionSpec.from_url(url))
+    assert "hunter2" not in repr(
+        Database(Role.WRITER, url, statement_timeout_ms=1, connect_timeout_s=1).spec
+    )
+
+
+def test_a_reader_survives_a_replica_restart(servers, reader, wait_for_replica) -> None:
+    with reader.session() as session:
+        old_pid = session.backend_pid
+    servers.postgres.restart_replica()
+    with reader.session() as session:  # the first request after the restart succeeds
+        assert session.scalar("SELECT count(*) FROM countries") > 0
+        assert session.backend_pid != old_pid
+    wait_for_replica()
 
 
 def test_unreachable_server_is_a_clear_error(servers) -> None:

@@ -329,6 +329,38 @@ def test_an_internal_error_after_the_write_committed_is_replayed(create, name, m
     assert _project_ids(name) == [written]
 
 
+def test_a_commit_whose_outcome_is_unknown_is_never_run_again(create, name, monkeypatch) -> None:
+    """The connection breaks while COMMIT is on its way: the write may or may not have been
+    applied. The client is told so, and a retry with the same key gets that answer again
+    rather than a second write."""
+    original = db.Session.run
+
+    def run(self, sql: str, **params):
+        if sql == "COMMIT":
+            pid = original(self, "SELECT pg_backend_pid()")[0][0]
+            admin = db.Database(
+                db.Role.WRITER, self._database.url, statement_timeout_ms=5000, connect_timeout_s=3
+            )
+            with admin.session() as other:
+                other.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+            admin.close()
+        return original(self, sql, **params)
+
+    key = _key()
+    with monkeypatch.context() as patch:
+        patch.setattr(db.Session, "run", run)
+        failed = create(name, key)
+    assert failed.status == 200
+    assert failed.codes == ["INTERNAL_SERVER_ERROR"]
+    (error,) = failed.errors
+    assert "it may have been applied" in error["message"]
+    assert _project_ids(name) == []  # this time it was not: the backend died before COMMIT
+    retry = create(name, key)
+    assert (retry.status, retry.body) == (failed.status, failed.body)
+    assert not _executed(retry), retry.statements
+    assert _project_ids(name) == []
+
+
 def test_a_retry_in_another_region_replays(create, name, monkeypatch) -> None:
     """Deployed, each region's Lambda has its own name; Powertools reads it from os.environ."""
     key = _key()

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from covenant.regions import primary_region
 
@@ -59,10 +59,11 @@ def env_int(name: str, default: int) -> int:
 class Settings:
     region: str
     stage: str
-    database_url: str
-    database_reader_url: str
+    database_url: str = field(repr=False)  # may hold a password
+    database_reader_url: str = field(repr=False)
     statement_timeout_ms: int
     connect_timeout_s: int
+    idle_in_transaction_timeout_ms: int
     health_latency_budget_ms: int
     health_max_replica_lag_s: int
     nats_url: str
@@ -77,6 +78,7 @@ def settings() -> Settings:
         database_reader_url=env("DATABASE_READER_URL") or database_url,
         statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 5000),
         connect_timeout_s=_int("DB_CONNECT_TIMEOUT_S", 3),
+        idle_in_transaction_timeout_ms=_int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000),
         health_latency_budget_ms=_int("HEALTH_LATENCY_BUDGET_MS", 250),
         health_max_replica_lag_s=_int("HEALTH_MAX_REPLICA_LAG_S", 5),
         nats_url=env("NATS_URL") or "nats://127.0.0.1:4222",

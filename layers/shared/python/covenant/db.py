@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
 from typing import Any
@@ -43,6 +43,11 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached (connect failed or the connection broke)."""
 
 
+class CommitOutcomeUnknown(DatabaseUnavailable):
+    """The connection broke while a COMMIT was on its way: the transaction may have been
+    applied or not, and only reading the data again can tell."""
+
+
 SSL_MODES = ("disable", "require", "verify-ca", "verify-full")
 
 
@@ -62,7 +67,7 @@ class ConnectionSpec:
     port: int
     database: str
     user: str
-    password: str | None
+    password: str | None = field(repr=False)
     sslmode: str = "disable"
     sslrootcert: str | None = None
     iam_auth: bool = False
@@ -132,15 +137,25 @@ def _rds_client(region: str) -> Any:
 
 # SQLSTATE classes that mean the session is gone: connection exceptions and admin shutdowns.
 _CONNECTION_LOST_STATES = ("08", "57P01", "57P02", "57P03")
+# pg8000 also raises InterfaceError for mistakes in the call (a missing parameter, a COMMIT
+# after a failed statement): only these messages mean the connection itself is gone.
+_CONNECTION_LOST_MESSAGES = ("network error", "connection is closed", "communication error")
 
 
 def is_connection_lost(exc: BaseException) -> bool:
-    if isinstance(exc, InterfaceError | OSError | struct.error):
+    if isinstance(exc, OSError | struct.error):
         return True
+    if isinstance(exc, InterfaceError):
+        return str(exc) in _CONNECTION_LOST_MESSAGES or isinstance(exc.__cause__, OSError)
     if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
         code = str(exc.args[0].get("C", ""))
         return code.startswith(_CONNECTION_LOST_STATES)
     return False
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """The answer did not come in time (pg8000 raises the socket's timeout as is, or wrapped)."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -170,7 +185,8 @@ def record_statements() -> Iterator[list[str]]:
 class Session:
     """A checked-out connection. The first statement is retried once on a fresh connection
     if the cached one turns out to be dead; later statements never are, because they may be
-    part of a transaction the server has already rolled back."""
+    part of a transaction the server has already rolled back. Nor is a statement whose answer
+    timed out: the server may have run it (an autocommit write would then run twice)."""
 
     def __init__(self, database: Database) -> None:
         self._database = database
@@ -187,7 +203,7 @@ class Session:
             if not is_connection_lost(exc):
                 raise
             self._database.discard(self._connection)
-            if self._used:
+            if self._used or _timed_out(exc):
                 raise DatabaseUnavailable(
                     f"connection to the {self._database.role.value} lost mid-request"
                 ) from exc
@@ -235,6 +251,7 @@ class Database:
         *,
         statement_timeout_ms: int,
         connect_timeout_s: int,
+        idle_in_transaction_timeout_ms: int = 60_000,
         application_name: str = "covenant",
     ) -> None:
         self.role = role
@@ -242,6 +259,7 @@ class Database:
         self.spec = ConnectionSpec.from_url(url)
         self._statement_timeout_ms = statement_timeout_ms
         self._connect_timeout_s = connect_timeout_s
+        self._idle_in_transaction_timeout_ms = idle_in_transaction_timeout_ms
         self._application_name = application_name
         self._local = threading.local()
 
@@ -269,7 +287,12 @@ class Database:
         yield Session(self)
 
     def _connect(self) -> pg8000.native.Connection:
-        options = f"-c statement_timeout={self._statement_timeout_ms}"
+        # A client that vanishes inside a transaction (a Lambda stopped at its timeout sends
+        # no FIN) would hold its locks until TCP keepalive noticed, hours later.
+        options = (
+            f"-c statement_timeout={self._statement_timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={self._idle_in_transaction_timeout_ms}"
+        )
         if self.role is Role.READER:
             options += " -c default_transaction_read_only=on"
         started = time.perf_counter()
@@ -328,6 +351,7 @@ def database(role: Role) -> Database:
                 url,
                 statement_timeout_ms=config.statement_timeout_ms,
                 connect_timeout_s=config.connect_timeout_s,
+                idle_in_transaction_timeout_ms=config.idle_in_transaction_timeout_ms,
             )
             _databases[key] = found
         return found

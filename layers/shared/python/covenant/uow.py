@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from covenant.db import Database, Row, Session, writer
+from covenant.db import CommitOutcomeUnknown, Database, DatabaseUnavailable, Row, Session, writer
 from covenant.events import CloudEvent
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,9 @@ ORDER BY e.n
 class UnitOfWork:
     """`with UnitOfWork() as uow:` runs a transaction; leaving the block commits it, an
     exception rolls it back (domain rows and outbox rows alike). Callbacks registered with
-    `after_commit` run only once the commit succeeded, and their failures never undo it."""
+    `after_commit` run only once the commit succeeded, and their failures never undo it. A
+    connection lost during the COMMIT itself raises `CommitOutcomeUnknown`: the change may
+    have been applied, so the caller must not simply run it again."""
 
     def __init__(self, database: Database | None = None) -> None:
         self._database = database or writer()
@@ -55,6 +57,11 @@ class UnitOfWork:
             return
         try:
             session.run("COMMIT")
+        except DatabaseUnavailable as lost:
+            self._rollback(session)
+            raise CommitOutcomeUnknown(
+                f"connection lost during COMMIT, the transaction may have been applied: {lost}"
+            ) from lost
         except BaseException:
             self._rollback(session)
             raise
