@@ -132,7 +132,9 @@ def read_state(data_dir: Path | None = None) -> dict[str, str] | None:
 
 
 @contextlib.contextmanager
-def _single_instance(data_dir: Path) -> Iterator[None]:
+def _single_instance(
+    data_dir: Path, advice: str = "Use that one, or stop it with Ctrl-C in its terminal."
+) -> Iterator[None]:
     data_dir.mkdir(parents=True, exist_ok=True)
     lock_path = data_dir / "devstack.lock"
     handle: IO[str] = lock_path.open("a+")
@@ -144,7 +146,7 @@ def _single_instance(data_dir: Path) -> Iterator[None]:
         raise DevStackError(
             f"the Covenant dev stack is already running from {data_dir} "
             f"(pid {state.get('pid', '?')}, {state.get('gateway_url', 'gateway starting')}). "
-            "Use that one, or stop it with Ctrl-C in its terminal."
+            f"{advice}"
         ) from None
     try:
         yield
@@ -404,7 +406,7 @@ def reset(options: StackOptions) -> None:
     if not data_dir.exists():
         print(f"Nothing to reset: {data_dir} does not exist.", flush=True)
         return
-    with _single_instance(data_dir):
+    with _single_instance(data_dir, "Stop it with Ctrl-C in its terminal, then reset."):
         DevStack(options).stop_leftovers()
         for entry in data_dir.iterdir():
             if entry.resolve() == BUILD_DIR.resolve() or entry.name == "devstack.lock":

@@ -208,6 +208,19 @@ def test_make_dev_serves_six_healthy_regions_and_stops_cleanly(stack_env) -> Non
         assert "already running" in second.stderr
         assert "Traceback" not in second.stderr
 
+        # So is a reset: the running stack's data stays.
+        reset = subprocess.run(
+            ["make", "--no-print-directory", "reset", f"PYTHON={sys.executable}"],
+            cwd=REPO_ROOT,
+            env=stack_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert reset.returncode != 0
+        assert "Stop it with Ctrl-C in its terminal, then reset." in reset.stderr
+        assert (Path(stack_env["COVENANT_DATA_DIR"]) / "postgres" / "primary").is_dir()
+
         # The same for a port that is taken, from another data folder.
         other = dict(stack_env, COVENANT_DATA_DIR=tempfile.mkdtemp(prefix="covenant-dev-"))
         busy = subprocess.run(
