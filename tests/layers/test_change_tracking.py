@@ -16,8 +16,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
+from pg8000.exceptions import DatabaseError
 
-from covenant.db import Database, Role, Session
+from covenant.db import Database, Role, Session, sqlstate
 from covenant.reference import seed_projects
 from covenant.regions import load_regions, region_codes
 from covenant.seed import seed
@@ -693,3 +694,17 @@ def test_a_country_update_that_changes_nothing_is_not_a_change(writer) -> None:
             assert changed["contribution_usd"] == before["contribution_usd"] + 1
         finally:
             session.run("UPDATE countries SET gdp_usd = gdp_usd - 10000 WHERE code = 'ISL'")
+
+
+@pytest.mark.parametrize("table", ["sectors", "countries", "projects"])
+def test_truncate_is_refused_because_it_leaves_no_tombstones(writer, table: str) -> None:
+    with writer.session() as session:
+        before = session.scalar(f"SELECT count(*) FROM {table}")
+        session.run("BEGIN")
+        try:
+            with pytest.raises(DatabaseError, match="would bypass change tracking") as raised:
+                session.run(f"TRUNCATE {table} CASCADE")
+        finally:
+            session.run("ROLLBACK")
+        assert sqlstate(raised.value) == "0A000"
+        assert session.scalar(f"SELECT count(*) FROM {table}") == before
