@@ -12,12 +12,19 @@ from typing import Any
 from covenant.regions import get_region, primary_region
 from devstack.errors import DevStackError
 from devstack.functions import get_function, invoke
-from devstack.stack import read_state
+from devstack.stack import data_dir_from_env, read_state
 
 
 def endpoints() -> dict[str, str]:
     """The process environment's endpoints, else those of a running `make dev`."""
     state = read_state() or {}
+    if not state and not os.environ.get("DATABASE_URL"):
+        # Falling back to the default ports could reach another checkout's stack.
+        raise DevStackError(
+            f"no running `make dev` found in {data_dir_from_env()} and DATABASE_URL is not set: "
+            "start `make dev` in another terminal (with the same COVENANT_DATA_DIR), or set "
+            "DATABASE_URL, DATABASE_READER_URL and NATS_URL"
+        )
     found: dict[str, str] = {}
     for name in (
         "DATABASE_URL",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,22 @@ def test_invoke_finds_the_make_dev_of_covenant_data_dir(tmp_path, monkeypatch) -
     state_file(tmp_path).write_text(json.dumps(published), encoding="utf-8")
     monkeypatch.setenv("COVENANT_DATA_DIR", str(tmp_path))
     assert {k: v for k, v in invoke.endpoints().items() if k in published} == published
+
+
+def test_invoke_without_a_stack_or_a_database_url_says_what_to_do(tmp_path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "DATABASE_READER_URL", "NATS_URL")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack", "invoke", "mobile", "events/health.json"],
+        cwd=REPO_ROOT,
+        env={**env, "COVENANT_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"no running `make dev` found in {tmp_path}" in result.stderr
+    assert "Traceback" not in result.stderr
