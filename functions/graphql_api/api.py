@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pg8000.exceptions import DatabaseError
 
+from covenant import idempotency
 from covenant.config import env, settings
 from covenant.db import DatabaseUnavailable, reader, record_statements
 from covenant.idempotency import PostgresPersistenceLayer
@@ -40,7 +41,21 @@ tracer = Tracer()
 prepare = tracer.capture_method(capture_response=False)(engine.prepare)
 execute_operation = tracer.capture_method(capture_response=False)(engine.run)
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
-persistence = PostgresPersistenceLayer()
+# What a retry gets when the first attempt's Lambda died after committing its writes, before it
+# could record its answer: running the request again would write twice.
+persistence = PostgresPersistenceLayer(
+    lost_answer={
+        "data": None,
+        "errors": [
+            {
+                "message": "This request was applied, but the server handling it stopped before "
+                "it could answer. Read the data to see the result; do not send the request again "
+                "with a new Idempotency-Key.",
+                "extensions": {"code": "INTERNAL_SERVER_ERROR", "applied": True},
+            }
+        ],
+    }
+)
 idempotency_config = IdempotencyConfig(
     event_key_jmespath="[actor, key]",
     payload_validation_jmespath="body",
@@ -278,7 +293,8 @@ def _idempotent(
         return body
 
     try:
-        return 200, run_once(call={"actor": actor, "key": key, "body": request.body()})
+        with idempotency.tracking():
+            return 200, run_once(call={"actor": actor, "key": key, "body": request.body()})
     except _NotReplayable as failure:
         return 200, failure.body
     except IdempotencyValidationError:

@@ -199,26 +199,72 @@ def test_a_request_still_in_progress_gets_409(create, name) -> None:
     assert len(_project_ids(name)) == 1
 
 
-def test_an_attempt_whose_lambda_died_is_taken_over(create, name) -> None:
-    """INPROGRESS past its in-progress expiry: the first attempt will never finish."""
+def _lambda_died(record_id: str, *, committed_writes: int) -> None:
+    """Leaves the record as an attempt whose Lambda died leaves it: INPROGRESS, no answer, past
+    its in-progress expiry, with the commits it had counted."""
+    with db.writer().session() as session:
+        session.run(
+            "UPDATE idempotency_records SET status = 'INPROGRESS', response_data = NULL, "
+            "in_progress_expiration = :past, committed_writes = :commits WHERE id = :id",
+            past=int((time.time() - 60) * 1000),
+            commits=committed_writes,
+            id=record_id,
+        )
+
+
+def test_each_commit_is_counted_in_the_record(create, name) -> None:
+    key = _key()
+    before = set(_records())
+    assert not create(name, key).errors
+    (record_id,) = set(_records()) - before
+    with db.writer().session() as session:
+        assert (
+            session.scalar(
+                "SELECT committed_writes FROM idempotency_records WHERE id = :id", id=record_id
+            )
+            == 1
+        )
+
+
+def test_an_attempt_that_died_before_committing_is_taken_over(create, name) -> None:
+    """INPROGRESS past its in-progress expiry, nothing committed: the retry runs."""
     key = _key()
     before = set(_records())
     first = create(name, key)
     (record_id,) = set(_records()) - before
-    with db.writer().session() as session:
+    with db.writer().session() as session:  # as if its transaction had never committed
         session.run(
-            "UPDATE idempotency_records SET status = 'INPROGRESS', response_data = NULL, "
-            "in_progress_expiration = :past WHERE id = :id",
-            past=int((time.time() - 60) * 1000),
-            id=record_id,
+            "DELETE FROM projects WHERE id = CAST(:id AS uuid)",
+            id=first.data["createProject"]["id"],
         )
+    _lambda_died(record_id, committed_writes=0)
     retry = create(name, key)
     assert retry.status == 200 and not retry.errors, retry.body
-    assert retry.data["createProject"]["id"] != first.data["createProject"]["id"]
     assert _records()[record_id]["status"] == "COMPLETED"
     again = create(name, key)
     assert again.body == retry.body
-    assert len(_project_ids(name)) == 2
+    assert _project_ids(name) == [retry.data["createProject"]["id"]]
+
+
+def test_an_attempt_that_died_after_committing_is_never_run_again(create, name) -> None:
+    """Its write is in the database but its answer is not: the retry is told the request was
+    applied, and so is every later retry of the key."""
+    key = _key()
+    before = set(_records())
+    first = create(name, key)
+    (record_id,) = set(_records()) - before
+    _lambda_died(record_id, committed_writes=1)
+    retry = create(name, key)
+    assert retry.status == 200
+    assert retry.data is None
+    (error,) = retry.errors
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "applied": True}
+    assert "This request was applied" in error["message"]
+    assert not _executed(retry), retry.statements
+    assert _records()[record_id]["status"] == "COMPLETED"
+    again = create(name, key)
+    assert again.body == retry.body
+    assert _project_ids(name) == [first.data["createProject"]["id"]]
 
 
 def test_an_expired_record_lets_the_key_run_again(create, name) -> None:

@@ -7,12 +7,21 @@ is asynchronous, plus another service to run. The cost is one small write before
 mutation on the primary, which the mutation pays anyway.
 
 Semantics follow Powertools' DynamoDB layer: a put succeeds when the key is new, its record
-expired, or it is INPROGRESS past its in-progress expiry (the first attempt's Lambda died).
+expired, or it is INPROGRESS past its in-progress expiry (the first attempt's Lambda died),
+with one exception. Each write transaction of the request counts itself in its record
+(`count_commit`, inside the transaction), so a record whose first attempt died after a commit
+is never taken over: running the request again would write twice. The retry gets the
+`lost_answer` instead (the request was applied; its answer is gone), and so does every later
+retry of the key.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -23,8 +32,10 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
 from covenant.db import Database, writer
+from covenant.uow import UnitOfWork
 
 _COLUMNS = "id, status, expiration, in_progress_expiration, response_data, payload_hash"
+_READ = f"{_COLUMNS}, committed_writes"
 
 _PUT = f"""
 INSERT INTO idempotency_records ({_COLUMNS})
@@ -35,19 +46,60 @@ ON CONFLICT (id) DO UPDATE
         in_progress_expiration = EXCLUDED.in_progress_expiration,
         response_data = EXCLUDED.response_data,
         payload_hash = EXCLUDED.payload_hash,
+        committed_writes = 0,
         updated_at = now()
     WHERE idempotency_records.expiration < :now
        OR (idempotency_records.status = 'INPROGRESS'
            AND idempotency_records.in_progress_expiration IS NOT NULL
-           AND idempotency_records.in_progress_expiration < :now_ms)
+           AND idempotency_records.in_progress_expiration < :now_ms
+           AND idempotency_records.committed_writes = 0)
 RETURNING id
 """
 
+# The first attempt died after committing: the record becomes the lost answer, once.
+_SETTLE_LOST = f"""
+UPDATE idempotency_records
+SET status = 'COMPLETED', in_progress_expiration = NULL, response_data = :response_data,
+    updated_at = now()
+WHERE id = :id AND status = 'INPROGRESS' AND committed_writes > 0
+  AND in_progress_expiration < :now_ms AND expiration >= :now
+RETURNING {_READ}
+"""
+
+# The record the current request holds, if it runs under an idempotency key (see `tracking`).
+_current_record: ContextVar[list[str] | None] = ContextVar("covenant_idempotency", default=None)
+
+
+@contextmanager
+def tracking() -> Iterator[None]:
+    """Scopes one request: the record its attempt takes is the one `count_commit` counts in."""
+    token = _current_record.set([])
+    try:
+        yield
+    finally:
+        _current_record.reset(token)
+
+
+def count_commit(uow: UnitOfWork) -> None:
+    """Inside a write transaction of a request with an idempotency key: counts the commit in its
+    record, in the same transaction, so a retry never runs the request again after it."""
+    held = _current_record.get()
+    if held:
+        uow.run(
+            "UPDATE idempotency_records SET committed_writes = committed_writes + 1 WHERE id = :id",
+            id=held[0],
+        )
+
 
 class PostgresPersistenceLayer(BasePersistenceLayer):
-    def __init__(self, database: Database | None = None) -> None:
+    def __init__(
+        self, database: Database | None = None, *, lost_answer: dict[str, Any] | None = None
+    ) -> None:
+        """`lost_answer`: the response replayed for a request that was applied but whose
+        attempt died before recording its answer."""
         super().__init__()  # type: ignore[no-untyped-call]
         self._database = database
+        self._lost_answer = json.dumps(lost_answer or {"applied": True, "answer": None})
 
     @property
     def database(self) -> Database:
@@ -74,17 +126,30 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 now_ms=int(now * 1000),
             )
             if inserted:
+                held = _current_record.get()
+                if held is not None:
+                    held[:] = [data_record.idempotency_key]
                 return
             row = session.one(
-                f"SELECT {_COLUMNS} FROM idempotency_records WHERE id = :id",
+                f"SELECT {_READ} FROM idempotency_records WHERE id = :id",
                 id=data_record.idempotency_key,
             )
-        if row is None:
-            raise IdempotencyItemAlreadyExistsError
-        old = _to_record(row)
-        # The same key with another request is the client's mistake, not a replay.
-        self._validate_payload(data_payload=data_record, stored_data_record=old)
-        raise IdempotencyItemAlreadyExistsError(old_data_record=old)
+            if row is None:
+                raise IdempotencyItemAlreadyExistsError
+            # The same key with another request is the client's mistake, not a replay.
+            self._validate_payload(data_payload=data_record, stored_data_record=_to_record(row))
+            if row["status"] == "INPROGRESS" and row["committed_writes"] > 0:
+                row = (
+                    session.one(
+                        _SETTLE_LOST,
+                        id=data_record.idempotency_key,
+                        response_data=self._lost_answer,
+                        now=int(now),
+                        now_ms=int(now * 1000),
+                    )
+                    or row
+                )
+        raise IdempotencyItemAlreadyExistsError(old_data_record=_to_record(row))
 
     def _update_record(self, data_record: DataRecord) -> None:
         with self.database.session() as session:
