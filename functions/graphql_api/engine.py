@@ -350,8 +350,8 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
         logger.error("commit outcome unknown: %s", original)
         formatted["message"] = (
             "The database connection was lost while this change was being committed; it may "
-            "have been applied. Read the data before sending it again. "
-            f"Request id: {request_id}"
+            "have been applied. Send the request again with the same Idempotency-Key to find "
+            f"out, or read the data before sending it anew. Request id: {request_id}"
         )
     elif isinstance(original, DatabaseUnavailable):
         logger.error("database unavailable: %s", original)

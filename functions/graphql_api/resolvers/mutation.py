@@ -14,7 +14,7 @@ from ariadne import MutationType
 from pg8000.exceptions import DatabaseError
 
 from covenant import db, idempotency
-from covenant.db import CommitOutcomeUnknown, Row, sqlstate
+from covenant.db import Row, sqlstate
 from covenant.domain_events import add_change_events, wake_bridge_after_commit
 from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
 from covenant.revocation import revoke_tokens
@@ -123,15 +123,11 @@ def _writing(info: Info) -> RequestContext:
 @contextmanager
 def _transaction(context: RequestContext) -> Iterator[UnitOfWork]:
     """The mutation's unit of work; the request counts its commit (see api._idempotent), and
-    a commit whose outcome is unknown as one: a retry with the same key must not repeat it. The
-    idempotency record counts it too, in the transaction, for a retry after this Lambda died."""
-    try:
-        with UnitOfWork() as uow:
-            yield uow
-            idempotency.count_commit(uow)
-    except CommitOutcomeUnknown:
-        context.committed_writes += 1
-        raise
+    its idempotency record learns of it inside the transaction, so that a retry after a COMMIT
+    whose outcome is unknown, or after this Lambda died, finds out whether it was applied."""
+    with UnitOfWork() as uow:
+        yield uow
+        idempotency.mark_applied(uow)
     context.committed_writes += 1
 
 

@@ -199,35 +199,21 @@ def test_a_request_still_in_progress_gets_409(create, name) -> None:
     assert len(_project_ids(name)) == 1
 
 
-def _lambda_died(record_id: str, *, committed_writes: int) -> None:
+def _lambda_died(record_id: str, *, forget_the_write: bool = False) -> None:
     """Leaves the record as an attempt whose Lambda died leaves it: INPROGRESS, no answer, past
-    its in-progress expiry, with the commits it had counted."""
+    its in-progress expiry. `forget_the_write`: as if it had died before its write committed."""
     with db.writer().session() as session:
         session.run(
             "UPDATE idempotency_records SET status = 'INPROGRESS', response_data = NULL, "
-            "in_progress_expiration = :past, committed_writes = :commits WHERE id = :id",
+            "in_progress_expiration = :past, applied = applied AND NOT :forget WHERE id = :id",
             past=int((time.time() - 60) * 1000),
-            commits=committed_writes,
+            forget=forget_the_write,
             id=record_id,
         )
 
 
-def test_each_commit_is_counted_in_the_record(create, name) -> None:
-    key = _key()
-    before = set(_records())
-    assert not create(name, key).errors
-    (record_id,) = set(_records()) - before
-    with db.writer().session() as session:
-        assert (
-            session.scalar(
-                "SELECT committed_writes FROM idempotency_records WHERE id = :id", id=record_id
-            )
-            == 1
-        )
-
-
 def test_an_attempt_that_died_before_committing_is_taken_over(create, name) -> None:
-    """INPROGRESS past its in-progress expiry, nothing committed: the retry runs."""
+    """INPROGRESS past its in-progress expiry, nothing applied: the retry runs."""
     key = _key()
     before = set(_records())
     first = create(name, key)
@@ -237,7 +223,7 @@ def test_an_attempt_that_died_before_committing_is_taken_over(create, name) -> N
             "DELETE FROM projects WHERE id = CAST(:id AS uuid)",
             id=first.data["createProject"]["id"],
         )
-    _lambda_died(record_id, committed_writes=0)
+    _lambda_died(record_id, forget_the_write=True)
     retry = create(name, key)
     assert retry.status == 200 and not retry.errors, retry.body
     assert _records()[record_id]["status"] == "COMPLETED"
@@ -253,7 +239,7 @@ def test_an_attempt_that_died_after_committing_is_never_run_again(create, name) 
     before = set(_records())
     first = create(name, key)
     (record_id,) = set(_records()) - before
-    _lambda_died(record_id, committed_writes=1)
+    _lambda_died(record_id)
     retry = create(name, key)
     assert retry.status == 200
     assert retry.data is None
@@ -375,36 +361,67 @@ def test_an_internal_error_after_the_write_committed_is_replayed(create, name, m
     assert _project_ids(name) == [written]
 
 
-def test_a_commit_whose_outcome_is_unknown_is_never_run_again(create, name, monkeypatch) -> None:
-    """The connection breaks while COMMIT is on its way: the write may or may not have been
-    applied. The client is told so, and a retry with the same key gets that answer again
-    rather than a second write."""
+def _commit_losing_its_connection(*, after_commit: bool):
+    """A Session.run whose COMMIT loses its connection: before the server got it (nothing
+    applied), or after the server committed (applied, but the client cannot know)."""
     original = db.Session.run
 
     def run(self, sql: str, **params):
-        if sql == "COMMIT":
-            pid = original(self, "SELECT pg_backend_pid()")[0][0]
-            admin = db.Database(
-                db.Role.WRITER, self._database.url, statement_timeout_ms=5000, connect_timeout_s=3
-            )
-            with admin.session() as other:
-                other.run("SELECT pg_terminate_backend(:pid)", pid=pid)
-            admin.close()
+        if sql != "COMMIT":
+            return original(self, sql, **params)
+        if after_commit:
+            original(self, sql, **params)
+            raise db.DatabaseUnavailable("connection to the writer lost mid-request")
+        pid = original(self, "SELECT pg_backend_pid()")[0][0]
+        admin = db.Database(
+            db.Role.WRITER, self._database.url, statement_timeout_ms=5000, connect_timeout_s=3
+        )
+        with admin.session() as other:
+            other.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+        admin.close()
         return original(self, sql, **params)
 
+    return run
+
+
+def test_a_commit_that_lost_its_connection_before_applying_runs_again_on_retry(
+    create, name, monkeypatch
+) -> None:
+    """The client is told the change may have been applied; the record knows it was not, so a
+    retry with the same key runs the request, once."""
     key = _key()
     with monkeypatch.context() as patch:
-        patch.setattr(db.Session, "run", run)
+        patch.setattr(db.Session, "run", _commit_losing_its_connection(after_commit=False))
         failed = create(name, key)
     assert failed.status == 200
     assert failed.codes == ["INTERNAL_SERVER_ERROR"]
     (error,) = failed.errors
     assert "it may have been applied" in error["message"]
-    assert _project_ids(name) == []  # this time it was not: the backend died before COMMIT
-    retry = create(name, key)
-    assert (retry.status, retry.body) == (failed.status, failed.body)
-    assert not _executed(retry), retry.statements
+    assert "same Idempotency-Key" in error["message"]
     assert _project_ids(name) == []
+    retry = create(name, key)
+    assert retry.status == 200 and not retry.errors, retry.body
+    again = create(name, key)
+    assert again.body == retry.body
+    assert _project_ids(name) == [retry.data["createProject"]["id"]]
+
+
+def test_a_commit_that_lost_its_connection_after_applying_is_never_run_again(
+    create, name, monkeypatch
+) -> None:
+    key = _key()
+    with monkeypatch.context() as patch:
+        patch.setattr(db.Session, "run", _commit_losing_its_connection(after_commit=True))
+        failed = create(name, key)
+    assert "it may have been applied" in failed.errors[0]["message"]
+    (written,) = _project_ids(name)
+    retry = create(name, key)
+    assert retry.data is None
+    (error,) = retry.errors
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "applied": True}
+    assert not _executed(retry), retry.statements
+    assert create(name, key).body == retry.body
+    assert _project_ids(name) == [written]
 
 
 def test_a_retry_in_another_region_replays(create, name, monkeypatch) -> None:

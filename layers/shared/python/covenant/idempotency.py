@@ -8,11 +8,12 @@ mutation on the primary, which the mutation pays anyway.
 
 Semantics follow Powertools' DynamoDB layer: a put succeeds when the key is new, its record
 expired, or it is INPROGRESS past its in-progress expiry (the first attempt's Lambda died),
-with one exception. Each write transaction of the request counts itself in its record
-(`count_commit`, inside the transaction), so a record whose first attempt died after a commit
-is never taken over: running the request again would write twice. The retry gets the
-`lost_answer` instead (the request was applied; its answer is gone), and so does every later
-retry of the key.
+with one exception. The request's first committed write marks its record `applied`, inside
+that write's transaction (`mark_applied`), so the record knows whether a write committed even
+when the attempt does not: an attempt that died, or whose COMMIT lost its connection, leaves
+the record to a retry only if nothing was applied. Otherwise running the request again would
+write twice, and the retry gets `lost_answer` instead (the request was applied; its answer is
+gone), as does every later retry of the key.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -31,11 +33,11 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
-from covenant.db import Database, writer
+from covenant.db import Database, Session, writer
 from covenant.uow import UnitOfWork
 
 _COLUMNS = "id, status, expiration, in_progress_expiration, response_data, payload_hash"
-_READ = f"{_COLUMNS}, committed_writes"
+_READ = f"{_COLUMNS}, applied"
 
 _PUT = f"""
 INSERT INTO idempotency_records ({_COLUMNS})
@@ -46,60 +48,64 @@ ON CONFLICT (id) DO UPDATE
         in_progress_expiration = EXCLUDED.in_progress_expiration,
         response_data = EXCLUDED.response_data,
         payload_hash = EXCLUDED.payload_hash,
-        committed_writes = 0,
+        applied = false,
         updated_at = now()
     WHERE idempotency_records.expiration < :now
        OR (idempotency_records.status = 'INPROGRESS'
            AND idempotency_records.in_progress_expiration IS NOT NULL
            AND idempotency_records.in_progress_expiration < :now_ms
-           AND idempotency_records.committed_writes = 0)
+           AND NOT idempotency_records.applied)
 RETURNING id
 """
 
-# The first attempt died after committing: the record becomes the lost answer, once.
-_SETTLE_LOST = f"""
+# An applied request whose attempt ended without its answer: the record becomes the lost
+# answer, once. `own` = settled by the attempt itself; otherwise only past its in-progress expiry.
+_SETTLE_APPLIED = f"""
 UPDATE idempotency_records
 SET status = 'COMPLETED', in_progress_expiration = NULL, response_data = :response_data,
     updated_at = now()
-WHERE id = :id AND status = 'INPROGRESS' AND committed_writes > 0
-  AND in_progress_expiration < :now_ms AND expiration >= :now
+WHERE id = :id AND status = 'INPROGRESS' AND applied
+  AND (CAST(:own AS boolean) OR in_progress_expiration < :now_ms) AND expiration >= :now
 RETURNING {_READ}
 """
 
-# The record the current request holds, if it runs under an idempotency key (see `tracking`).
-_current_record: ContextVar[list[str] | None] = ContextVar("covenant_idempotency", default=None)
+
+@dataclass
+class _Attempt:
+    record_id: str | None = None  # set once this attempt holds its record
+    applied: bool = False  # a write of this attempt has committed, marking the record
+
+
+_attempt: ContextVar[_Attempt | None] = ContextVar("covenant_idempotency", default=None)
 
 
 @contextmanager
 def tracking() -> Iterator[None]:
-    """Scopes one request: the record its attempt takes is the one `count_commit` counts in."""
-    token = _current_record.set([])
+    """Scopes one request: the record its attempt takes is the one `mark_applied` marks."""
+    token = _attempt.set(_Attempt())
     try:
         yield
     finally:
-        _current_record.reset(token)
+        _attempt.reset(token)
 
 
-def count_commit(uow: UnitOfWork) -> None:
-    """Inside a write transaction of a request with an idempotency key: counts the commit in its
-    record, in the same transaction, so a retry never runs the request again after it."""
-    held = _current_record.get()
-    if held:
-        uow.run(
-            "UPDATE idempotency_records SET committed_writes = committed_writes + 1 WHERE id = :id",
-            id=held[0],
-        )
+def mark_applied(uow: UnitOfWork) -> None:
+    """Inside a write transaction of a request with an idempotency key: marks its record
+    applied, in that transaction (once per request: later writes find it marked)."""
+    attempt = _attempt.get()
+    if attempt is None or attempt.record_id is None or attempt.applied:
+        return
+    uow.run("UPDATE idempotency_records SET applied = true WHERE id = :id", id=attempt.record_id)
+    uow.after_commit(lambda: setattr(attempt, "applied", True))
 
 
 class PostgresPersistenceLayer(BasePersistenceLayer):
-    def __init__(
-        self, database: Database | None = None, *, lost_answer: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, *, lost_answer: dict[str, Any], database: Database | None = None) -> None:
         """`lost_answer`: the response replayed for a request that was applied but whose
-        attempt died before recording its answer."""
+        attempt ended without recording its answer."""
         super().__init__()  # type: ignore[no-untyped-call]
         self._database = database
-        self._lost_answer = json.dumps(lost_answer or {"applied": True, "answer": None})
+        self._lost_answer = json.dumps(lost_answer)
 
     @property
     def database(self) -> Database:
@@ -126,9 +132,9 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 now_ms=int(now * 1000),
             )
             if inserted:
-                held = _current_record.get()
-                if held is not None:
-                    held[:] = [data_record.idempotency_key]
+                attempt = _attempt.get()
+                if attempt is not None:
+                    attempt.record_id = data_record.idempotency_key
                 return
             row = session.one(
                 f"SELECT {_READ} FROM idempotency_records WHERE id = :id",
@@ -138,17 +144,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 raise IdempotencyItemAlreadyExistsError
             # The same key with another request is the client's mistake, not a replay.
             self._validate_payload(data_payload=data_record, stored_data_record=_to_record(row))
-            if row["status"] == "INPROGRESS" and row["committed_writes"] > 0:
-                row = (
-                    session.one(
-                        _SETTLE_LOST,
-                        id=data_record.idempotency_key,
-                        response_data=self._lost_answer,
-                        now=int(now),
-                        now_ms=int(now * 1000),
-                    )
-                    or row
-                )
+            if row["status"] == "INPROGRESS" and row["applied"]:
+                row = self._settle_applied(session, data_record, own=False) or row
         raise IdempotencyItemAlreadyExistsError(old_data_record=_to_record(row))
 
     def _update_record(self, data_record: DataRecord) -> None:
@@ -162,10 +159,28 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             )
 
     def _delete_record(self, data_record: DataRecord) -> None:
+        """The attempt failed: its retry may run again, unless a write of it was applied (a
+        COMMIT that lost its connection may have been); then the retry gets `lost_answer`."""
         with self.database.session() as session:
-            session.run(
-                "DELETE FROM idempotency_records WHERE id = :id", id=data_record.idempotency_key
+            deleted = session.run(
+                "DELETE FROM idempotency_records WHERE id = :id AND NOT applied RETURNING id",
+                id=data_record.idempotency_key,
             )
+            if not deleted:
+                self._settle_applied(session, data_record, own=True)
+
+    def _settle_applied(
+        self, session: Session, data_record: DataRecord, *, own: bool
+    ) -> dict[str, Any] | None:
+        now = time.time()
+        return session.one(
+            _SETTLE_APPLIED,
+            id=data_record.idempotency_key,
+            response_data=self._lost_answer,
+            own=own,
+            now=int(now),
+            now_ms=int(now * 1000),
+        )
 
 
 def _params(record: DataRecord) -> dict[str, Any]:
