@@ -40,8 +40,9 @@ tail: $(STAMP)
 	$(PY) -m devstack tail $(STREAM)
 
 ## reset: delete the local stack's data (PostgreSQL, NATS) so the next `make dev` starts fresh
-reset: $(STAMP)
-	$(PY) -m devstack reset
+# Without .venv no server can have run from the folder: deleting it is all there is to do.
+reset:
+	@if [ -x $(PY) ]; then $(PY) -m devstack reset; else rm -rf "$${COVENANT_DATA_DIR:-.local}"; fi
 
-clean:
+clean: reset
 	rm -rf .local $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache

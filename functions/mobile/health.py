@@ -13,15 +13,17 @@ from covenant.db import DatabaseUnavailable, reader
 
 logger = logging.getLogger(__name__)
 
-# On a PostgreSQL standby: seconds since the last replayed commit, or 0 when it has replayed
-# everything it received (an idle primary sends nothing, which is not lag). A restarted standby
-# reports as received only the start of the segment it streams from, below what it already
-# replayed: that too is caught up. On a primary: NULL.
+# On a PostgreSQL standby: seconds since the last replayed commit, or 0 when it streams from
+# its primary and has replayed everything it received (an idle primary sends nothing, which is
+# not lag). A restarted standby reports as received only the start of the segment it streams
+# from, below what it already replayed: that too is caught up. One that is not streaming cannot
+# know, so the age of its last commit counts. On a primary: NULL.
 _READER_PROBE = """
 SELECT pg_is_in_recovery() AS in_recovery,
        CASE
            WHEN NOT pg_is_in_recovery() THEN NULL
-           WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0.0
+           WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn()
+                AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver) THEN 0.0
            ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8
        END AS replica_lag_s
 """

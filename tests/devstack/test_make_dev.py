@@ -21,7 +21,7 @@ import pytest
 
 from covenant.db import Database, Role
 from covenant.regions import region_codes
-from devstack.processes import free_port, port_in_use
+from devstack.processes import free_port, port_in_use, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -171,6 +171,13 @@ def _mutation_reaches_the_stream(base: str, env: dict[str, str]) -> tuple[str, f
     return project_id, asyncio.run(wait_for_event())
 
 
+def _wait_for_free_ports(env: dict[str, str]) -> None:
+    """Every port of the stack is released (the kernel may take a moment after the exit)."""
+    wait_until(
+        lambda: not any(port_in_use(port) for port in _ports(env)), 10, "the ports to be free"
+    )
+
+
 def _ports(env: dict[str, str]) -> list[int]:
     return [
         int(env[name])
@@ -245,8 +252,7 @@ def test_make_dev_serves_six_healthy_regions_and_stops_cleanly(stack_env) -> Non
         run.wait_for("connected to NATS")
     finally:
         run.ctrl_c()
-    time.sleep(0.5)
-    assert not any(port_in_use(port) for port in _ports(stack_env))
+    _wait_for_free_ports(stack_env)
 
 
 def test_data_survives_a_restart(stack_env) -> None:
@@ -301,5 +307,4 @@ def test_data_survives_a_restart(stack_env) -> None:
         assert (status, body["status"]) == (200, "healthy")
     finally:
         run.ctrl_c()
-    time.sleep(0.5)
-    assert not any(port_in_use(port) for port in _ports(stack_env))
+    _wait_for_free_ports(stack_env)

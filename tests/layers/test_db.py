@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import time
 
 import pytest
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -18,6 +17,7 @@ from covenant.db import (
     record_statements,
     sqlstate,
 )
+from devstack.processes import wait_until
 
 
 def test_reader_is_the_replica_and_writer_the_primary(servers, reader, writer) -> None:
@@ -106,24 +106,45 @@ def test_a_misuse_is_not_taken_for_a_lost_connection(writer) -> None:
         assert session.scalar("SELECT 1") == 1
 
 
-def test_a_statement_whose_answer_timed_out_is_not_run_again(servers, writer) -> None:
+def test_a_write_whose_answer_timed_out_is_not_run_again(servers, writer) -> None:
     """The server may have run it: retrying on a fresh connection would run a write twice."""
     with writer.session() as session:
         session.run("CREATE TABLE IF NOT EXISTS timed_out_writes (n int)")
     impatient = Database(
         Role.WRITER, servers.writer_url, statement_timeout_ms=5000, connect_timeout_s=3
     )
+
+    def finished() -> bool:
+        with writer.session() as session:
+            return not session.scalar(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE state = 'active' AND query LIKE 'INSERT INTO timed_out_writes%'"
+            )
+
     try:
         impatient.connection()._usock.settimeout(0.2)  # the answer comes after 0.5 s
         with impatient.session() as session, pytest.raises(DatabaseUnavailable):
             session.run("INSERT INTO timed_out_writes SELECT 1 FROM pg_sleep(0.5)")
-        time.sleep(0.8)
+        wait_until(finished, 10, "the abandoned INSERT to end")
         with writer.session() as session:
             assert session.scalar("SELECT count(*) FROM timed_out_writes") == 1
     finally:
         impatient.close()
         with writer.session() as session:
             session.run("DROP TABLE timed_out_writes")
+
+
+def test_a_read_whose_answer_timed_out_is_retried_on_a_fresh_connection(servers) -> None:
+    """A peer gone without a word (a failover) looks like a timeout; reading again is safe."""
+    impatient = Database(
+        Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
+    )
+    try:
+        impatient.connection()._usock.settimeout(0.2)
+        with impatient.session() as session:
+            assert session.scalar("SELECT 7 FROM pg_sleep(0.5)") == 7
+    finally:
+        impatient.close()
 
 
 def test_passwords_stay_out_of_printed_settings() -> None:

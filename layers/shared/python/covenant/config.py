@@ -55,6 +55,11 @@ def env_int(name: str, default: int) -> int:
     return _int(name, default)
 
 
+# A client gone silent inside a transaction (a Lambda stopped at its timeout) frees its locks
+# after this; no transaction of ours idles between statements for anywhere near as long.
+DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+
+
 @dataclass(frozen=True)
 class Settings:
     region: str
@@ -78,7 +83,9 @@ def settings() -> Settings:
         database_reader_url=env("DATABASE_READER_URL") or database_url,
         statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 5000),
         connect_timeout_s=_int("DB_CONNECT_TIMEOUT_S", 3),
-        idle_in_transaction_timeout_ms=_int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000),
+        idle_in_transaction_timeout_ms=_int(
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS
+        ),
         health_latency_budget_ms=_int("HEALTH_LATENCY_BUDGET_MS", 250),
         health_max_replica_lag_s=_int("HEALTH_MAX_REPLICA_LAG_S", 5),
         nats_url=env("NATS_URL") or "nats://127.0.0.1:4222",

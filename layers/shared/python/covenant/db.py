@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-from covenant.config import env, settings
+from covenant.config import DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS, env, settings
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,9 @@ def record_statements() -> Iterator[list[str]]:
 class Session:
     """A checked-out connection. The first statement is retried once on a fresh connection
     if the cached one turns out to be dead; later statements never are, because they may be
-    part of a transaction the server has already rolled back. Nor is a statement whose answer
-    timed out: the server may have run it (an autocommit write would then run twice)."""
+    part of a transaction the server has already rolled back. Nor is a first statement on the
+    writer whose answer timed out: the server may have run it (an autocommit write would then
+    run twice); a timed-out BEGIN or read is retried (a peer gone without a word looks so)."""
 
     def __init__(self, database: Database) -> None:
         self._database = database
@@ -203,7 +204,7 @@ class Session:
             if not is_connection_lost(exc):
                 raise
             self._database.discard(self._connection)
-            if self._used or _timed_out(exc):
+            if self._used or (_timed_out(exc) and self._may_write(sql)):
                 raise DatabaseUnavailable(
                     f"connection to the {self._database.role.value} lost mid-request"
                 ) from exc
@@ -221,6 +222,11 @@ class Session:
         finally:
             self._used = True
         return rows or []
+
+    def _may_write(self, sql: str) -> bool:
+        """Whether running `sql` twice could apply a write twice: an autocommit statement on
+        the writer (a BEGIN, or anything on the read-only reader, cannot)."""
+        return self._database.role is Role.WRITER and sql != "BEGIN"
 
     def rows(self, sql: str, **params: Any) -> list[Row]:
         """The result as dicts keyed by column name."""
@@ -251,7 +257,7 @@ class Database:
         *,
         statement_timeout_ms: int,
         connect_timeout_s: int,
-        idle_in_transaction_timeout_ms: int = 60_000,
+        idle_in_transaction_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
         application_name: str = "covenant",
     ) -> None:
         self.role = role
