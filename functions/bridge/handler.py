@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from bridge.service import run_bridge
@@ -25,7 +26,8 @@ metrics = Metrics(namespace="Covenant", service="bridge")
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics(capture_cold_start_metric=True)
+# Powertools prints its ColdStart metric even with metrics disabled (make dev): ask only when on.
+@metrics.log_metrics(capture_cold_start_metric=not is_metrics_disabled())
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     adopt_shared_logs(logger)
     return run_bridge(event, context, metrics)

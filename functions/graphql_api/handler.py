@@ -7,6 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 import covenant.snapstart  # noqa: F401 - registers the SnapStart hooks: no connection in a snapshot
@@ -32,7 +33,8 @@ executable_schema()  # built at init (and before a SnapStart snapshot), never pe
     correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False
 )
 @tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+# Powertools prints its ColdStart metric even with metrics disabled (make dev): ask only when on.
+@metrics.log_metrics(capture_cold_start_metric=not is_metrics_disabled())
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     adopt_shared_logs(logger)
     return serve(event, context, metrics)

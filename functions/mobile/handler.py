@@ -16,6 +16,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from covenant.config import settings
@@ -169,7 +170,8 @@ def not_found(_: Exception) -> Response[Any]:
     correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False
 )
 @tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+# Powertools prints its ColdStart metric even with metrics disabled (make dev): ask only when on.
+@metrics.log_metrics(capture_cold_start_metric=not is_metrics_disabled())
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     adopt_shared_logs(logger)
     metrics.add_metric("Requests", MetricUnit.Count, 1)
