@@ -66,7 +66,13 @@ def _project_id(value: Any, table: str, where: str) -> str:
         raise record_error(
             table, shown, "id", f"must be a UUID ({where}); give the app a UUID id generator"
         )
-    return str(uuid.UUID(value))
+    # WatermelonDB ids are case-sensitive: a stored lower-case copy would come back to the
+    # device as another record.
+    if value != str(uuid.UUID(value)):
+        raise record_error(
+            table, value, "id", f"must be a lower-case UUID ({where}), as the server stores it"
+        )
+    return value
 
 
 def _record(raw: Any, table: str, action: str, index: int) -> PushedRecord:
@@ -80,8 +86,8 @@ def _record(raw: Any, table: str, action: str, index: int) -> PushedRecord:
                 values[name] = clean_project_field(name, raw[name])
             except RuleViolation as violation:
                 raise record_error(table, record_id, violation.field, violation.rule) from None
-    if action == "created":
-        values = complete(values, table, record_id)
+    # Only what was sent: a `created` record that exists is merged like an update, so defaults
+    # (filled in for a real insert, see push._plan) must not overwrite its columns.
     return PushedRecord(record_id, values, action)
 
 

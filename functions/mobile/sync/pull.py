@@ -12,7 +12,9 @@ Three cases besides the ordinary ones:
   it should hear of may be gone, so the answer is the full data set with WatermelonDB's
   `experimentalStrategy: "replacement"` (the app replaces its copy, keeping unpushed changes);
 - the cursor is newer than this replica has replayed (the client pulled from a region whose
-  replica was ahead): if the primary knows the cursor, "nothing new yet" with the same cursor;
+  replica was ahead): if the primary knows the cursor, "nothing new yet" with the same cursor,
+  unless the pull carries a schema migration, whose tables and columns the app fills only from
+  this answer: that pull is served by the primary;
 - the cursor is unknown even to the primary (a database restored or reset): replacement.
 """
 
@@ -129,6 +131,9 @@ def pull(params: PullParams, session: Session | None = None) -> PullResult:
     if since > cursor:
         with writer().session() as primary:
             known = int(primary.scalar("SELECT sync_cursor()"))
+        if since <= known and params.migration is not None:
+            with writer().session() as primary:
+                return pull(params, primary)
         if since <= known:
             empty = _empty_changes(since)
             return PullResult(empty, since, None, "ahead")

@@ -423,3 +423,29 @@ def test_the_readme_shows_the_schema_the_server_syncs() -> None:
     pull answers with, column for column."""
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
     assert f"```js\n{watermelon_schema_js()}\n```" in readme
+
+
+def test_a_migration_pull_with_a_cursor_ahead_of_the_replica_still_sends_the_migration(
+    pull, projects, servers, wait_for_replica
+) -> None:
+    """A migration pull (new tables and columns are sent in full) whose cursor is ahead of this
+    replica is served by the primary: answered "nothing new yet", WatermelonDB would record the
+    migration as done and the new table would stay empty on the device."""
+    wait_for_replica()
+    replica = db.Database(
+        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
+    )
+    with replica.session() as session:
+        session.run("SELECT pg_wal_replay_pause()")
+    try:
+        _create(projects, "Audit ahead + migration")
+        with db.writer().session() as session:
+            ahead = int(session.scalar("SELECT sync_cursor()"))
+        migration = json.dumps({"from": 1, "tables": ["sectors"], "columns": []})
+        reply = pull(ahead, query={"migration": migration, "schema_version": "2"})
+    finally:
+        with replica.session() as session:
+            session.run("SELECT pg_wal_replay_resume()")
+        replica.close()
+    assert reply.status == 200, reply.body
+    assert len(reply.body["changes"]["sectors"]["created"]) == 6, reply.body

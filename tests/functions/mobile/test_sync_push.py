@@ -537,3 +537,28 @@ def test_a_push_costs_the_same_statements_for_2_and_for_6_records(push, projects
             )
         assert events == 2 * size  # covenant.projects.created and its audit event, each
     assert counts[0] == counts[1], counts
+
+
+def test_a_pushed_upper_case_id_is_refused_with_the_field_named(push, projects) -> None:
+    """WatermelonDB ids are case-sensitive: a lower-cased copy stored by the server would come
+    back to the device as a second record. The push is refused, and nothing is written."""
+    new_id = str(uuid.uuid4()).upper()
+    projects.append(new_id.lower())
+    reply = push(_changes(created=[_record(new_id)]), _cursor())
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == "id"
+    assert "lower-case UUID" in reply.body["message"]
+    assert _row(new_id.lower()) is None
+
+
+def test_a_created_record_that_exists_keeps_columns_it_did_not_send(push, projects) -> None:
+    """A `created` record that already exists is merged as an update: the create defaults
+    (status planning, progress 0, ...) must not overwrite columns the client did not send."""
+    project_id = _existing(projects, "Audit create-merge")  # status active, progress 10
+    rec = _record(project_id, name="Audit create-merge")
+    for k in ("status", "progress", "description", "impact_score"):
+        rec.pop(k)
+    reply = push(_changes(created=[rec]), _cursor())
+    assert reply.status == 200, reply.body
+    row = _row(project_id)
+    assert (row["status"], row["progress"]) == ("active", 10), row
