@@ -277,9 +277,10 @@ async def relay_pass(
     deadline: float | None = None,
     lock_deadline: float | None = None,
 ) -> RelayResult:
-    """One pass: up to `batches_per_pass` batches under the relay lock; no new batch is read
-    after `deadline` (time.monotonic()). When another relay holds the lock, waits for it until
-    `lock_deadline` (None: no bound), then gives up: the result is `busy`, nothing read."""
+    """One pass: up to `batches_per_pass` batches under the relay lock; no batch but the first
+    is read or published after `deadline` (time.monotonic()). When another relay holds the
+    lock, waits for it until `lock_deadline` (None: no bound), then gives up: the result is
+    `busy`, nothing read."""
     loop = asyncio.get_running_loop()
     reading, marking = _database_thread("relay-read"), _database_thread("relay-mark")
     reader = _Reader(database)
@@ -305,9 +306,14 @@ async def relay_pass(
         claimed = read(functools.partial(claim, []))
         for number in range(1, settings.batches_per_pass + 1):
             events = await claimed
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if number > 1 and out_of_time:
+                # Read ahead while the batch before waited for its acknowledgements; publishing
+                # it now could outlast the invocation. Its events stay for the next pass.
+                result.more = True
+                break
             seen.extend(event.seq for event in events)
             full = len(events) == settings.batch_size
-            out_of_time = deadline is not None and time.monotonic() >= deadline
             last = not full or number == settings.batches_per_pass or out_of_time
             if not last:  # read the next batch while this one is published
                 claimed = read(functools.partial(claim, list(seen)))

@@ -102,14 +102,13 @@ async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: fl
         total.failed[NATS_UNAVAILABLE] = f"NATS unavailable: {_describe(exc)}"
         return total
     while True:
-        # No new batch once the invocation is into its reserve (for the lag, prune, settle).
+        # No new batch once it could still be waiting for its acknowledgements (they may all
+        # time out) when the invocation reaches its reserve (for the lag, prune, settle); and
+        # with another bridge draining, no longer a wait for the relay lock either.
         remaining_s = (context.get_remaining_time_in_millis() - settings.time_reserve_ms) / 1000
-        deadline = time.monotonic() + remaining_s
-        # Another bridge draining: wait for the relay lock no longer than leaves time for one
-        # batch whose acknowledgements all time out, before the reserve.
-        lock_deadline = deadline - settings.relay.ack_timeout_s
+        deadline = time.monotonic() + remaining_s - settings.relay.ack_timeout_s
         result = await relay_pass(
-            db.writer(), publisher, settings.relay, min_age_s, deadline, lock_deadline
+            db.writer(), publisher, settings.relay, min_age_s, deadline, deadline
         )
         total.published.extend(result.published)
         total.failed.update(result.failed)

@@ -297,6 +297,11 @@ def diff_stream(spec: StreamSpec, replicas: int, current: StreamConfig) -> Diff:
             f"retention is {retention}, the topology wants {spec.retention}: changing it could "
             "delete messages (or JetStream refuses it); recreate the stream deliberately"
         )
+    if current.sealed:
+        diff.refusals.append(
+            "the stream is sealed (no message can be added or removed, for good): move its "
+            "messages to a new stream and apply again"
+        )
     have, want = set(current.subjects or ()), set(spec.subjects)
     if have - want:
         diff.refusals.append(
@@ -331,6 +336,8 @@ def diff_stream(spec: StreamSpec, replicas: int, current: StreamConfig) -> Diff:
         diff.updates.append(f"discard {discard} -> old")
     if (current.num_replicas or 1) != replicas:
         diff.updates.append(f"replicas {current.num_replicas or 1} -> {replicas}")
+    if current.no_ack:  # the stream stores but never acknowledges: every publish would time out
+        diff.updates.append("no_ack true -> false")
     if bool(current.allow_direct) != spec.allow_direct:
         diff.updates.append(f"allow_direct {bool(current.allow_direct)} -> {spec.allow_direct}")
     if (current.description or "") != spec.description:
@@ -377,6 +384,12 @@ def diff_consumer(spec: ConsumerSpec, replicas: int, current: ConsumerConfig) ->
         diff.updates.append(f"ack_wait {_duration(have_wait)} -> {_duration(want_wait)}")
     if current.max_deliver != spec.max_deliver:
         diff.updates.append(f"max_deliver {current.max_deliver} -> {spec.max_deliver}")
+    if current.backoff:  # the server would derive ack_wait from it, not take the topology's
+        diff.updates.append(f"backoff {current.backoff} -> none")
+    if current.headers_only:  # the consumer would get every event without its payload
+        diff.updates.append("headers_only true -> false")
+    if current.inactive_threshold:  # JetStream would delete the durable after that idle time
+        diff.updates.append(f"inactive_threshold {current.inactive_threshold} s -> none")
     if current.max_ack_pending != spec.max_ack_pending:
         diff.updates.append(f"max_ack_pending {current.max_ack_pending} -> {spec.max_ack_pending}")
     if (current.num_replicas or 0) != replicas:
@@ -454,6 +467,7 @@ async def _apply_stream(
         discard=desired.discard,
         num_replicas=desired.num_replicas,
         allow_direct=desired.allow_direct,
+        no_ack=False,
     )
     try:
         result = await _jetstream_call(lambda: js.update_stream(updated))
@@ -498,6 +512,9 @@ async def _apply_consumer(
         max_deliver=desired.max_deliver,
         max_ack_pending=desired.max_ack_pending,
         num_replicas=desired.num_replicas,
+        backoff=None,
+        headers_only=None,
+        inactive_threshold=None,
     )
     try:
         # Creating an existing durable with an updatable difference updates it.
