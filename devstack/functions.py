@@ -61,6 +61,7 @@ def function_environment(
         "AWS_REGION": region.aws_region,
         "AWS_LAMBDA_FUNCTION_NAME": f"covenant-{region.code}-{function.name}",
         "POWERTOOLS_SERVICE_NAME": function.name,
+        "NATS_REPLICAS": "1",  # one nats-server locally
         **endpoints,
     }
 

@@ -47,7 +47,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 def _settings() -> tuple[str, int, dict[str, Any]]:
     url = env("NATS_URL") or streams.DEFAULT_URL
-    replicas = int(env("NATS_REPLICAS") or 1)
+    # No default: a wrong count would rescale every stream and consumer (3 in AWS, 1 locally).
+    raw_replicas = env("NATS_REPLICAS")
+    if not raw_replicas:
+        raise ValueError("NATS_REPLICAS is not set: the stack sets it (3 in AWS, 1 locally)")
+    replicas = int(raw_replicas)
     secret_arn = env("NATS_SECRET_ARN")
     credentials: dict[str, Any] = {}
     if secret_arn:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from jetstream import handler as jetstream
 
 
@@ -27,8 +29,19 @@ def test_deploy_applies_the_topology_and_the_probe_reports_it_healthy(servers, m
     assert jetstream.probe() == {"healthy": True, "problems": []}
 
 
+def test_a_deploy_without_a_replica_count_is_refused_rather_than_guessed(monkeypatch) -> None:
+    """A default of 1 would quietly rescale production's streams from 3 replicas to 1."""
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")  # would fail differently if it connected
+    monkeypatch.delenv("NATS_REPLICAS", raising=False)
+    monkeypatch.delenv("NATS_SECRET_ARN", raising=False)
+    event = {"RequestType": "Update", "PhysicalResourceId": jetstream.PHYSICAL_ID}
+    with pytest.raises(ValueError, match="NATS_REPLICAS is not set"):
+        jetstream.handler(event, _context())
+
+
 def test_the_probe_reports_an_unreachable_server_as_unhealthy(monkeypatch) -> None:
     monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:1")
+    monkeypatch.setenv("NATS_REPLICAS", "1")
     monkeypatch.delenv("NATS_SECRET_ARN", raising=False)
     report = jetstream.probe()
     assert report["healthy"] is False
