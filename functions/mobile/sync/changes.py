@@ -86,6 +86,12 @@ def _record(raw: Any, table: str, action: str, index: int) -> PushedRecord:
                 values[name] = clean_project_field(name, raw[name])
             except RuleViolation as violation:
                 raise record_error(table, record_id, violation.field, violation.rule) from None
+    # The device keeps what it pushed: a code stored otherwise than sent (`ken` as KEN) would
+    # leave its copy unable to match the country. Text is only trimmed, which matches alike.
+    if "country_code" in values and values["country_code"] != raw["country_code"]:
+        raise record_error(
+            table, record_id, "country_code", f"must be sent as stored: {values['country_code']}"
+        )
     # Only what was sent: a `created` record that exists is merged like an update, so defaults
     # (filled in for a real insert, see push._plan) must not overwrite its columns.
     return PushedRecord(record_id, values, action)

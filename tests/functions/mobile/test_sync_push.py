@@ -562,3 +562,16 @@ def test_a_created_record_that_exists_keeps_columns_it_did_not_send(push, projec
     assert reply.status == 200, reply.body
     row = _row(project_id)
     assert (row["status"], row["progress"]) == ("active", 10), row
+
+
+def test_a_country_code_not_in_its_stored_form_is_refused(push, projects) -> None:
+    """The device keeps what it pushed: stored as KEN, a pushed `ken` would leave the device's
+    copy unable to match its country, and no pull would ever correct it."""
+    project_id = _existing(projects, "Lower-case code")
+    before = _row(project_id)
+    record = _record(project_id, name="Lower-case code", country_code="ken")
+    reply = push(_changes(updated=[record]), _cursor())
+    assert reply.status == 400, reply.body
+    assert (reply.body["field"], reply.body["record"]) == ("country_code", project_id)
+    assert "must be sent as stored: KEN" in reply.body["message"]
+    assert _row(project_id) == before
