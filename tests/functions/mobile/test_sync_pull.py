@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -321,26 +322,33 @@ def test_a_cursor_older_than_the_tombstone_retention_gets_a_replacement_pull(
     assert reply.body["timestamp"] >= result.pruned_through
 
 
-def test_a_cursor_ahead_of_the_replica_waits_and_an_unknown_one_resets(
-    pull, projects, servers, wait_for_replica
-) -> None:
-    wait_for_replica()
+@contextmanager
+def _replay_paused(servers) -> Iterator[None]:
+    """The replica receives but does not apply: it falls behind the primary for the block."""
     replica = db.Database(
         db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
     )
     with replica.session() as session:
         session.run("SELECT pg_wal_replay_pause()")
     try:
+        yield
+    finally:
+        with replica.session() as session:
+            session.run("SELECT pg_wal_replay_resume()")
+        replica.close()
+
+
+def test_a_cursor_ahead_of_the_replica_waits_and_an_unknown_one_resets(
+    pull, projects, servers, wait_for_replica
+) -> None:
+    wait_for_replica()
+    with _replay_paused(servers):
         _create(projects, "Sync ahead of the replica")
         ahead = _cursor()
         assert ahead > _cursor(db.reader())
         reply = pull(ahead)
         assert reply.status == 200
         assert reply.body == {"changes": {t.name: EMPTY for t in TABLES}, "timestamp": ahead}
-    finally:
-        with replica.session() as session:
-            session.run("SELECT pg_wal_replay_resume()")
-        replica.close()
     wait_for_replica()
     unknown = pull(_cursor() + 1_000_000)
     assert unknown.body["experimentalStrategy"] == "replacement"
@@ -432,20 +440,10 @@ def test_a_migration_pull_with_a_cursor_ahead_of_the_replica_still_sends_the_mig
     replica is served by the primary: answered "nothing new yet", WatermelonDB would record the
     migration as done and the new table would stay empty on the device."""
     wait_for_replica()
-    replica = db.Database(
-        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
-    )
-    with replica.session() as session:
-        session.run("SELECT pg_wal_replay_pause()")
-    try:
-        _create(projects, "Audit ahead + migration")
-        with db.writer().session() as session:
-            ahead = int(session.scalar("SELECT sync_cursor()"))
+    with _replay_paused(servers):
+        _create(projects, "Migration ahead of the replica")
+        ahead = _cursor()
         migration = json.dumps({"from": 1, "tables": ["sectors"], "columns": []})
         reply = pull(ahead, query={"migration": migration, "schema_version": "2"})
-    finally:
-        with replica.session() as session:
-            session.run("SELECT pg_wal_replay_resume()")
-        replica.close()
     assert reply.status == 200, reply.body
     assert len(reply.body["changes"]["sectors"]["created"]) == 6, reply.body
