@@ -380,8 +380,13 @@ def run(options: StackOptions) -> None:
         stack.stop_leftovers()
         stack.check_ports()
         stopping = threading.Event()
+        started = threading.Event()
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
+            if not started.is_set() and not stopping.is_set():
+                # Not interrupted midway: an initdb or base backup cut short would leave a data
+                # folder that never starts again.
+                print("\nStopping once the start completes ...", flush=True)
             stopping.set()
 
         previous = {
@@ -390,7 +395,9 @@ def run(options: StackOptions) -> None:
         try:
             print("Starting the Covenant local stack ...", flush=True)
             stack.start()
-            _print_banner(stack)
+            started.set()
+            if not stopping.is_set():
+                _print_banner(stack)
             stopping.wait()
             print("\nStopping ...", flush=True)
         finally:
