@@ -122,7 +122,8 @@ async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: fl
             total.busy = True
             return total
         progressed = bool(result.published or result.rejected)
-        out_of_time = context.get_remaining_time_in_millis() < settings.time_reserve_ms
+        # A pass always publishes its first batch: none may start past the deadline either.
+        out_of_time = time.monotonic() >= deadline
         if not (result.more and progressed) or out_of_time:
             total.more = result.more
             return total

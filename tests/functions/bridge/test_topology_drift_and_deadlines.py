@@ -4,6 +4,7 @@ before its invocation does."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -185,3 +186,40 @@ def test_a_pass_ends_within_the_invocation_when_jetstream_stops_answering(
     elapsed = time.monotonic() - started
     assert response["failed"] >= 10, response  # a batch was tried, and nothing acknowledged
     assert elapsed < timeout_s, f"invocation took {elapsed:.1f} s of its {timeout_s} s"
+
+
+class _SlowJetStream(_SilentJetStream):
+    """Acknowledges every publish, 3.5 s late: each batch takes that long."""
+
+    async def publish(self, subject, payload, msg_id, on_settled) -> None:
+        loop = asyncio.get_running_loop()
+
+        def late(error) -> None:
+            loop.call_later(3.5, on_settled, error)
+
+        await self._publisher.publish(subject, payload, msg_id, late)
+
+
+def test_no_pass_starts_past_the_deadline_when_jetstream_is_slow(bridge_env, monkeypatch) -> None:
+    """Each pass publishes its first batch whatever the time: the invocation must not start
+    another pass past the deadline, or a slow JetStream walks it into its reserve and past its
+    timeout one batch at a time."""
+    bridge_env.write_events(40, per_aggregate=1)
+    real = bridge.connection.publisher
+
+    async def slow():
+        return _SlowJetStream(await real())
+
+    monkeypatch.setattr(bridge.connection, "publisher", slow)
+    function, region = get_function("bridge"), primary_region()
+    handler = load_handler(function)
+    endpoints = bridge_env.endpoints(BRIDGE_BATCH_SIZE="10", BRIDGE_ACK_TIMEOUT_S="5")
+    timeout_s = 10.0  # reserve 3 s, ack timeout 5 s: nothing new starts after 2 s
+    started = time.monotonic()
+    with environment(function_environment(function, region, endpoints)):
+        response = handler(
+            scheduled_event(region.aws_region), LocalContext(function, region, timeout_s=timeout_s)
+        )
+    elapsed = time.monotonic() - started
+    assert response["published"] == 10, response  # the first batch, acknowledged at 3.5 s
+    assert elapsed < timeout_s - 3, f"took {elapsed:.1f} s, into the 3 s reserve"
