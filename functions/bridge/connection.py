@@ -136,6 +136,12 @@ async def _answers(client: Client) -> bool:
             "warm NATS connection is not connected (status %s); reconnecting", _status(client)
         )
         return False
+    # nats-py's flush() returns at once, without a PING, when its read or flush loop has
+    # ended: such a connection would look alive and leave every publish unacknowledged.
+    loops = (getattr(client, "_reading_task", None), getattr(client, "_flusher_task", None))
+    if any(task is None or task.done() for task in loops):
+        logger.info("warm NATS connection lost its read or flush loop; reconnecting")
+        return False
     try:
         await client.flush(timeout=max(1, math.ceil(_connect_timeout_s())))
     except Exception as exc:
