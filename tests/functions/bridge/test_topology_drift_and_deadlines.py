@@ -160,6 +160,28 @@ class _SilentJetStream:
         return self._publisher.fail_pending(error)
 
 
+def _sweep_40_events(
+    bridge_env, monkeypatch, jetstream: type[_SilentJetStream], timeout_s: float
+) -> tuple[dict, float]:
+    """40 events, then one scheduled invocation of `timeout_s` whose publisher is wrapped in
+    `jetstream` (batches of 10, ack timeout 5 s): its answer, and the seconds it took."""
+    bridge_env.write_events(40, per_aggregate=1)
+    real = bridge.connection.publisher
+
+    async def wrapped():
+        return jetstream(await real())
+
+    monkeypatch.setattr(bridge.connection, "publisher", wrapped)
+    function, region = get_function("bridge"), primary_region()
+    endpoints = bridge_env.endpoints(BRIDGE_BATCH_SIZE="10", BRIDGE_ACK_TIMEOUT_S="5")
+    started = time.monotonic()
+    with environment(function_environment(function, region, endpoints)):
+        response = load_handler(function)(
+            scheduled_event(region.aws_region), LocalContext(function, region, timeout_s=timeout_s)
+        )
+    return response, time.monotonic() - started
+
+
 def test_a_pass_ends_within_the_invocation_when_jetstream_stops_answering(
     bridge_env, monkeypatch
 ) -> None:
@@ -167,23 +189,8 @@ def test_a_pass_ends_within_the_invocation_when_jetstream_stops_answering(
     with JetStream silent, one batch is tried (5 s) and the invocation ends within its 10 s.
     Reading a second one (5 to 10 s) would outlive the Lambda, whose SQS batch would then be
     retried whole with no metrics emitted."""
-    bridge_env.write_events(40, per_aggregate=1)
-    real = bridge.connection.publisher
-
-    async def silent():
-        return _SilentJetStream(await real())
-
-    monkeypatch.setattr(bridge.connection, "publisher", silent)
-    function, region = get_function("bridge"), primary_region()
-    handler = load_handler(function)
-    endpoints = bridge_env.endpoints(BRIDGE_BATCH_SIZE="10", BRIDGE_ACK_TIMEOUT_S="5")
     timeout_s = 10.0  # reserve 3 s: a batch may start until 2 s in
-    started = time.monotonic()
-    with environment(function_environment(function, region, endpoints)):
-        response = handler(
-            scheduled_event(region.aws_region), LocalContext(function, region, timeout_s=timeout_s)
-        )
-    elapsed = time.monotonic() - started
+    response, elapsed = _sweep_40_events(bridge_env, monkeypatch, _SilentJetStream, timeout_s)
     assert response["failed"] >= 10, response  # a batch was tried, and nothing acknowledged
     assert elapsed < timeout_s, f"invocation took {elapsed:.1f} s of its {timeout_s} s"
 
@@ -204,22 +211,7 @@ def test_no_pass_starts_past_the_deadline_when_jetstream_is_slow(bridge_env, mon
     """Each pass publishes its first batch whatever the time: the invocation must not start
     another pass past the deadline, or a slow JetStream walks it into its reserve and past its
     timeout one batch at a time."""
-    bridge_env.write_events(40, per_aggregate=1)
-    real = bridge.connection.publisher
-
-    async def slow():
-        return _SlowJetStream(await real())
-
-    monkeypatch.setattr(bridge.connection, "publisher", slow)
-    function, region = get_function("bridge"), primary_region()
-    handler = load_handler(function)
-    endpoints = bridge_env.endpoints(BRIDGE_BATCH_SIZE="10", BRIDGE_ACK_TIMEOUT_S="5")
     timeout_s = 10.0  # reserve 3 s, ack timeout 5 s: nothing new starts after 2 s
-    started = time.monotonic()
-    with environment(function_environment(function, region, endpoints)):
-        response = handler(
-            scheduled_event(region.aws_region), LocalContext(function, region, timeout_s=timeout_s)
-        )
-    elapsed = time.monotonic() - started
+    response, elapsed = _sweep_40_events(bridge_env, monkeypatch, _SlowJetStream, timeout_s)
     assert response["published"] == 10, response  # the first batch, acknowledged at 3.5 s
     assert elapsed < timeout_s - 3, f"took {elapsed:.1f} s, into the 3 s reserve"
