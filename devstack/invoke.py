@@ -4,7 +4,6 @@ configuration of that region), whose REPORT line goes to stderr with the functio
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 from covenant.regions import get_region, primary_region
 from devstack.errors import DevStackError
 from devstack.functions import function_environment, get_function
-from devstack.runtime import FunctionFailed, Invocation, LambdaRuntime, function_configs
+from devstack.runtime import FunctionFailed, function_configs, invoke_once
 from devstack.stack import data_dir_from_env, read_state
 
 
@@ -56,23 +55,10 @@ def invoke_file(function_name: str, event_path: Path, region_code: str | None) -
     code = region_code or stage or primary_region().code
     region = get_region(code)
     function = get_function(function_name)
-    found = endpoints()
-    configs = function_configs()
-    runtime = LambdaRuntime(
-        {function.name: configs[function.name]},
-        lambda config, region: function_environment(config.spec, region, found),
-    )
-
-    async def once() -> Invocation:
-        await runtime.start()
-        try:
-            return await runtime.invoke(function.name, region.code, json.dumps(event).encode())
-        finally:
-            await runtime.close()
-
+    config = function_configs()[function.name]
     # Like `sam local invoke`: what the function prints (its JSON log lines, EMF metrics) goes
     # to stderr, so stdout holds the response alone and can be piped into jq.
-    result = asyncio.run(once())
+    result = invoke_once(config, region, event, function_environment(function, region, endpoints()))
     answer = json.loads(result.payload)
     if result.function_error is not None:
         raise FunctionFailed(function.name, answer)

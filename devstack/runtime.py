@@ -543,6 +543,41 @@ class LambdaRuntime:
                 self._changed.notify_all()
 
 
+def invoke_once(
+    config: FunctionConfig,
+    region: Region,
+    event: dict[str, Any],
+    environment: Mapping[str, str],
+) -> Invocation:
+    """One invocation in a fresh environment that is stopped afterwards (`devstack invoke`,
+    and the custom resources `make dev` runs as a deploy would)."""
+    runtime = LambdaRuntime({config.name: config}, lambda _config, _region: environment)
+
+    async def once() -> Invocation:
+        await runtime.start()
+        try:
+            return await runtime.invoke(config.name, region.code, json.dumps(event).encode())
+        finally:
+            await runtime.close()
+
+    return asyncio.run(once())
+
+
+def custom_resource_event(resource_type: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The event CDK's provider framework sends a custom resource's onEvent handler on
+    Create (the handlers here treat Update alike)."""
+    return {
+        "RequestType": "Create",
+        "ServiceToken": "arn:aws:lambda:local:000000000000:function:provider",
+        "ResponseURL": "http://127.0.0.1/unused",
+        "StackId": "arn:aws:cloudformation:local:000000000000:stack/local/0",
+        "RequestId": str(uuid.uuid4()),
+        "LogicalResourceId": resource_type.split("::")[-1],
+        "ResourceType": resource_type,
+        "ResourceProperties": dict(properties),
+    }
+
+
 class FunctionFailed(RuntimeError):
     """An invocation ended in a function error; `document` is the runtime's error document."""
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from covenant import streams
 from covenant.config import environment
 from covenant.db import Database, Role
 from covenant.migrate import migrate
@@ -40,7 +39,14 @@ from devstack.jwt_auth import JwtVerifier
 from devstack.nats import NatsServer
 from devstack.postgres import PostgresCluster
 from devstack.processes import require_free_port, wait_until
-from devstack.runtime import FunctionConfig, LambdaRuntime, function_configs, thread_invoker
+from devstack.runtime import (
+    FunctionConfig,
+    LambdaRuntime,
+    custom_resource_event,
+    function_configs,
+    invoke_once,
+    thread_invoker,
+)
 
 if TYPE_CHECKING:  # devstack.cognito imports moto: only `make dev` needs it, not `make invoke`
     from devstack.cognito import LocalCognito, MotoServer
@@ -273,19 +279,21 @@ class DevStack:
             raise DevStackError(f"/health did not answer 200 in every region: {unhealthy}")
 
     def _apply_streams(self, nats_url: str) -> None:
-        """The JetStream streams and consumers, one replica (the deploy applies three)."""
-        try:
-            changes = streams.apply(nats_url, replicas=1)
-        except streams.TopologyError as exc:  # ConnectError included
+        """The JetStream streams and consumers, one replica (the deploy applies three), by
+        the `jetstream` function in an environment of its own, as the deploy's custom
+        resource runs it."""
+        region = primary_region()
+        config = function_configs()["jetstream"]
+        environment = function_environment(config.spec, region, {**self.endpoints})
+        result = invoke_once(
+            config, region, custom_resource_event("Custom::JetStreamTopology", {}), environment
+        )
+        if result.function_error is not None:
+            document = result.error_document
             raise DevStackError(
-                f"cannot apply the JetStream topology at {nats_url}: {exc}"
-            ) from exc
-        refused = [change for change in changes if change.action == "refused"]
-        if refused:
-            lines = "\n  ".join(str(change) for change in refused)
-            raise DevStackError(
-                f"the JetStream topology at {nats_url} differs in ways that would lose data:\n"
-                f"  {lines}\nfix or `make reset` the server, then run `make dev` again"
+                f"cannot apply the JetStream topology at {nats_url}: "
+                f"{document.get('errorMessage', document)}; if it differs in ways that would "
+                "lose data, fix or `make reset` the server, then run `make dev` again"
             )
 
     def _create_wakeup_queue(self) -> Queues:
