@@ -18,7 +18,7 @@ from constructs import Construct
 
 from covenant.regions import Region, regions_as_json
 from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, nag_partition
 from stacks.settings import REPO_ROOT, AppSettings, DeploySettings
 
 _RETENTION = {
@@ -167,7 +167,7 @@ class CovenantFunction(Construct):
             "AwsSolutions-IAM5",
             "Lambda deletes and re-addresses the ENIs it created for this function, whose ids "
             "are unknown until then: held to this account's network interfaces in this region.",
-            f"Resource::arn:<AWS::Partition>:ec2:{Stack.of(self).region}:<AWS::AccountId>:"
+            f"Resource::arn:{nag_partition(self)}:ec2:{Stack.of(self).region}:<AWS::AccountId>:"
             "network-interface/*",
         )
 
