@@ -44,7 +44,7 @@ from stacks.database import database_user
 from stacks.functions import CovenantFunction, base_environment, log_retention
 from stacks.layers import SharedLayers
 from stacks.nag import acknowledge, acknowledge_provider_framework, logical_id, managed_policy
-from stacks.network import NATS_PORT, RegionalNetwork
+from stacks.network import HTTPS_PORT, NATS_PORT, RegionalNetwork
 from stacks.settings import REPO_ROOT, AppSettings
 
 NATS_NAMESPACE = "nats"
@@ -205,6 +205,21 @@ class NatsCluster(Construct):
             ],
         )
         self._acknowledge_eks()
+        # EKS Auto Mode nodes carry the cluster security group, and every pod on them with it:
+        # External Secrets Operator reads the NATS secrets through the Secrets Manager
+        # endpoint (private DNS), whose group must admit them. The rule lives here, beside the
+        # cluster whose group it names (the network stack comes first and cannot refer to it).
+        assert groups.endpoints is not None
+        ec2.CfnSecurityGroupIngress(
+            self,
+            "EndpointsFromNodes",
+            group_id=groups.endpoints.security_group_id,
+            source_security_group_id=self.cluster.cluster_security_group_id,
+            ip_protocol="tcp",
+            from_port=HTTPS_PORT,
+            to_port=HTTPS_PORT,
+            description="EKS Auto Mode nodes (External Secrets Operator -> Secrets Manager)",
+        )
         if config.admin_role_arn:
             self.cluster.grant_access(
                 "Administrators",

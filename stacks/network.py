@@ -8,7 +8,9 @@ All security groups and their rules live here, so one file says who may talk to 
     bridge, jetstream, migrator, rotation, API functions ──443──► interface endpoints
 
 Interface endpoints (primary region only, where the services the functions call live):
-Secrets Manager (bridge, JetStream probe, migrator, rotation), SQS (GraphQL and mobile wake-ups)
+Secrets Manager (bridge, JetStream probe, migrator, rotation, and External Secrets Operator on the
+EKS nodes: the events stack adds that rule, naming the cluster security group EKS creates),
+SQS (GraphQL and mobile wake-ups)
 and Cognito user pools (the mobile function's sign-in and admin calls, GraphQL's setUserRole and
 its token key set; the pool has no domain, which PrivateLink requires). Lambda itself carries
 logs, EMF metrics and X-Ray segments, and IAM database tokens are signed locally: no endpoint.
