@@ -2,7 +2,8 @@
 
 The primary region holds the primary cluster (a writer and readers), the global cluster, the
 master credentials and the migrations custom resource; every other region holds a secondary
-cluster of readers that forwards writes to the primary. Secondary stacks find the global
+cluster of readers, without write forwarding: a secondary's functions hand every write request
+to the primary region's same function (stacks/regional_api.py). Secondary stacks find the global
 cluster by its name from context (`covenant:database.globalClusterIdentifier`), so nothing is
 looked up at synth time and no cross-region export is needed.
 
@@ -196,7 +197,7 @@ class PrimaryDatabase(Construct):
 
 
 class SecondaryDatabase(Construct):
-    """A secondary cluster of the global database: readers only, writes forwarded."""
+    """A secondary cluster of the global database: readers only (no write forwarding)."""
 
     def __init__(
         self,
@@ -228,7 +229,6 @@ class SecondaryDatabase(Construct):
             engine="aurora-postgresql",
             engine_version=db.engine_version,
             global_cluster_identifier=db.global_cluster_identifier,
-            enable_global_write_forwarding=True,
             db_subnet_group_name=subnet_group.ref,
             vpc_security_group_ids=[network.security_groups.database.security_group_id],
             db_cluster_parameter_group_name=parameters.bind_to_cluster().parameter_group_name,
@@ -271,9 +271,8 @@ class SecondaryDatabase(Construct):
                 promotion_tier=1,
             )
             reader.apply_removal_policy(RemovalPolicy.RETAIN)
-        # A secondary's cluster (writer) endpoint is inactive; its reader instances forward
-        # writes to the primary, so the writer path is the reader endpoint too.
-        self.writer_host = self.cluster.attr_read_endpoint_address
+        # No writer path: a secondary's functions hand every write to the primary region's
+        # function (no write forwarding), and connect to this reader endpoint only.
         self.reader_host = self.cluster.attr_read_endpoint_address
         self.cluster_resource_id = self.cluster.attr_db_cluster_resource_id
         acknowledge(
@@ -411,6 +410,9 @@ class DataStack(Stack):
 
     @property
     def writer_host(self) -> str:
+        """The primary's writer endpoint (a secondary has no writer path)."""
+        if not isinstance(self.database, PrimaryDatabase):
+            raise ValueError("a secondary region's data stack has no writer endpoint")
         return self.database.writer_host
 
     @property

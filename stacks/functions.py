@@ -47,8 +47,26 @@ _VPC_ACTIONS_ON_ENIS = [
 ]
 
 
+LIVE_ALIAS = "live"
+
+
 def log_retention(days: int) -> logs.RetentionDays:
     return _RETENTION.get(days, logs.RetentionDays.ONE_MONTH)
+
+
+def function_name(region: Region, name: str) -> str:
+    """The fixed name of a function of the function table in a region: other regions build its
+    ARN from it (stacks of different regions cannot import each other's values)."""
+    return f"covenant-{region.code}-{name}"
+
+
+def primary_function_arn(settings: AppSettings, name: str) -> str:
+    """The ARN a secondary invokes to hand a write to the primary's `name` function: its alias
+    `live` when it has one (what the primary's API integration invokes, the deployed version),
+    the function itself otherwise. Follows the `primary` flag of the region table."""
+    primary = settings.primary
+    arn = account_arn("lambda", primary.aws_region, f"function:{function_name(primary, name)}")
+    return f"{arn}:{LIVE_ALIAS}" if settings.deploy_settings(name).live_alias else arn
 
 
 def base_environment(*, service: str, region: Region, settings: AppSettings) -> dict[str, str]:
@@ -84,7 +102,12 @@ class CovenantFunction(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
+        region: Region | None = None,
+        function_name: str | None = None,
     ) -> None:
+        """`region`: the region whose reserved concurrency applies (by its role, primary or
+        secondary); without it, the primary's. `function_name`: a fixed name, for functions
+        another region invokes."""
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(
             self, "Logs", retention=log_retention(settings.log_retention_days)
@@ -129,7 +152,10 @@ class CovenantFunction(Construct):
             layers=list(layers),
             memory_size=deploy.memory_mb,
             timeout=Duration.seconds(deploy.timeout_s),
-            reserved_concurrent_executions=deploy.reserved_concurrency,
+            function_name=function_name,
+            reserved_concurrent_executions=(
+                deploy.reserved_for(region) if region is not None else deploy.reserved_concurrency
+            ),
             log_group=self.log_group,
             tracing=lambda_.Tracing.ACTIVE,
             role=self.role,
@@ -142,11 +168,11 @@ class CovenantFunction(Construct):
         # SnapStart and provisioned concurrency apply to published versions: callers invoke
         # the alias, which always points at the version this deploy published.
         self.target: lambda_.IFunction = self.function
-        if deploy.snap_start or deploy.provisioned_concurrency:
+        if deploy.live_alias:
             self.target = lambda_.Alias(
                 self,
                 "Live",
-                alias_name="live",
+                alias_name=LIVE_ALIAS,
                 version=self.function.current_version,
                 provisioned_concurrent_executions=deploy.provisioned_concurrency or None,
             )

@@ -25,7 +25,7 @@ from typing import Any
 
 HTTPS = 443
 # Calls the Lambda service makes for a function (ENIs, logs, traces), never from its ENI.
-NOT_FROM_THE_FUNCTION = {"ec2", "logs", "xray", "rds-db", "kms", "lambda"}
+NOT_FROM_THE_FUNCTION = {"ec2", "logs", "xray", "rds-db", "kms"}
 EKS_CLUSTER_GROUP = "ClusterSecurityGroupId"
 
 GroupKey = tuple[str, str]  # (stack, logical id) of a group; ("eks", stack/cluster) for EKS's
@@ -351,10 +351,16 @@ class Model:
         nats = self.nats_groups()
         for workload in self.workloads():
             vpc = self.groups[workload.groups[0]].vpc
-            for service, groups in self.endpoints(vpc).items():
-                if service in workload.services:
+            endpoints = self.endpoints(vpc)
+            for service in sorted(workload.services):
+                if service in endpoints:
+                    target = f"{service} endpoint"
                     needs.append(
-                        Need(workload.name, workload.groups, f"{service} endpoint", groups, HTTPS)
+                        Need(workload.name, workload.groups, target, endpoints[service], HTTPS)
+                    )
+                else:  # the service's public endpoint, through the NAT gateways
+                    needs.append(
+                        Need(workload.name, workload.groups, f"{service} (NAT)", (), HTTPS)
                     )
             if workload.database is not None:
                 db_stack, cluster = workload.database
@@ -381,6 +387,12 @@ class Model:
         return rule.cidr == self.vpc_cidrs.get(vpc)
 
     def admitted(self, need: Need) -> bool:
+        if not need.target_groups:  # out to the Internet: only the caller's egress matters
+            return any(
+                r.admits(need.port) and r.cidr == "0.0.0.0/0"
+                for source in need.groups
+                for r in self.groups[source].egress
+            )
         for source in need.groups:
             for target in need.target_groups:
                 vpc = self.groups[target].vpc

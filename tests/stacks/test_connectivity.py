@@ -63,6 +63,8 @@ def test_the_derived_workloads_cover_every_kind_the_app_deploys(model: Model) ->
     assert ("external-secrets/external-secrets)", "secretsmanager", 443) in targets
     assert ("(mobile.handler.handler)", "cognito-idp", 443) in targets
     assert ("(graphql_api.handler.handler)", "sqs", 443) in targets
+    # A secondary's functions reach the primary's Lambda, SQS and Cognito through NAT.
+    assert ("(graphql_api.handler.handler)", "lambda", 443) in targets
 
 
 def test_the_secrets_endpoint_admits_the_eks_nodes_where_external_secrets_runs(stacks) -> None:
