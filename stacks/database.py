@@ -68,24 +68,16 @@ def _cluster_parameters(scope: Construct, settings: DatabaseSettings) -> rds.Par
     )
 
 
-def _data_key(scope: Construct, region: Region) -> kms.Key:
-    return kms.Key(
-        scope,
-        "DataKey",
-        alias=f"alias/covenant/{region.code}/data",
-        description=f"Covenant data at rest in {region.code}: Aurora storage, secrets, logs",
-        enable_key_rotation=True,
-        removal_policy=RemovalPolicy.RETAIN,
-    )
-
-
-def _postgres_logs(scope: Construct, cluster_identifier: str, settings: AppSettings) -> None:
+def _postgres_logs(
+    scope: Construct, cluster_identifier: str, settings: AppSettings, key: kms.IKey
+) -> None:
     # RDS writes into this group; creating it first gives it a retention.
     logs.LogGroup(
         scope,
         "PostgresLogs",
         log_group_name=f"/aws/rds/cluster/{cluster_identifier}/postgresql",
         retention=log_retention(settings.log_retention_days),
+        encryption_key=key,
         removal_policy=RemovalPolicy.RETAIN,
     )
 
@@ -107,9 +99,9 @@ class PrimaryDatabase(Construct):
         db = settings.database
         groups = network.security_groups
         assert groups.rotation is not None
-        self.key = _data_key(self, region)
+        self.key = network.data_key
         self.cluster_identifier = db.cluster_identifier(region)
-        _postgres_logs(self, self.cluster_identifier, settings)
+        _postgres_logs(self, self.cluster_identifier, settings, self.key)
 
         def instance(name: str, tier: int) -> rds.IClusterInstance:
             return rds.ClusterInstance.provisioned(
@@ -157,6 +149,11 @@ class PrimaryDatabase(Construct):
         )
         self.secret = self.cluster.secret
         assert self.secret is not None
+        # The only copy of the master password: kept when the stack or cluster goes
+        # (cluster.secret is its target attachment; the secret itself is the child "Secret").
+        master = self.cluster.node.find_child("Secret")
+        assert isinstance(master, secretsmanager.Secret)
+        master.apply_removal_policy(RemovalPolicy.RETAIN)
         # Hosted rotation (Secrets Manager's own function) in the rotation security group,
         # whose access to the database the network stack grants.
         self.secret.add_rotation_schedule(
@@ -210,9 +207,9 @@ class SecondaryDatabase(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         db = settings.database
-        self.key = _data_key(self, region)
+        self.key = network.data_key
         self.cluster_identifier = db.cluster_identifier(region)
-        _postgres_logs(self, self.cluster_identifier, settings)
+        _postgres_logs(self, self.cluster_identifier, settings, self.key)
         subnet_group = rds.CfnDBSubnetGroup(
             self,
             "Subnets",
@@ -347,14 +344,37 @@ class Migrations(Construct):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=groups.migrator,
+            log_key=network.data_key,
         )
-        database.secret.grant_read(self.function.role)
+        # Secret.grant_read would also name this role in the key's policy, and the key lives in
+        # the network stack, which cannot refer to this one: the role's own policy suffices
+        # (the key policy trusts the account's IAM policies).
+        self.function.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[database.secret.secret_arn],
+            )
+        )
+        self.function.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt"],
+                resources=[database.key.key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": f"secretsmanager.{Stack.of(self).region}.amazonaws.com"
+                    }
+                },
+            )
+        )
         provider = cr.Provider(
             self,
             "Provider",
             on_event_handler=self.function.function,
             log_group=logs.LogGroup(
-                self, "ProviderLogs", retention=log_retention(settings.log_retention_days)
+                self,
+                "ProviderLogs",
+                retention=log_retention(settings.log_retention_days),
+                encryption_key=network.data_key,
             ),
         )
         self.resource = CustomResource(

@@ -41,7 +41,7 @@ from covenant.regions import Region
 from covenant.streams import BRIDGE_INBOX_PREFIX, DAY_S, STREAMS
 from covenant.topology import FunctionSpec
 from stacks.database import database_user
-from stacks.functions import CovenantFunction, base_environment, log_retention
+from stacks.functions import CovenantFunction, base_environment, encrypt_log_groups, log_retention
 from stacks.layers import SharedLayers
 from stacks.nag import acknowledge, acknowledge_provider_framework, logical_id, managed_policy
 from stacks.network import HTTPS_PORT, NATS_PORT, RegionalNetwork
@@ -567,6 +567,7 @@ class EventsStack(Stack):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=groups.bridge,
+            log_key=network.data_key,
         )
         self.bridge_secret.grant_read(self.bridge.role)
         self.bridge.grant_database_connect(
@@ -591,6 +592,7 @@ class EventsStack(Stack):
             targets=[targets.LambdaFunction(self.bridge.target, retry_attempts=0)],
         )
         self.jetstream = self._jetstream(region, settings, network, layers)
+        encrypt_log_groups(self, network.data_key)
 
     def _jetstream(
         self,
@@ -619,6 +621,7 @@ class EventsStack(Stack):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=groups.jetstream,
+            log_key=network.data_key,
         )
         self.admin_secret.grant_read(function.role)
         provider = cr.Provider(
@@ -626,7 +629,10 @@ class EventsStack(Stack):
             "TopologyProvider",
             on_event_handler=function.function,
             log_group=logs.LogGroup(
-                self, "TopologyProviderLogs", retention=log_retention(settings.log_retention_days)
+                self,
+                "TopologyProviderLogs",
+                retention=log_retention(settings.log_retention_days),
+                encryption_key=network.data_key,
             ),
         )
         topology = CustomResource(

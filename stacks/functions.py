@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from aws_cdk import Annotations, ArnFormat, Aws, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -69,6 +70,14 @@ def primary_function_arn(settings: AppSettings, name: str) -> str:
     return f"{arn}:{LIVE_ALIAS}" if settings.deploy_settings(name).live_alias else arn
 
 
+def encrypt_log_groups(scope: Construct, key: kms.IKey) -> None:
+    """Every log group under `scope` that aws-cdk-lib creates without a key (the kubectl
+    provider's, @aws-cdk/aws-lambda:useCdkManagedLogGroup) gets the region's data key."""
+    for child in scope.node.find_all():
+        if isinstance(child, logs.CfnLogGroup) and child.kms_key_id is None:
+            child.kms_key_id = key.key_arn
+
+
 def base_environment(*, service: str, region: Region, settings: AppSettings) -> dict[str, str]:
     """What every Covenant function reads: its region, the region table, Powertools."""
     return {
@@ -102,6 +111,7 @@ class CovenantFunction(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
+        log_key: kms.IKey,
         region: Region | None = None,
         function_name: str | None = None,
     ) -> None:
@@ -110,7 +120,10 @@ class CovenantFunction(Construct):
         another region invokes."""
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention(settings.log_retention_days)
+            self,
+            "Logs",
+            retention=log_retention(settings.log_retention_days),
+            encryption_key=log_key,
         )
         self.role = iam.Role(
             self,

@@ -189,6 +189,7 @@ class RegionalApiStack(Stack):
             self,
             "AccessLogs",
             retention=log_retention(settings.log_retention_days),
+            encryption_key=network.data_key,
             removal_policy=RemovalPolicy.RETAIN,
         )
         self.stage = apigw.HttpStage(
@@ -287,6 +288,7 @@ class RegionalApiStack(Stack):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=security_group,
+            log_key=network.data_key,
             region=region,
             function_name=function_name(region, name),
         )

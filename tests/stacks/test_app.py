@@ -118,7 +118,10 @@ def test_one_global_database_with_a_writer_and_readers_in_the_primary(templates)
         "AWS::SecretsManager::RotationSchedule",
         {"RotationRules": {"ScheduleExpression": "rate(30 days)"}},
     )
-    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+    # The region's data key lives in its network stack (it also encrypts the flow logs).
+    templates[f"Covenant-{PRIMARY.code}-Network"].has_resource_properties(
+        "AWS::KMS::Key", {"EnableKeyRotation": True}
+    )
 
 
 def test_five_secondary_clusters_of_readers_join_the_global_database(templates) -> None:

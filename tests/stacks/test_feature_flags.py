@@ -11,6 +11,7 @@ from typing import Any
 import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 
 from covenant.regions import cdk_context
@@ -79,6 +80,7 @@ def _graphql_version(tmp: Path, context: dict[str, Any], changed: str | None) ->
         vpc=vpc,
         subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
         security_group=ec2.SecurityGroup(stack, "Group", vpc=vpc),
+        log_key=kms.Key(stack, "Key"),
     )
     assert isinstance(function.target, lambda_.Alias)  # SnapStart: the live alias
     template = app.synth().get_stack_by_name("Api").template
