@@ -177,14 +177,17 @@ class PrimaryLambda:
                     self.connection.close()
                     return
                 body = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("X-Amz-Executed-Version", "$LATEST")
-                if function_error:
-                    self.send_header("X-Amz-Function-Error", function_error)
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("X-Amz-Executed-Version", "$LATEST")
+                    if function_error:
+                        self.send_header("X-Amz-Function-Error", function_error)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the caller gave up (its read timed out): as Lambda, drop it
+                    self.close_connection = True
 
             def _send(self, status: int, body: dict[str, Any], error_type: str) -> None:
                 raw = json.dumps(body).encode()

@@ -21,9 +21,12 @@ MIN_HEADER = "Covenant-Min-Position"
 _TOKEN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 _POLL_S = 0.02
 
-# Taken in the session that committed, after its COMMIT returned: with synchronous_commit on
-# the commit record is written by then, so the write position is at or past its end.
-_AFTER_COMMIT = "SELECT pg_current_wal_lsn()::text"
+# Taken in the session that committed, after its COMMIT returned. The insert position, not
+# pg_current_wal_lsn() (what has been written out): with synchronous_commit off a commit
+# returns before its record is written, and a token below the record would let a replica
+# that has not replayed the commit serve the read. A replica reaches the insert position once
+# the WAL writer has sent it (wal_writer_delay, 200 ms by default, at worst).
+_AFTER_COMMIT = "SELECT pg_current_wal_insert_lsn()::text"
 # A reader in recovery (a replica) has the write once it replayed past the token; a reader
 # that is the primary itself (one-node setups) has everything it ever wrote.
 _REACHED = """
