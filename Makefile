@@ -10,7 +10,7 @@ EVENT ?= events/health.json
 # Node 20 works for synth; jsii's end-of-life banner would bury the output.
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 
-.PHONY: dev test lint invoke tail reset clean
+.PHONY: dev test lint invoke tail reset clean preflight
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+## preflight: before `cdk deploy`, check the target account (AWS credentials in the environment)
+preflight: $(STAMP)
+	$(PY) -m tools.preflight
 
 ## invoke: run one function locally with an event file: make invoke FUNCTION=mobile EVENT=events/health.json
 invoke: $(STAMP)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 
 from stacks.auth import AuthStack
+from stacks.capacity import check_connection_budget
 from stacks.database import DataStack
 from stacks.events import EventsStack
 from stacks.layers import warn_if_database_unverified
@@ -29,6 +30,7 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
     app = app or cdk.App()
     settings = AppSettings.from_node(app.node)
     primary = settings.primary
+    check_connection_budget(settings)
 
     def env(aws_region: str) -> cdk.Environment:
         return cdk.Environment(account=settings.account, region=aws_region)
@@ -102,7 +104,7 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
             settings=settings,
             network=networks[r.code],
             database=DatabaseEndpoints(
-                writer_host=regional.writer_host,
+                writer_host=regional.writer_host if r.primary else None,
                 reader_host=regional.reader_host,
                 cluster_resource_id=regional.cluster_resource_id,
             ),

@@ -68,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             reset(StackOptions.from_environment(data_dir=args.data_dir))
         elif args.command == "invoke":
             from devstack.invoke import invoke_file
+            from devstack.runtime import FunctionFailed
 
-            response = invoke_file(args.function, args.event, args.region)
+            try:
+                response = invoke_file(args.function, args.event, args.region)
+            except FunctionFailed as failed:
+                print(json.dumps(failed.document, indent=2), flush=True)
+                return 1
             print(json.dumps(response, indent=2, default=str))
         elif args.command == "tail":
             from devstack.tail import main as tail_main

@@ -5,15 +5,20 @@
   ones come back after the visibility timeout and, past maxReceiveCount, moto's redrive moves
   them to the dead-letter queue;
 - an EventBridge schedule: invokes the bridge with a "Scheduled Event" every few seconds.
+
+`make dev` gives them an invoker that runs the bridge in its Lambda execution environments
+(devstack.runtime, reserved concurrency 3): the two triggers then run concurrently, as in
+AWS, and a throttled invocation is retried by the queue. Tests may keep the in-process one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -105,6 +110,9 @@ def scheduled_event(region: str) -> dict[str, Any]:
     }
 
 
+Invoker = Callable[[FunctionSpec, Region, dict[str, Any]], Any]
+
+
 class SqsEventSource:
     def __init__(
         self,
@@ -114,6 +122,7 @@ class SqsEventSource:
         region: Region,
         endpoints: Mapping[str, str],
         batch_size: int = 10,
+        invoker: Invoker | None = None,
     ) -> None:
         self.client = client
         self.queues = queues
@@ -121,8 +130,14 @@ class SqsEventSource:
         self.region = region
         self.endpoints = endpoints
         self.batch_size = batch_size
-        # One invocation at a time, as in one Lambda execution environment.
-        self.lock = threading.Lock()
+        self.invoker: Invoker = invoker or (
+            lambda function, region, event: invoke(function, region, event, self.endpoints)
+        )
+        # In-process, one invocation at a time, as in one Lambda execution environment; the
+        # runtime's environments need no lock.
+        self.lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if invoker is None else contextlib.nullcontext()
+        )
 
     def poll_once(self, wait_s: int = 1) -> int:
         """One receive-invoke-delete round; returns how many messages it handled."""
@@ -137,7 +152,7 @@ class SqsEventSource:
         event = sqs_event(messages, self.queues.arn, self.region.aws_region)
         try:
             with self.lock:
-                response = invoke(self.function, self.region, event, self.endpoints) or {}
+                response = self.invoker(self.function, self.region, event) or {}
         except Exception:
             logger.exception("bridge failed on an SQS batch; its messages will be redelivered")
             return len(messages)
@@ -186,11 +201,8 @@ class BackgroundTriggers:
             source = self.source
             try:
                 with source.lock:
-                    invoke(
-                        source.function,
-                        source.region,
-                        scheduled_event(source.region.aws_region),
-                        source.endpoints,
+                    source.invoker(
+                        source.function, source.region, scheduled_event(source.region.aws_region)
                     )
             except Exception:
                 logger.exception("scheduled bridge run failed")

@@ -66,6 +66,27 @@ def function_environment(
     }
 
 
+def region_environment(
+    function: FunctionSpec,
+    region: Region,
+    endpoints: Mapping[str, str],
+    hop_url: str | None = None,
+) -> dict[str, str]:
+    """`function_environment`, and for a secondary region that reaches the primary through
+    `hop_url` (devstack.hop) what the CDK app gives it there: no writer (DATABASE_URL), the
+    primary region's same function to hand writes to, and the Lambda endpoint to reach it."""
+    values = function_environment(function, region, endpoints)
+    if hop_url is None or region.primary:
+        return values
+    primary = next(r for r in load_regions() if r.primary)
+    values.pop("DATABASE_URL", None)
+    values["AWS_ENDPOINT_URL_LAMBDA"] = hop_url
+    values["COVENANT_PRIMARY_FUNCTION"] = f"covenant-{primary.code}-{function.name}"
+    values.setdefault("AWS_ACCESS_KEY_ID", "local")  # boto3 signs; the local API ignores it
+    values.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+    return values
+
+
 def invoke(
     function: FunctionSpec, region: Region, event: dict[str, Any], endpoints: Mapping[str, str]
 ) -> Any:

@@ -2,13 +2,33 @@
 
 `http://127.0.0.1:<port>/<region>/<path>` is turned into the payload-format-2.0 event that the
 region's HTTP API (stage = region code) would send, and the function that owns the route is
-invoked in-process, in the environment it has in that region. Its answer is sent back the way
-API Gateway maps a Lambda proxy response.
+invoked in its Lambda execution environments (devstack.runtime: one process per environment,
+one invocation at a time). Its answer is mapped back the way API Gateway maps a Lambda proxy
+response.
+
+The server is aiohttp's (asyncio): many keep-alive connections, slow clients and large bodies
+wait on the event loop, never on a thread that another request needs, and responses leave with
+TCP_NODELAY in one write. What API Gateway does that is reproduced here:
+
+- routes and JWT authorizers from the function table (401 `{"message":"Unauthorized"}`
+  before the function runs), unmatched routes 404 `{"message":"Not Found"}`;
+- bodies over 10 MB: 413; a body that is not text, or text that is not UTF-8, reaches the
+  function base64-encoded (`isBase64Encoded: true`);
+- integration failures with API Gateway's own bodies: an invocation Lambda rejects
+  (throttled, payload over 6 MB) 500 `{"message":"Internal Server Error"}`; a function error
+  (unhandled exception, timeout, crash) or a malformed proxy response 502
+  `{"message":"Internal Server Error"}`; no answer within the integration timeout (30 s)
+  503 `{"message":"Service Unavailable"}` while the invocation runs on;
+- an `apigw-requestid` header on every answer.
+
+Not reproduced: API Gateway's stage throttling (429) and its access log format.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import json
 import logging
 import mimetypes
@@ -17,25 +37,34 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
+
+from aiohttp import web
 
 from covenant.regions import Region, load_regions
-from covenant.topology import FunctionSpec, Route, load_functions
+from covenant.topology import FunctionSpec, Route
 from devstack import assets
 from devstack.assets import ASSETS_PATH
-from devstack.functions import invoke
+from devstack.functions import region_environment
+from devstack.hop import LatencyProxy
 from devstack.jwt_auth import JwtVerifier, Unauthorized, authorizer_context
+from devstack.runtime import (
+    FunctionConfig,
+    InvokeRejected,
+    LambdaRuntime,
+    function_configs,
+)
 
 logger = logging.getLogger("devstack.gateway")
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+INTEGRATION_TIMEOUT_S = 30.0  # an HTTP API's default (and maximum) integration timeout
 _TEXT_TYPES = ("application/json", "application/graphql", "text/", "application/x-www-form")
+_INTERNAL_ERROR = {"message": "Internal Server Error"}
+_UNAVAILABLE = {"message": "Service Unavailable"}
 
 
 def build_event(
@@ -45,18 +74,20 @@ def build_event(
     method: str,
     path: str,
     query: str,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str] | list[tuple[str, str]],
     body: bytes,
     source_ip: str,
     path_parameters: Mapping[str, str],
     domain: str,
     authorizer: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """The HTTP API (payload format 2.0) event for one request to `region`'s stage.
     `authorizer` is `requestContext.authorizer` when the JWT authorizer let the request in."""
     lowered: dict[str, str] = {}
     cookies: list[str] = []
-    for name, value in headers.items():
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
         key = name.lower()
         if key == "cookie":
             cookies.extend(part.strip() for part in value.split(";") if part.strip())
@@ -68,7 +99,12 @@ def build_event(
             f"{query_parameters[name]},{value}" if name in query_parameters else value
         )
     content_type = lowered.get("content-type", "")
-    is_text = not body or content_type.startswith(_TEXT_TYPES)
+    text: str | None = None
+    if body and content_type.startswith(_TEXT_TYPES):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None  # API Gateway passes bytes that are not UTF-8 base64-encoded
     now = datetime.now(UTC)
     raw_path = f"/{region.code}{path}"
     event: dict[str, Any] = {
@@ -89,13 +125,13 @@ def build_event(
                 "sourceIp": source_ip,
                 "userAgent": lowered.get("user-agent", ""),
             },
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id or str(uuid.uuid4()),
             "routeKey": route.key,
             "stage": region.code,
             "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
             "timeEpoch": int(now.timestamp() * 1000),
         },
-        "isBase64Encoded": not is_text,
+        "isBase64Encoded": bool(body) and text is None,
     }
     if authorizer is not None:
         event["requestContext"]["authorizer"] = dict(authorizer)
@@ -106,7 +142,7 @@ def build_event(
     if path_parameters:
         event["pathParameters"] = dict(path_parameters)
     if body:
-        event["body"] = body.decode("utf-8") if is_text else base64.b64encode(body).decode()
+        event["body"] = text if text is not None else base64.b64encode(body).decode()
     return event
 
 
@@ -121,44 +157,187 @@ def find_route(
     return None
 
 
-class Gateway(ThreadingHTTPServer):
-    """Requests run on a fixed pool of long-lived threads, the local picture of warm Lambda
-    execution environments: each keeps its database connections between invocations.
+class MalformedResponse(ValueError):
+    """A Lambda proxy response API Gateway cannot map (it answers 502)."""
+
+
+def proxy_response(payload: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """API Gateway's mapping of a payload-format-2.0 Lambda response: (status, headers, body).
+    A JSON value without `statusCode` is a 200 JSON body, as API Gateway infers it."""
+    try:
+        result = json.loads(payload)
+    except ValueError as exc:
+        raise MalformedResponse("the response is not JSON") from exc
+    if not (isinstance(result, dict) and "statusCode" in result):
+        return 200, [("Content-Type", "application/json")], payload
+    status = result["statusCode"]
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise MalformedResponse(f"statusCode {status!r} is not an HTTP status")
+    raw = result.get("body")
+    if raw is None:
+        raw = ""
+    if not isinstance(raw, str):
+        raise MalformedResponse("body must be a string")
+    try:
+        body = base64.b64decode(raw, validate=True) if result.get("isBase64Encoded") else None
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedResponse("body is not base64 although isBase64Encoded is true") from exc
+    if body is None:
+        body = raw.encode("utf-8", "surrogatepass")
+    headers: dict[str, str] = {}
+    given = result.get("headers") or {}
+    multi = result.get("multiValueHeaders") or {}
+    if not isinstance(given, dict) or not isinstance(multi, dict):
+        raise MalformedResponse("headers must be an object")
+    for name, value in given.items():
+        if isinstance(value, dict | list):
+            raise MalformedResponse(f"header {name!r} must be a string")
+        headers[str(name)] = _header_text(value)
+    for name, values in multi.items():
+        if not isinstance(values, list):
+            raise MalformedResponse(f"multiValueHeaders {name!r} must be a list")
+        headers[str(name)] = ",".join(_header_text(v) for v in values)
+    if not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
+    pairs = [
+        (k, v) for k, v in headers.items() if k.lower() not in ("content-length", "connection")
+    ]
+    cookies = result.get("cookies") or []
+    if not isinstance(cookies, list):
+        raise MalformedResponse("cookies must be a list")
+    pairs += [("Set-Cookie", str(cookie)) for cookie in cookies]
+    return status, pairs, body
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class Gateway:
+    """The six regional HTTP APIs on one port, served on an asyncio event loop.
 
     Routes with auth "jwt" or "jwt-optional" (covenant.topology.Route) are authorized by
     `verifier`, as API Gateway's JWT authorizer does; without a verifier every token is
-    refused (fail closed)."""
-
-    allow_reuse_address = True
+    refused (fail closed). Functions run in `runtime` (one is made from the function table
+    and `endpoints` when none is given). `port=0` takes a free port (see `url`)."""
 
     def __init__(
         self,
         port: int,
-        endpoints: Mapping[str, str],
+        endpoints: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
-        workers: int = 8,
         verifier: JwtVerifier | None = None,
         assets: Path | None = None,
+        *,
+        runtime: LambdaRuntime | None = None,
+        functions: Mapping[str, FunctionConfig] | None = None,
+        integration_timeout_s: float = INTEGRATION_TIMEOUT_S,
+        hops: Mapping[str, float] | None = None,
     ) -> None:
-        self.endpoints = dict(endpoints)
+        self.host = host
+        self.port = port
         self.verifier = verifier
         self.assets = assets  # node_modules with the explorer's browser assets, if installed
         self.regions = {r.code: r for r in load_regions()}
-        self.functions = load_functions()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
-        super().__init__((host, port), _RequestHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._pool.submit(self.process_request_thread, request, client_address)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        configs = dict(functions) if functions is not None else function_configs()
+        self.functions = {name: config.spec for name, config in configs.items()}
+        shared = dict(endpoints or {})
+        # Secondary region code -> round-trip ms to the primary: with hops, secondaries have
+        # no writer and hand writes to the primary through devstack.hop (docs/deploy.md).
+        self.hop_rtts = dict(hops or {})
+        self.hops: dict[str, LatencyProxy] = {}
+        self.runtime = runtime or LambdaRuntime(
+            configs,
+            lambda config, region: region_environment(
+                config.spec, region, shared, self.hop_url(region.code)
+            ),
+        )
+        self.integration_timeout_s = integration_timeout_s
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://{self.host}:{self.port}"
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serves on the running event loop."""
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/2015-03-31/functions/{name}/invocations", self._lambda_invoke)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await self.runtime.start()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if self.port == 0 and server is not None and server.sockets:
+            self.port = int(server.sockets[0].getsockname()[1])
+        for code, rtt_ms in self.hop_rtts.items():
+            proxy = LatencyProxy(f"hop {code}", (self.host, self.port), rtt_ms)
+            await proxy.start()
+            self.hops[code] = proxy
+        self._loop = asyncio.get_running_loop()
+
+    def hop_url(self, region_code: str) -> str | None:
+        """The Lambda endpoint a secondary region reaches the primary through, if any."""
+        proxy = self.hops.get(region_code)
+        return proxy.url if proxy is not None else None
+
+    async def stop(self) -> None:
+        for proxy in self.hops.values():
+            await proxy.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.runtime.close()
+
+    def serve_in_thread(self) -> threading.Thread:
+        """Runs the gateway on an event loop of its own thread; returns once it listens."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self.stop())
+                loop.close()
+                self._stopped.set()
+
+        self._thread = threading.Thread(target=run, name="gateway", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self._thread
+
+    def shutdown(self) -> None:
+        """Stops a gateway started by serve_in_thread, and its environments."""
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=15)
+
+    def server_close(self) -> None:
+        """Kept for callers of the former threaded server: shutdown() did it all."""
+
+    # --- requests ------------------------------------------------------------------------
 
     def authorize(self, route: Route, authorization: str | None) -> dict[str, Any] | None:
         """`requestContext.authorizer` for a request to `route` (None: no claims), or raises
@@ -169,137 +348,193 @@ class Gateway(ThreadingHTTPServer):
             raise Unauthorized("no JWT verifier: the local Cognito is off (COVENANT_COGNITO)")
         return authorizer_context(self.verifier.verify(authorization))
 
-    def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="gateway", daemon=True)
-        thread.start()
-        return thread
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: Gateway
-    protocol_version = "HTTP/1.1"
-    server_version = "covenant-local-gateway"
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # access lines are written by _dispatch
-
-    def _dispatch(self) -> None:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        status = self._handle()
+        request_id = _apigw_request_id()
+        try:
+            response = await self._respond(request, request_id)
+        except web.HTTPRequestEntityTooLarge:
+            response = _json(413, {"message": "Request Entity Too Large"})
+        response.headers["apigw-requestid"] = request_id
         logger.info(
             "%s %s -> %d (%.1f ms)",
-            self.command,
-            self.path,
-            status,
+            request.method,
+            request.path_qs,
+            response.status,
             (time.perf_counter() - started) * 1000,
         )
+        return response
 
-    def _handle(self) -> int:
-        url = urlsplit(self.path)
-        if url.path.startswith(ASSETS_PATH + "/") and self.command in ("GET", "HEAD"):
-            return self._asset(url.path)
-        _, region_code, rest = (url.path + "/").split("/", 2) if url.path != "/" else ("", "", "")
-        region = self.server.regions.get(region_code)
+    async def _respond(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(ASSETS_PATH + "/") and request.method in ("GET", "HEAD"):
+            return self._asset(path)
+        _, region_code, rest = (path + "/").split("/", 2) if path != "/" else ("", "", "")
+        region = self.regions.get(region_code)
         if region is None:
-            return self._json(
-                HTTPStatus.NOT_FOUND,
+            return _json(
+                404,
                 {
                     "message": "Not Found",
-                    "regions": {code: f"{self.server.url}/{code}/" for code in self.server.regions},
+                    "regions": {code: f"{self.url}/{code}/" for code in self.regions},
                 },
             )
-        path = "/" + rest.rstrip("/") if rest.strip("/") else "/"
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            return self._json(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"message": "Request Entity Too Large"}
-            )
-        body = self.rfile.read(length) if length else b""
-        matched = find_route(self.server.functions, self.command, path)
+        route_path = "/" + rest.rstrip("/") if rest.strip("/") else "/"
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _json(413, {"message": "Request Entity Too Large"})
+        body = await request.read()
+        matched = find_route(self.functions, request.method, route_path)
         if matched is None:
-            return self._json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
+            return _json(404, {"message": "Not Found"})
         function, route, parameters = matched
         try:
-            authorizer = self.server.authorize(route, self.headers.get("Authorization"))
+            authorizer = self.authorize(route, request.headers.get("Authorization"))
         except Unauthorized as refused:
-            logger.info("%s %s: 401, %s", self.command, url.path, refused)
-            return self._json(HTTPStatus.UNAUTHORIZED, {"message": "Unauthorized"})
+            logger.info("%s %s: 401, %s", request.method, path, refused)
+            return _json(401, {"message": "Unauthorized"})
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         event = build_event(
             region=region,
             route=route,
-            method=self.command,
-            path=path,
-            query=url.query,
-            headers=dict(self.headers.items()),
+            method=request.method,
+            path=route_path,
+            query=request.query_string,
+            headers=list(request.headers.items()),
             body=body,
-            source_ip=self.client_address[0],
+            source_ip=peer[0] if peer else "127.0.0.1",
             path_parameters=parameters,
-            domain=self.headers.get("Host", "127.0.0.1"),
+            domain=request.headers.get("Host", "127.0.0.1"),
             authorizer=authorizer,
+            request_id=request_id,
         )
-        try:
-            result = invoke(function, region, event, self.server.endpoints)
-        except Exception:
-            logger.exception("function %s raised in region %s", function.name, region.code)
-            return self._json(
-                HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "Internal Server Error"}
-            )
-        return self._send_proxy_response(result)
+        return await self._integrate(function.name, region, json.dumps(event).encode())
 
-    def _asset(self, path: str) -> int:
-        modules = self.server.assets
+    async def _integrate(self, function: str, region: Region, payload: bytes) -> web.Response:
+        """The Lambda proxy integration: invoke, then map the answer or the failure."""
+        invocation = asyncio.ensure_future(self.runtime.invoke(function, region.code, payload))
+        try:
+            # The invocation runs on past the integration timeout, as in AWS.
+            result = await asyncio.wait_for(asyncio.shield(invocation), self.integration_timeout_s)
+        except TimeoutError:
+            invocation.add_done_callback(_consume)
+            logger.info("%s in %s: integration timeout, 503", function, region.code)
+            return _json(503, _UNAVAILABLE)
+        except InvokeRejected as rejected:
+            logger.info(
+                "%s in %s: invocation rejected, %s: %s",
+                function,
+                region.code,
+                rejected.error_type,
+                rejected,
+            )
+            return _json(500, _INTERNAL_ERROR)
+        if result.function_error is not None:
+            document = result.error_document
+            logger.info(
+                "%s in %s: function error %s: %s",
+                function,
+                region.code,
+                document.get("errorType", "-"),
+                document.get("errorMessage", ""),
+            )
+            return _json(502, _INTERNAL_ERROR)
+        try:
+            status, headers, body = proxy_response(result.payload)
+        except MalformedResponse as exc:
+            logger.info("%s in %s: malformed Lambda proxy response: %s", function, region.code, exc)
+            return _json(502, _INTERNAL_ERROR)
+        response = web.Response(status=status, body=body)
+        for name, value in headers:
+            response.headers.add(name, value)
+        return response
+
+    async def _lambda_invoke(self, request: web.Request) -> web.Response:
+        """Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`), the way a
+        function in one region calls a function in another (boto3's `lambda` client with
+        AWS_ENDPOINT_URL_LAMBDA). RequestResponse and Event invocations; requests are not
+        signature-checked (moto does not either)."""
+        try:
+            function, region = self._lambda_target(request.match_info["name"])
+        except LookupError as exc:
+            return _lambda_error(404, "ResourceNotFoundException", str(exc))
+        invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        payload = await request.read()
+        if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+            return _lambda_error(
+                400, "InvalidParameterValueException", f"bad InvocationType {invocation_type}"
+            )
+        if invocation_type == "DryRun":
+            return web.Response(status=204)
+        task = asyncio.ensure_future(self.runtime.invoke(function, region.code, payload or b"{}"))
+        if invocation_type == "Event":
+            task.add_done_callback(_consume)
+            return web.Response(status=202)
+        try:
+            result = await task
+        except InvokeRejected as rejected:
+            return _lambda_error(rejected.status, rejected.error_type, str(rejected))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Amz-Executed-Version": "$LATEST",
+            "x-amzn-RequestId": result.request_id,
+        }
+        if result.function_error is not None:
+            headers["X-Amz-Function-Error"] = result.function_error
+        return web.Response(status=200, body=result.payload, headers=headers)
+
+    def _lambda_target(self, name: str) -> tuple[str, Region]:
+        """(function, region) of a function name or ARN: `covenant-<region>-<function>`, or
+        `arn:aws:lambda:<aws region>:<account>:function:covenant-<region>-<function>[:alias]`."""
+        plain = name.split(":")[6] if name.startswith("arn:") and name.count(":") >= 6 else name
+        prefix, _, rest = plain.partition("-")
+        code, _, function = rest.partition("-")
+        region = self.regions.get(code)
+        if prefix != "covenant" or region is None or function not in self.functions:
+            raise LookupError(f"Function not found: {name}")
+        if name.startswith("arn:") and name.split(":")[3] != region.aws_region:
+            raise LookupError(f"Function not found: {name}")
+        return function, region
+
+    def _asset(self, path: str) -> web.Response:
+        modules = self.assets
         found = assets.resolve(modules, path) if modules is not None else None
         if found is None:
-            return self._json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
-        payload = found.read_bytes()
+            return _json(404, {"message": "Not Found"})
         content_type = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "public, max-age=31536000, immutable")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-        return int(HTTPStatus.OK)
+        return web.Response(
+            body=found.read_bytes(),
+            headers={
+                "Content-Type": content_type,
+                "Cache-Control": "public, max-age=31536000, immutable",
+            },
+        )
 
-    def _send_proxy_response(self, result: Any) -> int:
-        if not (isinstance(result, dict) and "statusCode" in result):
-            # API Gateway infers a 200 JSON response from a bare return value.
-            return self._json(HTTPStatus.OK, result)
-        status = int(result["statusCode"])
-        raw = result.get("body") or ""
-        payload = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode("utf-8")
-        self.send_response(status)
-        headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
-        for name, values in (result.get("multiValueHeaders") or {}).items():
-            headers[str(name)] = ",".join(str(v) for v in values)
-        headers.setdefault("Content-Type", "application/json")
-        for name, value in headers.items():
-            if name.lower() not in ("content-length", "connection"):
-                self.send_header(name, value)
-        for cookie in result.get("cookies") or []:
-            self.send_header("Set-Cookie", cookie)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-        return status
 
-    def _json(self, status: int, body: Any) -> int:
-        payload = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-        return int(status)
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def _lambda_error(status: int, error_type: str, message: str) -> web.Response:
+    """An error of the Lambda API, as botocore reads it (x-amzn-ErrorType)."""
+    return web.Response(
+        status=status,
+        body=json.dumps({"Type": "User", "message": message}).encode(),
+        headers={"Content-Type": "application/json", "x-amzn-ErrorType": error_type},
+    )
+
+
+def _apigw_request_id() -> str:
+    # API Gateway's request ids look like "Ab1cDeFgIAMEcJw=": 16 characters.
+    return base64.b64encode(uuid.uuid4().bytes[:10], b"-_").decode()[:14] + "="
 
 
 def configure_logging() -> None:

@@ -1,17 +1,18 @@
-"""Invoke one function with an event file, like `sam local invoke`."""
+"""Invoke one function with an event file, like `sam local invoke`: in a fresh execution
+environment of the local Lambda runtime (a process of its own, with the function's
+configuration of that region), whose REPORT line goes to stderr with the function's logs."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from covenant.regions import get_region, primary_region
 from devstack.errors import DevStackError
-from devstack.functions import get_function, invoke
+from devstack.functions import function_environment, get_function
+from devstack.runtime import FunctionFailed, function_configs, invoke_once
 from devstack.stack import data_dir_from_env, read_state
 
 
@@ -54,15 +55,11 @@ def invoke_file(function_name: str, event_path: Path, region_code: str | None) -
     code = region_code or stage or primary_region().code
     region = get_region(code)
     function = get_function(function_name)
+    config = function_configs()[function.name]
     # Like `sam local invoke`: what the function prints (its JSON log lines, EMF metrics) goes
     # to stderr, so stdout holds the response alone and can be piped into jq.
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            return invoke(function, region, event, endpoints())
-        finally:
-            # The bridge keeps its NATS connection on an event loop between invocations, as in
-            # a warm Lambda; this process ends here, so close it rather than leave asyncio to
-            # complain about pending tasks at exit.
-            bridge_connection = sys.modules.get("bridge.connection")
-            if bridge_connection is not None:
-                bridge_connection.shutdown()
+    result = invoke_once(config, region, event, function_environment(function, region, endpoints()))
+    answer = json.loads(result.payload)
+    if result.function_error is not None:
+        raise FunctionFailed(function.name, answer)
+    return answer

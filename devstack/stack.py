@@ -9,19 +9,20 @@ import os
 import re
 import shutil
 import signal
-import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from covenant import streams
 from covenant.config import environment
 from covenant.db import Database, Role
 from covenant.migrate import migrate
-from covenant.regions import load_regions, primary_region
+from covenant.regions import Region, load_regions, primary_region
 from covenant.seed import seed
 from devstack import assets
 from devstack.errors import DevStackError
@@ -32,12 +33,20 @@ from devstack.event_sources import (
     create_queues,
     sqs_client,
 )
-from devstack.functions import get_function
+from devstack.functions import function_environment, get_function
 from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
 from devstack.nats import NatsServer
 from devstack.postgres import PostgresCluster
 from devstack.processes import require_free_port, wait_until
+from devstack.runtime import (
+    FunctionConfig,
+    LambdaRuntime,
+    custom_resource_event,
+    function_configs,
+    invoke_once,
+    thread_invoker,
+)
 
 if TYPE_CHECKING:  # devstack.cognito imports moto: only `make dev` needs it, not `make invoke`
     from devstack.cognito import LocalCognito, MotoServer
@@ -166,6 +175,7 @@ class DevStack:
         self.verifier: JwtVerifier | None = None
         self.endpoints: dict[str, str] = {}
         self.triggers: BackgroundTriggers | None = None
+        self.runtime: LambdaRuntime | None = None
         self._sqs: Any = None
 
     def stop_leftovers(self, *, even_replaced: bool = False) -> None:
@@ -229,11 +239,13 @@ class DevStack:
         self._apply_streams(nats_url)
         self._wait_for_replica(writer_url, reader_url)
         explorer_assets = self._explorer_assets()
+        self.runtime = LambdaRuntime(function_configs(), self._function_environment)
         self.gateway = Gateway(
-            o.port, self.endpoints, verifier=self.verifier, assets=explorer_assets
+            o.port, verifier=self.verifier, assets=explorer_assets, runtime=self.runtime
         )
         self.gateway.serve_in_thread()
         self._start_bridge_triggers(queues)
+        self._warm_up()
         state_file(o.data_dir).write_text(
             json.dumps(
                 {"pid": str(os.getpid()), "gateway_url": self.gateway.url, **self.endpoints}
@@ -241,20 +253,47 @@ class DevStack:
             encoding="utf-8",
         )
 
+    def _function_environment(self, config: FunctionConfig, region: Region) -> dict[str, str]:
+        """A function's configuration in `region`, as the CDK app sets it."""
+        return function_environment(config.spec, region, self.endpoints)
+
+    def _warm_up(self) -> None:
+        """Asks every region's /health once, as a client would: the stack is ready when all
+        six answer (each starts its first mobile environment: a cold start)."""
+        assert self.gateway is not None
+        url = self.gateway.url
+
+        def health(code: str) -> tuple[str, int]:
+            try:
+                with urllib.request.urlopen(f"{url}/{code}/health", timeout=30) as answer:  # noqa: S310
+                    return code, answer.status
+            except urllib.error.HTTPError as error:
+                return code, error.code
+            except OSError:
+                return code, 0
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = dict(pool.map(health, (r.code for r in load_regions())))
+        unhealthy = {code: status for code, status in answers.items() if status != 200}
+        if unhealthy:
+            raise DevStackError(f"/health did not answer 200 in every region: {unhealthy}")
+
     def _apply_streams(self, nats_url: str) -> None:
-        """The JetStream streams and consumers, one replica (the deploy applies three)."""
-        try:
-            changes = streams.apply(nats_url, replicas=1)
-        except streams.TopologyError as exc:  # ConnectError included
+        """The JetStream streams and consumers, one replica (the deploy applies three), by
+        the `jetstream` function in an environment of its own, as the deploy's custom
+        resource runs it."""
+        region = primary_region()
+        config = function_configs()["jetstream"]
+        environment = function_environment(config.spec, region, {**self.endpoints})
+        result = invoke_once(
+            config, region, custom_resource_event("Custom::JetStreamTopology", {}), environment
+        )
+        if result.function_error is not None:
+            document = result.error_document
             raise DevStackError(
-                f"cannot apply the JetStream topology at {nats_url}: {exc}"
-            ) from exc
-        refused = [change for change in changes if change.action == "refused"]
-        if refused:
-            lines = "\n  ".join(str(change) for change in refused)
-            raise DevStackError(
-                f"the JetStream topology at {nats_url} differs in ways that would lose data:\n"
-                f"  {lines}\nfix or `make reset` the server, then run `make dev` again"
+                f"cannot apply the JetStream topology at {nats_url}: "
+                f"{document.get('errorMessage', document)}; if it differs in ways that would "
+                "lose data, fix or `make reset` the server, then run `make dev` again"
             )
 
     def _create_wakeup_queue(self) -> Queues:
@@ -272,8 +311,14 @@ class DevStack:
 
     def _start_bridge_triggers(self, queues: Queues) -> None:
         """The bridge runs in the primary region, on its SQS trigger and its schedule."""
+        assert self.runtime is not None
         source = SqsEventSource(
-            self._sqs, queues, get_function("bridge"), primary_region(), self.endpoints
+            self._sqs,
+            queues,
+            get_function("bridge"),
+            primary_region(),
+            self.endpoints,
+            invoker=thread_invoker(self.runtime),
         )
         self.triggers = BackgroundTriggers(source, schedule_every_s=self.options.sweep_every_s)
         self.triggers.start()
@@ -293,13 +338,10 @@ class DevStack:
         if self.triggers is not None:
             self.triggers.stop()
             self.triggers = None
-        bridge_connection = sys.modules.get("bridge.connection")  # loaded by the triggers
-        if bridge_connection is not None:
-            bridge_connection.shutdown()
         if self.gateway is not None:
-            self.gateway.shutdown()
-            self.gateway.server_close()
+            self.gateway.shutdown()  # and every Lambda environment
             self.gateway = None
+            self.runtime = None
         with contextlib.suppress(FileNotFoundError):
             state_file(self.options.data_dir).unlink()
         if self.moto is not None:

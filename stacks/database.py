@@ -2,7 +2,8 @@
 
 The primary region holds the primary cluster (a writer and readers), the global cluster, the
 master credentials and the migrations custom resource; every other region holds a secondary
-cluster of readers that forwards writes to the primary. Secondary stacks find the global
+cluster of readers, without write forwarding: a secondary's functions hand every write request
+to the primary region's same function (stacks/regional_api.py). Secondary stacks find the global
 cluster by its name from context (`covenant:database.globalClusterIdentifier`), so nothing is
 looked up at synth time and no cross-region export is needed.
 
@@ -67,24 +68,16 @@ def _cluster_parameters(scope: Construct, settings: DatabaseSettings) -> rds.Par
     )
 
 
-def _data_key(scope: Construct, region: Region) -> kms.Key:
-    return kms.Key(
-        scope,
-        "DataKey",
-        alias=f"alias/covenant/{region.code}/data",
-        description=f"Covenant data at rest in {region.code}: Aurora storage, secrets, logs",
-        enable_key_rotation=True,
-        removal_policy=RemovalPolicy.RETAIN,
-    )
-
-
-def _postgres_logs(scope: Construct, cluster_identifier: str, settings: AppSettings) -> None:
+def _postgres_logs(
+    scope: Construct, cluster_identifier: str, settings: AppSettings, key: kms.IKey
+) -> None:
     # RDS writes into this group; creating it first gives it a retention.
     logs.LogGroup(
         scope,
         "PostgresLogs",
         log_group_name=f"/aws/rds/cluster/{cluster_identifier}/postgresql",
         retention=log_retention(settings.log_retention_days),
+        encryption_key=key,
         removal_policy=RemovalPolicy.RETAIN,
     )
 
@@ -106,9 +99,9 @@ class PrimaryDatabase(Construct):
         db = settings.database
         groups = network.security_groups
         assert groups.rotation is not None
-        self.key = _data_key(self, region)
+        self.key = network.data_key
         self.cluster_identifier = db.cluster_identifier(region)
-        _postgres_logs(self, self.cluster_identifier, settings)
+        _postgres_logs(self, self.cluster_identifier, settings, self.key)
 
         def instance(name: str, tier: int) -> rds.IClusterInstance:
             return rds.ClusterInstance.provisioned(
@@ -156,6 +149,11 @@ class PrimaryDatabase(Construct):
         )
         self.secret = self.cluster.secret
         assert self.secret is not None
+        # The only copy of the master password: kept when the stack or cluster goes
+        # (cluster.secret is its target attachment; the secret itself is the child "Secret").
+        master = self.cluster.node.find_child("Secret")
+        assert isinstance(master, secretsmanager.Secret)
+        master.apply_removal_policy(RemovalPolicy.RETAIN)
         # Hosted rotation (Secrets Manager's own function) in the rotation security group,
         # whose access to the database the network stack grants.
         self.secret.add_rotation_schedule(
@@ -196,7 +194,7 @@ class PrimaryDatabase(Construct):
 
 
 class SecondaryDatabase(Construct):
-    """A secondary cluster of the global database: readers only, writes forwarded."""
+    """A secondary cluster of the global database: readers only (no write forwarding)."""
 
     def __init__(
         self,
@@ -209,9 +207,9 @@ class SecondaryDatabase(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         db = settings.database
-        self.key = _data_key(self, region)
+        self.key = network.data_key
         self.cluster_identifier = db.cluster_identifier(region)
-        _postgres_logs(self, self.cluster_identifier, settings)
+        _postgres_logs(self, self.cluster_identifier, settings, self.key)
         subnet_group = rds.CfnDBSubnetGroup(
             self,
             "Subnets",
@@ -228,7 +226,6 @@ class SecondaryDatabase(Construct):
             engine="aurora-postgresql",
             engine_version=db.engine_version,
             global_cluster_identifier=db.global_cluster_identifier,
-            enable_global_write_forwarding=True,
             db_subnet_group_name=subnet_group.ref,
             vpc_security_group_ids=[network.security_groups.database.security_group_id],
             db_cluster_parameter_group_name=parameters.bind_to_cluster().parameter_group_name,
@@ -271,9 +268,8 @@ class SecondaryDatabase(Construct):
                 promotion_tier=1,
             )
             reader.apply_removal_policy(RemovalPolicy.RETAIN)
-        # A secondary's cluster (writer) endpoint is inactive; its reader instances forward
-        # writes to the primary, so the writer path is the reader endpoint too.
-        self.writer_host = self.cluster.attr_read_endpoint_address
+        # No writer path: a secondary's functions hand every write to the primary region's
+        # function (no write forwarding), and connect to this reader endpoint only.
         self.reader_host = self.cluster.attr_read_endpoint_address
         self.cluster_resource_id = self.cluster.attr_db_cluster_resource_id
         acknowledge(
@@ -348,14 +344,37 @@ class Migrations(Construct):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=groups.migrator,
+            log_key=network.data_key,
         )
-        database.secret.grant_read(self.function.role)
+        # Secret.grant_read would also name this role in the key's policy, and the key lives in
+        # the network stack, which cannot refer to this one: the role's own policy suffices
+        # (the key policy trusts the account's IAM policies).
+        self.function.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[database.secret.secret_arn],
+            )
+        )
+        self.function.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt"],
+                resources=[database.key.key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": f"secretsmanager.{Stack.of(self).region}.amazonaws.com"
+                    }
+                },
+            )
+        )
         provider = cr.Provider(
             self,
             "Provider",
             on_event_handler=self.function.function,
             log_group=logs.LogGroup(
-                self, "ProviderLogs", retention=log_retention(settings.log_retention_days)
+                self,
+                "ProviderLogs",
+                retention=log_retention(settings.log_retention_days),
+                encryption_key=network.data_key,
             ),
         )
         self.resource = CustomResource(
@@ -411,6 +430,9 @@ class DataStack(Stack):
 
     @property
     def writer_host(self) -> str:
+        """The primary's writer endpoint (a secondary has no writer path)."""
+        if not isinstance(self.database, PrimaryDatabase):
+            raise ValueError("a secondary region's data stack has no writer endpoint")
         return self.database.writer_host
 
     @property

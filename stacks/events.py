@@ -41,10 +41,10 @@ from covenant.regions import Region
 from covenant.streams import BRIDGE_INBOX_PREFIX, DAY_S, STREAMS
 from covenant.topology import FunctionSpec
 from stacks.database import database_user
-from stacks.functions import CovenantFunction, base_environment, log_retention
+from stacks.functions import CovenantFunction, base_environment, encrypt_log_groups, log_retention
 from stacks.layers import SharedLayers
 from stacks.nag import acknowledge, acknowledge_provider_framework, logical_id, managed_policy
-from stacks.network import NATS_PORT, RegionalNetwork
+from stacks.network import HTTPS_PORT, NATS_PORT, RegionalNetwork
 from stacks.settings import REPO_ROOT, AppSettings
 
 NATS_NAMESPACE = "nats"
@@ -205,6 +205,21 @@ class NatsCluster(Construct):
             ],
         )
         self._acknowledge_eks()
+        # EKS Auto Mode nodes carry the cluster security group, and every pod on them with it:
+        # External Secrets Operator reads the NATS secrets through the Secrets Manager
+        # endpoint (private DNS), whose group must admit them. The rule lives here, beside the
+        # cluster whose group it names (the network stack comes first and cannot refer to it).
+        assert groups.endpoints is not None
+        ec2.CfnSecurityGroupIngress(
+            self,
+            "EndpointsFromNodes",
+            group_id=groups.endpoints.security_group_id,
+            source_security_group_id=self.cluster.cluster_security_group_id,
+            ip_protocol="tcp",
+            from_port=HTTPS_PORT,
+            to_port=HTTPS_PORT,
+            description="EKS Auto Mode nodes (External Secrets Operator -> Secrets Manager)",
+        )
         if config.admin_role_arn:
             self.cluster.grant_access(
                 "Administrators",
@@ -552,6 +567,7 @@ class EventsStack(Stack):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=groups.bridge,
+            log_key=network.data_key,
         )
         self.bridge_secret.grant_read(self.bridge.role)
         self.bridge.grant_database_connect(
@@ -576,6 +592,7 @@ class EventsStack(Stack):
             targets=[targets.LambdaFunction(self.bridge.target, retry_attempts=0)],
         )
         self.jetstream = self._jetstream(region, settings, network, layers)
+        encrypt_log_groups(self, network.data_key)
 
     def _jetstream(
         self,
@@ -604,6 +621,7 @@ class EventsStack(Stack):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=groups.jetstream,
+            log_key=network.data_key,
         )
         self.admin_secret.grant_read(function.role)
         provider = cr.Provider(
@@ -611,7 +629,10 @@ class EventsStack(Stack):
             "TopologyProvider",
             on_event_handler=function.function,
             log_group=logs.LogGroup(
-                self, "TopologyProviderLogs", retention=log_retention(settings.log_retention_days)
+                self,
+                "TopologyProviderLogs",
+                retention=log_retention(settings.log_retention_days),
+                encryption_key=network.data_key,
             ),
         )
         topology = CustomResource(

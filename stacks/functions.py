@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from aws_cdk import Annotations, ArnFormat, Aws, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from covenant.regions import Region, regions_as_json
 from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, nag_partition
 from stacks.settings import REPO_ROOT, AppSettings, DeploySettings
 
 _RETENTION = {
@@ -47,8 +48,34 @@ _VPC_ACTIONS_ON_ENIS = [
 ]
 
 
+LIVE_ALIAS = "live"
+
+
 def log_retention(days: int) -> logs.RetentionDays:
     return _RETENTION.get(days, logs.RetentionDays.ONE_MONTH)
+
+
+def function_name(region: Region, name: str) -> str:
+    """The fixed name of a function of the function table in a region: other regions build its
+    ARN from it (stacks of different regions cannot import each other's values)."""
+    return f"covenant-{region.code}-{name}"
+
+
+def primary_function_arn(settings: AppSettings, name: str) -> str:
+    """The ARN a secondary invokes to hand a write to the primary's `name` function: its alias
+    `live` when it has one (what the primary's API integration invokes, the deployed version),
+    the function itself otherwise. Follows the `primary` flag of the region table."""
+    primary = settings.primary
+    arn = account_arn("lambda", primary.aws_region, f"function:{function_name(primary, name)}")
+    return f"{arn}:{LIVE_ALIAS}" if settings.deploy_settings(name).live_alias else arn
+
+
+def encrypt_log_groups(scope: Construct, key: kms.IKey) -> None:
+    """Every log group under `scope` that aws-cdk-lib creates without a key (the kubectl
+    provider's, @aws-cdk/aws-lambda:useCdkManagedLogGroup) gets the region's data key."""
+    for child in scope.node.find_all():
+        if isinstance(child, logs.CfnLogGroup) and child.kms_key_id is None:
+            child.kms_key_id = key.key_arn
 
 
 def base_environment(*, service: str, region: Region, settings: AppSettings) -> dict[str, str]:
@@ -84,10 +111,19 @@ class CovenantFunction(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
+        log_key: kms.IKey,
+        region: Region | None = None,
+        function_name: str | None = None,
     ) -> None:
+        """`region`: the region whose reserved concurrency applies (by its role, primary or
+        secondary); without it, the primary's. `function_name`: a fixed name, for functions
+        another region invokes."""
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention(settings.log_retention_days)
+            self,
+            "Logs",
+            retention=log_retention(settings.log_retention_days),
+            encryption_key=log_key,
         )
         self.role = iam.Role(
             self,
@@ -129,7 +165,10 @@ class CovenantFunction(Construct):
             layers=list(layers),
             memory_size=deploy.memory_mb,
             timeout=Duration.seconds(deploy.timeout_s),
-            reserved_concurrent_executions=deploy.reserved_concurrency,
+            function_name=function_name,
+            reserved_concurrent_executions=(
+                deploy.reserved_for(region) if region is not None else deploy.reserved_concurrency
+            ),
             log_group=self.log_group,
             tracing=lambda_.Tracing.ACTIVE,
             role=self.role,
@@ -142,11 +181,11 @@ class CovenantFunction(Construct):
         # SnapStart and provisioned concurrency apply to published versions: callers invoke
         # the alias, which always points at the version this deploy published.
         self.target: lambda_.IFunction = self.function
-        if deploy.snap_start or deploy.provisioned_concurrency:
+        if deploy.live_alias:
             self.target = lambda_.Alias(
                 self,
                 "Live",
-                alias_name="live",
+                alias_name=LIVE_ALIAS,
                 version=self.function.current_version,
                 provisioned_concurrent_executions=deploy.provisioned_concurrency or None,
             )
@@ -167,7 +206,7 @@ class CovenantFunction(Construct):
             "AwsSolutions-IAM5",
             "Lambda deletes and re-addresses the ENIs it created for this function, whose ids "
             "are unknown until then: held to this account's network interfaces in this region.",
-            f"Resource::arn:<AWS::Partition>:ec2:{Stack.of(self).region}:<AWS::AccountId>:"
+            f"Resource::arn:{nag_partition(self)}:ec2:{Stack.of(self).region}:<AWS::AccountId>:"
             "network-interface/*",
         )
 

@@ -4,7 +4,7 @@ about, each with its reason."""
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, App, CfnElement, Stack, Validations
+from aws_cdk import Acknowledgment, App, CfnElement, Stack, Token, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
@@ -25,6 +25,13 @@ def logical_id(element: CfnElement) -> str:
     """The CloudFormation logical id of an element, as cdk-nag names it in findings."""
     stack = Stack.of(element)
     return str(stack.resolve(stack.get_logical_id(element)))
+
+
+def nag_partition(scope: IConstruct) -> str:
+    """The partition as cdk-nag writes it in a finding: a literal where the stack's region is
+    known (@aws-cdk/core:enablePartitionLiterals), `<AWS::Partition>` otherwise."""
+    partition = Stack.of(scope).partition
+    return "<AWS::Partition>" if Token.is_unresolved(partition) else partition
 
 
 def managed_policy(name: str) -> str:

@@ -8,7 +8,9 @@ All security groups and their rules live here, so one file says who may talk to 
     bridge, jetstream, migrator, rotation, API functions ──443──► interface endpoints
 
 Interface endpoints (primary region only, where the services the functions call live):
-Secrets Manager (bridge, JetStream probe, migrator, rotation), SQS (GraphQL and mobile wake-ups)
+Secrets Manager (bridge, JetStream probe, migrator, rotation, and External Secrets Operator on the
+EKS nodes: the events stack adds that rule, naming the cluster security group EKS creates),
+SQS (GraphQL and mobile wake-ups)
 and Cognito user pools (the mobile function's sign-in and admin calls, GraphQL's setUserRole and
 its token key set; the pool has no domain, which PrivateLink requires). Lambda itself carries
 logs, EMF metrics and X-Ray segments, and IAM database tokens are signed locally: no endpoint.
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import RemovalPolicy, Stack, Tags
+from aws_cdk import ArnFormat, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
@@ -98,6 +102,48 @@ class SecurityGroups(Construct):
         self.database.add_ingress_rule(client, ec2.Port.tcp(POSTGRES_PORT), label)
 
 
+def data_key(scope: Construct, region: Region) -> kms.Key:
+    """The region's customer key for data at rest: Aurora storage and Performance Insights,
+    the master secret, and every log group of the region (CloudWatch Logs may use it for log
+    groups of this account and region only). It lives in the network stack, the first of the
+    region, so every later stack (and the flow logs here) can use it."""
+    key = kms.Key(
+        scope,
+        "DataKey",
+        alias=f"alias/covenant/{region.code}/data",
+        description=f"Covenant data at rest in {region.code}: Aurora storage, secrets, logs",
+        enable_key_rotation=True,
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+    stack = Stack.of(scope)
+    key.add_to_resource_policy(
+        iam.PolicyStatement(
+            principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+            actions=[
+                "kms:Encrypt",
+                "kms:Decrypt",
+                "kms:ReEncryptFrom",
+                "kms:ReEncryptTo",
+                "kms:GenerateDataKey",
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:DescribeKey",
+            ],
+            resources=["*"],
+            conditions={
+                "ArnLike": {
+                    "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
+                        service="logs",
+                        resource="log-group",
+                        resource_name="*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                }
+            },
+        )
+    )
+    return key
+
+
 class RegionalNetwork(Construct):
     """VPC with public (NAT only), private (functions, EKS) and isolated (database) subnets
     in two or more AZs, flow logs of rejected traffic, and the endpoints the functions use."""
@@ -109,10 +155,12 @@ class RegionalNetwork(Construct):
         *,
         network: RegionNetwork,
         nat_gateways: int,
-        primary: bool,
+        region: Region,
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
+        primary = region.primary
+        self.data_key = data_key(self, region)
         azs = list(network.availability_zones) or None
         self.vpc = ec2.Vpc(
             self,
@@ -135,7 +183,11 @@ class RegionalNetwork(Construct):
             restrict_default_security_group=False,
         )
         flow_logs = logs.LogGroup(
-            self, "FlowLogs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+            self,
+            "FlowLogs",
+            retention=log_retention,
+            encryption_key=self.data_key,
+            removal_policy=RemovalPolicy.DESTROY,
         )
         self.vpc.add_flow_log(
             "RejectedTraffic",
@@ -188,6 +240,6 @@ class NetworkStack(Stack):
             "Network",
             network=settings.networks[region.code],
             nat_gateways=settings.nat_gateways,
-            primary=region.primary,
+            region=region,
             log_retention=log_retention(settings.log_retention_days),
         )

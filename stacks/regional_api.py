@@ -35,7 +35,14 @@ from constructs import Construct
 from covenant.regions import Region
 from covenant.topology import FunctionSpec, Route
 from stacks.database import database_user
-from stacks.functions import CovenantFunction, account_arn, base_environment, log_retention
+from stacks.functions import (
+    CovenantFunction,
+    account_arn,
+    base_environment,
+    function_name,
+    log_retention,
+    primary_function_arn,
+)
 from stacks.layers import SharedLayers
 from stacks.nag import acknowledge
 from stacks.network import RegionalNetwork
@@ -85,9 +92,12 @@ class UserPoolRef:
 
 
 class DatabaseEndpoints:
-    """Where this region's functions connect: writer path, reader endpoint, cluster id."""
+    """Where this region's functions connect: the writer (primary region only: a secondary
+    hands writes to the primary's function), the reader endpoint, the cluster id."""
 
-    def __init__(self, *, writer_host: str, reader_host: str, cluster_resource_id: str) -> None:
+    def __init__(
+        self, *, writer_host: str | None, reader_host: str, cluster_resource_id: str
+    ) -> None:
         self.writer_host = writer_host
         self.reader_host = reader_host
         self.cluster_resource_id = cluster_resource_id
@@ -179,6 +189,7 @@ class RegionalApiStack(Stack):
             self,
             "AccessLogs",
             retention=log_retention(settings.log_retention_days),
+            encryption_key=network.data_key,
             removal_policy=RemovalPolicy.RETAIN,
         )
         self.stage = apigw.HttpStage(
@@ -232,9 +243,6 @@ class RegionalApiStack(Stack):
         tls = settings.database.tls_query
         environment = {
             **base_environment(service=name, region=region, settings=settings),
-            "DATABASE_URL": database.url(
-                host=database.writer_host, user=user, database=db_name, tls=tls
-            ),
             "DATABASE_READER_URL": database.url(
                 host=database.reader_host, user=user, database=db_name, tls=tls
             ),
@@ -247,6 +255,17 @@ class RegionalApiStack(Stack):
         queue_arn = account_arn(
             "sqs", settings.primary.aws_region, settings.events.wakeup_queue_name
         )
+        primary_function: str | None = None
+        if region.primary:
+            assert database.writer_host is not None
+            environment["DATABASE_URL"] = database.url(
+                host=database.writer_host, user=user, database=db_name, tls=tls
+            )
+        else:
+            # Every write request goes whole to the primary region's same function (one
+            # synchronous Invoke); this region connects to its own reader only.
+            primary_function = primary_function_arn(settings, name)
+            environment["COVENANT_PRIMARY_FUNCTION"] = primary_function
         if name == "graphql":
             environment["GRAPHQL_INTROSPECTION"] = str(settings.graphql_introspection).lower()
             environment["GRAPHQL_EXPLORER"] = str(settings.graphql_explorer).lower()
@@ -269,7 +288,14 @@ class RegionalApiStack(Stack):
             vpc=network.vpc,
             subnets=network.function_subnets,
             security_group=security_group,
+            log_key=network.data_key,
+            region=region,
+            function_name=function_name(region, name),
         )
+        if primary_function is not None:
+            function.role.add_to_policy(
+                iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[primary_function])
+            )
         function.grant_database_connect(
             cluster_resource_id=database.cluster_resource_id, db_user=user
         )

@@ -83,6 +83,11 @@ class DatabaseSettings:
     backup_retention_days: int
     secret_rotation_days: int
     statement_timeout_ms: int
+    # DBInstanceClassMemory of `instance_class` in bytes (what RDS's parameter formulas see:
+    # the instance's memory less what RDS reserves), and the connections kept out of the
+    # functions' budget (RDS's own, superusers, operators, migrator, rotation).
+    instance_class_memory_bytes: int = 9_531_392_000
+    reserved_connections: int = 50
     # PEM file of the CAs that sign Aurora's certificates (AWS's RDS global bundle): with it,
     # every connection verifies the server (verify-full); without it, TLS is only encrypted
     # (require) and the synth warns. A path, relative to the repository or absolute.
@@ -90,6 +95,16 @@ class DatabaseSettings:
 
     def cluster_identifier(self, region: Region) -> str:
         return f"{self.cluster_identifier_prefix}-{region.code}"
+
+    @property
+    def max_connections(self) -> int:
+        """Aurora PostgreSQL's default: LEAST({DBInstanceClassMemory/9531392}, 5000)."""
+        return min(self.instance_class_memory_bytes // 9_531_392, 5000)
+
+    @property
+    def function_connections(self) -> int:
+        """What one instance leaves the functions: max_connections less the reserve."""
+        return self.max_connections - self.reserved_connections
 
     @property
     def tls_query(self) -> str:
@@ -167,24 +182,62 @@ class EventsSettings:
         return settings
 
 
+def _concurrency(name: str, raw: Any) -> tuple[int | None, int | None]:
+    """reservedConcurrency: a number (every region), or {"primary": n, "secondary": m} (by the
+    region's role, so a failover, which moves the `primary` flag, moves the budgets with it)."""
+    if raw is None:
+        return None, None
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - {"primary", "secondary"}
+        if unknown:
+            raise SettingsError(
+                f"covenant:deploy.{name}.reservedConcurrency: unknown keys {sorted(unknown)}"
+            )
+        primary, secondary = raw.get("primary"), raw.get("secondary")
+        return (
+            None if primary is None else int(primary),
+            None if secondary is None else int(secondary),
+        )
+    return int(raw), int(raw)
+
+
 @dataclass(frozen=True)
 class DeploySettings:
     """How one Lambda is deployed (not what it does: that is the function table)."""
 
     memory_mb: int
     timeout_s: int
-    reserved_concurrency: int | None
+    # Reserved concurrency in the primary region and in each secondary (None: unreserved).
+    reserved_concurrency_primary: int | None
+    reserved_concurrency_secondary: int | None
     provisioned_concurrency: int
     snap_start: bool
 
+    @property
+    def reserved_concurrency(self) -> int | None:
+        """The primary region's (the only one for primary-only functions)."""
+        return self.reserved_concurrency_primary
+
+    def reserved_for(self, region: Region) -> int | None:
+        return (
+            self.reserved_concurrency_primary
+            if region.primary
+            else self.reserved_concurrency_secondary
+        )
+
+    @property
+    def live_alias(self) -> bool:
+        """Whether callers invoke the alias `live` (a published version) or $LATEST."""
+        return self.snap_start or self.provisioned_concurrency > 0
+
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> DeploySettings:
+        primary, secondary = _concurrency(name, raw.get("reservedConcurrency"))
         settings = cls(
             memory_mb=int(raw.get("memoryMb", 512)),
             timeout_s=int(raw.get("timeoutS", 15)),
-            reserved_concurrency=(
-                None if raw.get("reservedConcurrency") is None else int(raw["reservedConcurrency"])
-            ),
+            reserved_concurrency_primary=primary,
+            reserved_concurrency_secondary=secondary,
             provisioned_concurrency=int(raw.get("provisionedConcurrency") or 0),
             snap_start=bool(raw.get("snapStart", False)),
         )
@@ -301,6 +354,10 @@ class AppSettings:
                     backup_retention_days=int(database.get("backupRetentionDays", 14)),
                     secret_rotation_days=int(database.get("secretRotationDays", 30)),
                     statement_timeout_ms=int(database.get("statementTimeoutMs", 5000)),
+                    instance_class_memory_bytes=int(
+                        database.get("instanceClassMemoryBytes", 9_531_392_000)
+                    ),
+                    reserved_connections=int(database.get("reservedConnections", 50)),
                     ca_bundle=_ca_bundle(database.get("caBundle")),
                 ),
                 auth=AuthSettings(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib
 import json
 import threading
 import time
@@ -46,6 +45,7 @@ from devstack.jwt_auth import (
     authorizer_context,
 )
 from devstack.processes import free_port, port_in_use
+from devstack.runtime import FunctionConfig
 from devstack.stack import DevStack, StackOptions
 
 HERE = Path(__file__).resolve().parent
@@ -493,26 +493,22 @@ ECHO = FunctionSpec(
 )
 
 
-@pytest.fixture(scope="module")
-def echo_calls() -> Iterator[list[dict[str, Any]]]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(HERE))
-        yield importlib.import_module("echo_handler").CALLS
+ECHOED: list[dict[str, Any]] = []  # the events the echo function answered with
 
 
 def _gateway(verifier: JwtVerifier | None) -> Gateway:
-    gateway = Gateway(free_port(), {}, verifier=verifier)
-    gateway.functions = {"echo": ECHO}
+    gateway = Gateway(
+        0, {}, verifier=verifier, functions={"echo": FunctionConfig(ECHO, code_path=(str(HERE),))}
+    )
     gateway.serve_in_thread()
     return gateway
 
 
 @pytest.fixture(scope="module")
-def gateway(verifier: JwtVerifier, echo_calls) -> Iterator[Gateway]:
+def gateway(verifier: JwtVerifier) -> Iterator[Gateway]:
     server = _gateway(verifier)
     yield server
     server.shutdown()
-    server.server_close()
 
 
 def _call(
@@ -527,7 +523,9 @@ def _call(
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
+            answer = json.loads(response.read())
+            ECHOED.append(answer["event"])
+            return response.status, answer["authorizer"]
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
@@ -541,18 +539,18 @@ def test_the_function_table_accepts_jwt_optional() -> None:
 
 
 def test_a_jwt_route_refuses_without_a_valid_token_and_never_invokes(
-    gateway: Gateway, tokens, echo_calls
+    gateway: Gateway, tokens
 ) -> None:
     url = f"{gateway.url}/ams/private"
     forged = _resigned(tokens["viewer"]["AccessToken"], {"alg": "none", "kid": "dummy"})
-    before = len(echo_calls)
+    before = gateway.runtime.invocations("echo")
     for header in (None, "Bearer garbage", f"Bearer {forged}", "Basic YWRtaW46YWRtaW4="):
         assert _call(url, header=header) == (401, {"message": "Unauthorized"})
-    assert len(echo_calls) == before
+    assert gateway.runtime.invocations("echo") == before
 
 
 @pytest.mark.parametrize("kind", ["AccessToken", "IdToken"])
-def test_a_jwt_route_passes_the_claims_of_a_valid_token(gateway, tokens, echo_calls, kind) -> None:
+def test_a_jwt_route_passes_the_claims_of_a_valid_token(gateway, tokens, kind) -> None:
     status, body = _call(f"{gateway.url}/syd/private", tokens["admin"][kind])
     assert status == 200
     assert body["jwt"]["scopes"] is None
@@ -560,31 +558,31 @@ def test_a_jwt_route_passes_the_claims_of_a_valid_token(gateway, tokens, echo_ca
     assert claims["cognito:groups"] == "[admin]"
     assert claims["token_use"] == ("access" if kind == "AccessToken" else "id")
     assert claims["exp"].isdigit()
-    event = echo_calls[-1]
+    event = ECHOED[-1]
     assert event["requestContext"]["stage"] == "syd"
     assert event["headers"]["authorization"] == f"Bearer {tokens['admin'][kind]}"
 
 
-def test_a_jwt_optional_route_admits_anonymous_requests(gateway, tokens, echo_calls) -> None:
+def test_a_jwt_optional_route_admits_anonymous_requests(gateway, tokens) -> None:
     url = f"{gateway.url}/jnb/graphql"
     assert _call(url, method="POST") == (200, None)
-    assert "authorizer" not in echo_calls[-1]["requestContext"]
+    assert "authorizer" not in ECHOED[-1]["requestContext"]
     status, body = _call(url, tokens["editor"]["AccessToken"], method="POST")
     assert status == 200
     assert body["jwt"]["claims"]["cognito:groups"] == "[editor]"
     # A token that is sent must be valid: a bad one is refused, not ignored.
-    before = len(echo_calls)
+    before = gateway.runtime.invocations("echo")
     assert _call(url, "not.a.token", method="POST") == (401, {"message": "Unauthorized"})
     assert _call(url, header="", method="POST") == (401, {"message": "Unauthorized"})
-    assert len(echo_calls) == before
+    assert gateway.runtime.invocations("echo") == before
 
 
-def test_a_route_without_auth_passes_no_claims(gateway, tokens, echo_calls) -> None:
+def test_a_route_without_auth_passes_no_claims(gateway, tokens) -> None:
     assert _call(f"{gateway.url}/iad/public", tokens["admin"]["AccessToken"]) == (200, None)
-    assert "authorizer" not in echo_calls[-1]["requestContext"]
+    assert "authorizer" not in ECHOED[-1]["requestContext"]
 
 
-def test_without_a_verifier_the_gateway_fails_closed(tokens, echo_calls) -> None:
+def test_without_a_verifier_the_gateway_fails_closed(tokens) -> None:
     gateway = _gateway(None)
     try:
         token = tokens["admin"]["AccessToken"]
@@ -593,7 +591,6 @@ def test_without_a_verifier_the_gateway_fails_closed(tokens, echo_calls) -> None
         assert _call(f"{gateway.url}/iad/graphql", token, method="POST")[0] == 401
     finally:
         gateway.shutdown()
-        gateway.server_close()
 
 
 # --- the stack's wiring --------------------------------------------------------------------

@@ -23,6 +23,7 @@ from covenant.tokens import JwtVerifier, Unauthorized, token_from
 from covenant.topology import FunctionSpec, Route
 from devstack.gateway import Gateway
 from devstack.processes import free_port
+from devstack.runtime import FunctionConfig
 
 ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Messages1"
 CLIENT_ID = "messagesclient"
@@ -140,12 +141,8 @@ def test_short_names_are_still_quoted(verifier: JwtVerifier) -> None:
 
 
 def test_the_gateway_log_holds_no_token(verifier: JwtVerifier, caplog) -> None:
-    gateway = Gateway(free_port(), {}, verifier=verifier)
-    gateway.functions = {
-        "never": FunctionSpec(
-            "never", "never.handler", "never invoked", (Route("GET", "/p", "jwt"),)
-        )
-    }
+    never = FunctionSpec("never", "never.handler", "never invoked", (Route("GET", "/p", "jwt"),))
+    gateway = Gateway(0, {}, verifier=verifier, functions={"never": FunctionConfig(never)})
     gateway.serve_in_thread()
     try:
         with caplog.at_level(logging.INFO, logger="devstack.gateway"):
@@ -160,6 +157,6 @@ def test_the_gateway_log_holds_no_token(verifier: JwtVerifier, caplog) -> None:
                 assert answered.value.code == 401
     finally:
         gateway.shutdown()
-        gateway.server_close()
+    assert gateway.runtime.invocations("never") == 0
     assert any("401" in record.getMessage() for record in caplog.records)
     assert _leaks(caplog.text) == []

@@ -118,17 +118,20 @@ def test_one_global_database_with_a_writer_and_readers_in_the_primary(templates)
         "AWS::SecretsManager::RotationSchedule",
         {"RotationRules": {"ScheduleExpression": "rate(30 days)"}},
     )
-    template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+    # The region's data key lives in its network stack (it also encrypts the flow logs).
+    templates[f"Covenant-{PRIMARY.code}-Network"].has_resource_properties(
+        "AWS::KMS::Key", {"EnableKeyRotation": True}
+    )
 
 
-def test_five_secondary_clusters_forward_writes_to_the_global_database(templates) -> None:
+def test_five_secondary_clusters_of_readers_join_the_global_database(templates) -> None:
     assert len(SECONDARIES) == 5
     for region in SECONDARIES:
         template = templates[f"Covenant-{region.code}-Data"]
         cluster = _only(template, "AWS::RDS::DBCluster")
         props = cluster["Properties"]
         assert props["GlobalClusterIdentifier"] == "covenant-global"
-        assert props["EnableGlobalWriteForwarding"] is True
+        assert "EnableGlobalWriteForwarding" not in props  # writes go to the primary function
         assert props["StorageEncrypted"] is True and "KmsKeyId" in props
         assert props["DeletionProtection"] is True
         assert "MasterUsername" not in props  # a secondary inherits the primary's users
@@ -236,7 +239,9 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         assert env["POWERTOOLS_SERVICE_NAME"] == name
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Covenant"
         assert [r["code"] for r in json.loads(env["COVENANT_REGIONS"])] == CODES
-        for variable in ("DATABASE_URL", "DATABASE_READER_URL"):
+        # The writer only in the primary: a secondary hands writes to the primary function.
+        variables = ("DATABASE_URL", "DATABASE_READER_URL") if code == PRIMARY.code else ()
+        for variable in (*variables, "DATABASE_READER_URL"):
             url = json.dumps(env[variable])
             assert f"postgresql://covenant_{name}@" in url
             # The server's certificate is verified against the bundle's CA, host name included.

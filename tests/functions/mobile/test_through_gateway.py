@@ -4,6 +4,7 @@ synchronize() the way WatermelonDB does."""
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.error
 import uuid
@@ -279,3 +280,85 @@ def test_a_viewer_device_cannot_push(gateway, created) -> None:
     assert refused.value.status == 403
     assert refused.value.body["code"] == "FORBIDDEN"
     assert _events(project_id) == []
+
+
+def test_hundreds_of_concurrent_callers_each_get_their_own_answer(gateway, created) -> None:
+    """Viewers pushing creates (refused: 403) beside editors pushing nothing (200, nothing
+    applied) and both asking /auth/me, all at once in three regions: every answer and every
+    stored row belongs to the caller who sent it (issue: handlers sharing one process)."""
+    import asyncio
+
+    import aiohttp
+
+    viewer = _sign_in(gateway, "viewer")
+    editor = _sign_in(gateway, "editor")
+    status, _, pulled = http(
+        "GET",
+        _url(gateway, "ams", "/sync?last_pulled_at=null&schema_version=1"),
+        token=editor["access_token"],
+        timeout=30,
+    )
+    assert status == 200
+    cursor = pulled["timestamp"]
+    marker = f"concurrent-{uuid.uuid4().hex[:8]}"
+
+    def viewer_push(n: int) -> dict[str, Any]:
+        project = {
+            "id": str(uuid.uuid4()),
+            "name": f"{marker}-{n}",
+            "description": "",
+            "sector_id": "energy",
+            "country_code": "KEN",
+            "region": "",
+            "status": "active",
+            "budget_usd": 1000 + n,
+            "impact_score": 1,
+            "progress": 0,
+            "version": 0,
+            "created_at": 0,
+            "updated_at": 0,
+        }
+        return {"projects": {"created": [project], "updated": [], "deleted": []}}
+
+    empty = {"projects": {"created": [], "updated": [], "deleted": []}}
+
+    async def burst() -> list[tuple[str, str, int, Any]]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def call(who: str, kind: str, n: int) -> tuple[str, str, int, Any]:
+                token = (viewer if who == "viewer" else editor)["access_token"]
+                region = ("ams", "syd", "jnb")[n % 3]
+                headers = {"Authorization": f"Bearer {token}"}
+                if kind == "me":
+                    request = session.get(_url(gateway, region, "/auth/me"), headers=headers)
+                else:
+                    body = viewer_push(n) if who == "viewer" else empty
+                    request = session.post(
+                        _url(gateway, region, f"/sync?last_pulled_at={cursor}"),
+                        headers={**headers, "Content-Type": "text/plain;charset=UTF-8"},
+                        data=json.dumps(body),
+                    )
+                async with request as response:
+                    return who, kind, response.status, await response.json(content_type=None)
+
+            calls = [call("viewer", "push", n) for n in range(150)]
+            calls += [call("editor", "push", n) for n in range(150)]
+            calls += [call(("viewer", "editor")[n % 2], "me", n) for n in range(100)]
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(burst())
+    emails = {"viewer": viewer["user"]["email"], "editor": editor["user"]["email"]}
+    for who, kind, status, body in answers:
+        if kind == "me":
+            assert (status, body["email"]) == (200, emails[who]), (who, body)
+        elif who == "viewer":
+            assert status == 403, body
+        else:
+            assert status == 200, body
+            assert body["applied"]["projects"]["created"] == 0, body
+    with db.writer().session() as session:
+        stored = session.scalar(
+            "SELECT count(*) FROM projects WHERE name LIKE :pattern", pattern=f"{marker}-%"
+        )
+    assert stored == 0

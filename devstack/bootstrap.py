@@ -1,0 +1,164 @@
+"""The inside of one local Lambda execution environment (`python -m devstack.bootstrap`).
+
+devstack.runtime starts this module as a process per environment, with the function's
+environment variables already set, as Lambda starts its runtime. It imports the handler once
+(the init phase), says how long that took, then serves one invocation at a time until its
+parent closes the pipe or kills it.
+
+Frames on the pipe (both ways): 4-byte big-endian header length, header JSON, 4-byte payload
+length, payload bytes. Requests come on stdin; answers leave on a duplicate of the original
+stdout, and stdout itself is pointed at stderr, so what the function prints (its JSON logs,
+EMF metrics) goes to the log stream as in Lambda, never into the protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+_LENGTH = struct.Struct(">I")
+
+
+def read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    head = read_exactly(stream, 4)
+    if head is None:
+        return None
+    header = read_exactly(stream, _LENGTH.unpack(head)[0])
+    size = read_exactly(stream, 4)
+    if header is None or size is None:
+        return None
+    payload = read_exactly(stream, _LENGTH.unpack(size)[0])
+    if payload is None:
+        return None
+    decoded: dict[str, Any] = json.loads(header)
+    return decoded, payload
+
+
+def write_frame(stream: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None:
+    encoded = json.dumps(header).encode()
+    stream.write(_LENGTH.pack(len(encoded)) + encoded + _LENGTH.pack(len(payload)) + payload)
+    stream.flush()
+
+
+class LambdaContext:
+    """The context object the managed Python runtime passes to a handler."""
+
+    def __init__(self, request_id: str, deadline_ms: int) -> None:
+        self.function_name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        self.invoked_function_arn = os.environ.get("COVENANT_FUNCTION_ARN", "")
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        self.aws_request_id = request_id
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.identity = None
+        self.client_context = None
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+
+def error_payload(exc: BaseException, error_type: str | None = None) -> bytes:
+    """The error document the Python runtime returns for an unhandled exception."""
+    return json.dumps(
+        {
+            "errorMessage": str(exc),
+            "errorType": error_type or type(exc).__name__,
+            "requestId": "",
+            "stackTrace": traceback.format_tb(exc.__traceback__),
+        }
+    ).encode()
+
+
+def _log_error(exc: BaseException, label: str) -> None:
+    # The runtime's own line for an unhandled error, in the log stream.
+    print(f"[ERROR] {label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+def load_handler(name: str) -> Callable[[Any, Any], Any]:
+    module_name, _, attribute = name.rpartition(".")
+    module = importlib.import_module(module_name)
+    handler: Callable[[Any, Any], Any] = getattr(module, attribute)
+    return handler
+
+
+def serve(requests: BinaryIO, answers: BinaryIO) -> None:
+    started = time.perf_counter()
+    try:
+        handler = load_handler(os.environ["_HANDLER"])
+    except Exception as exc:
+        kind = (
+            "Runtime.ImportModuleError"
+            if isinstance(exc, ImportError)
+            else "Runtime.HandlerNotFound"
+        )
+        if not isinstance(exc, (ImportError, AttributeError)):
+            kind = f"Runtime.Unknown ({type(exc).__name__})"
+        _log_error(exc, "init failed")
+        write_frame(answers, {"status": "init_error"}, error_payload(exc, kind))
+        return
+    write_frame(answers, {"status": "ready", "initMs": (time.perf_counter() - started) * 1000})
+    while True:
+        frame = read_frame(requests)
+        if frame is None:
+            return
+        header, payload = frame
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            event = json.loads(payload)
+            result = handler(event, LambdaContext(header["requestId"], header["deadlineMs"]))
+            try:
+                body = json.dumps(result).encode()
+            except (TypeError, ValueError) as exc:
+                status = "error"
+                body = error_payload(
+                    RuntimeError(f"Unable to marshal response: {exc}"), "Runtime.MarshalError"
+                )
+        except Exception as exc:
+            _log_error(exc, f"RequestId {header['requestId']}")
+            status, body = "error", error_payload(exc)
+        write_frame(
+            answers,
+            {
+                "status": status,
+                "durationMs": (time.perf_counter() - started) * 1000,
+                "maxRssKb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            },
+            body,
+        )
+
+
+def main() -> None:
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # print() and the function's log lines go to the log stream
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    for path in reversed([p for p in os.environ.get("COVENANT_CODE_PATH", "").split(":") if p]):
+        sys.path.insert(0, path)
+    serve(sys.stdin.buffer, answers)
+
+
+if __name__ == "__main__":
+    main()

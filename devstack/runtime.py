@@ -1,0 +1,618 @@
+"""Lambda execution environments, locally.
+
+Per function and region, a pool of execution environments: each is a process of its own
+(devstack.bootstrap) that runs the function's init once, then one invocation at a time, and
+is reused while warm. Module state never crosses environments, as in Lambda.
+
+What it reproduces of Lambda, from the function table and `covenant:deploy` in cdk.json (the
+values CDK deploys):
+
+- a cold start per new environment, its init duration in the REPORT line; warm reuse, most
+  recently used first; idle environments stopped after `idle_timeout_s` (Lambda's are
+  reclaimed after some minutes);
+- the function timeout: the environment is killed and replaced, the invocation is a function
+  error "Task timed out after N seconds";
+- reserved concurrency: past it an invocation is throttled (TooManyRequestsException, 429);
+- an unhandled exception, an init failure, a response that is not JSON and a process that dies
+  are function errors with the runtime's error document (`errorType`, `errorMessage`);
+- the synchronous invocation payload limit, 6 MB each way (RequestEntityTooLargeException,
+  and a function error for a response over it);
+- the environment variables Lambda sets (AWS_LAMBDA_FUNCTION_NAME, _HANDLER, memory size,
+  log group and stream, AWS_REGION) plus the function's own, per region.
+
+What it does not: memory is reported (Max Memory Used), not enforced; functions without
+reserved concurrency are not scaled to the account's 1 000 environments but to
+`max_per_function` each (`COVENANT_LAMBDA_MAX_PER_FUNCTION`, default 8) and `max_total` in
+all (`COVENANT_LAMBDA_MAX_ENVIRONMENTS`, default 32): past those an invocation waits for a
+free environment (an idle one of another function is stopped to make room) instead of
+starting one more; CPU is not scaled with memory; there is no SnapStart (every cold start
+runs the whole init); the process environment of `make dev` is inherited, so a variable set
+there reaches every function as if it were in its configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import struct
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from covenant.regions import Region, cdk_context, get_region
+from covenant.topology import FunctionSpec, load_functions
+from devstack.errors import DevStackError
+
+logger = logging.getLogger("devstack.lambda")
+
+PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # synchronous Invoke: request and response
+INIT_TIMEOUT_S = 10.0  # Lambda's limit on the init phase of an on-demand environment
+_LENGTH = struct.Struct(">I")
+# Endpoint variables the runtime sets per region: never inherited from the parent process,
+# so a region that is given none has none (a secondary has no writer, for instance).
+ENDPOINT_VARIABLES = (
+    "DATABASE_URL",
+    "DATABASE_READER_URL",
+    "NATS_URL",
+    "COVENANT_REGION",
+    "COVENANT_PRIMARY_FUNCTION",
+    "AWS_ENDPOINT_URL_LAMBDA",
+)
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """A function as Lambda runs it: its table entry and its deploy settings."""
+
+    spec: FunctionSpec
+    memory_mb: int = 512
+    timeout_s: float = 15.0
+    reserved_concurrency: int | None = None
+    code_path: tuple[str, ...] = ()  # extra import roots (tests' own handlers)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def function_configs(
+    functions: Mapping[str, FunctionSpec] | None = None,
+) -> dict[str, FunctionConfig]:
+    """Every function of the table with the memory, timeout and reserved concurrency that
+    `covenant:deploy` gives it in cdk.json."""
+    deploy = cdk_context().get("covenant:deploy", {})
+    configs: dict[str, FunctionConfig] = {}
+    for name, spec in (functions if functions is not None else load_functions()).items():
+        raw = deploy.get(name, {})
+        reserved = raw.get("reservedConcurrency")
+        configs[name] = FunctionConfig(
+            spec,
+            memory_mb=int(raw.get("memoryMb", 512)),
+            timeout_s=float(raw.get("timeoutS", 15)),
+            reserved_concurrency=None if reserved is None else int(reserved),
+        )
+    return configs
+
+
+def function_name(function: str, region: Region) -> str:
+    return f"covenant-{region.code}-{function}"
+
+
+def lambda_environment(config: FunctionConfig, region: Region) -> dict[str, str]:
+    """The variables Lambda itself sets in every environment of the function in `region`."""
+    name = function_name(config.name, region)
+    return {
+        "AWS_LAMBDA_FUNCTION_NAME": name,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_REGION": region.aws_region,
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "COVENANT_FUNCTION_ARN": (
+            f"arn:aws:lambda:{region.aws_region}:000000000000:function:{name}"
+        ),
+        "_HANDLER": config.spec.handler,
+        "TZ": ":UTC",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "COVENANT_CODE_PATH": ":".join(config.code_path),
+    }
+
+
+class InvokeRejected(Exception):
+    """Lambda refused the invocation before running it (the Invoke API's error)."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a synchronous Invoke returns: the payload and, on a function error, the value of
+    X-Amz-Function-Error ("Unhandled")."""
+
+    request_id: str
+    payload: bytes
+    function_error: str | None = None
+    init_ms: float | None = None
+    duration_ms: float = 0.0
+
+    @property
+    def error_document(self) -> dict[str, Any]:
+        try:
+            document = json.loads(self.payload)
+        except ValueError:
+            return {}
+        return document if isinstance(document, dict) else {}
+
+
+def _error(error_type: str | None, message: str) -> bytes:
+    document: dict[str, Any] = {"errorMessage": message}
+    if error_type:
+        document["errorType"] = error_type
+    return json.dumps(document).encode()
+
+
+class _EnvironmentGone(Exception):
+    """The process ended (crashed, killed) before it answered."""
+
+
+class Environment:
+    """One execution environment: a process running devstack.bootstrap."""
+
+    def __init__(self, pool: FunctionPool, number: int) -> None:
+        self.pool = pool
+        self.number = number
+        self.log_stream = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
+        self.process: asyncio.subprocess.Process | None = None
+        self.idle_since = time.monotonic()
+        self._killed = False
+
+    async def start(self) -> tuple[float | None, bytes | None]:
+        """Starts the process and runs the init: (init ms, None) or (None, error payload)."""
+        environment = {
+            **self.pool.environment,
+            "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
+        }
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "devstack.bootstrap",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=environment,
+            start_new_session=True,  # Ctrl-C in the terminal is the stack's to handle
+        )
+        try:
+            header, payload = await asyncio.wait_for(self._read(), INIT_TIMEOUT_S)
+        except (TimeoutError, _EnvironmentGone):
+            self.kill()
+            return None, _error(
+                "Runtime.InitError",
+                f"Init did not complete within {INIT_TIMEOUT_S:.0f} seconds or the runtime "
+                "exited during init",
+            )
+        if header.get("status") != "ready":
+            self.kill()
+            return None, payload
+        return float(header["initMs"]), None
+
+    async def invoke(
+        self, request_id: str, payload: bytes, timeout_s: float
+    ) -> tuple[dict[str, Any], bytes]:
+        assert self.process is not None and self.process.stdin is not None
+        deadline_ms = int((time.time() + timeout_s) * 1000)
+        header = json.dumps({"requestId": request_id, "deadlineMs": deadline_ms}).encode()
+        self.process.stdin.write(
+            _LENGTH.pack(len(header)) + header + _LENGTH.pack(len(payload)) + payload
+        )
+        try:
+            await self.process.stdin.drain()
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise _EnvironmentGone from exc
+        return await asyncio.wait_for(self._read(), timeout_s)
+
+    async def _read(self) -> tuple[dict[str, Any], bytes]:
+        assert self.process is not None and self.process.stdout is not None
+        stream = self.process.stdout
+        try:
+            size = _LENGTH.unpack(await stream.readexactly(4))[0]
+            header: dict[str, Any] = json.loads(await stream.readexactly(size))
+            size = _LENGTH.unpack(await stream.readexactly(4))[0]
+            payload = await stream.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            raise _EnvironmentGone from exc
+        return header, payload
+
+    @property
+    def alive(self) -> bool:
+        return not self._killed and self.process is not None and self.process.returncode is None
+
+    def kill(self) -> None:
+        if self.alive:
+            self._killed = True
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    async def close(self) -> None:
+        """Ends the process as Lambda ends an environment whose runtime has no extensions:
+        SIGKILL, no shutdown phase."""
+        if self.process is None:
+            return
+        self.kill()
+        await self.process.wait()
+
+
+@dataclass
+class FunctionPool:
+    """The environments of one function in one region."""
+
+    config: FunctionConfig
+    region: Region
+    environment: dict[str, str]
+    idle: list[Environment] = field(default_factory=list)
+    live: set[Environment] = field(default_factory=set)
+    busy: int = 0
+    created: int = 0
+    invocations: int = 0
+    cold_starts: int = 0
+    throttles: int = 0
+
+    @property
+    def name(self) -> str:
+        return function_name(self.config.name, self.region)
+
+
+EnvironmentFor = Callable[[FunctionConfig, Region], Mapping[str, str]]
+
+
+class LambdaRuntime:
+    """Every function's environments in every region; lives on one asyncio event loop.
+    `environment(config, region)` gives a function's own variables in a region (its
+    configuration and endpoints); Lambda's own are added to them."""
+
+    def __init__(
+        self,
+        functions: Mapping[str, FunctionConfig],
+        environment: EnvironmentFor,
+        *,
+        max_total: int | None = None,
+        max_per_function: int | None = None,
+        idle_timeout_s: float = 600.0,
+    ) -> None:
+        self.functions = dict(functions)
+        self._environment = environment
+        self.max_total = max_total or _positive_env("COVENANT_LAMBDA_MAX_ENVIRONMENTS", 32)
+        self.max_per_function = max_per_function or _positive_env(
+            "COVENANT_LAMBDA_MAX_PER_FUNCTION", 8
+        )
+        self.idle_timeout_s = idle_timeout_s
+        self._pools: dict[tuple[str, str], FunctionPool] = {}
+        self._total = 0
+        self._changed: asyncio.Condition | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        """Binds the runtime to the running event loop (invocations from other threads go
+        through `invoke_from_thread`)."""
+        _ = self._condition
+
+    # --- the Invoke operation ------------------------------------------------------------
+
+    async def invoke(self, function: str, region_code: str, payload: bytes) -> Invocation:
+        """A synchronous (RequestResponse) invocation of `function` in `region_code`."""
+        config = self.functions.get(function)
+        if config is None:
+            raise InvokeRejected(
+                404, "ResourceNotFoundException", f"Function not found: {function}"
+            )
+        if len(payload) > PAYLOAD_LIMIT_BYTES:
+            raise InvokeRejected(
+                413,
+                "RequestEntityTooLargeException",
+                f"Request must be smaller than {PAYLOAD_LIMIT_BYTES} bytes for the "
+                "InvokeFunction operation",
+            )
+        pool = self._pool(config, get_region(region_code))
+        environment, cold = await self._acquire(pool)
+        request_id = str(uuid.uuid4())
+        init_ms: float | None = None
+        try:
+            if cold:
+                init_ms, failure = await environment.start()
+                if failure is not None:
+                    self._report(pool, request_id, 0.0, None, init_ms, "init error")
+                    return Invocation(request_id, failure, "Unhandled", init_ms)
+            return await self._run(pool, environment, request_id, payload, init_ms)
+        finally:
+            await self._release(pool, environment)
+
+    def invoke_from_thread(self, function: str, region_code: str, payload: bytes) -> Invocation:
+        """`invoke` for code running on another thread (event sources, `devstack invoke`)."""
+        if self.loop is None:
+            raise DevStackError("the Lambda runtime is not running")
+        future = asyncio.run_coroutine_threadsafe(
+            self.invoke(function, region_code, payload), self.loop
+        )
+        return future.result()
+
+    async def _run(
+        self,
+        pool: FunctionPool,
+        environment: Environment,
+        request_id: str,
+        payload: bytes,
+        init_ms: float | None,
+    ) -> Invocation:
+        timeout_s = pool.config.timeout_s
+        started = time.perf_counter()
+        try:
+            header, answer = await environment.invoke(request_id, payload, timeout_s)
+        except TimeoutError:
+            environment.kill()
+            elapsed = (time.perf_counter() - started) * 1000
+            self._report(pool, request_id, elapsed, None, init_ms, "timeout")
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+            message = f"{stamp} {request_id} Task timed out after {timeout_s:.2f} seconds"
+            logger.info("[%s] %s", pool.name, message)
+            return Invocation(request_id, _error(None, message), "Unhandled", init_ms, elapsed)
+        except _EnvironmentGone:
+            environment.kill()
+            elapsed = (time.perf_counter() - started) * 1000
+            code = environment.process.returncode if environment.process else None
+            self._report(pool, request_id, elapsed, None, init_ms, "error")
+            message = f"RequestId: {request_id} Error: Runtime exited with error: " + (
+                f"signal: {-code}" if code is not None and code < 0 else f"exit status {code}"
+            )
+            return Invocation(
+                request_id, _error("Runtime.ExitError", message), "Unhandled", init_ms, elapsed
+            )
+        duration = float(header.get("durationMs", 0.0))
+        self._report(pool, request_id, duration, header.get("maxRssKb"), init_ms, None)
+        if header.get("status") != "ok":
+            return Invocation(request_id, answer, "Unhandled", init_ms, duration)
+        if len(answer) > PAYLOAD_LIMIT_BYTES:
+            message = (
+                f"Response payload size ({len(answer)} bytes) exceeded maximum allowed "
+                f"payload size ({PAYLOAD_LIMIT_BYTES} bytes)."
+            )
+            return Invocation(
+                request_id, _error("Function.ResponseSizeTooLarge", message), "Unhandled"
+            )
+        return Invocation(request_id, answer, None, init_ms, duration)
+
+    def _report(
+        self,
+        pool: FunctionPool,
+        request_id: str,
+        duration_ms: float,
+        max_rss_kb: int | None,
+        init_ms: float | None,
+        status: str | None,
+    ) -> None:
+        parts = [
+            f"REPORT RequestId: {request_id}",
+            f"Duration: {duration_ms:.2f} ms",
+            f"Billed Duration: {math.ceil(duration_ms + (init_ms or 0))} ms",
+            f"Memory Size: {pool.config.memory_mb} MB",
+        ]
+        if max_rss_kb is not None:
+            parts.append(f"Max Memory Used: {max(1, round(max_rss_kb / 1024))} MB")
+        if init_ms is not None:
+            parts.append(f"Init Duration: {init_ms:.2f} ms")
+        if status is not None:
+            parts.append(f"Status: {status}")
+        logger.info("[%s] %s", pool.name, "\t".join(parts))
+
+    # --- pools --------------------------------------------------------------------------
+
+    def _pool(self, config: FunctionConfig, region: Region) -> FunctionPool:
+        key = (config.name, region.code)
+        pool = self._pools.get(key)
+        if pool is None:
+            environment = {
+                **_inherited(),
+                **self._environment(config, region),
+                **lambda_environment(config, region),
+            }
+            pool = self._pools[key] = FunctionPool(config, region, environment)
+        return pool
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        return {
+            pool.name: {
+                "invocations": pool.invocations,
+                "coldStarts": pool.cold_starts,
+                "throttles": pool.throttles,
+                "idle": len(pool.idle),
+                "busy": pool.busy,
+            }
+            for pool in self._pools.values()
+        }
+
+    def invocations(self, function: str) -> int:
+        """How many times `function` was invoked, in every region (for tests)."""
+        return sum(p.invocations for p in self._pools.values() if p.config.name == function)
+
+    @property
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+            self.loop = asyncio.get_running_loop()
+            self._reaper = asyncio.create_task(self._reap_idle())
+        return self._changed
+
+    async def _acquire(self, pool: FunctionPool) -> tuple[Environment, bool]:
+        changed = self._condition
+        async with changed:
+            while True:
+                if self._closed:
+                    raise InvokeRejected(503, "ServiceException", "the local runtime is stopping")
+                reserved = pool.config.reserved_concurrency
+                if reserved is not None and pool.busy >= reserved:
+                    pool.throttles += 1
+                    raise InvokeRejected(
+                        429,
+                        "TooManyRequestsException",
+                        "Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded)",
+                    )
+                if pool.idle:
+                    environment = pool.idle.pop()  # most recently used: the warmest
+                    pool.busy += 1
+                    pool.invocations += 1
+                    return environment, False
+                own_limit = reserved if reserved is not None else self.max_per_function
+                if pool.busy < own_limit:
+                    if self._total >= self.max_total:
+                        victim = self._oldest_idle()
+                        if victim is not None:
+                            victim.pool.idle.remove(victim)
+                            victim.pool.live.discard(victim)
+                            self._total -= 1
+                            asyncio.create_task(victim.close())  # noqa: RUF006
+                    if self._total < self.max_total:
+                        self._total += 1
+                        pool.busy += 1
+                        pool.created += 1
+                        pool.invocations += 1
+                        pool.cold_starts += 1
+                        environment = Environment(pool, pool.created)
+                        pool.live.add(environment)
+                        return environment, True
+                await changed.wait()
+
+    async def _release(self, pool: FunctionPool, environment: Environment) -> None:
+        async with self._condition:
+            pool.busy -= 1
+            if environment.alive and not self._closed:
+                environment.idle_since = time.monotonic()
+                pool.idle.append(environment)
+            else:
+                self._total -= 1
+                pool.live.discard(environment)
+                if environment.alive:
+                    asyncio.create_task(environment.close())  # noqa: RUF006
+            self._condition.notify_all()
+
+    def _oldest_idle(self) -> Environment | None:
+        idle = [e for p in self._pools.values() for e in p.idle]
+        return min(idle, key=lambda e: e.idle_since) if idle else None
+
+    async def _reap_idle(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(min(30.0, self.idle_timeout_s))
+            cutoff = time.monotonic() - self.idle_timeout_s
+            async with self._condition:
+                for pool in self._pools.values():
+                    stale = [e for e in pool.idle if e.idle_since < cutoff]
+                    for environment in stale:
+                        pool.idle.remove(environment)
+                        pool.live.discard(environment)
+                        self._total -= 1
+                        asyncio.create_task(environment.close())  # noqa: RUF006
+                self._condition.notify_all()
+
+    async def close(self) -> None:
+        """Stops every environment (busy ones are killed)."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        live = [e for p in self._pools.values() for e in p.live]
+        for pool in self._pools.values():
+            for environment in pool.live - set(pool.idle):
+                environment.kill()  # busy: stopped mid-invocation
+            pool.idle.clear()
+            pool.live.clear()
+        await asyncio.gather(*(e.close() for e in live), return_exceptions=True)
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
+
+
+def invoke_once(
+    config: FunctionConfig,
+    region: Region,
+    event: dict[str, Any],
+    environment: Mapping[str, str],
+) -> Invocation:
+    """One invocation in a fresh environment that is stopped afterwards (`devstack invoke`,
+    and the custom resources `make dev` runs as a deploy would)."""
+    runtime = LambdaRuntime({config.name: config}, lambda _config, _region: environment)
+
+    async def once() -> Invocation:
+        await runtime.start()
+        try:
+            return await runtime.invoke(config.name, region.code, json.dumps(event).encode())
+        finally:
+            await runtime.close()
+
+    return asyncio.run(once())
+
+
+def custom_resource_event(resource_type: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The event CDK's provider framework sends a custom resource's onEvent handler on
+    Create (the handlers here treat Update alike)."""
+    return {
+        "RequestType": "Create",
+        "ServiceToken": "arn:aws:lambda:local:000000000000:function:provider",
+        "ResponseURL": "http://127.0.0.1/unused",
+        "StackId": "arn:aws:cloudformation:local:000000000000:stack/local/0",
+        "RequestId": str(uuid.uuid4()),
+        "LogicalResourceId": resource_type.split("::")[-1],
+        "ResourceType": resource_type,
+        "ResourceProperties": dict(properties),
+    }
+
+
+class FunctionFailed(RuntimeError):
+    """An invocation ended in a function error; `document` is the runtime's error document."""
+
+    def __init__(self, function: str, document: dict[str, Any]) -> None:
+        super().__init__(
+            f"{function}: {document.get('errorType', 'error')}: {document.get('errorMessage', '')}"
+        )
+        self.document = document
+
+
+def thread_invoker(
+    runtime: LambdaRuntime,
+) -> Callable[[FunctionSpec, Region, dict[str, Any]], Any]:
+    """An invoker for code on other threads (the event sources): the function's decoded
+    answer, FunctionFailed on a function error, InvokeRejected when Lambda refuses."""
+
+    def call(function: FunctionSpec, region: Region, event: dict[str, Any]) -> Any:
+        result = runtime.invoke_from_thread(function.name, region.code, json.dumps(event).encode())
+        if result.function_error is not None:
+            raise FunctionFailed(function.name, result.error_document)
+        return json.loads(result.payload)
+
+    return call
+
+
+def _positive_env(name: str, default: int) -> int:
+    raw = os.environ.get(name) or ""
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        raise DevStackError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise DevStackError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _inherited() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ENDPOINT_VARIABLES}
