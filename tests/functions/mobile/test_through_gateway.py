@@ -19,6 +19,7 @@ from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
 from devstack.processes import free_port
 
+from ...handoff_fixture import PrimaryLambda
 from .conftest import seeded, wait_for_lock_waiters
 from .watermelon import Device, SyncFailed, http
 
@@ -26,13 +27,19 @@ pytestmark = pytest.mark.usefixtures("clean_auth_failures")
 
 
 @pytest.fixture(scope="module")
-def gateway(endpoints: dict[str, str], cognito: LocalCognito) -> Iterator[Gateway]:
+def gateway(
+    endpoints: dict[str, str], cognito: LocalCognito, primary_lambda: PrimaryLambda
+) -> Iterator[Gateway]:
     verifier = JwtVerifier(
         issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
     )
-    server = Gateway(free_port(), endpoints, verifier=verifier)
+    # Until the devstack's runtime serves the Invoke API, the secondaries' writes reach the
+    # primary's function through the tests' stand-in (tests/handoff_fixture.py).
+    hop = {"COVENANT_PRIMARY_FUNCTION": "covenant-iad-mobile"}
+    server = Gateway(free_port(), {**endpoints, **hop}, verifier=verifier)
     server.serve_in_thread()
-    yield server
+    with primary_lambda.configured(endpoints):
+        yield server
     server.shutdown()
     server.server_close()
 
