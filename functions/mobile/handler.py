@@ -135,7 +135,9 @@ def sync_push() -> Response[Any]:
         written_at = _position_after(session)
     if written_at is not None:
         headers[position.HEADER] = written_at
-    return json_response(200, {**result.body, "position": written_at}, headers)
+    # The position travels in a header only: a replay's body is the first answer's, byte for
+    # byte, while its position (taken when it is replayed) may be later.
+    return json_response(200, result.body, headers)
 
 
 @app.exception_handler(ApiError)  # type: ignore[untyped-decorator]

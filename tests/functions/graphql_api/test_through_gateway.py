@@ -19,8 +19,6 @@ from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
 from devstack.processes import free_port
 
-from ...handoff_fixture import PrimaryLambda
-
 CREATE = (
     'mutation { createProject(input: {name: "Gateway Path Probe", sectorId: "health", '
     'countryCode: "NZL", budgetUsd: 2500000}) { id region { code } } }'
@@ -35,25 +33,22 @@ def cognito() -> Iterator[LocalCognito]:
 
 
 @pytest.fixture(scope="module")
-def gateway(servers, cognito: LocalCognito, primary_lambda: PrimaryLambda) -> Iterator[Gateway]:
+def gateway(servers, cognito: LocalCognito) -> Iterator[Gateway]:
     verifier = JwtVerifier(
         issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
     )
-    # Until the devstack's runtime serves the Invoke API, the secondaries' writes reach the
-    # primary's function through the tests' stand-in (tests/handoff_fixture.py).
+    # The secondaries' writes reach the primary's function through their hops.
     server = Gateway(
         free_port(),
         {
             "DATABASE_URL": servers.writer_url,
             "DATABASE_READER_URL": servers.reader_url,
-            "COVENANT_PRIMARY_FUNCTION": "covenant-iad-graphql",
         },
         verifier=verifier,
     )
     server.serve_in_thread()
     yield server
     server.shutdown()
-    server.server_close()
     with db.writer().session() as session:
         session.run("DELETE FROM projects WHERE name = 'Gateway Path Probe'")
 
@@ -162,9 +157,7 @@ def test_without_an_authorizer_a_bad_token_is_refused_with_401(gql, cognito) -> 
     assert probes() == before
 
 
-def test_an_admin_changes_a_role_that_the_next_sign_in_carries(
-    servers, cognito, primary_lambda: PrimaryLambda
-) -> None:
+def test_an_admin_changes_a_role_that_the_next_sign_in_carries(servers, cognito) -> None:
     """setUserRole against the local pool as `make dev` serves it (moto server), with the
     functions' Cognito environment: the viewer becomes an editor, and their next token says so."""
     verifier = JwtVerifier(
@@ -175,7 +168,6 @@ def test_an_admin_changes_a_role_that_the_next_sign_in_carries(
         {
             "DATABASE_URL": servers.writer_url,
             "DATABASE_READER_URL": servers.reader_url,
-            "COVENANT_PRIMARY_FUNCTION": "covenant-iad-graphql",
             **cognito.environment(),
         },
         verifier=verifier,
@@ -186,32 +178,26 @@ def test_an_admin_changes_a_role_that_the_next_sign_in_carries(
         'mutation { setUserRole(input: {user: "%s", role: %s}) { role previousRoles changed } }'
     )
     # The primary's function calls the same user pool (Cognito lives in the primary region).
-    with primary_lambda.configured(cognito.environment()):
-        try:
-            status, body = _post(
-                server, change % (viewer.email, "EDITOR"), _token(cognito, "admin")
+    try:
+        status, body = _post(server, change % (viewer.email, "EDITOR"), _token(cognito, "admin"))
+        assert status == 200, body
+        assert body["data"]["setUserRole"] == {
+            "role": "EDITOR",
+            "previousRoles": ["VIEWER"],
+            "changed": True,
+        }
+        token = _token(cognito, "viewer")  # signs in as the (former) viewer
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert claims["cognito:groups"] == ["editor"]
+        status, body = _post(server, change % (viewer.email, "VIEWER"), _token(cognito, "editor"))
+        assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
+    finally:
+        client = cognito.client()
+        for group in ("admin", "editor"):
+            client.admin_remove_user_from_group(
+                UserPoolId=cognito.user_pool_id, Username=viewer.email, GroupName=group
             )
-            assert status == 200, body
-            assert body["data"]["setUserRole"] == {
-                "role": "EDITOR",
-                "previousRoles": ["VIEWER"],
-                "changed": True,
-            }
-            token = _token(cognito, "viewer")  # signs in as the (former) viewer
-            claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-            assert claims["cognito:groups"] == ["editor"]
-            status, body = _post(
-                server, change % (viewer.email, "VIEWER"), _token(cognito, "editor")
-            )
-            assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
-        finally:
-            client = cognito.client()
-            for group in ("admin", "editor"):
-                client.admin_remove_user_from_group(
-                    UserPoolId=cognito.user_pool_id, Username=viewer.email, GroupName=group
-                )
-            client.admin_add_user_to_group(
-                UserPoolId=cognito.user_pool_id, Username=viewer.email, GroupName="viewer"
-            )
-            server.shutdown()
-            server.server_close()
+        client.admin_add_user_to_group(
+            UserPoolId=cognito.user_pool_id, Username=viewer.email, GroupName="viewer"
+        )
+        server.shutdown()

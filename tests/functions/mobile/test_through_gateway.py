@@ -19,7 +19,6 @@ from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
 from devstack.processes import free_port
 
-from ...handoff_fixture import PrimaryLambda
 from .conftest import seeded, wait_for_lock_waiters
 from .watermelon import Device, SyncFailed, http
 
@@ -27,21 +26,15 @@ pytestmark = pytest.mark.usefixtures("clean_auth_failures")
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    endpoints: dict[str, str], cognito: LocalCognito, primary_lambda: PrimaryLambda
-) -> Iterator[Gateway]:
+def gateway(endpoints: dict[str, str], cognito: LocalCognito) -> Iterator[Gateway]:
     verifier = JwtVerifier(
         issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
     )
-    # Until the devstack's runtime serves the Invoke API, the secondaries' writes reach the
-    # primary's function through the tests' stand-in (tests/handoff_fixture.py).
-    hop = {"COVENANT_PRIMARY_FUNCTION": "covenant-iad-mobile"}
-    server = Gateway(free_port(), {**endpoints, **hop}, verifier=verifier)
+    # The secondaries' writes reach the primary's function through their hops.
+    server = Gateway(free_port(), endpoints, verifier=verifier)
     server.serve_in_thread()
-    with primary_lambda.configured(endpoints):
-        yield server
+    yield server
     server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
