@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import uvloop
 from aiohttp import web
 
 from covenant.regions import Region, load_regions
@@ -309,7 +310,7 @@ class Gateway:
         failure: list[BaseException] = []
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = uvloop.new_event_loop()
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.start())

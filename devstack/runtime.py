@@ -418,6 +418,8 @@ class LambdaRuntime:
         init_ms: float | None,
         status: str | None,
     ) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
         parts = [
             f"REPORT RequestId: {request_id}",
             f"Duration: {duration_ms:.2f} ms",

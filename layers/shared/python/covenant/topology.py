@@ -48,21 +48,27 @@ class Route:
         matching: `{name}` is one segment, `{name+}` the rest of the path)."""
         if self.method not in ("ANY", method):
             return None
-        pattern = "^"
-        names: list[str] = []
-        for part in self.path.strip("/").split("/"):
-            if part.startswith("{") and part.endswith("+}"):
-                names.append(part[1:-2])
-                pattern += "/(.+)"
-            elif part.startswith("{") and part.endswith("}"):
-                names.append(part[1:-1])
-                pattern += "/([^/]+)"
-            else:
-                pattern += "/" + re.escape(part)
-        found = re.match(pattern + "/?$", path)
+        pattern, names = _compiled(self.path)
+        found = pattern.match(path)
         if found is None:
             return None
         return dict(zip(names, found.groups(), strict=True))
+
+
+@cache
+def _compiled(path: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    pattern = "^"
+    names: list[str] = []
+    for part in path.strip("/").split("/"):
+        if part.startswith("{") and part.endswith("+}"):
+            names.append(part[1:-2])
+            pattern += "/(.+)"
+        elif part.startswith("{") and part.endswith("}"):
+            names.append(part[1:-1])
+            pattern += "/([^/]+)"
+        else:
+            pattern += "/" + re.escape(part)
+    return re.compile(pattern + "/?$"), tuple(names)
 
 
 @dataclass(frozen=True)
