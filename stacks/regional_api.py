@@ -74,7 +74,15 @@ COGNITO_ADMIN_ACTIONS = {
 # send a wake-up to the bridge's queue (covenant.domain_events.wake_bridge_after_commit).
 OUTBOX_WRITERS = ("graphql", "mobile")
 AUTH_ROUTES_THROTTLED = ("POST /auth/login", "POST /auth/register", "POST /auth/refresh")
-CORS_HEADERS = ["authorization", "content-type", "accept", "idempotency-key"]
+CORS_HEADERS = [
+    "authorization",
+    "content-type",
+    "accept",
+    "idempotency-key",
+    "covenant-min-position",  # read-your-writes (docs/deploy.md)
+]
+# What a browser may read of an answer: the position a write returns, to send back.
+CORS_EXPOSED_HEADERS = ["covenant-position", "idempotent-replayed"]
 
 
 class UserPoolRef:
@@ -182,6 +190,7 @@ class RegionalApiStack(Stack):
                     apigw.CorsHttpMethod.OPTIONS,
                 ],
                 allow_headers=CORS_HEADERS,
+                expose_headers=CORS_EXPOSED_HEADERS,
                 max_age=Duration.days(1),
             ),
         )

@@ -215,7 +215,13 @@ def test_stage_is_the_region_code_with_throttling_cors_and_access_logs(templates
         {
             "ProtocolType": "HTTP",
             "CorsConfiguration": Match.object_like(
-                {"AllowHeaders": Match.array_with(["authorization", "idempotency-key"])}
+                {
+                    # A browser may send the read-your-writes position and read it back.
+                    "AllowHeaders": Match.array_with(
+                        ["authorization", "idempotency-key", "covenant-min-position"]
+                    ),
+                    "ExposeHeaders": Match.array_with(["covenant-position"]),
+                }
             ),
         },
     )
