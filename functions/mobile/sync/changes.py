@@ -30,6 +30,10 @@ from mobile.sync.schema import PUSHABLE, TABLE_NAMES
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _LISTS = ("created", "updated", "deleted")
+# WatermelonDB stores an unset text column as "" and an unset optional number as null: for
+# these columns, whose rules refuse both, an empty value means "not set", i.e. the default on
+# a create and unchanged on an update (`description` takes "" as a value of its own).
+_EMPTY_MEANS_UNSET = frozenset({"status", "impact_score", "progress"})
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ def _record(raw: Any, table: str, action: str, index: int) -> PushedRecord:
     record_id = _project_id(raw.get("id"), table, f"{action}[{index}]")
     values: dict[str, Any] = {}
     for name in PROJECT_FIELDS:
-        if name in raw:
+        if name in raw and not (name in _EMPTY_MEANS_UNSET and raw[name] in ("", None)):
             try:
                 values[name] = clean_project_field(name, raw[name])
             except RuleViolation as violation:

@@ -42,17 +42,14 @@ def _table_changes(table: SyncTable) -> str:
     t, a = table.name, table.alias
     return f"""(
     SELECT json_build_object(
-        'created', COALESCE(json_agg(x.rec ORDER BY x.seq) FILTER (WHERE x.is_new), '[]'::json),
-        'updated', COALESCE(json_agg(x.rec ORDER BY x.seq) FILTER (WHERE NOT x.is_new),
-                            '[]'::json),
+        'created', '[]'::json,
+        'updated', COALESCE(json_agg(x.rec ORDER BY x.seq), '[]'::json),
         'deleted', COALESCE((
             SELECT json_agg(ts.record_id ORDER BY ts.change_seq)
             FROM tombstones ts
             WHERE ts.table_name = '{t}'
               AND ts.change_seq > CAST(:{t}_tombstones_since AS bigint)), '[]'::json))
     FROM (SELECT {a}.change_seq AS seq,
-                 (CAST(:{t}_all_new AS boolean)
-                  OR ({a}.version = 1 AND {a}.change_seq > CAST(:since AS bigint))) AS is_new,
                  {table.record_sql()} AS rec
           FROM {t} {a}
           WHERE {a}.change_seq > CAST(:{t}_rows_since AS bigint)) AS x)"""  # noqa: S608
@@ -74,7 +71,6 @@ FROM (SELECT sync_cursor() AS cursor, pruned_through FROM sync_horizon) AS h
 @dataclass(frozen=True)
 class TablePlan:
     rows_since: int  # rows with change_seq above this
-    all_new: bool  # every row goes to `created` (the client has none of them)
     tombstones_since: int | None  # None: no deletes (the client has nothing to delete)
 
 
@@ -92,21 +88,20 @@ def _plans(params: PullParams, *, full: bool) -> dict[str, TablePlan]:
     for table in TABLES:
         if full or since == 0 or (params.migration and table.name in params.migration.tables):
             # A table the app never had (first pull, replacement, or added by an app
-            # migration): everything, as created.
-            plans[table.name] = TablePlan(0, True, None)
+            # migration): everything.
+            plans[table.name] = TablePlan(0, None)
         elif params.migration and table.name in params.migration.columns:
             # Columns added by an app migration: every row, so the new columns get values.
-            plans[table.name] = TablePlan(0, False, since)
+            plans[table.name] = TablePlan(0, since)
         else:
-            plans[table.name] = TablePlan(since, False, since)
+            plans[table.name] = TablePlan(since, since)
     return plans
 
 
 def _run(session: Session, params: PullParams, *, full: bool) -> tuple[str, int, int]:
-    bound: dict[str, Any] = {"since": 0 if full else params.last_pulled_at}
+    bound: dict[str, Any] = {}
     for name, plan in _plans(params, full=full).items():
         bound[f"{name}_rows_since"] = plan.rows_since
-        bound[f"{name}_all_new"] = plan.all_new
         bound[f"{name}_tombstones_since"] = plan.tombstones_since
     row = session.one(PULL_SQL, **bound)
     assert row is not None

@@ -87,7 +87,7 @@ def _ids(changes: dict, table: str, kind: str) -> list[str]:
 
 
 @pytest.mark.parametrize("first", ["null", "undefined", "0", "", None])
-def test_a_first_pull_puts_everything_in_created(pull, wait_for_replica, first) -> None:
+def test_a_first_pull_puts_everything_in_updated(pull, wait_for_replica, first) -> None:
     wait_for_replica()
     reply = pull(first)
     assert reply.status == 200, reply.body
@@ -98,8 +98,8 @@ def test_a_first_pull_puts_everything_in_created(pull, wait_for_replica, first) 
     changes = reply.body["changes"]
     assert list(changes) == ["countries", "projects", "sectors"]
     for table, count in counts.items():
-        assert len(changes[table]["created"]) == count
-        assert changes[table]["updated"] == [] and changes[table]["deleted"] == []
+        assert len(changes[table]["updated"]) == count
+        assert changes[table]["created"] == [] and changes[table]["deleted"] == []
     assert counts["countries"] == 195 and counts["sectors"] == 6
 
 
@@ -108,7 +108,7 @@ def test_records_are_raw_watermelon_records(pull, wait_for_replica) -> None:
     changes = pull().body["changes"]
     now_ms = time.time() * 1000
     for table in TABLES:
-        for record in changes[table.name]["created"]:
+        for record in changes[table.name]["updated"]:
             assert set(record) == COLUMNS[table.name]
             assert isinstance(record["id"], str)
             for column in table.columns:
@@ -120,9 +120,9 @@ def test_records_are_raw_watermelon_records(pull, wait_for_replica) -> None:
                 else:
                     assert isinstance(value, str)
             assert 1_700_000_000_000 < record["created_at"] <= record["updated_at"] <= now_ms + 5000
-    kenya = next(c for c in changes["countries"]["created"] if c["id"] == "KEN")
+    kenya = next(c for c in changes["countries"]["updated"] if c["id"] == "KEN")
     assert kenya["iso2"] == "KE" and kenya["contribution_usd"] == kenya["gdp_usd"] // 10000
-    project = changes["projects"]["created"][0]
+    project = changes["projects"]["updated"][0]
     uuid.UUID(project["id"])
     assert project["country_code"].isupper() and len(project["country_code"]) == 3
 
@@ -141,9 +141,11 @@ def test_an_incremental_pull_has_exactly_the_changes_since_the_cursor(
     reply = pull(since)
     assert reply.status == 200
     changes = reply.body["changes"]
-    assert _ids(changes, "projects", "created") == [created]
-    assert _ids(changes, "projects", "updated") == [edited]
-    assert changes["projects"]["updated"][0]["progress"] == 55
+    # Everything in `updated` (sendCreatedAsUpdated), in change order: a record the device
+    # created and deleted before this pull must not come back as `created`.
+    assert _ids(changes, "projects", "created") == []
+    assert _ids(changes, "projects", "updated") == [created, edited]
+    assert changes["projects"]["updated"][1]["progress"] == 55
     assert changes["projects"]["deleted"] == [doomed]
     assert changes["countries"] == EMPTY and changes["sectors"] == EMPTY
     assert reply.body["timestamp"] > since
@@ -313,7 +315,7 @@ def test_a_cursor_older_than_the_tombstone_retention_gets_a_replacement_pull(
     assert reply.body["experimentalStrategy"] == "replacement"
     with db.reader().session() as session:
         total = int(session.scalar("SELECT count(*) FROM projects"))
-    assert len(reply.body["changes"]["projects"]["created"]) == total
+    assert len(reply.body["changes"]["projects"]["updated"]) == total
     assert all(reply.body["changes"][t.name]["deleted"] == [] for t in TABLES)
     current = pull(reply.body["timestamp"])
     assert "experimentalStrategy" not in current.body
@@ -368,7 +370,7 @@ def test_a_migration_pull_sends_every_record_of_added_tables(pull, wait_for_repl
     reply = pull(since, query={"migration": migration, "schema_version": "2"})
     assert reply.status == 200, reply.body
     changes = reply.body["changes"]
-    assert len(changes["sectors"]["created"]) == 6
+    assert len(changes["sectors"]["updated"]) == 6
     assert len(changes["countries"]["updated"]) == 195
     assert changes["projects"] == EMPTY
     assert "unknown_table" not in changes
@@ -416,7 +418,7 @@ def test_the_sample_event_is_a_first_pull(endpoints, servers, wait_for_replica) 
     reply = decode_reply(invoke(get_function("mobile"), get_region("syd"), event, endpoints))
     assert reply.status == 200
     assert reply.headers["Content-Encoding"] == "gzip"
-    assert len(reply.body["changes"]["countries"]["created"]) == 195
+    assert len(reply.body["changes"]["countries"]["updated"]) == 195
 
 
 def test_pull_needs_a_token(mobile) -> None:
@@ -446,4 +448,4 @@ def test_a_migration_pull_with_a_cursor_ahead_of_the_replica_still_sends_the_mig
         migration = json.dumps({"from": 1, "tables": ["sectors"], "columns": []})
         reply = pull(ahead, query={"migration": migration, "schema_version": "2"})
     assert reply.status == 200, reply.body
-    assert len(reply.body["changes"]["sectors"]["created"]) == 6, reply.body
+    assert len(reply.body["changes"]["sectors"]["updated"]) == 6, reply.body
