@@ -26,6 +26,9 @@ class RequestContext:
     regions: tuple[Region, ...]
     writes: bool = False  # a mutation: read from the writer too, so a client sees its write
     committed_writes: int = 0  # transactions committed so far: a retry must not repeat them
+    # Root mutation fields (response keys) whose write committed: what each wrote (an id, a
+    # code, a user name), so that one whose answer fails still says it was applied.
+    applied: dict[str, str] = field(default_factory=dict)
     _session: Session | None = None
     _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
