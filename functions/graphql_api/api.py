@@ -135,7 +135,7 @@ def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> di
     config = GraphQLSettings.load()
     cors = _cors_headers(event, config)
     method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
-    if method == "OPTIONS":
+    if method == "OPTIONS" and transport.body_is_text(event):  # else parse_event says 400
         return {"statusCode": 204, "headers": cors, "body": ""}
     request_id = str(event.get("requestContext", {}).get("requestId") or context.aws_request_id)
     try:

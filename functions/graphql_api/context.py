@@ -27,6 +27,9 @@ class RequestContext:
     writes: bool = False  # a mutation: read from the writer too, so a client sees its write
     committed_writes: int = 0  # transactions committed so far: a retry must not repeat them
     read_primary: bool = False  # a read the replica could not serve (Covenant-Min-Position)
+    # Root mutation fields (response keys) whose write committed: what each wrote (an id, a
+    # code, a user name), so that one whose answer fails still says it was applied.
+    applied: dict[str, str] = field(default_factory=dict)
     _session: Session | None = None
     _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 

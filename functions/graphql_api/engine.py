@@ -37,6 +37,7 @@ from graphql.execution.values import get_variable_values
 from graphql.validation import NoSchemaIntrospectionCustomRule
 
 from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable
+from graphql_api.context import RequestContext
 from graphql_api.errors import ApiError
 from graphql_api.executor import RowExecutor
 from graphql_api.limits import (
@@ -330,7 +331,23 @@ def run(schema: GraphQLSchema, prepared: Prepared, context: Any, request_id: str
     body: dict[str, Any] = {"data": result.data}
     if result.errors:
         body["errors"] = [format_error(error, request_id) for error in result.errors]
+        applied = context.applied if isinstance(context, RequestContext) else {}
+        if applied:
+            _say_applied(body, applied)
     return body
+
+
+def _say_applied(body: dict[str, Any], applied: dict[str, str]) -> None:
+    """A root mutation field is null when it fails, and then it wrote nothing; but a write can
+    commit and its answer still fail below it (reading back its country, say), which nulls the
+    field too. Its errors then say that it was applied, and what it wrote, so the null never
+    hides a committed write from the client."""
+    data = body["data"] or {}
+    for error in body["errors"]:
+        path = error.get("path") or []
+        key = path[0] if path else None
+        if isinstance(key, str) and key in applied and data.get(key) is None:
+            error["extensions"] = {**error["extensions"], "applied": True, "id": applied[key]}
 
 
 def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:

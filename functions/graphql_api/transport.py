@@ -134,10 +134,59 @@ def _string_or_none(value: Any, name: str, media_type: str) -> str | None:
     return value
 
 
+def not_utf8(error: UnicodeDecodeError | UnicodeEncodeError) -> str:
+    """What makes bytes not UTF-8 (or text not encodable as UTF-8), precisely."""
+    if isinstance(error, UnicodeDecodeError):
+        byte = error.object[error.start]
+        return f"{error.reason}: byte 0x{byte:02X} at offset {error.start}"
+    code_point = ord(error.object[error.start])
+    return f"an unpaired surrogate U+{code_point:04X} at character {error.start}"
+
+
+def body_text(event: dict[str, Any], media_type: str) -> str:
+    """The request body as text. API Gateway passes a body that is not UTF-8 base64-encoded
+    (`isBase64Encoded`); GraphQL over HTTP takes only UTF-8 JSON, so anything else (or
+    base64 that does not decode) is a malformed request: 400, whatever the route."""
+    raw = event.get("body") or ""
+    if not event.get("isBase64Encoded"):
+        text = str(raw)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # not from API Gateway, which sends UTF-8 only
+            raise TransportError(
+                400, f"The body is not UTF-8 text ({not_utf8(exc)})", media_type=media_type
+            ) from None
+        return text.removeprefix("\ufeff")  # ignored, as RFC 8259 lets a parser do
+    try:
+        body = base64.b64decode(raw)
+    except (binascii.Error, ValueError):
+        raise TransportError(400, "The body is not valid base64", media_type=media_type) from None
+    try:
+        return body.decode("utf-8-sig")  # a leading byte order mark ignored, as above
+    except UnicodeDecodeError as exc:
+        raise TransportError(
+            400, f"The body is not UTF-8 text ({not_utf8(exc)})", media_type=media_type
+        ) from None
+
+
+def body_is_text(event: dict[str, Any]) -> bool:
+    """Whether the body, if any, is UTF-8 text (see body_text)."""
+    try:
+        body_text(event, JSON)
+    except TransportError:
+        return False
+    return True
+
+
 def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -> GraphQLRequest:
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
     accept = headers.get("accept")
+    try:
+        error_media_type = negotiate(accept)
+    except TransportError:
+        error_media_type = JSON
+    text = body_text(event, error_media_type)  # every method: a body that is not text is 400
     if method == "GET" and explorer and accept and "text/html" in accept.lower():
         params = event.get("queryStringParameters") or {}
         if "query" not in params:
@@ -182,15 +231,10 @@ def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -
         raise TransportError(
             415, "POST bodies must be 'Content-Type: application/json'", media_type=media_type
         )
-    raw = event.get("body") or ""
-    try:
-        body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode("utf-8")
-    except (binascii.Error, ValueError):
-        raise TransportError(400, "The body is not valid base64", media_type=media_type) from None
-    if len(body) > max_body_bytes:
+    if len(text.encode("utf-8")) > max_body_bytes:
         raise TransportError(413, f"The body is over {max_body_bytes} bytes", media_type=media_type)
     try:
-        payload = loads(body)
+        payload = loads(text)
     except ValueError as exc:
         raise TransportError(
             400, f"The body is not valid JSON: {exc}", media_type=media_type

@@ -14,6 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
@@ -42,6 +43,7 @@ from mobile.http import (
     gzip_bytes,
     json_response,
     parse_json_object,
+    request_body,
 )
 from mobile.settings import SyncSettings
 from mobile.sync.changes import parse_changes
@@ -61,6 +63,16 @@ app = APIGatewayHttpResolver(
 )
 
 _GZIP_MIN_BYTES = 1024
+
+
+def _text_body(resolver: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Every route refuses a body that is not UTF-8 text with 400 (mobile.http.request_body),
+    before it runs, whether or not it reads a body: never a 500 from decoding it later."""
+    request_body(resolver.current_event.raw_event)
+    return next_middleware(resolver)
+
+
+app.use(middlewares=[_text_body])
 
 
 @app.get("/health")
@@ -115,7 +127,9 @@ def sync_push() -> Response[Any]:
             "Pushing changes needs the role editor or admin.", roles=["editor", "admin"]
         )
     config = SyncSettings.load()
-    raw = parse_json_object(app.current_event.decoded_body, max_bytes=config.max_push_bytes)
+    raw = parse_json_object(
+        request_body(app.current_event.raw_event), max_bytes=config.max_push_bytes
+    )
     result = push(
         PushRequest(
             caller=caller,
@@ -213,7 +227,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 def _body() -> dict[str, Any]:
-    return parse_json_object(app.current_event.decoded_body, max_bytes=64 * 1024)
+    return parse_json_object(request_body(app.current_event.raw_event), max_bytes=64 * 1024)
 
 
 def _request_context() -> dict[str, Any]:

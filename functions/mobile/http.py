@@ -3,6 +3,8 @@ class, each with its status and `code`), JSON bodies in and out, gzip."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import zlib
@@ -100,6 +102,42 @@ def json_response(
 
 def error_response(error: ApiError) -> Response[Any]:
     return json_response(error.status, error.body(), error.headers)
+
+
+def request_body(event: Mapping[str, Any]) -> str | None:
+    """The body of an API Gateway event as text (None without one), or BadRequest. API
+    Gateway passes a body that is not UTF-8 base64-encoded (`isBase64Encoded`); every route
+    takes JSON, which is UTF-8 text, so such a body is malformed whether or not the route
+    reads it, and so is base64 that does not decode."""
+    raw = event.get("body")
+    if raw is None:
+        return None
+    if not event.get("isBase64Encoded"):
+        text = str(raw)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # not from API Gateway, which sends UTF-8 only
+            where = f"U+{ord(text[exc.start]):04X} at character {exc.start}"
+            raise _not_utf8(f"an unpaired surrogate {where}") from None
+        return text
+    try:
+        body = base64.b64decode(str(raw), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(
+            "The request body is flagged base64 but is not valid base64.", field="body"
+        ) from None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(
+            f"{exc.reason}: byte 0x{body[exc.start]:02X} at offset {exc.start}"
+        ) from None
+
+
+def _not_utf8(what: str) -> BadRequest:
+    return BadRequest(
+        f"The request body is not UTF-8 text ({what}).", field="body", rule="must be UTF-8 text"
+    )
 
 
 def parse_json_object(raw: str | None, *, max_bytes: int | None = None) -> dict[str, Any]:

@@ -121,14 +121,27 @@ def _writing(info: Info) -> RequestContext:
 
 
 @contextmanager
-def _transaction(context: RequestContext) -> Iterator[UnitOfWork]:
+def _transaction(info: Info) -> Iterator[UnitOfWork]:
     """The mutation's unit of work; the request counts its commit (see api._idempotent), and
     its idempotency record learns of it inside the transaction, so that a retry after a COMMIT
-    whose outcome is unknown, or after this Lambda died, finds out whether it was applied."""
-    with UnitOfWork() as uow:
-        yield uow
-        idempotency.mark_applied(uow)
+    whose outcome is unknown, or after this Lambda died, finds out whether it was applied.
+    What `_writes` named inside it stays in `context.applied` only once it has committed."""
+    context = context_of(info)
+    root = str(info.path.key)
+    try:
+        with UnitOfWork() as uow:
+            yield uow
+            idempotency.mark_applied(uow)
+    except BaseException:
+        context.applied.pop(root, None)
+        raise
     context.committed_writes += 1
+
+
+def _writes(info: Info, subject: str) -> None:
+    """Names what this root field writes (an id, a code, a user name), for the error of a
+    write that commits but whose answer cannot be completed (engine.run)."""
+    context_of(info).applied[str(info.path.key)] = subject
 
 
 @mutation.field("createProject")
@@ -136,7 +149,7 @@ def resolve_create_project(_: Any, info: Info, input: dict[str, Any]) -> Row:
     context = _writing(info)
     context.actor.require("editor", "admin")
     values = project_changes(input)
-    with database_rules(values), _transaction(context) as uow:
+    with database_rules(values), _transaction(info) as uow:
         columns = [f for f in PROJECT_FIELDS if f in values]
         row = uow.one(
             f"INSERT INTO projects AS p (id, {', '.join(columns)}) VALUES (gen_random_uuid(), "
@@ -145,6 +158,7 @@ def resolve_create_project(_: Any, info: Info, input: dict[str, Any]) -> Row:
             **{c: values[c] for c in columns},
         )
         assert row is not None
+        _writes(info, str(row["id"]))
         emit(uow, context, "projects", "created", row)
     return mark_siblings([row])[0]
 
@@ -164,12 +178,13 @@ def resolve_update_project(
     if not values:
         raise BadUserInput("input", "give at least one field to change")
     expected = check_expected_version(expected_version)
-    with database_rules(values), _transaction(context) as uow:
+    with database_rules(values), _transaction(info) as uow:
         written = repository.update_row(
             uow, PROJECTS, project_id, _assignments(values, _PROJECT_CASTS), values, expected
         )
         if written is None:
             raise _missing_or_stale(uow, PROJECTS, "Project", project_id, expected)
+        _writes(info, project_id)
         row, old = written
         changes = _changed(old, row)
         if changes:  # else nothing changed: same version, no event
@@ -188,10 +203,11 @@ def resolve_delete_project(
     context.actor.require("editor", "admin")
     project_id = check_project_id(id)
     expected = check_expected_version(expected_version)
-    with _transaction(context) as uow:
+    with _transaction(info) as uow:
         deleted = repository.delete_row(uow, PROJECTS, project_id, expected)
         if deleted is None:
             raise _missing_or_stale(uow, PROJECTS, "Project", project_id, expected)
+        _writes(info, project_id)
         emit(uow, context, "projects", "deleted", deleted)
     return {"id": project_id}
 
@@ -204,7 +220,7 @@ def resolve_create_country(_: Any, info: Info, input: dict[str, Any]) -> Row:
     values = country_changes(input, context.region_codes)
     if values.get("covenant_status", "pending") != "pending":
         values.setdefault("joined_at", datetime.now(UTC))
-    with database_rules(values), _transaction(context) as uow:
+    with database_rules(values), _transaction(info) as uow:
         columns = [f for f in COUNTRY_FIELDS if f in values]
         row = uow.one(
             f"INSERT INTO countries AS c (code, {', '.join(columns)}) "
@@ -215,6 +231,7 @@ def resolve_create_country(_: Any, info: Info, input: dict[str, Any]) -> Row:
             **{c: values[c] for c in columns},
         )
         assert row is not None
+        _writes(info, code)
         emit(uow, context, "countries", "created", row)
     return mark_siblings([row])[0]
 
@@ -238,10 +255,11 @@ def resolve_update_country(
     if values.get("covenant_status", "pending") != "pending" and "joined_at" not in values:
         # A country that becomes a member joins now, unless it joined before.
         assignments["joined_at"] = "COALESCE(old.joined_at, now())"
-    with database_rules(values), _transaction(context) as uow:
+    with database_rules(values), _transaction(info) as uow:
         written = repository.update_row(uow, COUNTRIES, key, assignments, values, expected)
         if written is None:
             raise _missing_or_stale(uow, COUNTRIES, "Country", key, expected)
+        _writes(info, key)
         row, old = written
         changes = _changed(old, row)
         if "region" in changes:
@@ -324,12 +342,13 @@ def resolve_set_user_role(_: Any, info: Info, input: dict[str, Any]) -> dict[str
     try:
         # The audit event is written first but commits only once Cognito has made the change:
         # a failed call rolls it back, so no event ever records a change that did not happen.
-        with _transaction(context) as uow:
+        with _transaction(info) as uow:
             uow.run(
                 "SELECT pg_advisory_xact_lock(CAST(:space AS integer), hashtext(:sub))",
                 space=_ROLE_LOCK_SPACE,
                 sub=user.sub,
             )
+            _writes(info, user.username)
             before = users.roles_of(directory, user)
             if before == {role}:
                 return _role_change(user, role, before, changed=False)

@@ -167,17 +167,19 @@ def test_eleven_aliased_mutations_are_refused_before_anything_runs(gql) -> None:
     assert rows == []
 
 
-def _ran(reply: Reply) -> None:
-    """The mutation was accepted and ran: its first delete answered NOT_FOUND (a failed
-    non-null root field ends a mutation: the fields after it do not run) and wrote nothing."""
+def _ran(reply: Reply, fields: int) -> None:
+    """The mutation was accepted and ran: every one of its `fields` deletes ran (a failed
+    root field nulls only itself), answered NOT_FOUND and wrote nothing."""
     assert reply.status == 200, reply.body
-    assert reply.codes == ["NOT_FOUND"]
+    assert reply.codes == ["NOT_FOUND"] * fields
+    results = {k: v for k, v in (reply.data or {}).items() if k != "__typename"}
+    assert len(results) == fields and set(results.values()) == {None}
     assert any("projects" in s for s in reply.statements)
     assert _writes(reply.statements) == []
 
 
 def test_ten_mutations_run(gql) -> None:
-    _ran(gql(f"mutation {{ {_deletes(10)} }}", claims=EDITOR))
+    _ran(gql(f"mutation {{ {_deletes(10)} }}", claims=EDITOR), 10)
 
 
 def test_fragments_cannot_hide_mutations(gql) -> None:
@@ -190,7 +192,7 @@ def test_fragments_cannot_hide_mutations(gql) -> None:
     assert reply.status == 400
     assert reply.body == _too_many(4, 3)  # `__typename` runs nothing and does not count
     assert reply.statements == []
-    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_MUTATIONS": "4"}))
+    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_MUTATIONS": "4"}), 4)
 
 
 def test_the_mutation_limit_comes_from_the_environment(gql) -> None:
@@ -199,7 +201,7 @@ def test_the_mutation_limit_comes_from_the_environment(gql) -> None:
     assert reply.status == 400
     assert reply.body == _too_many(3, 2)
     assert reply.statements == []
-    _ran(gql(f"mutation {{ {_deletes(2)} }}", claims=EDITOR, environment=limit))
+    _ran(gql(f"mutation {{ {_deletes(2)} }}", claims=EDITOR, environment=limit), 2)
 
 
 def test_only_the_operation_that_runs_counts(gql) -> None:
@@ -208,7 +210,7 @@ def test_only_the_operation_that_runs_counts(gql) -> None:
         f"mutation Many {{ {_deletes(3)} }} mutation Few {{ {_deletes(1)} }}"
     )
     limit = {"GRAPHQL_MAX_MUTATIONS": "2"}
-    _ran(gql(document, operation_name="Few", claims=EDITOR, environment=limit))
+    _ran(gql(document, operation_name="Few", claims=EDITOR, environment=limit), 1)
     assert gql(document, operation_name="Read", environment=limit).status == 200
     many = gql(document, operation_name="Many", claims=EDITOR, environment=limit)
     assert many.status == 400
@@ -317,7 +319,7 @@ def test_a_mutation_over_the_statement_limit_writes_nothing(gql) -> None:
     assert reply.status == 400
     assert reply.body == _too_many_statements(22, 21)
     assert reply.statements == []
-    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "22"}))
+    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "22"}), 4)
 
 
 def test_fragments_and_aliases_are_counted_as_execution_resolves_them() -> None:

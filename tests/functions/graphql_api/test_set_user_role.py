@@ -217,7 +217,7 @@ def test_only_admins_change_roles(gql, pool, claims, code) -> None:
         environment={"COGNITO_USER_POOL_ID": pool.pool_id},
     )
     assert reply.codes == [code]
-    assert reply.data is None
+    assert reply.data == {"setUserRole": None}
     assert pool.roles("pen@covenant.test") == ["editor"]
     assert _audit_events(pool.subs["pen@covenant.test"]) == []
 

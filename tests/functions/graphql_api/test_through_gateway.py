@@ -19,6 +19,8 @@ from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
 from devstack.processes import free_port
 
+from ..mangled import NOT_UTF8, send_raw
+
 CREATE = (
     'mutation { createProject(input: {name: "Gateway Path Probe", sectorId: "health", '
     'countryCode: "NZL", budgetUsd: 2500000}) { id region { code } } }'
@@ -110,6 +112,24 @@ def test_a_forged_token_never_reaches_the_function(gateway, cognito) -> None:
     assert (status, body) == (401, {"message": "Unauthorized"})
     status, body = _post(gateway, "{ sectors { id } }", "not-a-jwt")
     assert (status, body) == (401, {"message": "Unauthorized"})
+
+
+@pytest.mark.parametrize("method", ["POST", "GET", "OPTIONS"])
+def test_a_body_that_is_not_utf8_gets_a_400_through_the_gateway(gateway, method) -> None:
+    """The gateway passes it base64-encoded, as API Gateway does; the function answers 400
+    (it used to be no answer at all: the gateway could not decode it)."""
+    for name, raw in NOT_UTF8.items():
+        for content_type in ("application/json", "application/octet-stream"):
+            status, _, body = send_raw(
+                f"{gateway.url}/ams/graphql?query=%7B%20sectors%20%7B%20id%20%7D%20%7D",
+                method,
+                raw,
+                {"Content-Type": content_type, "Accept": "application/graphql-response+json"},
+            )
+            assert status == 400, (name, content_type, body)
+            (error,) = body["errors"]
+            assert error["message"].startswith("The body is not UTF-8 text ("), (name, error)
+            assert error["extensions"] == {"code": "BAD_USER_INPUT"}
 
 
 # In AWS the GraphQL route has no authorizer (anonymous reads are allowed): the function itself
