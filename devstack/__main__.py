@@ -86,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
             applied = migrate()
             result = seed()
-            print(f"applied {len(applied)} migration(s); seed: {result}")
+            # The seed is idempotent: these are the data set's sizes, in place after the run,
+            # not rows inserted by it.
+            print(
+                f"applied {len(applied)} migration(s); seed data in place: {result.regions} "
+                f"regions, {result.sectors} sectors, {result.countries} countries, "
+                f"{result.projects} seed projects (rows already there are left as they are)"
+            )
     except (DevStackError, RegionTableError, DatabaseUnavailable, MigrationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -35,6 +35,21 @@ def require_free_port(port: int, what: str, variable: str) -> None:
         )
 
 
+def require_free_ports(wanted: list[tuple[int, str, str]]) -> None:
+    """Every (port, what, variable) must be free; one error names all that are not."""
+    busy = [(port, what, variable) for port, what, variable in wanted if port_in_use(port)]
+    if not busy:
+        return
+    lines = [
+        f"port {port} ({what}) is already in use: choose another with {variable}=..."
+        for port, what, variable in busy
+    ]
+    ports = ",".join(f":{port}" for port, _, _ in busy)
+    raise DevStackError(
+        "\n".join(lines) + f"\nor stop whatever listens there (`ss -ltnp` shows it: {ports})"
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

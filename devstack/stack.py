@@ -39,7 +39,7 @@ from devstack.hop import round_trip_ms, rtt_enabled
 from devstack.jwt_auth import JwtVerifier
 from devstack.nats import NatsServer
 from devstack.postgres import PostgresCluster
-from devstack.processes import require_free_port, wait_until
+from devstack.processes import require_free_ports, wait_until
 from devstack.runtime import (
     FunctionConfig,
     LambdaRuntime,
@@ -90,8 +90,8 @@ class StackOptions:
         return cls(
             data_dir=data_dir or data_dir_from_env(),
             port=port or number("COVENANT_PORT", 8000),
-            pg_port=number("COVENANT_PG_PORT", 55432),
-            pg_replica_port=number("COVENANT_PG_REPLICA_PORT", 55433),
+            pg_port=number("COVENANT_PG_PORT", 15432),
+            pg_replica_port=number("COVENANT_PG_REPLICA_PORT", 15433),
             nats_port=number("COVENANT_NATS_PORT", 4222),
             nats_monitor_port=number("COVENANT_NATS_MONITOR_PORT", 8222),
             database_url=os.environ.get("DATABASE_URL") or None,
@@ -202,15 +202,21 @@ class DevStack:
             )
 
     def check_ports(self) -> None:
+        """Every port the stack will listen on is free, else one error names each busy one."""
         o = self.options
-        require_free_port(o.port, "the gateway", "COVENANT_PORT")
+        wanted = [(o.port, "the gateway", "COVENANT_PORT")]
         if o.database_url is None:
-            require_free_port(o.pg_port, "PostgreSQL primary", "COVENANT_PG_PORT")
-            require_free_port(o.pg_replica_port, "PostgreSQL replica", "COVENANT_PG_REPLICA_PORT")
+            wanted += [
+                (o.pg_port, "PostgreSQL primary", "COVENANT_PG_PORT"),
+                (o.pg_replica_port, "PostgreSQL replica", "COVENANT_PG_REPLICA_PORT"),
+            ]
         if o.nats_url is None:
-            require_free_port(o.nats_port, "nats-server", "COVENANT_NATS_PORT")
-            require_free_port(o.nats_monitor_port, "nats monitoring", "COVENANT_NATS_MONITOR_PORT")
-        require_free_port(o.moto_port, "moto (Cognito, SQS)", "COVENANT_MOTO_PORT")
+            wanted += [
+                (o.nats_port, "nats-server", "COVENANT_NATS_PORT"),
+                (o.nats_monitor_port, "nats monitoring", "COVENANT_NATS_MONITOR_PORT"),
+            ]
+        wanted.append((o.moto_port, "moto (Cognito, SQS)", "COVENANT_MOTO_PORT"))
+        require_free_ports(wanted)
 
     def start(self) -> None:
         o = self.options

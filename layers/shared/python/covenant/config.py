@@ -17,7 +17,7 @@ from covenant.regions import primary_region
 
 _overlay: ContextVar[Mapping[str, str] | None] = ContextVar("covenant_env_overlay", default=None)
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/covenant"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/covenant"
 
 
 def env(name: str, default: str | None = None) -> str | None:
