@@ -16,8 +16,11 @@ os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 
 
 def main() -> None:
+    from bench.cli import start
+    from bench.query_mix import __doc__ as described
     from bench.query_mix import main as run
 
+    start("python -m bench.graphql", described)
     run()
 
 

@@ -300,6 +300,9 @@ def _plan(target: Target, since: int) -> tuple[float, str]:
 
 
 def main() -> None:
+    from bench.cli import start
+
+    start("python -m bench.sync", __doc__)
     say("Sync benchmark: GET /sync through the mobile handler, reading the streaming replica")
     say(f"  loading {SMALL:,} and {LARGE:,} projects (two databases, one cluster) ...")
     with cluster() as (small, large):
