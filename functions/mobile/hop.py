@@ -19,6 +19,7 @@ from typing import Any
 from covenant import handoff
 from covenant.config import settings
 from covenant.handoff import HopFailed
+from mobile.http import ApiError, request_body
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,19 @@ def dispatch_first(event: dict[str, Any]) -> dict[str, Any] | None:
     if origin is not None and not handoff.is_primary():
         return primary_moved(event)
     key = route_key(event)
-    if key in WRITE_ROUTES and handoff.must_hand_off(event):
+    if key in WRITE_ROUTES and handoff.must_hand_off(event) and _readable(event):
         return relay(event, key)
     return None
+
+
+def _readable(event: dict[str, Any]) -> bool:
+    """A body that is not UTF-8 text is refused here (400, by the route's own check) rather
+    than sent across the ocean to be refused there."""
+    try:
+        request_body(event)
+    except ApiError:
+        return False
+    return True
 
 
 def relay(event: dict[str, Any], reason: str) -> dict[str, Any]:

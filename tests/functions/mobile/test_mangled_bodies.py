@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 
-from covenant.regions import get_region
-from devstack.functions import get_function, invoke
-
 from ..mangled import MALFORMED_TEXT, NOT_UTF8, assert_not_utf8
-from .conftest import Reply, decode_reply, gateway_claims, make_event, seeded
+from .conftest import Reply, decode_reply, gateway_claims, invoke_mobile, make_event, seeded
 
 ROUTES = [
     ("GET", "/health"),
@@ -35,7 +32,18 @@ def editor(cognito) -> dict[str, Any]:
     return gateway_claims(cognito.login(user.email, user.password)["AccessToken"])
 
 
-def _send(endpoints, editor, method: str, path: str, raw: bytes) -> Reply:
+@pytest.fixture
+def call(endpoints, primary_lambda):
+    """The ams mobile function, which hands its writes to the primary's function (served by
+    the tests' Lambda stand-in)."""
+
+    def run(event: dict[str, Any]) -> Reply:
+        return decode_reply(invoke_mobile(primary_lambda, endpoints, event))
+
+    return run
+
+
+def _send(call, editor, method: str, path: str, raw: bytes) -> Reply:
     event = make_event(
         method,
         path,
@@ -45,17 +53,15 @@ def _send(endpoints, editor, method: str, path: str, raw: bytes) -> Reply:
     )
     event["body"] = base64.b64encode(raw).decode()
     event["isBase64Encoded"] = True
-    return decode_reply(invoke(get_function("mobile"), get_region("ams"), event, endpoints))
+    return call(event)
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 @pytest.mark.parametrize("name", list(NOT_UTF8))
-def test_a_body_that_is_not_utf8_is_400_on_every_route(
-    endpoints, editor, method, path, name
-) -> None:
+def test_a_body_that_is_not_utf8_is_400_on_every_route(call, editor, method, path, name) -> None:
     raw = NOT_UTF8[name]
     assert_not_utf8(raw)
-    reply = _send(endpoints, editor, method, path, raw)
+    reply = _send(call, editor, method, path, raw)
     assert reply.status == 400, reply.body
     assert reply.body["code"] == "BAD_USER_INPUT"
     assert reply.body["field"] == "body"
@@ -71,17 +77,17 @@ def test_a_body_that_is_not_utf8_is_400_on_every_route(
         ('{"email": "€'.encode()[:-1], "unexpected end of data: byte 0xE2 at offset 11"),
     ],
 )
-def test_the_400_says_which_byte_is_wrong(endpoints, editor, raw, why) -> None:
-    reply = _send(endpoints, editor, "POST", "/auth/login", raw)
+def test_the_400_says_which_byte_is_wrong(call, editor, raw, why) -> None:
+    reply = _send(call, editor, "POST", "/auth/login", raw)
     assert reply.body["message"] == f"The request body is not UTF-8 text ({why})."
 
 
 @pytest.mark.parametrize(("method", "path"), [r for r in ROUTES if r[1] != "/auth/logout"])
 @pytest.mark.parametrize("name", list(MALFORMED_TEXT))
-def test_utf8_that_is_no_request_is_never_5xx(endpoints, editor, method, path, name) -> None:
+def test_utf8_that_is_no_request_is_never_5xx(call, editor, method, path, name) -> None:
     """Routes that read a body refuse it with 400; the others (sign-out aside: it would end the
     editor's session) ignore it, as they ignore any body."""
-    reply = _send(endpoints, editor, method, path, MALFORMED_TEXT[name])
+    reply = _send(call, editor, method, path, MALFORMED_TEXT[name])
     if path in READS_A_BODY or f"{method} {path}" in READS_A_BODY:
         assert reply.status == 400, reply.body
         assert reply.body["code"] == "BAD_USER_INPUT"
@@ -89,11 +95,11 @@ def test_utf8_that_is_no_request_is_never_5xx(endpoints, editor, method, path, n
         assert reply.status == 200, reply.body
 
 
-def test_base64_that_does_not_decode_is_400(endpoints) -> None:
+def test_base64_that_does_not_decode_is_400(call) -> None:
     event = make_event("POST", "/auth/login", body="{}")
     event["body"] = "not base64!"
     event["isBase64Encoded"] = True
-    reply = decode_reply(invoke(get_function("mobile"), get_region("ams"), event, endpoints))
+    reply = call(event)
     assert reply.status == 400
     assert reply.body == {
         "code": "BAD_USER_INPUT",
@@ -102,9 +108,9 @@ def test_base64_that_does_not_decode_is_400(endpoints) -> None:
     }
 
 
-def test_a_body_string_holding_a_lone_surrogate_is_400(endpoints) -> None:
+def test_a_body_string_holding_a_lone_surrogate_is_400(call) -> None:
     event = make_event("POST", "/auth/login", body='{"email": "\ud800"}')
-    reply = decode_reply(invoke(get_function("mobile"), get_region("ams"), event, endpoints))
+    reply = call(event)
     assert reply.status == 400
     assert reply.body["message"] == (
         "The request body is not UTF-8 text (an unpaired surrogate U+D800 at character 11)."
