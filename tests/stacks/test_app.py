@@ -304,7 +304,8 @@ def _role_statements(template: Template, role_prefix: str) -> list[dict[str, Any
 
 
 # What functions/mobile/auth/cognito.py and functions/graphql_api/users.py call with IAM
-# credentials (InitiateAuth and GlobalSignOut are authorized by the user's own token).
+# credentials (InitiateAuth, GetTokensFromRefreshToken and GlobalSignOut are authorized by
+# the client secret or the user's own token).
 COGNITO_CALLS = {
     "Mobile": {
         "cognito-idp:AdminCreateUser",
@@ -315,6 +316,8 @@ COGNITO_CALLS = {
         "cognito-idp:AdminListGroupsForUser",
         "cognito-idp:AdminUserGlobalSignOut",
         "cognito-idp:DescribeUserPool",
+        # the app client's secret, read at the first sign-in (never in a template)
+        "cognito-idp:DescribeUserPoolClient",
     },
     "Graphql": {
         "cognito-idp:AdminGetUser",
@@ -393,9 +396,32 @@ def test_user_pool_with_roles_password_policy_and_the_mobile_client(templates) -
         "ALLOW_USER_PASSWORD_AUTH",
         "ALLOW_REFRESH_TOKEN_AUTH",
     }
-    assert client["GenerateSecret"] is False
     assert client["PreventUserExistenceErrors"] == "ENABLED"
     assert client["EnableTokenRevocation"] is True
+
+
+def test_the_mobile_client_is_confidential_and_propagates_the_callers_context(
+    templates,
+) -> None:
+    """Cognito takes UserContextData (the caller's address for threat protection) only from
+    a client with a secret and EnablePropagateAdditionalUserContextData."""
+    template = templates[f"Covenant-{PRIMARY.code}-Auth"]
+    client = _only(template, "AWS::Cognito::UserPoolClient")["Properties"]
+    assert client["GenerateSecret"] is True
+    assert client["EnablePropagateAdditionalUserContextData"] is True
+    # Refresh goes through GetTokensFromRefreshToken, which needs rotation off or on alike;
+    # rotation stays off (the app keeps its refresh token).
+    assert client.get("RefreshTokenRotation", {"Feature": "DISABLED"})["Feature"] == "DISABLED"
+
+
+def test_no_template_carries_the_client_secret(templates) -> None:
+    """The secret is read by the mobile function from Cognito at run time: no template
+    reads it (CDK's userPoolClientSecret is a custom resource whose answer CloudFormation
+    would hold), passes it on, or outputs it."""
+    for name, template in templates.items():
+        text = json.dumps(template.to_json())
+        assert "ClientSecret" not in text, name
+        assert "DescribeUserPoolClient" not in text or name.endswith("-Api"), name
 
 
 # -- events -------------------------------------------------------------------------------------
