@@ -20,7 +20,6 @@ from stacks.auth import AuthStack
 from stacks.capacity import check_connection_budget
 from stacks.database import DataStack
 from stacks.events import BridgeStack, EventsStack
-from stacks.layers import warn_if_database_unverified
 from stacks.monitoring import EventsMonitoring, MonitoringStack
 from stacks.nag import enable_nag
 from stacks.network import NetworkStack
@@ -76,7 +75,6 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
         description="Covenant Cognito user pool",
     )
     primary_data = data[primary.code]
-    warn_if_database_unverified(primary_data, settings.database.ca_bundle)
     events = EventsStack(
         app,
         f"Covenant-{primary.code}-Events",

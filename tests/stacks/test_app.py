@@ -13,7 +13,7 @@ from covenant.streams import DAY_S, STREAMS
 from covenant.topology import load_functions
 from stacks.events import BRIDGE_NATS_PERMISSIONS
 from stacks.layers import build_dependencies, locked_versions, runtime_requirements
-from stacks.settings import DATABASE_CA_FILE
+from stacks.settings import DATABASE_CA_PARAMETER_PATH
 
 from .conftest import DOMAIN, resources
 
@@ -21,7 +21,7 @@ REGIONS = load_regions()
 PRIMARY = next(r for r in REGIONS if r.primary)
 SECONDARIES = [r for r in REGIONS if not r.primary]
 CODES = [r.code for r in REGIONS]
-VERIFIED_TLS = f"sslmode=verify-full&sslrootcert={DATABASE_CA_FILE}"
+VERIFIED_TLS = f"sslmode=verify-full&sslrootcert=ssm:{DATABASE_CA_PARAMETER_PATH}"
 
 
 def _only(template: Template, kind: str, **match: Any) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     env = migrator["Environment"]["Variables"]
     assert env["DATABASE_LOGIN_USERS"] == "covenant_graphql,covenant_mobile,covenant_bridge"
     assert env["DATABASE_TLS"] == VERIFIED_TLS
-    assert len(migrator["Layers"]) == 3
+    assert len(migrator["Layers"]) == 2  # dependencies, shared code (the CA is in SSM)
     assert "VpcConfig" in migrator
 
 
@@ -268,7 +268,7 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         assert fn["Runtime"] == "python3.14"
         assert fn["Architectures"] == ["arm64"]
         assert fn["TracingConfig"] == {"Mode": "Active"}
-        assert len(fn["Layers"]) == 3  # dependencies, shared code, database CA bundle
+        assert len(fn["Layers"]) == 2  # dependencies, shared code (the database CA is in SSM)
         assert fn["VpcConfig"]["SubnetIds"] and fn["VpcConfig"]["SecurityGroupIds"]
         env = fn["Environment"]["Variables"]
         assert env["COVENANT_REGION"] == code
