@@ -53,7 +53,7 @@ def budgets(settings: AppSettings) -> list[InstanceBudget]:
         if value is None:
             role = "primary" if primary else "secondary"
             raise SettingsError(
-                f"covenant:deploy.{name} has no reservedConcurrency for the {role}: its "
+                f"covenant:deploy.{name}.reservedConcurrency has no {role} value: its "
                 "database connections would be unbounded (docs/deploy.md, Connections)"
             )
         return value

@@ -186,21 +186,23 @@ class EventsSettings:
         return settings
 
 
-def _concurrency(name: str, raw: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """`reservedConcurrency`: a number, in the primary region and (unless
-    `secondaryReservedConcurrency` says otherwise) in every secondary. By the region's role, so
-    a failover, which moves the `primary` flag, moves the budgets with it. Both are plain
-    numbers: the local runtime (devstack/runtime.py) reads `reservedConcurrency` as one."""
-    primary, secondary = raw.get("reservedConcurrency"), raw.get("secondaryReservedConcurrency")
-    for key, value in (
-        ("reservedConcurrency", primary),
-        ("secondaryReservedConcurrency", secondary),
-    ):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise SettingsError(f"covenant:deploy.{name}.{key} must be a whole number")
-    if secondary is None:
-        secondary = primary
-    return primary, secondary
+def _concurrency(name: str, raw: Any) -> tuple[int | None, int | None]:
+    """reservedConcurrency: a number (every region), or {"primary": n, "secondary": m} (by the
+    region's role, so a failover, which moves the `primary` flag, moves the budgets with it)."""
+    if raw is None:
+        return None, None
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - {"primary", "secondary"}
+        if unknown:
+            raise SettingsError(
+                f"covenant:deploy.{name}.reservedConcurrency: unknown keys {sorted(unknown)}"
+            )
+        primary, secondary = raw.get("primary"), raw.get("secondary")
+        return (
+            None if primary is None else int(primary),
+            None if secondary is None else int(secondary),
+        )
+    return int(raw), int(raw)
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ class DeploySettings:
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> DeploySettings:
-        primary, secondary = _concurrency(name, raw)
+        primary, secondary = _concurrency(name, raw.get("reservedConcurrency"))
         settings = cls(
             memory_mb=int(raw.get("memoryMb", 512)),
             timeout_s=int(raw.get("timeoutS", 15)),

@@ -51,10 +51,9 @@ def test_every_database_function_has_the_reserved_concurrency_of_its_region_role
 ) -> None:
     deploy = cdk_context()["covenant:deploy"]
     template = templates[f"Covenant-{region.code}-Api"]
+    role = "primary" if region.primary else "secondary"
     for name, handler in API_FUNCTIONS.items():
-        expected = deploy[name]["reservedConcurrency"]
-        if not region.primary:
-            expected = deploy[name].get("secondaryReservedConcurrency", expected)
+        expected = deploy[name]["reservedConcurrency"][role]
         assert _function(template, handler)["ReservedConcurrentExecutions"] == expected, name
 
 
@@ -64,34 +63,14 @@ def test_a_budget_an_instance_cannot_hold_stops_the_synth() -> None:
         **context["covenant:deploy"],
         "graphql": {
             **context["covenant:deploy"]["graphql"],
-            "reservedConcurrency": 900,
-            "secondaryReservedConcurrency": 600,
+            "reservedConcurrency": {"primary": 900, "secondary": 600},
         },
     }
     with pytest.raises(SettingsError, match="primary writer: graphql 900 \\+ mobile 300"):
         check_connection_budget(_settings(context))
     context["covenant:deploy"]["graphql"]["reservedConcurrency"] = None
-    context["covenant:deploy"]["graphql"]["secondaryReservedConcurrency"] = None
     with pytest.raises(SettingsError, match="unbounded"):
         check_connection_budget(_settings(context))
-
-
-def test_the_local_runtime_reads_the_same_concurrencies() -> None:
-    """devstack/runtime.py (`make dev`, the gateway tests) reads `reservedConcurrency` of
-    cdk.json as one number: a per-role mapping there stopped every local start."""
-    from devstack.runtime import function_configs
-
-    configs = function_configs()
-    settings = _settings()
-    for name in API_FUNCTIONS:
-        assert (
-            configs[name].reserved_concurrency
-            == settings.deploy_settings(name).reserved_concurrency_primary
-        )
-    with pytest.raises(SettingsError, match="whole number"):
-        context = cdk_context()
-        context["covenant:deploy"]["graphql"]["reservedConcurrency"] = {"primary": 1}
-        _settings(context).deploy_settings("graphql")
 
 
 @pytest.mark.parametrize("region", SECONDARIES, ids=lambda r: r.code)

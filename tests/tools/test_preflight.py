@@ -81,8 +81,10 @@ def test_a_region_without_bootstrap_or_with_an_old_one_fails() -> None:
 @mock_aws
 def test_a_context_whose_budget_does_not_fit_fails_before_any_call() -> None:
     context = cdk_context()
-    context["covenant:deploy"]["mobile"]["reservedConcurrency"] = 900
-    context["covenant:deploy"]["mobile"]["secondaryReservedConcurrency"] = 300
+    context["covenant:deploy"]["mobile"]["reservedConcurrency"] = {
+        "primary": 900,
+        "secondary": 300,
+    }
     [check] = run(context)
     assert check.name == "context" and not check.ok
     assert "primary writer" in check.detail
