@@ -244,9 +244,14 @@ class Gateway:
         configs = dict(functions) if functions is not None else function_configs()
         self.functions = {name: config.spec for name, config in configs.items()}
         shared = dict(endpoints or {})
-        # Secondary region code -> round-trip ms to the primary: with hops, secondaries have
-        # no writer and hand writes to the primary through devstack.hop (docs/deploy.md).
-        self.hop_rtts = dict(hops or {})
+        # Every secondary region has no writer and hands writes to the primary through a hop
+        # of its own (devstack.hop; docs/deploy.md), with `hops[code]` ms of round-trip time
+        # (0 unless given: the tests' default; `make dev` gives the table's).
+        self.hop_rtts = {
+            code: float((hops or {}).get(code, 0.0))
+            for code, region in self.regions.items()
+            if not region.primary
+        }
         self.hops: dict[str, LatencyProxy] = {}
         self.runtime = runtime or LambdaRuntime(
             configs,

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from covenant.regions import Region, cdk_context
 from devstack.errors import DevStackError
@@ -62,6 +62,9 @@ class LatencyProxy:
         self.rtt_s = rtt_ms / 1000
         self.port = port
         self.connections = 0
+        # Request/answer turns: data from the client after an answer (or first) is one more
+        # round trip on the hop; what a benchmark counts per operation.
+        self.round_trips = 0
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -93,9 +96,19 @@ class LatencyProxy:
         # The client can send its first request once both handshakes are done; it arrives
         # half a round trip later.
         opened = time.monotonic() + HANDSHAKE_ROUND_TRIPS * self.rtt_s + one_way
+        turn = {"answered": True}
+
+        def sent() -> None:
+            if turn["answered"]:
+                self.round_trips += 1
+                turn["answered"] = False
+
+        def answered() -> None:
+            turn["answered"] = True
+
         tasks = [
-            asyncio.create_task(self._pump(reader, upstream_writer, one_way, opened)),
-            asyncio.create_task(self._pump(upstream_reader, writer, one_way, 0.0)),
+            asyncio.create_task(self._pump(reader, upstream_writer, one_way, opened, sent)),
+            asyncio.create_task(self._pump(upstream_reader, writer, one_way, 0.0, answered)),
         ]
         self._tasks.update(tasks)
         try:
@@ -111,6 +124,7 @@ class LatencyProxy:
         sink: asyncio.StreamWriter,
         delay_s: float,
         not_before: float,
+        on_data: Callable[[], None],
     ) -> None:
         """Copies `source` to `sink`, each chunk `delay_s` after it arrived (and none before
         `not_before`), in order."""
@@ -139,6 +153,8 @@ class LatencyProxy:
         try:
             while True:
                 chunk = await source.read(65536)
+                if chunk:
+                    on_data()
                 queue.append((max(time.monotonic() + delay_s, not_before), chunk))
                 arrived.set()
                 if not chunk:

@@ -11,7 +11,7 @@ from typing import Any
 
 from covenant.regions import get_region, primary_region
 from devstack.errors import DevStackError
-from devstack.functions import function_environment, get_function
+from devstack.functions import get_function, region_environment
 from devstack.runtime import FunctionFailed, function_configs, invoke_once
 from devstack.stack import data_dir_from_env, read_state
 
@@ -58,7 +58,14 @@ def invoke_file(function_name: str, event_path: Path, region_code: str | None) -
     config = function_configs()[function.name]
     # Like `sam local invoke`: what the function prints (its JSON log lines, EMF metrics) goes
     # to stderr, so stdout holds the response alone and can be piped into jq.
-    result = invoke_once(config, region, event, function_environment(function, region, endpoints()))
+    found = endpoints()
+    # A secondary reaches the primary through its hop: the running stack's, or the Lambda
+    # endpoint the environment names.
+    hop_url = os.environ.get("AWS_ENDPOINT_URL_LAMBDA") or (read_state() or {}).get(
+        f"HOP_URL_{region.code}"
+    )
+    environment = region_environment(function, region, found, hop_url)
+    result = invoke_once(config, region, event, environment)
     answer = json.loads(result.payload)
     if result.function_error is not None:
         raise FunctionFailed(function.name, answer)

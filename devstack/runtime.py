@@ -75,12 +75,20 @@ class FunctionConfig:
     spec: FunctionSpec
     memory_mb: int = 512
     timeout_s: float = 15.0
-    reserved_concurrency: int | None = None
+    # One figure for every region, or {"primary": n, "secondary": m} as cdk.json sizes it.
+    reserved_concurrency: int | Mapping[str, int] | None = None
     code_path: tuple[str, ...] = ()  # extra import roots (tests' own handlers)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def reserved_in(self, region: Region) -> int | None:
+        reserved = self.reserved_concurrency
+        if isinstance(reserved, Mapping):
+            value = reserved.get("primary" if region.primary else "secondary")
+            return None if value is None else int(value)
+        return reserved
 
 
 def function_configs(
@@ -97,7 +105,13 @@ def function_configs(
             spec,
             memory_mb=int(raw.get("memoryMb", 512)),
             timeout_s=float(raw.get("timeoutS", 15)),
-            reserved_concurrency=None if reserved is None else int(reserved),
+            reserved_concurrency=(
+                {str(k): int(v) for k, v in reserved.items()}
+                if isinstance(reserved, dict)
+                else None
+                if reserved is None
+                else int(reserved)
+            ),
         )
     return configs
 
@@ -462,7 +476,7 @@ class LambdaRuntime:
             while True:
                 if self._closed:
                     raise InvokeRejected(503, "ServiceException", "the local runtime is stopping")
-                reserved = pool.config.reserved_concurrency
+                reserved = pool.config.reserved_in(pool.region)
                 if reserved is not None and pool.busy >= reserved:
                     pool.throttles += 1
                     raise InvokeRejected(
@@ -475,7 +489,7 @@ class LambdaRuntime:
                     pool.busy += 1
                     pool.invocations += 1
                     return environment, False
-                own_limit = reserved if reserved is not None else self.max_per_function
+                own_limit = min(reserved or self.max_per_function, self.max_per_function)
                 if pool.busy < own_limit:
                     if self._total >= self.max_total:
                         victim = self._oldest_idle()

@@ -33,8 +33,9 @@ from devstack.event_sources import (
     create_queues,
     sqs_client,
 )
-from devstack.functions import function_environment, get_function
+from devstack.functions import function_environment, get_function, region_environment
 from devstack.gateway import Gateway
+from devstack.hop import round_trip_ms, rtt_enabled
 from devstack.jwt_auth import JwtVerifier
 from devstack.nats import NatsServer
 from devstack.postgres import PostgresCluster
@@ -241,21 +242,45 @@ class DevStack:
         explorer_assets = self._explorer_assets()
         self.runtime = LambdaRuntime(function_configs(), self._function_environment)
         self.gateway = Gateway(
-            o.port, verifier=self.verifier, assets=explorer_assets, runtime=self.runtime
+            o.port,
+            verifier=self.verifier,
+            assets=explorer_assets,
+            runtime=self.runtime,
+            hops=self._hop_round_trips(),
         )
         self.gateway.serve_in_thread()
         self._start_bridge_triggers(queues)
         self._warm_up()
         state_file(o.data_dir).write_text(
             json.dumps(
-                {"pid": str(os.getpid()), "gateway_url": self.gateway.url, **self.endpoints}
+                {
+                    "pid": str(os.getpid()),
+                    "gateway_url": self.gateway.url,
+                    **self.endpoints,
+                    **{f"HOP_URL_{code}": proxy.url for code, proxy in self.gateway.hops.items()},
+                }
             ),
             encoding="utf-8",
         )
 
     def _function_environment(self, config: FunctionConfig, region: Region) -> dict[str, str]:
-        """A function's configuration in `region`, as the CDK app sets it."""
-        return function_environment(config.spec, region, self.endpoints)
+        """A function's configuration in `region`, as the CDK app sets it: a secondary has no
+        writer and reaches the primary's functions through its hop."""
+        assert self.gateway is not None
+        return region_environment(
+            config.spec, region, self.endpoints, self.gateway.hop_url(region.code)
+        )
+
+    @staticmethod
+    def _hop_round_trips() -> dict[str, float]:
+        """Each secondary's round-trip time to the primary, from cdk.json; 0 with
+        COVENANT_HOP_RTT=off."""
+        primary = primary_region()
+        return {
+            region.code: round_trip_ms(region, primary) if rtt_enabled() else 0.0
+            for region in load_regions()
+            if not region.primary
+        }
 
     def _warm_up(self) -> None:
         """Asks every region's /health once, as a client would: the stack is ready when all

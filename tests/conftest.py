@@ -19,6 +19,8 @@ from devstack.nats import NatsServer
 from devstack.postgres import PostgresCluster
 from devstack.processes import free_port, hand_over, service_user, wait_until
 
+from .handoff_fixture import primary_lambda  # noqa: F401 - the hop's primary, for every test
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

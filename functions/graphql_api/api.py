@@ -21,9 +21,10 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pg8000.exceptions import DatabaseError
 
-from covenant import idempotency
+from covenant import handoff, idempotency, position
 from covenant.config import env, settings
-from covenant.db import DatabaseUnavailable, reader, record_statements
+from covenant.db import DatabaseUnavailable, reader, record_statements, writer
+from covenant.handoff import HopFailed
 from covenant.idempotency import PostgresPersistenceLayer
 from covenant.project_rules import SECTOR_IDS
 from covenant.regions import load_regions
@@ -119,7 +120,10 @@ def _cors_headers(event: dict[str, Any], config: GraphQLSettings) -> dict[str, s
     return {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+        "Access-Control-Allow-Headers": (
+            f"Authorization, Content-Type, Idempotency-Key, {position.MIN_HEADER}"
+        ),
+        "Access-Control-Expose-Headers": position.HEADER,
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",
     }
@@ -158,13 +162,30 @@ def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> di
         return transport.response(
             error.status, refused, error.media_type, {**error.headers, **cors}
         )
-    status, body = _execute(event, context, request, config, request_id, metrics)
+    outcome = _execute(event, context, request, config, request_id, metrics)
+    if isinstance(outcome, Relayed):
+        metrics.add_metric(
+            "Latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000
+        )
+        return {**outcome.response, "headers": {**outcome.response.get("headers", {}), **cors}}
+    status, body = outcome
     _count_errors(metrics, body)
     metrics.add_metric("Latency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
     headers = {"Allow": "POST"} if status == 405 else {}
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    written_at = (body.get("extensions") or {}).get("position")
+    if isinstance(written_at, str):
+        headers[position.HEADER] = written_at
     return transport.response(status, body, request.media_type, {**headers, **cors})
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A whole proxy response that this function did not execute: the primary region's answer
+    to a request handed off to it, or the answer to a hop that failed."""
+
+    response: dict[str, Any]
 
 
 def _count_errors(metrics: Metrics, body: dict[str, Any]) -> None:
@@ -181,8 +202,11 @@ def _execute(
     config: GraphQLSettings,
     request_id: str,
     metrics: Metrics,
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, dict[str, Any]] | Relayed:
     schema = executable_schema()
+    origin = handoff.handed_off_from(event)
+    if origin is not None and not handoff.is_primary():
+        return _primary_moved(request, request_id)
     try:
         actor = actor_from_event(event)  # first, as API Gateway's authorizer would
     except InvalidToken as exc:
@@ -199,6 +223,23 @@ def _execute(
         return request_error_status, {"errors": failure.errors}
     if prepared.is_mutation and request.method == "GET":
         return 405, transport.error_body("Mutations need POST: GET may only run queries.")
+    read_primary = False
+    if prepared.is_mutation and handoff.must_hand_off(event):
+        return _hand_off(event, request, request_id, "mutation")
+    if not prepared.is_mutation:
+        try:
+            min_position = _min_position(request)
+        except position.BadPosition as bad:
+            metrics.add_metric("RequestErrors", MetricUnit.Count, 1)
+            return request_error_status, transport.error_body(str(bad), field=position.MIN_HEADER)
+        if min_position is not None:
+            # Handed off: the secondary already waited for its replica; the primary answers.
+            if origin is None and position.replica_has(min_position):
+                pass
+            elif handoff.must_hand_off(event):
+                return _hand_off(event, request, request_id, "position")
+            else:
+                read_primary = True
     if prepared.is_mutation and actor.authenticated:
         try:
             signed_out = _signed_out(actor)
@@ -211,15 +252,18 @@ def _execute(
     key = request.headers.get("idempotency-key")
     request_context = RequestContext(
         actor=actor,
-        region=settings().region,
+        region=origin or settings().region,  # where the client asked, as audit events say
         request_id=request_id,
         regions=load_regions(),
         writes=prepared.is_mutation,
+        read_primary=read_primary,
     )
 
     def execute() -> dict[str, Any]:
         with record_statements() as statements:
             body = execute_operation(schema, prepared, request_context, request_id)
+            if request_context.committed_writes:
+                body = _with_position(body)
         metrics.add_metric("SqlStatements", MetricUnit.Count, len(statements))
         return body
 
@@ -233,6 +277,91 @@ def _execute(
     return _idempotent(
         context, actor.sub or "anonymous", key, request, execute, request_context, request_id
     )
+
+
+def _min_position(request: transport.GraphQLRequest) -> str | None:
+    """The Covenant-Min-Position a read asks for: the header, else `extensions.minPosition`."""
+    header = request.headers.get(position.MIN_HEADER.lower())
+    if header is not None:
+        return position.parse(header)
+    return position.parse((request.extensions or {}).get("minPosition"))
+
+
+def _with_position(body: dict[str, Any]) -> dict[str, Any]:
+    """The answer of a mutation that committed, with the primary's position after it (read
+    back in the session that committed). Without it the write still stands: the answer then
+    carries no position, and a read may not see the write until the replica catches up."""
+    try:
+        with writer().session() as session:
+            after = position.after_commit(session)
+    except (DatabaseUnavailable, DatabaseError):
+        logger.warning("position after commit unavailable", exc_info=True)
+        return body
+    return {**body, "extensions": {**(body.get("extensions") or {}), "position": after}}
+
+
+def _hand_off(
+    event: dict[str, Any], request: transport.GraphQLRequest, request_id: str, reason: str
+) -> Relayed:
+    """The request, handed whole to the primary region's GraphQL function."""
+    try:
+        return Relayed(handoff.hand_off(event, reason))
+    except HopFailed as failure:
+        logger.warning("%s", failure)
+        return Relayed(_hop_failed(failure, request, request_id, writes=reason == "mutation"))
+
+
+def _hop_failed(
+    failure: HopFailed, request: transport.GraphQLRequest, request_id: str, *, writes: bool
+) -> dict[str, Any]:
+    if failure.kind == "throttled":
+        message = (
+            "The primary region is busy: nothing was applied. Retry in "
+            f"{failure.retry_after_s} s. Request id: {request_id}"
+        )
+    elif failure.status == 413:
+        message = "The request is too large to hand to the primary region: nothing was applied."
+    elif failure.may_have_applied and writes:
+        message = (
+            "The primary region did not answer: this change may have been applied. Send it "
+            "again with the same Idempotency-Key to find out (a retry with the key gets the "
+            "first attempt's answer and never applies it twice); without a key, read the data "
+            f"before sending it anew. Request id: {request_id}"
+        )
+    elif failure.may_have_applied:
+        message = f"The primary region did not answer; retry shortly. Request id: {request_id}"
+    else:
+        message = (
+            "The primary region cannot be reached: nothing was applied. Retry shortly. "
+            f"Request id: {request_id}"
+        )
+    code = "PAYLOAD_TOO_LARGE" if failure.status == 413 else "SERVICE_UNAVAILABLE"
+    status = failure.status if request.media_type == transport.GRAPHQL_RESPONSE else 200
+    headers = {"Retry-After": str(failure.retry_after_s)} if failure.retry_after_s else {}
+    body = transport.error_body(
+        message,
+        code=code,
+        mayHaveBeenApplied=failure.may_have_applied and writes,
+        requestId=request_id,
+    )
+    return transport.response(status, body, request.media_type, headers)
+
+
+def _primary_moved(
+    request: transport.GraphQLRequest, request_id: str
+) -> tuple[int, dict[str, Any]] | Relayed:
+    """A handed-off request reached a region that is no longer primary (a failover changed the
+    region table in between): nothing ran; the client's retry finds the new primary."""
+    logger.warning("handed-off request reached %s, which is not the primary", settings().region)
+    status = 503 if request.media_type == transport.GRAPHQL_RESPONSE else 200
+    body = transport.error_body(
+        "The primary region is changing: nothing was applied. Retry shortly. "
+        f"Request id: {request_id}",
+        code="SERVICE_UNAVAILABLE",
+        mayHaveBeenApplied=False,
+        requestId=request_id,
+    )
+    return Relayed(transport.response(status, body, request.media_type, {"Retry-After": "2"}))
 
 
 def _signed_out(actor: Actor) -> bool:

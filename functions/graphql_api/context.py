@@ -26,6 +26,7 @@ class RequestContext:
     regions: tuple[Region, ...]
     writes: bool = False  # a mutation: read from the writer too, so a client sees its write
     committed_writes: int = 0  # transactions committed so far: a retry must not repeat them
+    read_primary: bool = False  # a read the replica could not serve (Covenant-Min-Position)
     _session: Session | None = None
     _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -36,7 +37,8 @@ class RequestContext:
     @property
     def session(self) -> Session:
         if self._session is None:
-            self._session = Session(db.writer() if self.writes else db.reader())
+            primary = self.writes or self.read_primary
+            self._session = Session(db.writer() if primary else db.reader())
         return self._session
 
     def batch(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:

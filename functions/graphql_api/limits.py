@@ -346,8 +346,9 @@ NO_STATEMENTS: frozenset[str] = frozenset(
 )
 
 # Statements a request runs once per operation of a kind: before a mutation runs, the API
-# checks that the caller's token was not revoked (api._signed_out).
-OPERATION_STATEMENTS: Mapping[str, int] = {"mutation": 1}
+# checks that the caller's token was not revoked (api._signed_out); after it committed, it
+# reads the primary's position for the answer (covenant.position, read-your-writes).
+OPERATION_STATEMENTS: Mapping[str, int] = {"mutation": 2}
 
 
 class _StatementEstimate:
@@ -464,7 +465,8 @@ def estimate_statements(
     per load of `once` it asks for, plus the operation's own (`OPERATION_STATEMENTS`). It
     depends on neither variables nor data: a field's statements do not depend on how many
     rows are above it, and fields under `@skip`/`@include` count. Not counted: a request's
-    idempotency record (a mutation sent with an Idempotency-Key)."""
+    idempotency record (a mutation sent with an Idempotency-Key), and a read's wait for the
+    replica to reach the Covenant-Min-Position it sent (bounded in time, not in statements)."""
     operation = get_operation_ast(document, operation_name)
     if operation is None:
         raise ValueError(f"no operation {operation_name!r} to run in the document")

@@ -64,6 +64,7 @@ class GraphQLRequest:
     method: str
     media_type: str  # negotiated response media type
     headers: dict[str, str] = field(default_factory=dict)
+    extensions: dict[str, Any] | None = None  # the request's `extensions` (POST body)
 
     def body(self) -> dict[str, Any]:
         """The request as the idempotency record compares it."""
@@ -209,6 +210,7 @@ def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -
         method=method,
         media_type=media_type,
         headers=headers,
+        extensions=_object_or_none(payload.get("extensions"), "extensions", media_type),
     )
 
 

@@ -19,16 +19,20 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from covenant import handoff, position
 from covenant.config import settings
-from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, reader
+from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, Session, reader, writer
+from covenant.handoff import PrimaryRequired
 from covenant.identity import Caller, caller_from_event
 from covenant.logs import adopt_shared_logs
 from covenant.regions import region_codes
 from covenant.revocation import is_revoked
+from mobile import hop
 from mobile.auth import service as auth
 from mobile.health import check_health
 from mobile.http import (
     ApiError,
+    BadRequest,
     Forbidden,
     NotAcceptable,
     ServiceUnavailable,
@@ -61,7 +65,7 @@ _GZIP_MIN_BYTES = 1024
 
 @app.get("/health")
 def health() -> Response[Any]:
-    report = check_health()
+    report = check_health(app.current_event.raw_event)
     return json_response(report.http_status, report.body())
 
 
@@ -93,7 +97,12 @@ def logout() -> Response[Any]:
 @app.get("/sync")
 def sync_pull() -> Response[Any]:
     _live(_caller())
-    result = pull(pull_params(app.current_event.query_string_parameters))
+    params = pull_params(app.current_event.query_string_parameters)
+    if _needs_primary(_min_position()):
+        with writer().session() as primary:
+            result = pull(params, primary)
+    else:
+        result = pull(params)
     metrics.add_metric(f"SyncPull{result.kind.title()}", MetricUnit.Count, 1)
     return _maybe_gzipped(result.body)
 
@@ -110,7 +119,8 @@ def sync_push() -> Response[Any]:
     result = push(
         PushRequest(
             caller=caller,
-            region=settings().region,
+            # where the device asked (a push handed off by a secondary names that region)
+            region=handoff.handed_off_from(app.current_event.raw_event) or settings().region,
             request_id=_request_id(),
             last_pulled_at=cursor(
                 (app.current_event.query_string_parameters or {}).get("last_pulled_at"),
@@ -121,6 +131,12 @@ def sync_push() -> Response[Any]:
         )
     )
     headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    with writer().session() as session:
+        written_at = _position_after(session)
+    if written_at is not None:
+        headers[position.HEADER] = written_at
+    # The position travels in a header only: a replay's body is the first answer's, byte for
+    # byte, while its position (taken when it is replayed) may be later.
     return json_response(200, result.body, headers)
 
 
@@ -128,6 +144,18 @@ def sync_push() -> Response[Any]:
 def api_error(error: ApiError) -> Response[Any]:
     metrics.add_metric(f"Errors{error.status}", MetricUnit.Count, 1)
     return error_response(error)
+
+
+@app.exception_handler(PrimaryRequired)  # type: ignore[untyped-decorator]
+def primary_required(_: PrimaryRequired) -> Response[Any]:
+    """A read this region's replica cannot serve: the primary region's function answers it."""
+    metrics.add_metric("HandedOffReads", MetricUnit.Count, 1)
+    return _as_response(hop.relay(app.current_event.raw_event, "read"))
+
+
+@app.exception_handler(position.BadPosition)  # type: ignore[untyped-decorator]
+def bad_position(error: position.BadPosition) -> Response[Any]:
+    return error_response(BadRequest(str(error), field=position.MIN_HEADER))
 
 
 @app.exception_handler(CommitOutcomeUnknown)  # type: ignore[untyped-decorator]
@@ -175,6 +203,9 @@ def not_found(_: Exception) -> Response[Any]:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     adopt_shared_logs(logger)
     metrics.add_metric("Requests", MetricUnit.Count, 1)
+    handed_off = hop.dispatch_first(event)
+    if handed_off is not None:
+        return handed_off
     return app.resolve(event, context)
 
 
@@ -211,6 +242,47 @@ def _live(caller: Caller) -> Caller:
         if is_revoked(session, caller):
             raise Unauthenticated(auth.SESSION_ENDED)
     return caller
+
+
+def _min_position() -> str | None:
+    return position.parse(app.current_event.headers.get(position.MIN_HEADER.lower()))
+
+
+def _needs_primary(min_position: str | None) -> bool:
+    """Whether a read that sent `min_position` must read the primary's database: in the
+    primary region when its replica did not reach it in time; a request handed off by a
+    secondary (which waited already) at once. A secondary hands it off (PrimaryRequired)."""
+    if min_position is None:
+        return False
+    if handoff.handed_off_from(app.current_event.raw_event) is None:
+        if position.replica_has(min_position):
+            return False
+        if not handoff.is_primary():
+            raise PrimaryRequired
+    return True
+
+
+def _position_after(session: Session) -> str | None:
+    """The primary's position after the push (committed, or replayed from its receipt)."""
+    try:
+        return position.after_commit(session)
+    except Exception:
+        _log.warning("position after the push unavailable", exc_info=True)
+        return None
+
+
+def _as_response(proxy: dict[str, Any]) -> Response[Any]:
+    """A proxy response (the primary's answer) as the resolver's Response."""
+    headers = {str(k): str(v) for k, v in (proxy.get("headers") or {}).items()}
+    content_type = headers.pop("Content-Type", None) or headers.pop("content-type", None)
+    response: Response[Any] = Response(
+        status_code=int(proxy["statusCode"]),
+        content_type=content_type,
+        body=str(proxy.get("body") or ""),
+        headers=headers,
+    )
+    response.base64_encoded = bool(proxy.get("isBase64Encoded"))
+    return response
 
 
 def _bearer_token() -> str | None:

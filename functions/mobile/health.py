@@ -1,15 +1,20 @@
-"""Health of a region as the app sees it: can its database reader answer, how fast, how stale."""
+"""Health of a region as the app sees it: can its database reader answer, how fast, how stale;
+in a secondary region also whether the hop to the primary region's function answers (the
+primary's writer is never asked from here: a secondary has none)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from covenant import handoff
 from covenant.config import settings
 from covenant.db import DatabaseUnavailable, reader
+from covenant.handoff import HopFailed
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ class HealthReport:
     region: str
     replica_lag_s: float | None
     reasons: tuple[str, ...]
+    primary: dict[str, Any] | None = None  # the hop's check, in a secondary region
 
     @property
     def http_status(self) -> int:
@@ -51,12 +57,50 @@ class HealthReport:
             "region": self.region,
             "checks": {"database": {"replicaLagSeconds": self.replica_lag_s}},
         }
+        if self.primary is not None:
+            body["checks"]["primary"] = self.primary
         if self.reasons:
             body["reason"] = "; ".join(self.reasons)
         return body
 
 
-def check_health() -> HealthReport:
+def check_health(event: dict[str, Any]) -> HealthReport:
+    """The region's health; `event` (this GET /health) is what a secondary sends the primary
+    region's function to check the hop."""
+    report = _check_reader()
+    if handoff.is_primary() or handoff.handed_off_from(event) is not None:
+        return report
+    primary, problem = _check_primary(event)
+    reasons = (*report.reasons, problem) if problem else report.reasons
+    status = "degraded" if report.status == "healthy" and problem else report.status
+    return HealthReport(
+        status, report.latency_ms, report.region, report.replica_lag_s, reasons, primary
+    )
+
+
+def _check_primary(event: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Whether the primary region's function answers through the hop. A hop that fails leaves
+    the region degraded, not unhealthy: its reads still work, and failing every secondary over
+    because the primary is away would send all traffic to the region that is away."""
+    started = time.perf_counter()
+    try:
+        answer = handoff.hand_off(event, "health")
+    except HopFailed as failure:
+        logger.warning("health: %s", failure)
+        latency = round((time.perf_counter() - started) * 1000, 2)
+        return {
+            "reachable": False,
+            "latency": latency,
+        }, f"hop to the primary region failed ({failure.kind})"
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    try:
+        status = json.loads(answer.get("body") or "{}").get("status")
+    except (ValueError, AttributeError):
+        status = None
+    return {"reachable": True, "latency": latency, "status": status}, None
+
+
+def _check_reader() -> HealthReport:
     config = settings()
     started = time.perf_counter()
     try:

@@ -17,14 +17,17 @@ from devstack.processes import free_port
 
 @pytest.fixture(scope="module")
 def gateway(servers) -> Iterator[Gateway]:
+    # A secondary's health asks the primary's mobile function through its hop.
     server = Gateway(
         free_port(),
-        {"DATABASE_URL": servers.writer_url, "DATABASE_READER_URL": servers.reader_url},
+        {
+            "DATABASE_URL": servers.writer_url,
+            "DATABASE_READER_URL": servers.reader_url,
+        },
     )
     server.serve_in_thread()
     yield server
     server.shutdown()
-    server.server_close()
 
 
 def _get(url: str, data: bytes | None = None) -> tuple[int, dict, dict]:

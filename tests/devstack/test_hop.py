@@ -94,6 +94,7 @@ def test_an_invocation_through_the_hop_costs_its_round_trips(gateway: Gateway) -
     assert cold >= 3 * RTT_MS / 1000
     assert warm >= RTT_MS / 1000
     assert gateway.hops["syd"].connections == 1
+    assert gateway.hops["syd"].round_trips == 2  # one request/answer turn per invocation
 
 
 def test_the_invoke_api_answers_as_lambda_does(gateway: Gateway) -> None:

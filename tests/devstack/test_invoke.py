@@ -11,19 +11,29 @@ from pathlib import Path
 import pytest
 
 from covenant.regions import region_codes
+from devstack.gateway import Gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS = sorted((REPO_ROOT / "events").glob("*.json"))
 
 
 def test_invoke_prints_the_function_response(servers) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "devstack", "invoke", "mobile", "events/health.json"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    # ams's health asks the primary's function through ams's hop, here a gateway's.
+    gateway = Gateway(
+        0, {"DATABASE_URL": servers.writer_url, "DATABASE_READER_URL": servers.reader_url}
     )
+    gateway.serve_in_thread()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "devstack", "invoke", "mobile", "events/health.json"],
+            env={**os.environ, "AWS_ENDPOINT_URL_LAMBDA": str(gateway.hop_url("ams"))},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        gateway.shutdown()
     assert result.returncode == 0, result.stderr
     response = json.loads(result.stdout)
     assert response["statusCode"] == 200

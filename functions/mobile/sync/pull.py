@@ -26,7 +26,9 @@ from typing import Any
 
 from aws_lambda_powertools import Tracer
 
+from covenant import handoff
 from covenant.db import Session, reader, writer
+from covenant.handoff import PrimaryRequired
 from mobile.sync.params import PullParams
 from mobile.sync.schema import TABLES, SyncTable
 
@@ -129,6 +131,8 @@ def pull(params: PullParams, session: Session | None = None) -> PullResult:
         logger.info("sync pull: cursor %d is below the tombstone horizon %d", since, pruned_through)
         return _replacement(session, params)
     if since > cursor:
+        if not handoff.is_primary():
+            raise PrimaryRequired  # the primary region's function answers the whole pull
         with writer().session() as primary:
             known = int(primary.scalar("SELECT sync_cursor()"))
         if since <= known and params.migration is not None:

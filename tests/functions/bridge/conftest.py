@@ -36,6 +36,8 @@ from devstack.functions import get_function, invoke
 from devstack.nats import NatsServer
 from devstack.processes import free_port
 
+from ...handoff_fixture import PrimaryLambda, secondary_environment
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STREAM_NAMES = tuple(spec.name for spec in STREAMS)
 GRAPHQL_EVENT = json.loads((REPO_ROOT / "events" / "graphql_query.json").read_text())
@@ -394,6 +396,7 @@ def graphql_event(query: str, variables: dict[str, Any], region: str = "ams") ->
 @dataclass
 class GraphQL:
     servers: Any
+    primary: PrimaryLambda
     created: list[str] = field(default_factory=list)
 
     def __call__(
@@ -408,12 +411,16 @@ class GraphQL:
             "DATABASE_READER_URL": self.servers.reader_url,
             **environment,
         }
-        response = invoke(
-            get_function("graphql"),
-            get_region(region),
-            graphql_event(query, variables, region),
-            endpoints,
-        )
+        hop = {} if get_region(region).primary else secondary_environment("graphql")
+        # From a secondary the mutation runs in the primary's function (the hop), with the
+        # same settings (the wake-up queue, ...): both regions deploy the same configuration.
+        with self.primary.configured(endpoints):
+            response = invoke(
+                get_function("graphql"),
+                get_region(region),
+                graphql_event(query, variables, region),
+                {**endpoints, **hop},
+            )
         raw = response.get("body") or ""
         if response.get("isBase64Encoded"):
             raw = base64.b64decode(raw).decode()
@@ -445,9 +452,9 @@ class GraphQL:
 
 
 @pytest.fixture
-def gql(servers: Any) -> Iterator[GraphQL]:
+def gql(servers: Any, primary_lambda: PrimaryLambda) -> Iterator[GraphQL]:
     """Runs mutations as an editor; deletes the projects it created afterwards."""
-    client = GraphQL(servers)
+    client = GraphQL(servers, primary_lambda)
     yield client
     if client.created:
         with db.writer().session() as session:

@@ -18,6 +18,8 @@ from covenant.db import record_statements
 from covenant.regions import get_region
 from devstack.functions import get_function, invoke
 
+from ...handoff_fixture import PrimaryLambda, secondary_environment
+
 EVENT = json.loads((Path(__file__).parents[3] / "events" / "graphql_query.json").read_text())
 
 ADMIN = {"sub": "sub-admin", "email": "admin@covenant.local", "cognito:groups": "[admin]"}
@@ -87,15 +89,27 @@ def make_event(
     return event
 
 
-def call(servers: Any, event: dict[str, Any], **environment: str) -> Reply:
+def call(
+    servers: Any, event: dict[str, Any], primary: PrimaryLambda | None = None, **environment: str
+) -> Reply:
+    """One invocation of the region's GraphQL function. In a secondary region a write is
+    handed to the primary's function (through `primary`); `statements` are those the request
+    ran in both regions."""
     region = get_region(event["requestContext"]["stage"])
     endpoints = {
         "DATABASE_URL": servers.writer_url,
         "DATABASE_READER_URL": servers.reader_url,
+        **({} if region.primary else secondary_environment("graphql")),
         **environment,
     }
     with record_statements() as statements:
-        response = invoke(get_function("graphql"), region, event, endpoints)
+        if primary is None:
+            response = invoke(get_function("graphql"), region, event, endpoints)
+        else:
+            with primary.configured(environment), primary.recording() as hops:
+                response = invoke(get_function("graphql"), region, event, endpoints)
+    for hop in hops if primary is not None else []:
+        statements.extend(hop.statements)
     raw = response.get("body") or ""
     if response.get("isBase64Encoded"):
         raw = base64.b64decode(raw).decode()
@@ -105,7 +119,7 @@ def call(servers: Any, event: dict[str, Any], **environment: str) -> Reply:
 
 
 @pytest.fixture
-def gql(servers: Any) -> Callable[..., Reply]:
+def gql(servers: Any, primary_lambda: PrimaryLambda) -> Callable[..., Reply]:
     """gql(query, variables=None, claims=None, headers=None, region="ams", **event_args)."""
 
     def run(
@@ -118,6 +132,7 @@ def gql(servers: Any) -> Callable[..., Reply]:
         return call(
             servers,
             make_event(query=query, variables=variables, **event_args),
+            primary_lambda,
             **(environment or {}),
         )
 

@@ -718,7 +718,10 @@ def test_preflight_is_204_with_the_allow_headers(gql) -> None:
     assert reply.headers == {
         "Access-Control-Allow-Origin": "https://app.example",
         "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+        "Access-Control-Allow-Headers": (
+            "Authorization, Content-Type, Idempotency-Key, Covenant-Min-Position"
+        ),
+        "Access-Control-Expose-Headers": "Covenant-Position",
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",
     }

@@ -309,14 +309,15 @@ def test_the_statement_limit_comes_from_the_environment(gql) -> None:
 
 
 def test_a_mutation_over_the_statement_limit_writes_nothing(gql) -> None:
-    # Each delete is a transaction of up to 5 statements; the caller's sign-out check is one.
+    # Each delete is a transaction of up to 5 statements; the caller's sign-out check is one,
+    # the position after the commits another.
     document = f"mutation {{ {_deletes(4)} }}"
-    assert _statements(document) == 4 * 5 + 1
-    reply = gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "20"})
+    assert _statements(document) == 4 * 5 + 2
+    reply = gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "21"})
     assert reply.status == 400
-    assert reply.body == _too_many_statements(21, 20)
+    assert reply.body == _too_many_statements(22, 21)
     assert reply.statements == []
-    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "21"}))
+    _ran(gql(document, claims=EDITOR, environment={"GRAPHQL_MAX_STATEMENTS": "22"}))
 
 
 def test_fragments_and_aliases_are_counted_as_execution_resolves_them() -> None:
@@ -373,10 +374,11 @@ def test_only_the_operation_that_runs_counts_statements() -> None:
 
 
 def test_mutations_count_their_transactions() -> None:
-    assert _statements(f"mutation {{ {_deletes(10)} }}") == 10 * 5 + 1
+    assert _statements(f"mutation {{ {_deletes(10)} }}") == 10 * 5 + 2
     nested = """mutation { createProject(input: {name: "n", sectorId: "energy",
         countryCode: "KEN", budgetUsd: 1}) { id sector { name } country { name } region { code } } }"""
-    assert _statements(nested) == 5 + 1 + 1 + 1  # write, sectors, country, sign-out check
+    # write, sectors, country, sign-out check, position after the commit
+    assert _statements(nested) == 5 + 1 + 1 + 1 + 1
 
 
 def test_a_fragment_spread_everywhere_is_estimated_once_per_shape() -> None:

@@ -154,11 +154,14 @@ def test_a_write_is_four_statements_and_a_change_to_the_same_values_writes_nothi
 ) -> None:
     """BEGIN, the write (locking the row, checking the version, returning old and new values),
     one outbox INSERT of both events, COMMIT (nested fields of the result would add theirs);
-    before them, on the reader, the check that the caller has not signed out since the token."""
+    before them, on the reader, the check that the caller has not signed out since the token;
+    after them, the primary's position for the answer (read-your-writes). Sent to ams, all of
+    them run in the primary, handed off whole: none in ams."""
     lean = "mutation ($input: CreateProjectInput!) { createProject(input: $input) { id } }"
     project = gql(lean, {"input": _input()}, claims=EDITOR)
     assert "token_revocations" in project.statements[0], project.statements
-    assert len(project.statements[1:]) == 4, project.statements
+    assert len(project.statements[1:-1]) == 4, project.statements
+    assert "pg_current_wal_insert_lsn" in project.statements[-1], project.statements
     project_id = project.data["createProject"]["id"]
     created.append(project_id)
     update = gql(
@@ -168,7 +171,8 @@ def test_a_write_is_four_statements_and_a_change_to_the_same_values_writes_nothi
         claims=EDITOR,
     )
     assert "token_revocations" in update.statements[0], update.statements
-    assert len(update.statements[1:]) == 4, update.statements
+    assert len(update.statements[1:-1]) == 4, update.statements
+    assert "pg_current_wal_insert_lsn" in update.statements[-1], update.statements
     audit = _outbox(project_id)[-1]["payload"]
     assert audit["data"]["changes"] == {"progress": {"from": 0, "to": 30}}
     same = gql(
@@ -181,7 +185,8 @@ def test_a_write_is_four_statements_and_a_change_to_the_same_values_writes_nothi
     delete = gql(DELETE, {"id": project_id, "v": 2}, claims=EDITOR)
     assert delete.data == {"deleteProject": {"id": project_id}}
     assert "token_revocations" in delete.statements[0], delete.statements
-    assert len(delete.statements[1:]) == 4, delete.statements
+    assert len(delete.statements[1:-1]) == 4, delete.statements
+    assert "pg_current_wal_insert_lsn" in delete.statements[-1], delete.statements
 
 
 def test_a_country_that_becomes_a_member_joins_once(gql) -> None:

@@ -137,8 +137,9 @@ def test_an_admin_changes_a_role_and_the_audit_event_names_everyone(set_role, po
     assert data["changes"] == {"roles": {"from": ["viewer"], "to": ["editor"]}}
     assert data["requestId"]
     # The statements: the caller's sign-out check; then BEGIN, the per-user lock, the outbox
-    # row, the revocation of the user's older tokens, COMMIT.
-    assert len(reply.statements) == 6, reply.statements
+    # row, the revocation of the user's older tokens, COMMIT; then the primary's position.
+    # Sent to ams: every one of them ran in the primary (handed off whole), none in ams.
+    assert len(reply.statements) == 7, reply.statements
 
 
 def test_the_user_ends_with_exactly_the_role_asked_for(set_role, pool) -> None:

@@ -37,15 +37,18 @@ def gateway(servers, cognito: LocalCognito) -> Iterator[Gateway]:
     verifier = JwtVerifier(
         issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
     )
+    # The secondaries' writes reach the primary's function through their hops.
     server = Gateway(
         free_port(),
-        {"DATABASE_URL": servers.writer_url, "DATABASE_READER_URL": servers.reader_url},
+        {
+            "DATABASE_URL": servers.writer_url,
+            "DATABASE_READER_URL": servers.reader_url,
+        },
         verifier=verifier,
     )
     server.serve_in_thread()
     yield server
     server.shutdown()
-    server.server_close()
     with db.writer().session() as session:
         session.run("DELETE FROM projects WHERE name = 'Gateway Path Probe'")
 
@@ -174,6 +177,7 @@ def test_an_admin_changes_a_role_that_the_next_sign_in_carries(servers, cognito)
     change = (
         'mutation { setUserRole(input: {user: "%s", role: %s}) { role previousRoles changed } }'
     )
+    # The primary's function calls the same user pool (Cognito lives in the primary region).
     try:
         status, body = _post(server, change % (viewer.email, "EDITOR"), _token(cognito, "admin"))
         assert status == 200, body
@@ -197,4 +201,3 @@ def test_an_admin_changes_a_role_that_the_next_sign_in_carries(servers, cognito)
             UserPoolId=cognito.user_pool_id, Username=viewer.email, GroupName="viewer"
         )
         server.shutdown()
-        server.server_close()

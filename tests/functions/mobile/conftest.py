@@ -22,6 +22,8 @@ from devstack.functions import get_function, invoke
 from devstack.jwt_auth import authorizer_context
 from devstack.processes import free_port
 
+from ...handoff_fixture import PrimaryLambda, secondary_environment
+
 EVENTS = Path(__file__).parents[3] / "events"
 
 
@@ -117,8 +119,24 @@ def endpoints(servers: Any, cognito: LocalCognito) -> dict[str, str]:
 Call = Callable[..., Reply]
 
 
+def invoke_mobile(
+    primary: PrimaryLambda,
+    endpoints: dict[str, str],
+    event: dict[str, Any],
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One invocation of the region's mobile function; in a secondary region, what writes is
+    handed to the primary's function (through `primary`, with the same settings `env`)."""
+    region = get_region(event["requestContext"]["stage"])
+    hop = {} if region.primary else secondary_environment("mobile")
+    with primary.configured({**endpoints, **(env or {})}):
+        return dict(
+            invoke(get_function("mobile"), region, event, {**endpoints, **hop, **(env or {})})
+        )
+
+
 @pytest.fixture
-def mobile(endpoints: dict[str, str]) -> Call:
+def mobile(endpoints: dict[str, str], primary_lambda: PrimaryLambda) -> Call:
     """mobile(method, path, *, body=None, claims=None, query=None, headers=None,
     region="ams", source_ip=..., env=None) -> Reply, through the deployed handler."""
 
@@ -126,9 +144,7 @@ def mobile(endpoints: dict[str, str]) -> Call:
         method: str, path: str, *, env: dict[str, str] | None = None, **event_args: Any
     ) -> Reply:
         event = make_event(method, path, **event_args)
-        region = get_region(event["requestContext"]["stage"])
-        response = invoke(get_function("mobile"), region, event, {**endpoints, **(env or {})})
-        return decode_reply(response)
+        return decode_reply(invoke_mobile(primary_lambda, endpoints, event, env))
 
     return run
 

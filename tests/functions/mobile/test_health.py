@@ -14,7 +14,14 @@ from covenant.regions import get_region, region_codes
 from devstack.functions import get_function, invoke
 from devstack.processes import free_port, wait_until
 
+from ...handoff_fixture import PrimaryLambda, secondary_environment
+
 EVENT = json.loads((Path(__file__).parents[3] / "events" / "health.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _hop(primary_lambda: PrimaryLambda) -> PrimaryLambda:
+    return primary_lambda  # a secondary's health asks the primary's function (the hop)
 
 
 def _health(servers, region: str = "ams", **env: str) -> tuple[int, dict]:
@@ -24,6 +31,7 @@ def _health(servers, region: str = "ams", **env: str) -> tuple[int, dict]:
     endpoints = {
         "DATABASE_URL": servers.writer_url,
         "DATABASE_READER_URL": servers.reader_url,
+        **({} if get_region(region).primary else secondary_environment("mobile")),
         **env,
     }
     response = invoke(get_function("mobile"), get_region(region), event, endpoints)
@@ -40,6 +48,25 @@ def test_healthy_in_every_region(servers, region: str) -> None:
     assert body["timestamp"].endswith("Z")
     assert 0 <= body["checks"]["database"]["replicaLagSeconds"] < 5
     assert "reason" not in body
+    if get_region(region).primary:
+        assert "primary" not in body["checks"]  # no hop to check, and no writer asked
+    else:
+        primary = body["checks"]["primary"]
+        assert primary["reachable"] is True and primary["status"] == "healthy", primary
+        assert primary["latency"] >= 0
+
+
+def test_a_secondary_whose_primary_is_unreachable_is_degraded_not_unhealthy(
+    servers, monkeypatch
+) -> None:
+    """Its reads still work; failing it over would not help while the primary is away."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{free_port()}")
+    status, body = _health(servers, "syd")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["reason"] == "hop to the primary region failed (unreachable)"
+    assert body["checks"]["primary"]["reachable"] is False
+    assert 0 <= body["checks"]["database"]["replicaLagSeconds"] < 5
 
 
 def test_unhealthy_with_503_when_the_reader_is_down(servers) -> None:

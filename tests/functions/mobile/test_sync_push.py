@@ -136,8 +136,9 @@ def test_a_create_is_applied_with_its_events(push, claims_of, projects, role: st
     reply = push(_changes(created=[_record(new_id)]), _cursor(), claims=claims, region="syd")
     assert reply.status == 200, reply.body
     assert reply.body == {
-        "applied": {"projects": {"created": 1, "updated": 0, "deleted": 0, "unchanged": 0}}
+        "applied": {"projects": {"created": 1, "updated": 0, "deleted": 0, "unchanged": 0}},
     }
+    assert reply.headers["Covenant-Position"]  # read-your-writes (covenant.position)
     row = _row(new_id)
     assert row is not None
     assert (row["name"], row["region"], row["version"], row["impact_score"]) == (
@@ -425,17 +426,16 @@ def test_a_push_retried_while_the_first_is_still_running_waits_and_replays(
     ]
 
 
-def test_the_sample_event_creates_its_project(endpoints, servers, claims_of, projects) -> None:
-    from covenant.regions import get_region
-    from devstack.functions import get_function, invoke
-
-    from .conftest import decode_reply, load_event
+def test_the_sample_event_creates_its_project(
+    endpoints, servers, claims_of, projects, primary_lambda
+) -> None:
+    from .conftest import decode_reply, invoke_mobile, load_event
 
     event = load_event("sync_push.json")
     created = json.loads(event["body"])["projects"]["created"][0]["id"]
     projects.append(created)
     event["queryStringParameters"]["last_pulled_at"] = str(_cursor())
-    reply = decode_reply(invoke(get_function("mobile"), get_region("syd"), event, endpoints))
+    reply = decode_reply(invoke_mobile(primary_lambda, endpoints, event))  # syd, handed off
     assert reply.status == 200, reply.body
     assert _row(created)["name"] == "Nairobi Clinic Solar Retrofit"
     assert _row(created)["region"] == "jnb"
@@ -517,7 +517,8 @@ def test_tombstones_are_kept_for_the_configured_retention(push, projects, monkey
 
 def test_a_push_costs_the_same_statements_for_2_and_for_6_records(push, projects) -> None:
     """Set-based writes and one outbox INSERT for all the events: the statements of a push do
-    not grow with its records (each record still gets its change and audit event)."""
+    not grow with its records (each record still gets its change and audit event). Sent to the
+    primary region, where a push runs (from a secondary it is handed off whole)."""
     from covenant.db import record_statements
 
     counts = []
@@ -526,7 +527,11 @@ def test_a_push_costs_the_same_statements_for_2_and_for_6_records(push, projects
         projects.extend(ids)
         cursor = _cursor()
         with record_statements() as statements:
-            reply = push(_changes(created=[_record(i, name=f"Batch {size}") for i in ids]), cursor)
+            reply = push(
+                _changes(created=[_record(i, name=f"Batch {size}") for i in ids]),
+                cursor,
+                region="iad",
+            )
         assert reply.status == 200, reply.body
         writes = [s for s in statements if "INSERT INTO outbox" in s]
         assert len(writes) == 1, writes

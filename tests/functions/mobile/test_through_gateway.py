@@ -30,11 +30,11 @@ def gateway(endpoints: dict[str, str], cognito: LocalCognito) -> Iterator[Gatewa
     verifier = JwtVerifier(
         issuer=cognito.issuer, audience=cognito.client_id, jwks_url=cognito.jwks_url
     )
+    # The secondaries' writes reach the primary's function through their hops.
     server = Gateway(free_port(), endpoints, verifier=verifier)
     server.serve_in_thread()
     yield server
     server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from covenant.config import DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS, env, settings
+from covenant.regions import primary_region
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ class Role(Enum):
 
 class DatabaseUnavailable(RuntimeError):
     """The database could not be reached (connect failed or the connection broke)."""
+
+
+class NoWriter(RuntimeError):
+    """This region has no database writer: it is a secondary, and its writes are handed to the
+    primary region's function whole (covenant.handoff). Reaching for the writer here is a
+    write path that forgot to hand off: a bug, so it fails loudly rather than degrading."""
 
 
 class CommitOutcomeUnknown(DatabaseUnavailable):
@@ -418,6 +425,17 @@ def reader() -> Database:
 
 
 def writer() -> Database:
+    """The primary's database. Only the primary region has one: a secondary's function gets no
+    DATABASE_URL (its writes are handed to the primary's function whole), and asking for the
+    writer there raises NoWriter, whatever the environment holds."""
+    region = settings().region
+    primary = primary_region().code
+    if region != primary:
+        raise NoWriter(
+            f"region {region} has no database writer: it is a secondary, and writes (and reads "
+            f"that need the primary) must be handed off to the primary region {primary} "
+            "(covenant.handoff)"
+        )
     return database(Role.WRITER)
 
 
