@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """The Covenant CDK app: every stack of every region of the cdk.json region table.
 
-Per region: Network -> Data -> Api -> Monitoring. The primary region adds Auth (Cognito) and
-Events (EKS/NATS, wake-up queue, bridge). `cdk deploy --all` follows the dependencies below;
-stacks of different regions deploy in parallel with `--concurrency`.
+Per region: Network -> Data -> Api -> Monitoring. The primary region adds Auth (Cognito),
+Events (stateful: EKS/NATS, the NATS secrets, the wake-up queue) and Bridge (stateless: the
+outbox bridge and the JetStream topology/probe functions). `cdk deploy --all` follows the
+dependencies below; stacks of different regions deploy in parallel with `--concurrency`.
 
     Covenant-<code>-Network ─► Covenant-<code>-Data ─┬─► Covenant-<code>-Api ─► ...-Monitoring
     Covenant-iad-Data ─► (every secondary Data)      │
     Covenant-iad-Auth, Covenant-iad-Events ──────────┘
+    Covenant-iad-Events, Covenant-iad-Data ─► Covenant-iad-Bridge ─► Covenant-iad-Monitoring
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import aws_cdk as cdk
 from stacks.auth import AuthStack
 from stacks.capacity import check_connection_budget
 from stacks.database import DataStack
-from stacks.events import EventsStack
-from stacks.layers import warn_if_database_unverified
+from stacks.events import BridgeStack, EventsStack
 from stacks.monitoring import EventsMonitoring, MonitoringStack
 from stacks.nag import enable_nag
 from stacks.network import NetworkStack
@@ -74,20 +75,30 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
         description="Covenant Cognito user pool",
     )
     primary_data = data[primary.code]
-    warn_if_database_unverified(primary_data, settings.database.ca_bundle)
     events = EventsStack(
         app,
         f"Covenant-{primary.code}-Events",
         region=primary,
         settings=settings,
         network=networks[primary.code],
+        env=env(primary.aws_region),
+        termination_protection=True,
+        description="Covenant events: NATS JetStream on EKS, NATS secrets, wake-up queue",
+    )
+    bridge = BridgeStack(
+        app,
+        f"Covenant-{primary.code}-Bridge",
+        region=primary,
+        settings=settings,
+        network=networks[primary.code],
+        events_stack=events,
         writer_host=primary_data.writer_host,
         cluster_resource_id=primary_data.cluster_resource_id,
         env=env(primary.aws_region),
-        termination_protection=True,
-        description="Covenant events: NATS JetStream on EKS, wake-up queue, outbox bridge",
+        description="Covenant outbox bridge and JetStream topology functions",
     )
-    events.add_stack_dependency(primary_data, "migrations before the bridge runs")
+    bridge.add_stack_dependency(events, "NATS and the wake-up queue exist")
+    bridge.add_stack_dependency(primary_data, "migrations before the bridge runs")
 
     user_pool = UserPoolRef(
         pool_id=auth.user_pool.pool.user_pool_id,
@@ -127,8 +138,8 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
             events=(
                 EventsMonitoring(
                     dead_letters=events.wakeup.dead_letters,
-                    bridge=events.bridge.function,
-                    jetstream=events.jetstream.function,
+                    bridge=bridge.bridge.function,
+                    jetstream=bridge.jetstream.function,
                 )
                 if r.primary
                 else None

@@ -3,8 +3,15 @@
 `make dev` starts `MotoServer` and calls `provision()`, which creates (or finds, when they
 already exist) what the deployed stack will have: the user pool `covenant-local` with its
 password policy, the groups `admin`, `editor` and `viewer` (the roles), the app client
-`covenant-mobile` (public: no secret; USER_PASSWORD_AUTH and refresh) and one user per role.
-moto keeps its state in memory, so every start creates a new pool: ids change per start.
+`covenant-mobile` (confidential, as deployed: a client secret and
+EnablePropagateAdditionalUserContextData; USER_PASSWORD_AUTH and refresh) and one user per
+role. moto keeps its state in memory, so every start creates a new pool: ids change per start.
+
+Where moto 5.2.5 falls short of Cognito for this client, `install_moto_gaps()` fills the gap
+in the moto server of this process (nothing else is changed): GetTokensFromRefreshToken
+(not implemented by moto) checks the client secret as Cognito does and answers new ID and
+access tokens; InitiateAuth USER_PASSWORD_AUTH refuses a missing or wrong SECRET_HASH (moto
+checks it for SRP and refresh only). UserContextData is accepted and ignored, as by moto.
 
 What moto's tokens look like (moto 5.2.5, checked): RS256, header `kid` "dummy";
 `iss` is `https://cognito-idp.<region>.amazonaws.com/<pool id>`, the real Cognito issuer; the
@@ -20,14 +27,21 @@ The credentials below are local-only test credentials, documented in the README.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 import botocore.session
+from moto.cognitoidp.exceptions import NotAuthorizedError
+from moto.cognitoidp.models import RegionAgnosticBackend
+from moto.cognitoidp.responses import CognitoIdpResponse
+from moto.core.responses import ActionResult
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -99,6 +113,9 @@ class LocalCognito:
     client_id: str
     issuer: str  # the `iss` of its tokens, as in AWS
     jwks_url: str  # where moto serves the pool's key set
+    # The app client's secret: the functions read it from the pool (DescribeUserPoolClient),
+    # as in AWS; kept here for login(). Never printed.
+    client_secret: str = field(repr=False, default="")
 
     @property
     def users(self) -> tuple[SeededUser, ...]:
@@ -113,7 +130,11 @@ class LocalCognito:
         response = self.client().initiate_auth(
             ClientId=self.client_id,
             AuthFlow="USER_PASSWORD_AUTH",
-            AuthParameters={"USERNAME": email, "PASSWORD": password},
+            AuthParameters={
+                "USERNAME": email,
+                "PASSWORD": password,
+                "SECRET_HASH": secret_hash(self.client_secret, email, self.client_id),
+            },
         )
         result: dict[str, Any] = response["AuthenticationResult"]
         return result
@@ -129,6 +150,14 @@ class LocalCognito:
         }
 
 
+def secret_hash(client_secret: str, username: str, client_id: str) -> str:
+    """Cognito's SECRET_HASH: Base64(HMAC-SHA256(key=client secret, username + client id))."""
+    digest = hmac.new(
+        client_secret.encode("utf-8"), (username + client_id).encode("utf-8"), hashlib.sha256
+    ).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
 def issuer_for(region: str, user_pool_id: str) -> str:
     return f"https://cognito-idp.{region}.amazonaws.com/{user_pool_id}"
 
@@ -140,6 +169,9 @@ def provision(endpoint_url: str, region: str | None = None) -> LocalCognito:
     client = cognito_client(endpoint_url, region)
     pool_id = _find_pool(client) or _create_pool(client)
     client_id = _find_client(client, pool_id) or _create_client(client, pool_id)
+    secret = client.describe_user_pool_client(UserPoolId=pool_id, ClientId=client_id)[
+        "UserPoolClient"
+    ]["ClientSecret"]
     for group, description in GROUPS.items():
         with contextlib.suppress(client.exceptions.GroupExistsException):
             client.create_group(UserPoolId=pool_id, GroupName=group, Description=description)
@@ -152,6 +184,7 @@ def provision(endpoint_url: str, region: str | None = None) -> LocalCognito:
         client_id=client_id,
         issuer=issuer_for(region, pool_id),
         jwks_url=f"{endpoint_url}/{pool_id}/.well-known/jwks.json",
+        client_secret=str(secret),
     )
 
 
@@ -208,7 +241,10 @@ def _create_client(client: Any, pool_id: str) -> str:
     app = client.create_user_pool_client(
         UserPoolId=pool_id,
         ClientName=CLIENT_NAME,
-        GenerateSecret=False,
+        # Confidential, as deployed (stacks/auth.py): Cognito takes the caller's context data
+        # (UserContextData) only from a client with a secret and this flag.
+        GenerateSecret=True,
+        EnablePropagateAdditionalUserContextData=True,
         ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
         # What the ID token carries (moto copies readable attributes into it, as Cognito does).
         ReadAttributes=["email", "email_verified", "name", "custom:country_code"],
@@ -241,6 +277,63 @@ def _ensure_user(client: Any, pool_id: str, user: SeededUser) -> None:
     client.admin_add_user_to_group(UserPoolId=pool_id, Username=user.email, GroupName=user.group)
 
 
+def _moto_client(backend: RegionAgnosticBackend, client_id: str) -> Any:
+    for pool in backend._find_backend_for_clientid(client_id).user_pools.values():
+        if client_id in pool.clients:
+            return pool, pool.clients[client_id]
+    raise NotAuthorizedError("Invalid client id")
+
+
+def _get_tokens_from_refresh_token(self: CognitoIdpResponse) -> ActionResult:
+    """GetTokensFromRefreshToken as Cognito answers it for a client without refresh token
+    rotation: the client secret must match; new ID and access tokens, no refresh token."""
+    client_id = str(self._get_param("ClientId"))
+    backend = self._get_region_agnostic_backend()
+    pool, app = _moto_client(backend, client_id)
+    if app.generate_secret and not hmac.compare_digest(
+        str(self._get_param("ClientSecret") or ""), str(app.secret)
+    ):
+        raise NotAuthorizedError(f"Client {client_id} is configured with secret")
+    refresh_token = str(self._get_param("RefreshToken") or "")
+    known = pool.refresh_tokens.get(refresh_token)
+    if known is None or known[0] != client_id:
+        raise NotAuthorizedError("Invalid Refresh Token")
+    access_token, id_token, expires_in = pool.create_tokens_from_refresh_token(refresh_token)
+    return ActionResult(
+        {
+            "AuthenticationResult": {
+                "AccessToken": access_token,
+                "IdToken": id_token,
+                "ExpiresIn": expires_in,
+                "TokenType": "Bearer",
+            }
+        }
+    )
+
+
+_moto_initiate_auth = CognitoIdpResponse.initiate_auth
+
+
+def _initiate_auth(self: CognitoIdpResponse) -> ActionResult:
+    """moto's InitiateAuth, plus Cognito's SECRET_HASH check for USER_PASSWORD_AUTH."""
+    client_id = str(self._get_param("ClientId"))
+    parameters = self._get_param("AuthParameters") or {}
+    if self._get_param("AuthFlow") == "USER_PASSWORD_AUTH":
+        _, app = _moto_client(self._get_region_agnostic_backend(), client_id)
+        expected = secret_hash(str(app.secret), str(parameters.get("USERNAME", "")), client_id)
+        if app.generate_secret and not hmac.compare_digest(
+            str(parameters.get("SECRET_HASH") or ""), expected
+        ):
+            raise NotAuthorizedError(f"Unable to verify secret hash for client {client_id}")
+    return _moto_initiate_auth(self)
+
+
+def install_moto_gaps() -> None:
+    """Fills the gaps of the module docstring in this process's moto (idempotent)."""
+    CognitoIdpResponse.get_tokens_from_refresh_token = _get_tokens_from_refresh_token  # type: ignore[attr-defined]
+    CognitoIdpResponse.initiate_auth = _initiate_auth  # type: ignore[method-assign]
+
+
 class _QuietRequestHandler(MotoRequestHandler):
     """No access line per request (the gateway logs its own); errors are still logged."""
 
@@ -253,6 +346,7 @@ class MotoServer(ThreadedMotoServer):
     serves is there (Cognito now; queues and secrets later), at one endpoint URL."""
 
     def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        install_moto_gaps()
         super().__init__(ip_address=host, port=port, verbose=False)
         self.host = host
         self.port = port

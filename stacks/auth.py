@@ -79,7 +79,13 @@ class UserPool(Construct):
         self.client = self.pool.add_client(
             "MobileClient",
             user_pool_client_name="covenant-mobile",
-            generate_secret=False,
+            # Confidential: sign-in goes through the mobile function, which holds the secret
+            # (read from Cognito at run time, never in a template). Cognito takes the caller's
+            # context data (address, device fingerprint) for threat protection only from a
+            # client with a secret and this flag; without it every sign-in would seem to come
+            # from the region's NAT addresses.
+            generate_secret=True,
+            enable_propagate_additional_user_context_data=True,
             # The flows the auth endpoints use: /auth/login and /auth/refresh.
             auth_flows=cognito.AuthFlow(user_password=True),
             prevent_user_existence_errors=True,

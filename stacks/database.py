@@ -25,6 +25,7 @@ from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -32,11 +33,22 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from covenant.regions import Region, regions_as_json
-from stacks.functions import CovenantFunction, base_environment, log_retention
-from stacks.layers import SharedLayers
+from stacks.functions import (
+    CovenantFunction,
+    base_environment,
+    grant_database_ca_read,
+    log_retention,
+)
+from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME, SharedLayers
 from stacks.nag import acknowledge, acknowledge_provider_framework, managed_policy
 from stacks.network import POSTGRES_PORT, RegionalNetwork
-from stacks.settings import REPO_ROOT, AppSettings, DatabaseSettings
+from stacks.settings import (
+    DATABASE_CA_PARAMETER_PATH,
+    RDS_TRUSTSTORE,
+    REPO_ROOT,
+    AppSettings,
+    DatabaseSettings,
+)
 
 # The Lambda functions that use the database, each as its own IAM-authenticated login role.
 DATABASE_FUNCTIONS = ("graphql", "mobile", "bridge")
@@ -396,6 +408,102 @@ class Migrations(Construct):
         acknowledge_provider_framework(provider, self.function.function)
 
 
+class DatabaseCa(Construct):
+    """AWS's RDS CA certificates of this region, downloaded at deploy time inside AWS (from
+    RDS_TRUSTSTORE, over verified HTTPS) into one SSM parameter per certificate under
+    DATABASE_CA_PARAMETER_PATH: the trust the functions verify Aurora against
+    (sslmode=verify-full). Nothing is fetched at synth; the handler (functions/database_ca)
+    runs outside the VPC, with only the SSM calls on that path."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        region: Region,
+        settings: AppSettings,
+        log_key: kms.IKey,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        log_group = logs.LogGroup(
+            self,
+            "Logs",
+            retention=log_retention(settings.log_retention_days),
+            encryption_key=log_key,
+        )
+        role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Covenant database CA download (deploy time)",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[log_group.log_group_arn],
+            )
+        )
+        path_arn = stack.format_arn(
+            service="ssm", resource="parameter", resource_name=DATABASE_CA_PARAMETER_PATH[1:]
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["ssm:PutParameter", "ssm:DeleteParameters"],
+                resources=[f"{path_arn}/*"],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["ssm:GetParametersByPath"], resources=[path_arn])
+        )
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description="Stores AWS's RDS CA bundle of the region in SSM (custom resource)",
+            runtime=LAMBDA_RUNTIME,
+            architecture=LAMBDA_ARCHITECTURE,
+            handler="database_ca.handler.handler",
+            code=lambda_.Code.from_asset(
+                str(REPO_ROOT / "functions"),
+                exclude=["*", "!database_ca", "!database_ca/**", "**/__pycache__"],
+            ),
+            memory_size=256,
+            timeout=Duration.minutes(2),
+            role=role,
+            log_group=log_group,
+        )
+        provider = cr.Provider(
+            self,
+            "Provider",
+            on_event_handler=self.function,
+            log_group=logs.LogGroup(
+                self,
+                "ProviderLogs",
+                retention=log_retention(settings.log_retention_days),
+                encryption_key=log_key,
+            ),
+        )
+        self.resource = CustomResource(
+            self,
+            "Stored",
+            service_token=provider.service_token,
+            resource_type="Custom::CovenantDatabaseCa",
+            properties={
+                "Url": f"{RDS_TRUSTSTORE}/{region.aws_region}/{region.aws_region}-bundle.pem",
+                "Path": DATABASE_CA_PARAMETER_PATH,
+            },
+        )
+        acknowledge_provider_framework(provider, self.function)
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5",
+            "PutParameter/DeleteParameters on the parameters under the CA path only "
+            "(one per certificate; their count follows AWS's bundle).",
+            f"Resource::arn:aws:ssm:{region.aws_region}:<AWS::AccountId>:"
+            f"parameter{DATABASE_CA_PARAMETER_PATH}/*",
+        )
+
+
 class DataStack(Stack):
     def __init__(
         self,
@@ -410,6 +518,11 @@ class DataStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.database: PrimaryDatabase | SecondaryDatabase
         self.migrations: Migrations | None = None
+        self.database_ca: DatabaseCa | None = None
+        if settings.database.ca_bundle is None:
+            self.database_ca = DatabaseCa(
+                self, "DatabaseCa", region=region, settings=settings, log_key=network.data_key
+            )
         if region.primary:
             primary = PrimaryDatabase(
                 self, "Database", region=region, settings=settings, network=network
@@ -423,6 +536,10 @@ class DataStack(Stack):
                 database=primary,
             )
             self.database = primary
+            grant_database_ca_read(self.migrations.function.role)
+            if self.database_ca is not None:
+                # The migrator connects with verify-full: the CA must be stored first.
+                self.migrations.resource.node.add_dependency(self.database_ca.resource)
         else:
             self.database = SecondaryDatabase(
                 self, "Database", region=region, settings=settings, network=network

@@ -41,7 +41,13 @@ from covenant.regions import Region
 from covenant.streams import BRIDGE_INBOX_PREFIX, DAY_S, STREAMS
 from covenant.topology import FunctionSpec
 from stacks.database import database_user
-from stacks.functions import CovenantFunction, base_environment, encrypt_log_groups, log_retention
+from stacks.functions import (
+    CovenantFunction,
+    base_environment,
+    encrypt_log_groups,
+    function_name,
+    log_retention,
+)
 from stacks.layers import SharedLayers
 from stacks.nag import acknowledge, acknowledge_provider_framework, logical_id, managed_policy
 from stacks.network import HTTPS_PORT, NATS_PORT, RegionalNetwork
@@ -501,6 +507,10 @@ def _topology_digest(replicas: int) -> str:
 
 
 class EventsStack(Stack):
+    """The stateful event path: the events key, the NATS secrets, EKS with NATS and JetStream's
+    volumes, the wake-up queue and its DLQ. Termination-protected; the functions that use them
+    live in BridgeStack, which can be replaced or rolled back on its own."""
+
     def __init__(
         self,
         scope: Construct,
@@ -509,14 +519,12 @@ class EventsStack(Stack):
         region: Region,
         settings: AppSettings,
         network: RegionalNetwork,
-        writer_host: str,
-        cluster_resource_id: str,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         groups = network.security_groups
         assert groups.bridge is not None and groups.jetstream is not None
-        key = kms.Key(
+        self.key = kms.Key(
             self,
             "EventsKey",
             alias=f"alias/covenant/{region.code}/events",
@@ -524,24 +532,56 @@ class EventsStack(Stack):
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.RETAIN,
         )
-        self.bridge_secret = _nats_secret(self, "NatsBridgeSecret", "bridge", key)
-        self.admin_secret = _nats_secret(self, "NatsAdminSecret", "admin", key)
+        self.bridge_secret = _nats_secret(self, "NatsBridgeSecret", "bridge", self.key)
+        self.admin_secret = _nats_secret(self, "NatsAdminSecret", "admin", self.key)
         self.nats = NatsCluster(
             self,
             "Nats",
             region=region,
             settings=settings,
             network=network,
-            key=key,
+            key=self.key,
             bridge_secret=self.bridge_secret,
             admin_secret=self.admin_secret,
         )
+        self.wakeup = WakeupQueue(
+            self,
+            "Wakeup",
+            settings=settings,
+            bridge_timeout_s=settings.deploy_settings("bridge").timeout_s,
+        )
+        encrypt_log_groups(self, network.data_key)
+
+
+class BridgeStack(Stack):
+    """The stateless functions of the event path, in the primary region: the outbox bridge
+    (wake-up queue event source + sweep) and the JetStream topology custom resource with its
+    health probe. Nothing here holds data: replacing the stack loses nothing."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        region: Region,
+        settings: AppSettings,
+        network: RegionalNetwork,
+        events_stack: EventsStack,
+        writer_host: str,
+        cluster_resource_id: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        groups = network.security_groups
+        assert groups.bridge is not None and groups.jetstream is not None
+        self.nats = events_stack.nats
+        self.bridge_secret = events_stack.bridge_secret
+        self.admin_secret = events_stack.admin_secret
+        self.wakeup = events_stack.wakeup
+        self.events_key = events_stack.key
         layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
         bridge_spec: FunctionSpec = settings.functions["bridge"]
         bridge_deploy = settings.deploy_settings("bridge")
-        self.wakeup = WakeupQueue(
-            self, "Wakeup", settings=settings, bridge_timeout_s=bridge_deploy.timeout_s
-        )
         database_url = (
             f"postgresql://{database_user('bridge')}@{writer_host}:5432/"
             f"{settings.database.database_name}?{settings.database.tls_query}&auth=iam"
@@ -568,8 +608,12 @@ class EventsStack(Stack):
             subnets=network.function_subnets,
             security_group=groups.bridge,
             log_key=network.data_key,
+            region=region,
+            # Fixed names: moving a function between stacks (as from Events to Bridge) keeps
+            # the name operators, dashboards and runbooks know.
+            function_name=function_name(region, "bridge"),
         )
-        self.bridge_secret.grant_read(self.bridge.role)
+        self._grant_secret_read(self.bridge.role, self.bridge_secret, events_stack.key)
         self.bridge.grant_database_connect(
             cluster_resource_id=cluster_resource_id, db_user=database_user("bridge")
         )
@@ -622,8 +666,10 @@ class EventsStack(Stack):
             subnets=network.function_subnets,
             security_group=groups.jetstream,
             log_key=network.data_key,
+            region=region,
+            function_name=function_name(region, "jetstream"),
         )
-        self.admin_secret.grant_read(function.role)
+        self._grant_secret_read(function.role, self.admin_secret, self.events_key)
         provider = cr.Provider(
             self,
             "TopologyProvider",
@@ -656,6 +702,31 @@ class EventsStack(Stack):
         )
         acknowledge_provider_framework(provider, function.function)
         return function
+
+    def _grant_secret_read(
+        self, role: iam.IRole, secret: secretsmanager.ISecret, key: kms.IKey
+    ) -> None:
+        """Secret.grant_read, on the role's side only: the secret and its key live in the
+        Events stack, and grant_read would add this stack's role to the key's policy there
+        (a reference back from Events to Bridge, a dependency cycle). The key trusts the
+        account's IAM policies, so the role's own policy is enough."""
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[secret.secret_arn],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt"],
+                resources=[key.key_arn],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": f"secretsmanager.{self.region}.amazonaws.com"
+                    }
+                },
+            )
+        )
 
     @property
     def bridge_function(self) -> lambda_.IFunction:

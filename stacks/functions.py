@@ -20,7 +20,7 @@ from constructs import Construct
 from covenant.regions import Region, regions_as_json
 from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from stacks.nag import acknowledge, nag_partition
-from stacks.settings import REPO_ROOT, AppSettings, DeploySettings
+from stacks.settings import DATABASE_CA_PARAMETER_PATH, REPO_ROOT, AppSettings, DeploySettings
 
 _RETENTION = {
     1: logs.RetentionDays.ONE_DAY,
@@ -211,7 +211,9 @@ class CovenantFunction(Construct):
         )
 
     def grant_database_connect(self, *, cluster_resource_id: str, db_user: str) -> None:
-        """IAM database authentication as `db_user` on this region's cluster, nothing more."""
+        """IAM database authentication as `db_user` on this region's cluster, and reading the
+        region's database CA certificates (sslrootcert=ssm:...), nothing more."""
+        grant_database_ca_read(self.role)
         self.role.add_to_policy(
             iam.PolicyStatement(
                 actions=["rds-db:connect"],
@@ -225,6 +227,22 @@ class CovenantFunction(Construct):
                 ],
             )
         )
+
+
+def grant_database_ca_read(role: iam.IRole) -> None:
+    """ssm:GetParametersByPath on exactly the region's database CA path (verify-full)."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["ssm:GetParametersByPath"],
+            resources=[
+                Stack.of(role).format_arn(
+                    service="ssm",
+                    resource="parameter",
+                    resource_name=DATABASE_CA_PARAMETER_PATH.lstrip("/"),
+                )
+            ],
+        )
+    )
 
 
 def account_arn(service: str, region: str, resource: str) -> str:

@@ -20,7 +20,6 @@ import tempfile
 import tomllib
 from pathlib import Path, PurePosixPath
 
-from aws_cdk import Annotations
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -146,18 +145,6 @@ def build_ca_layer(bundle: Path) -> Path:
         placed.parent.mkdir(parents=True, exist_ok=True)
         placed.write_bytes(pem)
     return target
-
-
-def warn_if_database_unverified(scope: Construct, ca_bundle: Path | None) -> None:
-    """One synth warning (on the construct given: the app puts it on the primary's Data
-    stack) when the functions will not verify the database's certificate."""
-    if ca_bundle is None:
-        Annotations.of(scope).add_warning_v2(
-            "covenant:database-tls-unverified",
-            "covenant:database has no caBundle: database connections are encrypted "
-            "(sslmode=require) but the server certificate is not verified. Set caBundle "
-            "to AWS's RDS global bundle (docs/deploy.md).",
-        )
 
 
 class SharedLayers(Construct):

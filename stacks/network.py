@@ -205,6 +205,9 @@ class RegionalNetwork(Construct):
                 ("SecretsManager", ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER),
                 ("Sqs", ec2.InterfaceVpcEndpointAwsService.SQS),
                 ("Cognito", ec2.InterfaceVpcEndpointAwsService.COGNITO_IDP),
+                # The database CA certificates (sslrootcert=ssm:...) for the bridge and the
+                # migrator, which have no route to 443 beyond the endpoints.
+                ("Ssm", ec2.InterfaceVpcEndpointAwsService.SSM),
             ):
                 self.vpc.add_interface_endpoint(
                     name,

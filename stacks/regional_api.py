@@ -61,6 +61,10 @@ COGNITO_ADMIN_ACTIONS = {
         "cognito-idp:AdminListGroupsForUser",
         "cognito-idp:AdminUserGlobalSignOut",
         "cognito-idp:DescribeUserPool",
+        # The app client's secret (SECRET_HASH, GetTokensFromRefreshToken), read at the first
+        # sign-in of an execution environment. IAM scopes this action to the pool (Cognito has
+        # no client-level resource), whose only client is covenant-mobile.
+        "cognito-idp:DescribeUserPoolClient",
     ],
     # setUserRole (admins only, checked by the function)
     "graphql": [

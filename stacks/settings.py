@@ -24,6 +24,10 @@ from covenant.topology import FunctionSpec, parse_functions
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where the database CA layer puts the bundle in a function (layers unpack under /opt).
 DATABASE_CA_FILE = "/opt/database-ca/bundle.pem"
+# Where each region's Data stack stores AWS's RDS CA certificates of that region at deploy time
+# (Custom::CovenantDatabaseCa), one SSM parameter per certificate; the functions read it.
+DATABASE_CA_PARAMETER_PATH = "/covenant/database-ca"
+RDS_TRUSTSTORE = "https://truststore.pki.rds.amazonaws.com"
 
 
 class SettingsError(ValueError):
@@ -88,9 +92,9 @@ class DatabaseSettings:
     # functions' budget (RDS's own, superusers, operators, migrator, rotation).
     instance_class_memory_bytes: int = 9_531_392_000
     reserved_connections: int = 50
-    # PEM file of the CAs that sign Aurora's certificates (AWS's RDS global bundle): with it,
-    # every connection verifies the server (verify-full); without it, TLS is only encrypted
-    # (require) and the synth warns. A path, relative to the repository or absolute.
+    # Every connection verifies the server (verify-full). The CAs come from AWS's RDS bundle of
+    # the region, fetched at deploy time into SSM (DATABASE_CA_PARAMETER_PATH); or, when this
+    # is set, from this PEM file (relative to the repository or absolute), shipped in a layer.
     ca_bundle: Path | None = None
 
     def cluster_identifier(self, region: Region) -> str:
@@ -110,7 +114,7 @@ class DatabaseSettings:
     def tls_query(self) -> str:
         """The TLS part of every database URL the functions get (covenant.db.ConnectionSpec)."""
         if self.ca_bundle is None:
-            return "sslmode=require"
+            return f"sslmode=verify-full&sslrootcert=ssm:{DATABASE_CA_PARAMETER_PATH}"
         return f"sslmode=verify-full&sslrootcert={DATABASE_CA_FILE}"
 
 

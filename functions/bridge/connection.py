@@ -49,8 +49,11 @@ def _connect_timeout_s() -> float:
 
 def connection_options() -> tuple[dict[str, Any], str]:
     """nats.connect() options from the environment and, in AWS, the NATS secret (a JSON object
-    with any of url, user, password, token, creds: a .creds file's text, tls_ca: PEM), and a
-    fingerprint of those settings: a connection opened with others is replaced."""
+    with any of url, user, password, token, creds: a .creds file's text, tls_ca: PEM, and
+    tls_hostname: the name the server's certificate carries when the URL's host is another,
+    e.g. the load balancer's), and a fingerprint of those settings: a connection opened with
+    others is replaced. With tls_ca the server must present a certificate chaining to it and
+    naming the host (or tls_hostname): verified, never merely encrypted."""
     options: dict[str, Any] = {"servers": [env("NATS_URL") or "nats://127.0.0.1:4222"]}
     secret_name = env("NATS_SECRET_ARN")
     secret: dict[str, Any] = {}
@@ -65,6 +68,8 @@ def connection_options() -> tuple[dict[str, Any], str]:
         options["user_credentials"] = _creds_file(secret["creds"])
     if secret.get("tls_ca"):
         options["tls"] = ssl.create_default_context(cadata=secret["tls_ca"])
+        if secret.get("tls_hostname"):
+            options["tls_hostname"] = str(secret["tls_hostname"])
     material = json.dumps([options["servers"], secret_name, secret], sort_keys=True, default=str)
     return options, hashlib.sha256(material.encode("utf-8")).hexdigest()
 

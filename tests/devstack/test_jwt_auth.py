@@ -101,7 +101,10 @@ def test_the_pool_is_provisioned_as_documented(cognito: LocalCognito) -> None:
         UserPoolId=cognito.user_pool_id, ClientId=cognito.client_id
     )["UserPoolClient"]
     assert app["ClientName"] == CLIENT_NAME
-    assert "ClientSecret" not in app
+    # Confidential, as deployed: the mobile function signs in with SECRET_HASH and the
+    # caller's UserContextData.
+    assert app["ClientSecret"] == cognito.client_secret
+    assert app["EnablePropagateAdditionalUserContextData"] is True
     assert set(app["ExplicitAuthFlows"]) == {"ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"}
     for user in SEEDED_USERS:
         found = client.admin_get_user(UserPoolId=cognito.user_pool_id, Username=user.email)

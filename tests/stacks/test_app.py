@@ -13,7 +13,7 @@ from covenant.streams import DAY_S, STREAMS
 from covenant.topology import load_functions
 from stacks.events import BRIDGE_NATS_PERMISSIONS
 from stacks.layers import build_dependencies, locked_versions, runtime_requirements
-from stacks.settings import DATABASE_CA_FILE
+from stacks.settings import DATABASE_CA_PARAMETER_PATH
 
 from .conftest import DOMAIN, resources
 
@@ -21,7 +21,7 @@ REGIONS = load_regions()
 PRIMARY = next(r for r in REGIONS if r.primary)
 SECONDARIES = [r for r in REGIONS if not r.primary]
 CODES = [r.code for r in REGIONS]
-VERIFIED_TLS = f"sslmode=verify-full&sslrootcert={DATABASE_CA_FILE}"
+VERIFIED_TLS = f"sslmode=verify-full&sslrootcert=ssm:{DATABASE_CA_PARAMETER_PATH}"
 
 
 def _only(template: Template, kind: str, **match: Any) -> dict[str, Any]:
@@ -48,6 +48,7 @@ def test_every_region_has_its_stacks_in_its_own_aws_region(stacks) -> None:
             expected[f"Covenant-{r.code}-{kind}"] = r.aws_region
     expected[f"Covenant-{PRIMARY.code}-Auth"] = PRIMARY.aws_region
     expected[f"Covenant-{PRIMARY.code}-Events"] = PRIMARY.aws_region
+    expected[f"Covenant-{PRIMARY.code}-Bridge"] = PRIMARY.aws_region
     assert {name: s.environment.region for name, s in stacks.items()} == expected
 
 
@@ -55,6 +56,41 @@ def test_stateful_stacks_are_protected_from_deletion(stacks) -> None:
     for name, stack in stacks.items():
         if name.endswith(("-Data", "-Auth", "-Events")):
             assert stack.termination_protection, name
+
+
+# What holds data or identity; a stateless stack has none of these, so it can be replaced.
+STATEFUL_TYPES = {
+    "AWS::SQS::Queue",
+    "AWS::SecretsManager::Secret",
+    "AWS::KMS::Key",
+    "AWS::EKS::Cluster",
+    "AWS::RDS::DBCluster",
+    "AWS::Cognito::UserPool",
+}
+
+
+def test_the_bridge_and_topology_functions_live_in_their_own_stateless_stack(templates) -> None:
+    """Events holds NATS, its secrets and the wake-up queue; Bridge holds the functions that
+    use them (replaceable and rolled back on their own, without touching EKS)."""
+    events = templates[f"Covenant-{PRIMARY.code}-Events"]
+    bridge = templates[f"Covenant-{PRIMARY.code}-Bridge"]
+    ours = {"bridge.handler.handler", "jetstream.handler.handler"}
+    in_events = {
+        f["Properties"].get("Handler") for f in resources(events, "AWS::Lambda::Function").values()
+    }
+    assert not (ours & in_events)
+    assert resources(events, "AWS::Lambda::EventSourceMapping") == {}
+    assert resources(events, "AWS::Events::Rule") == {}
+    assert resources(events, "Custom::CovenantJetStreamTopology") == {}
+    in_bridge = {
+        f["Properties"].get("Handler"): f["Properties"]
+        for f in resources(bridge, "AWS::Lambda::Function").values()
+    }
+    assert ours <= set(in_bridge)
+    names = {in_bridge[h]["FunctionName"] for h in ours}
+    assert names == {f"covenant-{PRIMARY.code}-bridge", f"covenant-{PRIMARY.code}-jetstream"}
+    kinds = {r["Type"] for r in bridge.to_json()["Resources"].values()}
+    assert not (kinds & STATEFUL_TYPES), kinds & STATEFUL_TYPES
 
 
 # -- network ------------------------------------------------------------------------------------
@@ -156,7 +192,7 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     env = migrator["Environment"]["Variables"]
     assert env["DATABASE_LOGIN_USERS"] == "covenant_graphql,covenant_mobile,covenant_bridge"
     assert env["DATABASE_TLS"] == VERIFIED_TLS
-    assert len(migrator["Layers"]) == 3
+    assert len(migrator["Layers"]) == 2  # dependencies, shared code (the CA is in SSM)
     assert "VpcConfig" in migrator
 
 
@@ -238,7 +274,7 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         assert fn["Runtime"] == "python3.14"
         assert fn["Architectures"] == ["arm64"]
         assert fn["TracingConfig"] == {"Mode": "Active"}
-        assert len(fn["Layers"]) == 3  # dependencies, shared code, database CA bundle
+        assert len(fn["Layers"]) == 2  # dependencies, shared code (the database CA is in SSM)
         assert fn["VpcConfig"]["SubnetIds"] and fn["VpcConfig"]["SecurityGroupIds"]
         env = fn["Environment"]["Variables"]
         assert env["COVENANT_REGION"] == code
@@ -310,7 +346,8 @@ def _role_statements(template: Template, role_prefix: str) -> list[dict[str, Any
 
 
 # What functions/mobile/auth/cognito.py and functions/graphql_api/users.py call with IAM
-# credentials (InitiateAuth and GlobalSignOut are authorized by the user's own token).
+# credentials (InitiateAuth, GetTokensFromRefreshToken and GlobalSignOut are authorized by
+# the client secret or the user's own token).
 COGNITO_CALLS = {
     "Mobile": {
         "cognito-idp:AdminCreateUser",
@@ -321,6 +358,8 @@ COGNITO_CALLS = {
         "cognito-idp:AdminListGroupsForUser",
         "cognito-idp:AdminUserGlobalSignOut",
         "cognito-idp:DescribeUserPool",
+        # the app client's secret, read at the first sign-in (never in a template)
+        "cognito-idp:DescribeUserPoolClient",
     },
     "Graphql": {
         "cognito-idp:AdminGetUser",
@@ -399,9 +438,32 @@ def test_user_pool_with_roles_password_policy_and_the_mobile_client(templates) -
         "ALLOW_USER_PASSWORD_AUTH",
         "ALLOW_REFRESH_TOKEN_AUTH",
     }
-    assert client["GenerateSecret"] is False
     assert client["PreventUserExistenceErrors"] == "ENABLED"
     assert client["EnableTokenRevocation"] is True
+
+
+def test_the_mobile_client_is_confidential_and_propagates_the_callers_context(
+    templates,
+) -> None:
+    """Cognito takes UserContextData (the caller's address for threat protection) only from
+    a client with a secret and EnablePropagateAdditionalUserContextData."""
+    template = templates[f"Covenant-{PRIMARY.code}-Auth"]
+    client = _only(template, "AWS::Cognito::UserPoolClient")["Properties"]
+    assert client["GenerateSecret"] is True
+    assert client["EnablePropagateAdditionalUserContextData"] is True
+    # Refresh goes through GetTokensFromRefreshToken, which needs rotation off or on alike;
+    # rotation stays off (the app keeps its refresh token).
+    assert client.get("RefreshTokenRotation", {"Feature": "DISABLED"})["Feature"] == "DISABLED"
+
+
+def test_no_template_carries_the_client_secret(templates) -> None:
+    """The secret is read by the mobile function from Cognito at run time: no template
+    reads it (CDK's userPoolClientSecret is a custom resource whose answer CloudFormation
+    would hold), passes it on, or outputs it."""
+    for name, template in templates.items():
+        text = json.dumps(template.to_json())
+        assert "ClientSecret" not in text, name
+        assert "DescribeUserPoolClient" not in text or name.endswith("-Api"), name
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -487,11 +549,14 @@ def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream
 def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failures(
     templates,
 ) -> None:
-    template = templates[f"Covenant-{PRIMARY.code}-Events"]
-    queue = _only(template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup")["Properties"]
+    queue_template = templates[f"Covenant-{PRIMARY.code}-Events"]
+    template = templates[f"Covenant-{PRIMARY.code}-Bridge"]
+    queue = _only(queue_template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup")[
+        "Properties"
+    ]
     assert queue["RedrivePolicy"]["maxReceiveCount"] == 5
     assert queue["MessageRetentionPeriod"] == 4 * DAY_S  # covenant:events.wakeupRetentionDays
-    dlq = _only(template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup-dlq")
+    dlq = _only(queue_template, "AWS::SQS::Queue", QueueName="covenant-outbox-wakeup-dlq")
     assert dlq["Properties"]["MessageRetentionPeriod"] == 14 * DAY_S  # deadLetterRetentionDays
     template.has_resource_properties(
         "AWS::Lambda::EventSourceMapping",
@@ -507,7 +572,7 @@ def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failur
 
 
 def test_schedules_sweep_the_outbox_and_probe_jetstream(templates) -> None:
-    template = templates[f"Covenant-{PRIMARY.code}-Events"]
+    template = templates[f"Covenant-{PRIMARY.code}-Bridge"]
     template.has_resource_properties(
         "AWS::Events::Rule",
         {"Name": "covenant-outbox-sweep", "ScheduleExpression": "rate(1 minute)"},
@@ -579,7 +644,7 @@ def test_iam_policies_use_no_wildcard_where_a_narrower_grant_exists(templates) -
 
 
 def test_each_function_reads_only_its_own_secret_and_connects_as_its_own_user(templates) -> None:
-    events = templates[f"Covenant-{PRIMARY.code}-Events"].to_json()["Resources"]
+    events = templates[f"Covenant-{PRIMARY.code}-Bridge"].to_json()["Resources"]
     readers: dict[str, set[str]] = {}
     for logical, resource in events.items():
         if resource["Type"] != "AWS::IAM::Policy":
@@ -589,7 +654,8 @@ def test_each_function_reads_only_its_own_secret_and_connects_as_its_own_user(te
                 readers.setdefault(logical, set()).add(json.dumps(statement["Resource"]))
     bridge = next(v for k, v in readers.items() if k.startswith("BridgeRole"))
     jetstream = next(v for k, v in readers.items() if k.startswith("JetStreamRole"))
-    assert bridge == {'{"Ref": "NatsBridgeSecret' + next(iter(bridge)).split("NatsBridgeSecret")[1]}
+    assert len(bridge) == 1 and "NatsBridgeSecret" in next(iter(bridge))
+    assert "NatsAdminSecret" not in next(iter(bridge))
     assert "NatsAdminSecret" in next(iter(jetstream)) and "NatsBridge" not in next(iter(jetstream))
     for code in CODES:
         api = templates[f"Covenant-{code}-Api"].to_json()["Resources"]

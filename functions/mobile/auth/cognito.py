@@ -1,18 +1,36 @@
 """The Cognito user pool, through boto3 `cognito-idp`: every call the auth routes make, with
 Cognito's errors turned into the few outcomes the routes distinguish.
 
-Sign-in uses InitiateAuth with USER_PASSWORD_AUTH on the public app client (no secret, no IAM
-permission needed; the client allows USER_PASSWORD_AUTH and refresh). Registration, profile
-reads and sign-out by ID token use the Admin* APIs, which need the function's IAM role:
-the pool is created with AllowAdminCreateUserOnly, so no one can sign up around the rules of
-POST /auth/register (viewer role only). Nothing here logs a token or a password.
+Sign-in uses InitiateAuth with USER_PASSWORD_AUTH on the confidential app client: every call
+carries SECRET_HASH (HMAC-SHA256 of username + client id under the client secret) and
+UserContextData (the caller's address as API Gateway saw it, plus the app's encoded context
+data when it sent some), so Cognito's threat protection scores the caller, not this
+function's NAT address; Cognito accepts UserContextData only from a client with a secret and
+EnablePropagateAdditionalUserContextData. Refresh uses GetTokensFromRefreshToken, which takes
+the client secret itself and so needs no username (REFRESH_TOKEN_AUTH would need the pool's
+username of the user, the `sub`, which the refresh request does not carry).
+
+The client secret is in no template, environment variable or log: the function reads it from
+Cognito (DescribeUserPoolClient, allowed on this pool only) on the first sign-in of an
+execution environment and keeps it in memory. botocore's DEBUG lines print request and
+response bodies, so its wire loggers are held at INFO here whatever the function's log level.
+
+Registration, profile reads and sign-out by ID token use the Admin* APIs, which need the
+function's IAM role: the pool is created with AllowAdminCreateUserOnly, so no one can sign up
+around the rules of POST /auth/register (viewer role only). Nothing here logs a token, a
+password or the client secret.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +42,12 @@ from covenant import aws
 from mobile.settings import CognitoSettings
 
 logger = logging.getLogger(__name__)
+# botocore logs every request body (endpoint) and response body (parsers) at DEBUG: the client
+# secret (DescribeUserPoolClient's answer, GetTokensFromRefreshToken's request), passwords and
+# tokens. Lambda's log-level control can put the root logger at DEBUG; these stay at INFO.
+WIRE_LOGGERS = ("botocore.endpoint", "botocore.parsers")
+for _name in WIRE_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 # Cognito's answers to a wrong email or password, an unknown, unconfirmed or disabled account:
 # all the same to the client (no user enumeration).
@@ -100,6 +124,62 @@ class Profile:
 
 _policies: dict[str, tuple[float, dict[str, Any]]] = {}
 _POLICY_TTL_S = 600.0
+# The app client's secret per (pool, client), None for a client without one; per process.
+_secrets: dict[tuple[str, str], str | None] = {}
+_secrets_lock = threading.Lock()
+# Cognito's limit on UserContextData.EncodedData is not documented; the SDKs' output is a few KB.
+MAX_ENCODED_CONTEXT_DATA = 16 * 1024
+
+
+@dataclass(frozen=True)
+class CallerContext:
+    """Who is signing in, for threat protection: API Gateway's `sourceIp` of the request and
+    the app's encoded context data (Cognito's advanced security SDK output), when sent."""
+
+    source_ip: str
+    encoded_data: str | None = None
+
+    def user_context_data(self) -> dict[str, str]:
+        data: dict[str, str] = {}
+        with contextlib.suppress(ValueError):  # no address rather than one Cognito refuses
+            data["IpAddress"] = str(ipaddress.ip_address(self.source_ip))
+        if self.encoded_data:
+            data["EncodedData"] = self.encoded_data
+        return data
+
+
+def secret_hash(client_secret: str, username: str, client_id: str) -> str:
+    """Cognito's SECRET_HASH: Base64(HMAC-SHA256(key=client secret, username + client id))."""
+    digest = hmac.new(
+        client_secret.encode("utf-8"), (username + client_id).encode("utf-8"), hashlib.sha256
+    ).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def client_secret(settings: CognitoSettings) -> str | None:
+    """The app client's secret, read once per execution environment (DescribeUserPoolClient)."""
+    key = (settings.user_pool_id, settings.client_id)
+    with _secrets_lock:
+        if key in _secrets:
+            return _secrets[key]
+    try:
+        described = _client(settings).describe_user_pool_client(
+            UserPoolId=settings.user_pool_id, ClientId=settings.client_id
+        )
+    except (ClientError, BotoCoreError) as error:
+        if _unavailable(error):
+            raise CognitoUnavailable("describe_user_pool_client") from None
+        raise
+    secret = described.get("UserPoolClient", {}).get("ClientSecret") or None
+    with _secrets_lock:
+        _secrets[key] = secret
+    return secret
+
+
+def forget_client_secrets() -> None:
+    """Tests: the next sign-in reads the secret again."""
+    with _secrets_lock:
+        _secrets.clear()
 
 
 def _client(settings: CognitoSettings) -> Any:
@@ -125,17 +205,9 @@ def _tokens(result: Mapping[str, Any]) -> Tokens:
     )
 
 
-def _initiate_auth(
-    settings: CognitoSettings, flow: str, parameters: dict[str, str], source_ip: str
-) -> Tokens:
+def _token_call(settings: CognitoSettings, operation: str, **params: Any) -> Tokens:
     try:
-        response = _client(settings).initiate_auth(
-            ClientId=settings.client_id,
-            AuthFlow=flow,
-            AuthParameters=parameters,
-            # Feeds Cognito's threat protection with the real client address, not ours.
-            UserContextData={"IpAddress": source_ip},
-        )
+        response = getattr(_client(settings), operation)(ClientId=settings.client_id, **params)
     except ClientError as error:
         if _code(error) in _CREDENTIAL_ERRORS:
             raise CredentialsRejected from None
@@ -149,15 +221,30 @@ def _initiate_auth(
     return _tokens(response["AuthenticationResult"])
 
 
-def sign_in(settings: CognitoSettings, email: str, password: str, source_ip: str) -> Tokens:
-    return _initiate_auth(
-        settings, "USER_PASSWORD_AUTH", {"USERNAME": email, "PASSWORD": password}, source_ip
+def sign_in(settings: CognitoSettings, email: str, password: str, caller: CallerContext) -> Tokens:
+    parameters = {"USERNAME": email, "PASSWORD": password}
+    secret = client_secret(settings)
+    if secret is not None:
+        parameters["SECRET_HASH"] = secret_hash(secret, email, settings.client_id)
+    context = caller.user_context_data()
+    return _token_call(
+        settings,
+        "initiate_auth",
+        AuthFlow="USER_PASSWORD_AUTH",
+        AuthParameters=parameters,
+        **({"UserContextData": context} if context else {}),
     )
 
 
-def refresh(settings: CognitoSettings, refresh_token: str, source_ip: str) -> Tokens:
-    return _initiate_auth(
-        settings, "REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": refresh_token}, source_ip
+def refresh(settings: CognitoSettings, refresh_token: str) -> Tokens:
+    """New access and ID tokens (the refresh token is not rotated: the client's rotation is
+    off, so Cognito answers without a new one)."""
+    secret = client_secret(settings)
+    return _token_call(
+        settings,
+        "get_tokens_from_refresh_token",
+        RefreshToken=refresh_token,
+        **({"ClientSecret": secret} if secret is not None else {}),
     )
 
 

@@ -75,14 +75,33 @@ def _session_body(tokens: cognito.Tokens) -> dict[str, Any]:
     return body
 
 
+def _caller_context(body: Mapping[str, Any], source_ip: str) -> cognito.CallerContext:
+    """The caller for Cognito's threat protection: the address API Gateway saw, and the
+    optional `user_context_data` of the body (the encoded data Cognito's advanced security
+    SDK computes on the device)."""
+    encoded = body.get("user_context_data")
+    if encoded is not None and (
+        not isinstance(encoded, str)
+        or not encoded
+        or len(encoded) > cognito.MAX_ENCODED_CONTEXT_DATA
+    ):
+        raise BadRequest(
+            "user_context_data must be the string of Cognito's advanced security SDK, "
+            f"1 to {cognito.MAX_ENCODED_CONTEXT_DATA} characters.",
+            field="user_context_data",
+        )
+    return cognito.CallerContext(source_ip=source_ip, encoded_data=encoded)
+
+
 def login(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
     """{user, access_token, id_token, refresh_token, expires_in} or an ApiError."""
     email = _email(body)
     password = _string(body, "password", maximum=256)
+    caller = _caller_context(body, source_ip)
     settings = CognitoSettings.load()
     attempt = Throttle(ThrottleSettings.load()).begin(account=account_key(email), address=source_ip)
     try:
-        tokens = cognito.sign_in(settings, email, password, source_ip)
+        tokens = cognito.sign_in(settings, email, password, caller)
     except cognito.CredentialsRejected:
         attempt.failed()
         raise Unauthenticated(WRONG_CREDENTIALS) from None
@@ -110,7 +129,7 @@ def refresh(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
     settings = CognitoSettings.load()
     attempt = Throttle(ThrottleSettings.load()).begin(account=None, address=source_ip)
     try:
-        tokens = cognito.refresh(settings, refresh_token, source_ip)
+        tokens = cognito.refresh(settings, refresh_token)
     except cognito.CredentialsRejected:
         attempt.failed()
         raise Unauthenticated(SESSION_ENDED) from None
@@ -139,6 +158,7 @@ def register(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
     if not name:
         raise BadRequest("name must not be blank.", field="name")
     country_code = _country_code(body.get("country_code"))
+    caller = _caller_context(body, source_ip)
     settings = CognitoSettings.load()
     policy = _policy(settings)
     missing = cognito.policy_failures(password, policy)
@@ -147,7 +167,7 @@ def register(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
     attempt = Throttle(ThrottleSettings.load()).begin(account=None, address=source_ip)
     try:
         cognito.create_viewer(settings, email, password, name, country_code)
-        tokens = cognito.sign_in(settings, email, password, source_ip)
+        tokens = cognito.sign_in(settings, email, password, caller)
     except cognito.AccountExists:
         # Counted as a failure, so probing which emails have accounts is throttled.
         attempt.failed()

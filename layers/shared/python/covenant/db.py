@@ -65,6 +65,9 @@ class ConnectionSpec:
     - `sslmode`: disable (default), require (encrypted, certificate not checked, as libpq's
       require), verify-ca (certificate checked against `sslrootcert` or the system store),
       verify-full (that, and the host name).
+    - `sslrootcert`: a PEM file, or `ssm:<path>`: the CA certificates stored under that SSM
+      parameter path of the function's region (one per parameter, written at deploy time by
+      the Data stack's `Custom::CovenantDatabaseCa`), read once per process.
     - `auth=iam`: no password in the URL; each connect signs an RDS IAM authentication token
       (15 minutes valid, signed locally by boto3: no network call) with the function's role.
       IAM authentication needs TLS, so it refuses sslmode=disable.
@@ -111,7 +114,11 @@ class ConnectionSpec:
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.sslmode == "disable":
             return None
-        context = ssl.create_default_context(cafile=self.sslrootcert)
+        if self.sslrootcert is not None and self.sslrootcert.startswith(SSM_CA_PREFIX):
+            bundle = ssm_ca_bundle(self.sslrootcert.removeprefix(SSM_CA_PREFIX))
+            context = ssl.create_default_context(cadata=bundle)
+        else:
+            context = ssl.create_default_context(cafile=self.sslrootcert)
         if self.sslmode != "verify-full":
             context.check_hostname = False
         if self.sslmode == "require":
@@ -133,6 +140,49 @@ class ConnectionSpec:
     def redacted(self) -> str:
         """Where it points, without the password: safe for logs and messages."""
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+SSM_CA_PREFIX = "ssm:"
+_ca_bundles: dict[tuple[str, str], str] = {}
+_ca_lock = threading.Lock()
+
+
+def ssm_ca_bundle(path: str) -> str:
+    """The PEM certificates under SSM parameter `path` (`<path>/0`, `<path>/1`, ...) in the
+    function's region, concatenated in order; cached for the process. OSError when there
+    are none (the deploy-time resource has not run), which the connect turns into
+    DatabaseUnavailable."""
+    region = env("AWS_REGION") or env("AWS_DEFAULT_REGION")
+    if not region:
+        raise OSError("sslrootcert=ssm: needs AWS_REGION")
+    key = (region, path)
+    with _ca_lock:
+        if key in _ca_bundles:
+            return _ca_bundles[key]
+    from covenant import aws
+
+    parameters: list[tuple[int, str]] = []
+    try:
+        pages = aws.client("ssm", region).get_paginator("get_parameters_by_path")
+        for page in pages.paginate(Path=path):
+            for parameter in page.get("Parameters", []):
+                suffix = str(parameter["Name"]).rpartition("/")[2]
+                if suffix.isdigit():
+                    parameters.append((int(suffix), str(parameter["Value"])))
+    except Exception as exc:  # botocore's errors: the CA cannot be read
+        raise OSError(f"cannot read the database CA from SSM {path}: {exc}") from None
+    bundle = "".join(value for _, value in sorted(parameters))
+    if "-----BEGIN CERTIFICATE-----" not in bundle:
+        raise OSError(f"no database CA certificate under SSM {path}")
+    with _ca_lock:
+        _ca_bundles[key] = bundle
+    return bundle
+
+
+def forget_ca_bundles() -> None:
+    """Tests: the next connection reads the CA again."""
+    with _ca_lock:
+        _ca_bundles.clear()
 
 
 @cache
