@@ -54,6 +54,7 @@ class PrimaryLambda:
         self.slow_s = 0.0
         self.invocations: list[Invocation] = []
         self._extra: dict[str, str] = {}
+        self._users = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -75,14 +76,18 @@ class PrimaryLambda:
     @contextmanager
     def configured(self, extra: Mapping[str, str]) -> Iterator[None]:
         """The primary's functions get `extra` too while the block runs (the same settings
-        as the calling secondary: both regions deploy the same configuration)."""
+        as the calling secondary: both regions deploy the same configuration). Blocks may
+        overlap (concurrent callers): the settings stay until the last one ends."""
         with self._lock:
-            before, self._extra = self._extra, dict(extra)
+            self._users += 1
+            self._extra = {**self._extra, **extra}
         try:
             yield
         finally:
             with self._lock:
-                self._extra = before
+                self._users -= 1
+                if self._users == 0:
+                    self._extra = {}
 
     @contextmanager
     def failing(self, mode: str, slow_s: float = 0.0) -> Iterator[None]:
