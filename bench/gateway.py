@@ -104,15 +104,14 @@ def in_process_latencies(endpoints: dict[str, str], query: str, requests: int) -
 
 
 def _in_process_worker(
-    endpoints: dict[str, str], query: str, start_at: float, seconds: float, out: Any
+    endpoints: dict[str, str], query: str, ready: Any, seconds: float, out: Any
 ) -> None:
     handler, event = _handler(endpoints), _event(query)
     sys.stdout = io.StringIO()
     for _ in range(20):
         handler(event, _Context())
-    while time.time() < start_at:
-        time.sleep(0.001)
-    done, deadline = 0, start_at + seconds
+    ready.wait()  # every worker imported and warm: the window starts for all at once
+    done, deadline = 0, time.time() + seconds
     while time.time() < deadline:
         handler(event, _Context())
         done += 1
@@ -124,9 +123,9 @@ def _in_process_worker(
 def in_process_throughput(endpoints: dict[str, str], query: str, seconds: float) -> float:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    start_at = time.time() + 6  # every worker imported and warm by then
+    ready = context.Barrier(CONCURRENCY)
     workers = [
-        context.Process(target=_in_process_worker, args=(endpoints, query, start_at, seconds, out))
+        context.Process(target=_in_process_worker, args=(endpoints, query, ready, seconds, out))
         for _ in range(CONCURRENCY)
     ]
     for worker in workers:
