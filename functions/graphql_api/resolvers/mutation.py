@@ -17,7 +17,7 @@ from covenant import db, idempotency
 from covenant.db import Row, sqlstate
 from covenant.domain_events import add_change_events, wake_bridge_after_commit
 from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
-from covenant.revocation import revoke_tokens
+from covenant.revocation import revoke_tokens, wait_out_second
 from covenant.uow import UnitOfWork
 from graphql_api import repository, users
 from graphql_api.context import Info, RequestContext, context_of, mark_siblings
@@ -357,11 +357,14 @@ def resolve_set_user_role(_: Any, info: Info, input: dict[str, Any]) -> dict[str
             # The user's tokens carry the old groups: refuse those issued until now, i.e.
             # after Cognito made the change (a token refreshed while this transaction waited
             # or called Cognito still has the old groups), so the new role holds at once.
-            revoke_tokens(uow, user.sub)
+            revoked_at = revoke_tokens(uow, user.sub)
     except Exception:
         if applied and event_id is not None:  # Cognito changed; did the event commit?
             _settle(directory, user, applied, event_id, role)
         raise
+    # Tokens of the revocation's second are refused too (`iat` has whole seconds): answer once
+    # it has passed, so a refresh after this answer gets the new groups in an accepted token.
+    wait_out_second(revoked_at)
     return _role_change(user, role, before, changed=True)
 
 

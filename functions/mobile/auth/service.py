@@ -13,7 +13,7 @@ from typing import Any
 
 from covenant.db import reader
 from covenant.identity import ROLES, Caller
-from covenant.revocation import is_revoked, record_sign_out
+from covenant.revocation import is_revoked, record_sign_out, wait_out_second
 from mobile.auth import cognito
 from mobile.auth.throttle import Throttle, account_key
 from mobile.http import (
@@ -222,7 +222,9 @@ def logout(caller: Caller, bearer_token: str | None) -> dict[str, Any]:
         cognito.sign_out_everywhere(settings, access_token=access_token, username=caller.username)
     except cognito.CognitoUnavailable:
         raise ServiceUnavailable(_UNAVAILABLE) from None
-    record_sign_out(caller.sub)
+    # Answered once the second of the sign-out has passed: a token issued in it is refused,
+    # and a sign-in after this answer must get one from a later second.
+    wait_out_second(record_sign_out(caller.sub))
     return {"signed_out": True}
 
 
