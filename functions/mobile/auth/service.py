@@ -164,9 +164,13 @@ def register(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
     missing = cognito.policy_failures(password, policy)
     if missing:
         raise _weak_password(f"The password needs {', '.join(missing)}.", policy)
-    attempt = Throttle(ThrottleSettings.load()).begin(account=None, address=source_ip)
+    attempt = Throttle(ThrottleSettings.load()).begin(
+        account=None, address=source_ip, registration=True
+    )
+    created = False  # an account made counts as a registration whatever follows
     try:
         cognito.create_viewer(settings, email, password, name, country_code)
+        created = True
         tokens = cognito.sign_in(settings, email, password, caller)
     except cognito.AccountExists:
         # Counted as a failure, so probing which emails have accounts is throttled.
@@ -180,11 +184,11 @@ def register(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
             str(weak) or "The password does not meet the policy.", policy
         ) from None
     except (cognito.CognitoUnavailable, cognito.CredentialsRejected, cognito.ChallengeRequired):
-        attempt.abandoned()
+        attempt.succeeded() if created else attempt.abandoned()
         logger.warning("register: Cognito unavailable or refused the new account's sign-in")
         raise ServiceUnavailable(_UNAVAILABLE) from None
     except BaseException:
-        attempt.abandoned()
+        attempt.succeeded() if created else attempt.abandoned()
         raise
     attempt.succeeded()
     return _session_body(tokens)

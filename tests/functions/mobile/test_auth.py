@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,6 +223,28 @@ def test_register_makes_a_viewer_whatever_role_is_asked(mobile, cognito) -> None
         "roles": ["viewer"],
     }
     assert _login(mobile, email, "Fresh-Account-2026!").status == 200
+
+
+def test_successful_registrations_are_throttled_per_address(mobile) -> None:
+    """A sign-up flood from one address: every registration counts, not only failed ones."""
+    env = {"AUTH_MAX_REGISTRATIONS_PER_ADDRESS": "3", "AUTH_MAX_FAILURES_PER_ADDRESS": "3"}
+
+    def register(address: str) -> Any:
+        body = {"email": _new_email(), "password": "Flood-Account-2026!", "name": "Flood"}
+        return mobile("POST", "/auth/register", body=body, env=env, source_ip=address)
+
+    assert [register("192.0.2.60").status for _ in range(3)] == [201] * 3
+    refused = register("192.0.2.60")
+    assert refused.status == 429, refused.body
+    assert refused.body["code"] == "TOO_MANY_REQUESTS"
+    assert refused.body["message"].startswith("Too many accounts registered from this address.")
+    retry_after = int(refused.headers["Retry-After"])
+    assert 1 <= retry_after <= 900 and refused.body["retryAfter"] == retry_after
+    # Another address registers; the flooding address still signs in (registrations are not
+    # sign-in failures).
+    assert register("192.0.2.61").status == 201
+    user = seeded("viewer")
+    assert _login(mobile, user.email, user.password, env=env, source_ip="192.0.2.60").status == 200
 
 
 def test_register_an_existing_email_is_a_conflict(mobile) -> None:
