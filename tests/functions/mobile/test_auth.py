@@ -247,6 +247,29 @@ def test_successful_registrations_are_throttled_per_address(mobile) -> None:
     assert _login(mobile, user.email, user.password, env=env, source_ip="192.0.2.60").status == 200
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/auth/login", {"email": "ada@example.org", "password": "Whatever-2026!x"}),
+        (
+            "/auth/register",
+            {"email": "ada@example.org", "password": "Whatever-2026!x", "name": "A"},
+        ),
+        ("/auth/refresh", {"refresh_token": "x"}),
+    ],
+)
+def test_without_a_user_pool_the_auth_routes_answer_503(mobile, path: str, body) -> None:
+    """COVENANT_COGNITO=off starts the functions without a pool: a clean 503, no traceback."""
+    off = {"COGNITO_USER_POOL_ID": "", "COGNITO_CLIENT_ID": ""}
+    reply = mobile("POST", path, body=body, env=off)
+    assert reply.status == 503, reply.body
+    assert reply.body["code"] == "SERVICE_UNAVAILABLE"
+    assert reply.body["message"] == (
+        "Sign-in is not available here: this deployment has no Cognito user pool."
+    )
+    assert reply.headers["Retry-After"] == "60"
+
+
 def test_register_an_existing_email_is_a_conflict(mobile) -> None:
     reply = mobile(
         "POST",
