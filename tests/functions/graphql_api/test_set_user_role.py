@@ -346,3 +346,18 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(gql, pool, monke
         reply.body for reply in replies
     ]
     assert [email for email in (boss, twohats) if "admin" in pool.roles(email)] != []
+
+
+def test_the_schema_describes_what_a_role_change_does_to_tokens() -> None:
+    """What GraphiQL shows: old tokens are refused at once (no longer "keep their old roles")."""
+    from pathlib import Path
+
+    from graphql import build_schema
+
+    import graphql_api
+
+    sdl = (Path(graphql_api.__file__).parent / "schema.graphql").read_text()
+    field = build_schema(sdl).mutation_type.fields["setUserRole"]  # type: ignore[union-attr]
+    description = field.description or ""
+    assert "keep their old roles" not in description
+    assert "refused" in description and "last_admin" in description
