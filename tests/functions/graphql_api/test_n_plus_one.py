@@ -45,13 +45,17 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def bigger_data(servers, wait_for_replica):
-    """2 400 more projects spread over every country, then removed again."""
-    ids = [str(uuid.uuid4()) for _ in range(2400)]
-    with db.writer().session() as session:
+# Setting up and removing the load is not what these tests measure: on a busy machine (another
+# stack running beside the suite) the 2 400-row insert may outlast the writer's statement
+# timeout, so it gets its own generous one.
+SETUP_TIMEOUT = "SET LOCAL statement_timeout = '120s'"
+
+
+def add_load(database: db.Database, ids: list[str]) -> None:
+    with database.session() as session:
         codes = [row[0] for row in session.run("SELECT code::text FROM countries ORDER BY code")]
-    with UnitOfWork(db.writer()) as uow:
+    with UnitOfWork(database) as uow:
+        uow.run(SETUP_TIMEOUT)
         uow.run(
             "INSERT INTO projects (id, name, sector_id, country_code, budget_usd) "
             "SELECT i, 'Load ' || n, (ARRAY['energy','health','education','minerals',"
@@ -61,12 +65,43 @@ def bigger_data(servers, wait_for_replica):
             ids=ids,
             codes=[codes[i % len(codes)] for i in range(len(ids))],
         )
-    yield
-    with UnitOfWork(db.writer()) as uow:
+
+
+def remove_load(database: db.Database, ids: list[str]) -> None:
+    with UnitOfWork(database) as uow:
+        uow.run(SETUP_TIMEOUT)
         uow.run("DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids)
         # Tombstones stay: deleting them would move the change cursor backwards
         # under a device that already pulled past them (pruning advances sync_horizon).
+
+
+@pytest.fixture(scope="module")
+def bigger_data(servers, wait_for_replica):
+    """2 400 more projects spread over every country, then removed again."""
+    ids = [str(uuid.uuid4()) for _ in range(2400)]
+    add_load(db.writer(), ids)
+    yield
+    remove_load(db.writer(), ids)
     wait_for_replica()  # later tests read the replica: it must not still hold these rows
+
+
+def test_the_load_is_set_up_on_a_machine_too_slow_for_the_default_timeout(servers) -> None:
+    """A writer whose statement timeout the insert outlasts (as a busy machine makes the
+    default one) still sets the load up and removes it."""
+    slow = db.Database(
+        db.Role.WRITER, servers.writer_url, statement_timeout_ms=5, connect_timeout_s=3
+    )
+    ids = [str(uuid.uuid4()) for _ in range(2400)]
+    try:
+        add_load(slow, ids)
+        remove_load(slow, ids)
+    finally:
+        slow.close()
+    with db.writer().session() as session:
+        left = session.scalar(
+            "SELECT count(*) FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids
+        )
+    assert left == 0
 
 
 @pytest.mark.parametrize("name", sorted(NESTED))
