@@ -66,12 +66,13 @@ COGNITO_ADMIN_ACTIONS = {
         # no client-level resource), whose only client is covenant-mobile.
         "cognito-idp:DescribeUserPoolClient",
     ],
-    # setUserRole (admins only, checked by the function)
+    # setUserRole (admins only, checked by the function; a demotion counts the admins left)
     "graphql": [
         "cognito-idp:AdminAddUserToGroup",
         "cognito-idp:AdminRemoveUserFromGroup",
         "cognito-idp:AdminListGroupsForUser",
         "cognito-idp:AdminGetUser",
+        "cognito-idp:ListUsersInGroup",
     ],
 }
 # The functions whose writes add outbox events (GraphQL mutations, the sync push) and then

@@ -347,7 +347,15 @@ def _say_applied(body: dict[str, Any], applied: dict[str, str]) -> None:
         path = error.get("path") or []
         key = path[0] if path else None
         if isinstance(key, str) and key in applied and data.get(key) is None:
-            error["extensions"] = {**error["extensions"], "applied": True, "id": applied[key]}
+            extensions = error["extensions"]
+            if extensions.get("code") == "INTERNAL_SERVER_ERROR":
+                # "The database is unavailable; retry shortly" would invite a second write.
+                error["message"] = (
+                    f"This change was applied ({applied[key]}), but its answer could not be "
+                    "completed: read the data instead of sending it again. Request id: "
+                    f"{extensions.get('requestId')}"
+                )
+            error["extensions"] = {**extensions, "applied": True, "id": applied[key]}
 
 
 def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
@@ -370,6 +378,12 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
             "have been applied. Send the request again with the same Idempotency-Key to find "
             f"out, or read the data before sending it anew. Request id: {request_id}"
         )
+        formatted["extensions"] = {
+            "code": "INTERNAL_SERVER_ERROR",
+            "requestId": request_id,
+            "mayHaveBeenApplied": True,
+        }
+        return formatted
     elif isinstance(original, DatabaseUnavailable):
         logger.error("database unavailable: %s", original)
         formatted["message"] = (

@@ -307,14 +307,15 @@ STATEMENTS: Mapping[str, int] = {
     # Each mutation is a transaction: BEGIN, the write, the outbox insert (or, when nothing
     # was written, the version check), COMMIT, and ROLLBACK should the COMMIT fail; an
     # updateCountry that moves the country to another region also reads the projects it
-    # moved; setUserRole also takes an advisory lock, revokes the user's tokens and, when
-    # the COMMIT fails after Cognito changed, checks whether the audit event was recorded.
+    # moved; setUserRole also takes an advisory lock (two when the admin set changes), revokes
+    # the user's tokens and, when the COMMIT fails after Cognito changed, checks whether the
+    # audit event was recorded.
     "Mutation.createCountry": 5,
     "Mutation.updateCountry": 6,
     "Mutation.createProject": 5,
     "Mutation.updateProject": 5,
     "Mutation.deleteProject": 5,
-    "Mutation.setUserRole": 7,
+    "Mutation.setUserRole": 8,
 }
 
 # Fields served by one load per request, whoever asks first: the sectors (`sectors`, and every

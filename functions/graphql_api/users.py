@@ -106,6 +106,32 @@ def roles_of(directory: Directory, user: User) -> frozenset[str]:
     return frozenset(groups.intersection(ROLES))
 
 
+def enabled_admins(directory: Directory) -> frozenset[str]:
+    """The subs of the enabled users in the admin group (a disabled admin cannot act)."""
+    client = _client(directory)
+    subs: set[str] = set()
+    token: str | None = None
+    try:
+        while True:
+            page = client.list_users_in_group(
+                UserPoolId=directory.user_pool_id,
+                GroupName="admin",
+                Limit=60,
+                **({"NextToken": token} if token else {}),
+            )
+            for user in page.get("Users", []):
+                if not user.get("Enabled", True):
+                    continue
+                attributes = {a["Name"]: a["Value"] for a in user.get("Attributes", [])}
+                subs.add(str(attributes.get("sub") or user["Username"]))
+            token = page.get("NextToken")
+            if not token:
+                break
+    except (ClientError, BotoCoreError) as error:
+        raise _unavailable("ListUsersInGroup", error) from error
+    return frozenset(subs)
+
+
 Change = tuple[str, str]  # ("add" | "remove", group)
 
 

@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from covenant import handoff, position
 from covenant.config import settings
-from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, Session, reader, writer
+from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, reader, writer
 from covenant.handoff import PrimaryRequired
 from covenant.identity import Caller, caller_from_event
 from covenant.logs import adopt_shared_logs
@@ -145,8 +145,7 @@ def sync_push() -> Response[Any]:
         )
     )
     headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-    with writer().session() as session:
-        written_at = _position_after(session)
+    written_at = _position_after()
     if written_at is not None:
         headers[position.HEADER] = written_at
     # The position travels in a header only: a replay's body is the first answer's, byte for
@@ -180,6 +179,7 @@ def commit_outcome_unknown(error: CommitOutcomeUnknown) -> Response[Any]:
             "The database connection was lost while the push was being saved; it may have been "
             "applied. Sending the same push again is safe: an applied push is answered from its "
             "receipt.",
+            mayHaveBeenApplied=True,
             requestId=_request_id(),
         )
     )
@@ -276,10 +276,13 @@ def _needs_primary(min_position: str | None) -> bool:
     return True
 
 
-def _position_after(session: Session) -> str | None:
-    """The primary's position after the push (committed, or replayed from its receipt)."""
+def _position_after() -> str | None:
+    """The primary's position after the push (committed, or replayed from its receipt). The
+    push stands whatever happens here: a writer that cannot be reached now (connecting is part
+    of the try) leaves the answer without a position, never a 503 for a committed push."""
     try:
-        return position.after_commit(session)
+        with writer().session() as session:
+            return position.after_commit(session)
     except Exception:
         _log.warning("position after the push unavailable", exc_info=True)
         return None

@@ -34,6 +34,7 @@ class ThrottleSettings:
     window_s: int
     max_failures_per_account: int
     max_failures_per_address: int
+    max_registrations_per_address: int  # successful ones included
 
     @classmethod
     def load(cls) -> ThrottleSettings:
@@ -41,6 +42,7 @@ class ThrottleSettings:
             window_s=env_int("AUTH_FAILURE_WINDOW_S", 900),
             max_failures_per_account=env_int("AUTH_MAX_FAILURES_PER_ACCOUNT", 5),
             max_failures_per_address=env_int("AUTH_MAX_FAILURES_PER_ADDRESS", 30),
+            max_registrations_per_address=env_int("AUTH_MAX_REGISTRATIONS_PER_ADDRESS", 10),
         )
 
 

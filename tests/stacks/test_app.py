@@ -366,6 +366,7 @@ COGNITO_CALLS = {
         "cognito-idp:AdminListGroupsForUser",
         "cognito-idp:AdminAddUserToGroup",
         "cognito-idp:AdminRemoveUserFromGroup",
+        "cognito-idp:ListUsersInGroup",
     },
 }
 

@@ -17,7 +17,7 @@ from covenant import db, idempotency
 from covenant.db import Row, sqlstate
 from covenant.domain_events import add_change_events, wake_bridge_after_commit
 from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
-from covenant.revocation import revoke_tokens
+from covenant.revocation import revoke_tokens, wait_out_second
 from covenant.uow import UnitOfWork
 from graphql_api import repository, users
 from graphql_api.context import Info, RequestContext, context_of, mark_siblings
@@ -320,6 +320,8 @@ _USER_NAME = re.compile(r"^[^\s\x00-\x1f\x7f-\x9f]{1,128}$")  # no space or cont
 # Role changes of one user are serialised (pg_advisory_xact_lock(this, hashtext(sub))), so
 # the roles an audit event reports as "before" are the ones the change replaced.
 _ROLE_LOCK_SPACE = 5151
+# One lock (this, 0) for the set of admins: see _lock_admin_set.
+_ADMIN_SET_LOCK_SPACE = 5152
 
 
 @mutation.field("setUserRole")
@@ -352,17 +354,41 @@ def resolve_set_user_role(_: Any, info: Info, input: dict[str, Any]) -> dict[str
             before = users.roles_of(directory, user)
             if before == {role}:
                 return _role_change(user, role, before, changed=False)
+            if "admin" in before or role == "admin":
+                _lock_admin_set(uow, directory, user, demoting="admin" in before)
             event_id = emit_role_change(uow, context, user.describe(), sorted(before), [role])
             applied = users.set_role(directory, user, role, before)
             # The user's tokens carry the old groups: refuse those issued until now, i.e.
             # after Cognito made the change (a token refreshed while this transaction waited
             # or called Cognito still has the old groups), so the new role holds at once.
-            revoke_tokens(uow, user.sub)
+            revoked_at = revoke_tokens(uow, user.sub)
     except Exception:
         if applied and event_id is not None:  # Cognito changed; did the event commit?
             _settle(directory, user, applied, event_id, role)
         raise
+    # Tokens of the revocation's second are refused too (`iat` has whole seconds): answer once
+    # it has passed, so a refresh after this answer gets the new groups in an accepted token.
+    wait_out_second(revoked_at)
     return _role_change(user, role, before, changed=True)
+
+
+def _lock_admin_set(
+    uow: UnitOfWork, directory: users.Directory, user: users.User, *, demoting: bool
+) -> None:
+    """Every change to the admin set is serialised by one lock (setUserRole runs on the
+    primary, whichever region was asked, so the lock holds across regions), taken after the
+    user's own lock and held until the commit, after Cognito made the change. A demotion then
+    counts the other enabled admins under that lock and is refused when there are none: two
+    admins demoting each other at once, one wins and the other is refused, so at least one
+    admin always remains. Promotions take the lock too, so that a promotion whose commit fails
+    (and is undone in Cognito) was never counted by a demotion."""
+    uow.run("SELECT pg_advisory_xact_lock(CAST(:space AS integer), 0)", space=_ADMIN_SET_LOCK_SPACE)
+    if demoting and not (users.enabled_admins(directory) - {user.sub}):
+        raise Conflict(
+            f"{user.email or user.username} is the last admin: promote another user to admin "
+            "before changing this one's role.",
+            reason="last_admin",
+        )
 
 
 def _settle(

@@ -28,7 +28,10 @@ def parse_money(value: Any) -> int:
         raise ValueError("Money must be a whole number of US dollars (no cents)")
     amount = int(value)
     if amount < 0 or amount > MAX_SAFE_INTEGER:
-        raise ValueError(f"Money must be between 0 and {MAX_SAFE_INTEGER}")
+        raise ValueError(
+            f"Money must be between 0 and {MAX_SAFE_INTEGER} (a budget: between 1 and "
+            f"{MAX_SAFE_INTEGER})"
+        )
     return amount
 
 

@@ -11,9 +11,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from covenant.config import ConfigError
 from covenant.db import reader
 from covenant.identity import ROLES, Caller
-from covenant.revocation import is_revoked, record_sign_out
+from covenant.revocation import is_revoked, record_sign_out, wait_out_second
 from mobile.auth import cognito
 from mobile.auth.throttle import Throttle, account_key
 from mobile.http import (
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 WRONG_CREDENTIALS = "Wrong email or password."
 SESSION_ENDED = "This session has ended (expired, revoked or signed out): sign in again."
 _UNAVAILABLE = "Sign-in is unavailable for a moment; try again shortly."
+_NOT_CONFIGURED = "Sign-in is not available here: this deployment has no Cognito user pool."
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _ALPHA3 = re.compile(r"^[A-Z]{3}$")
 
@@ -98,7 +100,7 @@ def login(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
     email = _email(body)
     password = _string(body, "password", maximum=256)
     caller = _caller_context(body, source_ip)
-    settings = CognitoSettings.load()
+    settings = _cognito()
     attempt = Throttle(ThrottleSettings.load()).begin(account=account_key(email), address=source_ip)
     try:
         tokens = cognito.sign_in(settings, email, password, caller)
@@ -126,7 +128,7 @@ def login(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
 def refresh(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
     """{user, access_token, id_token, expires_in}: new tokens, the refresh token unchanged."""
     refresh_token = _string(body, "refresh_token", maximum=8192)
-    settings = CognitoSettings.load()
+    settings = _cognito()
     attempt = Throttle(ThrottleSettings.load()).begin(account=None, address=source_ip)
     try:
         tokens = cognito.refresh(settings, refresh_token)
@@ -159,14 +161,18 @@ def register(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
         raise BadRequest("name must not be blank.", field="name")
     country_code = _country_code(body.get("country_code"))
     caller = _caller_context(body, source_ip)
-    settings = CognitoSettings.load()
+    settings = _cognito()
     policy = _policy(settings)
     missing = cognito.policy_failures(password, policy)
     if missing:
         raise _weak_password(f"The password needs {', '.join(missing)}.", policy)
-    attempt = Throttle(ThrottleSettings.load()).begin(account=None, address=source_ip)
+    attempt = Throttle(ThrottleSettings.load()).begin(
+        account=None, address=source_ip, registration=True
+    )
+    created = False  # an account made counts as a registration whatever follows
     try:
         cognito.create_viewer(settings, email, password, name, country_code)
+        created = True
         tokens = cognito.sign_in(settings, email, password, caller)
     except cognito.AccountExists:
         # Counted as a failure, so probing which emails have accounts is throttled.
@@ -180,11 +186,11 @@ def register(body: Mapping[str, Any], source_ip: str) -> dict[str, Any]:
             str(weak) or "The password does not meet the policy.", policy
         ) from None
     except (cognito.CognitoUnavailable, cognito.CredentialsRejected, cognito.ChallengeRequired):
-        attempt.abandoned()
+        attempt.succeeded() if created else attempt.abandoned()
         logger.warning("register: Cognito unavailable or refused the new account's sign-in")
         raise ServiceUnavailable(_UNAVAILABLE) from None
     except BaseException:
-        attempt.abandoned()
+        attempt.succeeded() if created else attempt.abandoned()
         raise
     attempt.succeeded()
     return _session_body(tokens)
@@ -194,7 +200,7 @@ def me(caller: Caller) -> dict[str, Any]:
     """{id, email, name, country_code, roles} from the user pool (current roles, not the
     token's)."""
     _require_live(caller)
-    settings = CognitoSettings.load()
+    settings = _cognito()
     try:
         profile = cognito.profile(settings, caller.username)
         if not profile.enabled:
@@ -216,14 +222,26 @@ def me(caller: Caller) -> dict[str, Any]:
 def logout(caller: Caller, bearer_token: str | None) -> dict[str, Any]:
     """Signs the user out on every device: Cognito revokes the refresh tokens, and every
     access or ID token issued so far is refused by this API from now on."""
-    settings = CognitoSettings.load()
+    settings = _cognito()
     access_token = bearer_token if caller.sent_access_token else None
     try:
         cognito.sign_out_everywhere(settings, access_token=access_token, username=caller.username)
     except cognito.CognitoUnavailable:
         raise ServiceUnavailable(_UNAVAILABLE) from None
-    record_sign_out(caller.sub)
+    # Answered once the second of the sign-out has passed: a token issued in it is refused,
+    # and a sign-in after this answer must get one from a later second.
+    wait_out_second(record_sign_out(caller.sub))
     return {"signed_out": True}
+
+
+def _cognito() -> CognitoSettings:
+    """The user pool's settings; a function started without one (`COVENANT_COGNITO=off`
+    locally, a deployment missing COGNITO_USER_POOL_ID or COGNITO_CLIENT_ID) answers 503."""
+    try:
+        return CognitoSettings.load()
+    except ConfigError as missing:
+        logger.warning("auth: no user pool configured (%s)", missing)
+        raise ServiceUnavailable(_NOT_CONFIGURED, retry_after_s=60) from None
 
 
 def _require_live(caller: Caller) -> None:

@@ -398,6 +398,7 @@ def test_a_commit_that_lost_its_connection_before_applying_runs_again_on_retry(
     (error,) = failed.errors
     assert "it may have been applied" in error["message"]
     assert "same Idempotency-Key" in error["message"]
+    assert error["extensions"]["mayHaveBeenApplied"] is True
     assert _project_ids(name) == []
     retry = create(name, key)
     assert retry.status == 200 and not retry.errors, retry.body

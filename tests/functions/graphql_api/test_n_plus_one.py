@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -45,13 +48,26 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def bigger_data(servers, wait_for_replica):
-    """2 400 more projects spread over every country, then removed again."""
-    ids = [str(uuid.uuid4()) for _ in range(2400)]
-    with db.writer().session() as session:
+# Setting up and removing the load is not what these tests measure: on a busy machine (another
+# stack running beside the suite) the 2 400-row insert may outlast the writer's statement
+# timeout (5 s, and the client's socket timeout just above it), so it runs on a writer of its
+# own with a generous one.
+SETUP_TIMEOUT_MS = 120_000
+
+
+def setup_writer(servers: Any) -> db.Database:
+    return db.Database(
+        db.Role.WRITER,
+        servers.writer_url,
+        statement_timeout_ms=SETUP_TIMEOUT_MS,
+        connect_timeout_s=10,
+    )
+
+
+def add_load(database: db.Database, ids: list[str]) -> None:
+    with database.session() as session:
         codes = [row[0] for row in session.run("SELECT code::text FROM countries ORDER BY code")]
-    with UnitOfWork(db.writer()) as uow:
+    with UnitOfWork(database) as uow:
         uow.run(
             "INSERT INTO projects (id, name, sector_id, country_code, budget_usd) "
             "SELECT i, 'Load ' || n, (ARRAY['energy','health','education','minerals',"
@@ -61,12 +77,55 @@ def bigger_data(servers, wait_for_replica):
             ids=ids,
             codes=[codes[i % len(codes)] for i in range(len(ids))],
         )
-    yield
-    with UnitOfWork(db.writer()) as uow:
+
+
+def remove_load(database: db.Database, ids: list[str]) -> None:
+    with UnitOfWork(database) as uow:
         uow.run("DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids)
         # Tombstones stay: deleting them would move the change cursor backwards
         # under a device that already pulled past them (pruning advances sync_horizon).
+
+
+@pytest.fixture(scope="module")
+def bigger_data(servers, wait_for_replica):
+    """2 400 more projects spread over every country, then removed again."""
+    ids = [str(uuid.uuid4()) for _ in range(2400)]
+    writer = setup_writer(servers)
+    try:
+        add_load(writer, ids)
+        yield
+        remove_load(writer, ids)
+    finally:
+        writer.close()
     wait_for_replica()  # later tests read the replica: it must not still hold these rows
+
+
+def test_the_load_is_set_up_when_it_outlasts_the_default_statement_timeout(servers) -> None:
+    """A busy machine, played by a transaction holding every country for 6 s (the insert's
+    foreign key checks wait for it): longer than the writer's default statement timeout."""
+    ids = [str(uuid.uuid4()) for _ in range(2400)]
+    holder = db.Database(
+        db.Role.WRITER, servers.writer_url, statement_timeout_ms=30_000, connect_timeout_s=5
+    )
+    held = threading.Event()
+
+    def hold() -> None:
+        with UnitOfWork(holder) as uow:
+            uow.run("SELECT code FROM countries FOR UPDATE")
+            held.set()
+            time.sleep(6)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    writer = setup_writer(servers)
+    try:
+        assert held.wait(10)
+        add_load(writer, ids)
+        remove_load(writer, ids)
+    finally:
+        thread.join()
+        writer.close()
+        holder.close()
 
 
 @pytest.mark.parametrize("name", sorted(NESTED))

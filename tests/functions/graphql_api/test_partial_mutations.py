@@ -160,3 +160,28 @@ def test_a_write_whose_answer_cannot_be_read_back_says_it_was_applied(
     again = gql(document, claims=EDITOR, headers=headers)
     assert again.body == failed.body
     assert _projects(name) == [written]
+
+
+def test_a_write_whose_read_back_finds_the_database_gone_does_not_say_retry(
+    gql, name, monkeypatch
+) -> None:
+    """The project commits, then the database is unreachable for its answer: the error must
+    not say "The database is unavailable; retry shortly", which invites a second write."""
+    import graphql_api.repository as repository
+    from covenant.db import DatabaseUnavailable
+
+    def gone(*args, **kwargs):
+        raise DatabaseUnavailable("cannot connect to the reader")
+
+    document = (
+        'mutation { a: createProject(input: {name: "' + name + '", sectorId: "energy", '
+        'countryCode: "KEN", budgetUsd: 1}) { id country { code } } }'
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(repository, "countries_by_code", gone)
+        failed = gql(document, claims=EDITOR)
+    (written,) = _projects(name)
+    (error,) = failed.errors
+    assert error["extensions"]["applied"] is True and error["extensions"]["id"] == written
+    assert "retry" not in error["message"]
+    assert error["message"].startswith(f"This change was applied ({written})")

@@ -3,10 +3,13 @@ asked for, and an audit event records who changed what, only when the change hap
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,3 +301,63 @@ def test_a_commit_that_fails_after_cognito_changed_puts_the_roles_back(
     assert reply.codes == ["INTERNAL_SERVER_ERROR"]
     assert pool.roles("reader@covenant.test") == ["viewer"]
     assert _audit_events(pool.subs["reader@covenant.test"]) == []
+
+
+def test_the_last_admin_cannot_be_demoted(set_role, pool) -> None:
+    assert set_role("twohats@covenant.test", "EDITOR").data["setUserRole"]["changed"]
+    # An admin token of a user no longer admin in the pool (the others are revoked): the
+    # one admin left is boss, whose demotion would leave none.
+    actor = pool.claims("pen@covenant.test", "admin")
+    reply = set_role("boss@covenant.test", "VIEWER", claims=actor)
+    assert reply.codes == ["CONFLICT"], reply.body
+    error = reply.errors[0]
+    assert error["extensions"]["reason"] == "last_admin"
+    assert "boss@covenant.test is the last admin" in error["message"]
+    assert pool.roles("boss@covenant.test") == ["admin"]
+    assert [e["subject"] for e in _audit_events(pool.subs["boss@covenant.test"])] == []
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(gql, pool, monkeypatch) -> None:
+    """Both read the roles, then both change them: without one lock for the admin set, each
+    sees the other admin and both demotions succeed, leaving none."""
+    original = users.set_role
+    both_read = threading.Barrier(2)
+
+    def once_both_have_read(*args: Any, **kwargs: Any) -> list[users.Change]:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait(timeout=3)  # with the lock, the other never gets here: 3 s
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(users, "set_role", once_both_have_read)
+    boss, twohats = "boss@covenant.test", "twohats@covenant.test"
+
+    def demote(user: str, actor: str) -> Any:
+        return gql(
+            SET_ROLE,
+            {"user": user, "role": "EDITOR"},
+            claims=pool.claims(actor, "admin"),
+            environment={"COGNITO_USER_POOL_ID": pool.pool_id},
+            region="iad",
+        )
+
+    with ThreadPoolExecutor(2) as workers:
+        replies = list(workers.map(demote, [twohats, boss], [boss, twohats]))
+    assert sorted(str(reply.codes) for reply in replies) == ["['CONFLICT']", "[]"], [
+        reply.body for reply in replies
+    ]
+    assert [email for email in (boss, twohats) if "admin" in pool.roles(email)] != []
+
+
+def test_the_schema_describes_what_a_role_change_does_to_tokens() -> None:
+    """What GraphiQL shows: old tokens are refused at once (no longer "keep their old roles")."""
+    from pathlib import Path
+
+    from graphql import build_schema
+
+    import graphql_api
+
+    sdl = (Path(graphql_api.__file__).parent / "schema.graphql").read_text()
+    field = build_schema(sdl).mutation_type.fields["setUserRole"]  # type: ignore[union-attr]
+    description = field.description or ""
+    assert "keep their old roles" not in description
+    assert "refused" in description and "last_admin" in description

@@ -50,6 +50,18 @@ def test_a_token_issued_after_the_sign_out_writes(gql, signed_out) -> None:
     assert reply.codes == ["NOT_FOUND"]  # past the check: the resolver looked for the project
 
 
+def test_a_token_issued_in_the_second_of_the_sign_out_cannot_write(gql, writer, wait_for_replica):
+    """`iat` has whole seconds: a token of the sign-out's own second may predate it, so it is
+    refused (the sign-out answers only once that second has passed, see test_auth)."""
+    sub = str(uuid.uuid4())
+    revoked_at = record_sign_out(sub, writer)
+    wait_for_replica()
+    reply = gql(DELETE, {"id": str(uuid.uuid4())}, claims=_editor(sub, revoked_at))
+    assert reply.status == 401 and reply.codes == ["UNAUTHENTICATED"], reply.body
+    later = gql(DELETE, {"id": str(uuid.uuid4())}, claims=_editor(sub, int(revoked_at) + 1))
+    assert later.status == 200 and later.codes == ["NOT_FOUND"], later.body
+
+
 def test_a_signed_out_token_still_reads_what_anyone_may(gql, signed_out) -> None:
     sub, before = signed_out
     reply = gql(READ, claims=_editor(sub, before))

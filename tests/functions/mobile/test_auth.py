@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,6 +225,51 @@ def test_register_makes_a_viewer_whatever_role_is_asked(mobile, cognito) -> None
     assert _login(mobile, email, "Fresh-Account-2026!").status == 200
 
 
+def test_successful_registrations_are_throttled_per_address(mobile) -> None:
+    """A sign-up flood from one address: every registration counts, not only failed ones."""
+    env = {"AUTH_MAX_REGISTRATIONS_PER_ADDRESS": "3", "AUTH_MAX_FAILURES_PER_ADDRESS": "3"}
+
+    def register(address: str) -> Any:
+        body = {"email": _new_email(), "password": "Flood-Account-2026!", "name": "Flood"}
+        return mobile("POST", "/auth/register", body=body, env=env, source_ip=address)
+
+    assert [register("192.0.2.60").status for _ in range(3)] == [201] * 3
+    refused = register("192.0.2.60")
+    assert refused.status == 429, refused.body
+    assert refused.body["code"] == "TOO_MANY_REQUESTS"
+    assert refused.body["message"].startswith("Too many accounts registered from this address.")
+    retry_after = int(refused.headers["Retry-After"])
+    assert 1 <= retry_after <= 900 and refused.body["retryAfter"] == retry_after
+    # Another address registers; the flooding address still signs in (registrations are not
+    # sign-in failures).
+    assert register("192.0.2.61").status == 201
+    user = seeded("viewer")
+    assert _login(mobile, user.email, user.password, env=env, source_ip="192.0.2.60").status == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/auth/login", {"email": "ada@example.org", "password": "Whatever-2026!x"}),
+        (
+            "/auth/register",
+            {"email": "ada@example.org", "password": "Whatever-2026!x", "name": "A"},
+        ),
+        ("/auth/refresh", {"refresh_token": "x"}),
+    ],
+)
+def test_without_a_user_pool_the_auth_routes_answer_503(mobile, path: str, body) -> None:
+    """COVENANT_COGNITO=off starts the functions without a pool: a clean 503, no traceback."""
+    off = {"COGNITO_USER_POOL_ID": "", "COGNITO_CLIENT_ID": ""}
+    reply = mobile("POST", path, body=body, env=off)
+    assert reply.status == 503, reply.body
+    assert reply.body["code"] == "SERVICE_UNAVAILABLE"
+    assert reply.body["message"] == (
+        "Sign-in is not available here: this deployment has no Cognito user pool."
+    )
+    assert reply.headers["Retry-After"] == "60"
+
+
 def test_register_an_existing_email_is_a_conflict(mobile) -> None:
     reply = mobile(
         "POST",
@@ -298,7 +344,6 @@ def test_logout_signs_out_every_device(mobile, wait_for_replica) -> None:
         "POST", "/auth/register", body={"email": email, "password": password, "name": "Ada"}
     ).body
     second = _login(mobile, email, password).body
-    time.sleep(1.1)  # tokens issued in the second of the sign-out itself stay valid
     reply = mobile("POST", "/auth/logout", claims=gateway_claims(first["access_token"]))
     assert reply.status == 200 and reply.body == {"signed_out": True}
     wait_for_replica()  # the sign-out is recorded on the primary, checked on the replica
@@ -315,10 +360,31 @@ def test_logout_signs_out_every_device(mobile, wait_for_replica) -> None:
     again = _login(mobile, email, password).body
     assert mobile("GET", "/auth/me", claims=gateway_claims(again["access_token"])).status == 200
     # Signing out with an ID token works too.
-    time.sleep(1.1)
     assert mobile("POST", "/auth/logout", claims=gateway_claims(again["id_token"])).status == 200
     wait_for_replica()
     assert mobile("GET", "/auth/me", claims=gateway_claims(again["access_token"])).status == 401
+
+
+def test_sign_out_in_the_second_of_a_sign_in_ends_it_and_signing_in_again_works(
+    mobile, wait_for_replica
+) -> None:
+    """`iat` has whole seconds: a token issued in the second of the sign-out is refused, and
+    the sign-out answers only once that second has passed, so the next sign-in works."""
+    email, password = _new_email(), "Same-Second-2026!"
+    mobile("POST", "/auth/register", body={"email": email, "password": password, "name": "Ada"})
+    while time.time() % 1 > 0.3:  # sign in and out within one second
+        time.sleep(0.05)
+    session = _login(mobile, email, password).body
+    started = time.time()
+    assert (
+        mobile("POST", "/auth/logout", claims=gateway_claims(session["access_token"])).status == 200
+    )
+    assert int(started) == int(token_claims(session["access_token"])["iat"])
+    wait_for_replica()
+    assert mobile("GET", "/auth/me", claims=gateway_claims(session["access_token"])).status == 401
+    again = _login(mobile, email, password).body
+    wait_for_replica()
+    assert mobile("GET", "/auth/me", claims=gateway_claims(again["access_token"])).status == 200
 
 
 def test_tokens_and_passwords_never_reach_the_logs(mobile, capsys, caplog) -> None:

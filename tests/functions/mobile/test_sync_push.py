@@ -580,3 +580,50 @@ def test_a_country_code_not_in_its_stored_form_is_refused(push, projects) -> Non
     assert (reply.body["field"], reply.body["record"]) == ("country_code", project_id)
     assert "must be sent as stored: KEN" in reply.body["message"]
     assert _row(project_id) == before
+
+
+def test_a_committed_push_whose_position_cannot_be_read_is_not_a_503(
+    push, projects, monkeypatch
+) -> None:
+    """The push committed, then the writer could not be reached for the position: the answer
+    is the push's (without a position), never "the database is unavailable; retry shortly",
+    which would send a client without the receipt to write again."""
+    import mobile.handler as handler
+
+    class Unreachable:
+        def session(self) -> Any:
+            raise db.DatabaseUnavailable("cannot connect to the writer")
+
+    monkeypatch.setattr(handler, "writer", Unreachable)
+    new_id = str(uuid.uuid4())
+    projects.append(new_id)
+    reply = push(_changes(created=[_record(new_id)]), _cursor(), region="iad")
+    assert reply.status == 200, reply.body
+    assert reply.body["applied"]["projects"]["created"] == 1
+    assert "Covenant-Position" not in reply.headers
+    assert _row(new_id) is not None
+
+
+def test_a_push_whose_commit_outcome_is_unknown_says_it_may_have_been_applied(
+    push, projects, monkeypatch
+) -> None:
+    original = db.Session.run
+
+    def lose_the_commit(self: db.Session, sql: str, **params: Any) -> Any:
+        if sql == "COMMIT" and self._database.role is db.Role.WRITER:
+            original(self, sql, **params)
+            raise db.DatabaseUnavailable("connection to the writer lost mid-request")
+        return original(self, sql, **params)
+
+    new_id = str(uuid.uuid4())
+    projects.append(new_id)
+    since = _cursor()
+    with monkeypatch.context() as patch:
+        patch.setattr(db.Session, "run", lose_the_commit)
+        lost = push(_changes(created=[_record(new_id)]), since, region="iad")
+    assert lost.status == 503, lost.body
+    assert lost.body["mayHaveBeenApplied"] is True
+    assert "it may have been applied" in lost.body["message"]
+    assert lost.headers["Retry-After"]
+    again = push(_changes(created=[_record(new_id)]), since, region="iad")
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
