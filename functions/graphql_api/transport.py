@@ -107,9 +107,11 @@ def negotiate(accept: str | None) -> str:
         if any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters):
             continue  # q=0: explicitly not acceptable
         ranges.append(media_range)
-    if GRAPHQL_RESPONSE in ranges or "application/*" in ranges or "*/*" in ranges:
+    if GRAPHQL_RESPONSE in ranges:
         return GRAPHQL_RESPONSE
-    if JSON in ranges:
+    # A wildcard gets application/json, as the GraphQL-over-HTTP audit expects: a client
+    # that names no GraphQL type may not know graphql-response+json's status codes.
+    if JSON in ranges or "application/*" in ranges or "*/*" in ranges:
         return JSON
     raise TransportError(
         406,

@@ -281,8 +281,9 @@ def test_no_accept_header_means_application_json(sent) -> None:
         ("application/graphql-response+json, application/json", GRAPHQL_RESPONSE),
         ("application/json, application/graphql-response+json", GRAPHQL_RESPONSE),
         ("application/json;q=0.9", JSON),
-        ("*/*", GRAPHQL_RESPONSE),
-        ("application/*", GRAPHQL_RESPONSE),
+        ("*/*", JSON),
+        ("application/*", JSON),
+        ("*/*, application/graphql-response+json", GRAPHQL_RESPONSE),
         ("Application/GraphQL-Response+JSON", GRAPHQL_RESPONSE),
     ],
 )
@@ -648,21 +649,21 @@ def test_a_browser_gets_the_explorer(gql, region) -> None:
 def test_a_browser_with_a_query_gets_the_result(gql) -> None:
     reply = gql(method="GET", headers={"Accept": BROWSER_ACCEPT}, query_params={"query": SECTORS})
     assert reply.status == 200
-    assert reply.headers["Content-Type"] == GRAPHQL_RESPONSE
+    assert reply.headers["Content-Type"] == JSON  # a browser names no GraphQL type: */*
     assert len(reply.data["sectors"]) == 6
 
 
 def test_the_explorer_is_only_for_get(gql) -> None:
     reply = gql(body="{}", headers={"Accept": BROWSER_ACCEPT})
     assert reply.status == 400
-    assert reply.headers["Content-Type"] == GRAPHQL_RESPONSE
+    assert reply.headers["Content-Type"] == JSON  # a browser names no GraphQL type: */*
 
 
 @pytest.mark.parametrize("environment", [{"GRAPHQL_EXPLORER": "false"}, {"COVENANT_STAGE": "prod"}])
 def test_the_explorer_can_be_switched_off(gql, environment) -> None:
     reply = gql(method="GET", headers={"Accept": BROWSER_ACCEPT}, environment=environment)
     assert reply.status == 400
-    assert reply.headers["Content-Type"] == GRAPHQL_RESPONSE
+    assert reply.headers["Content-Type"] == JSON  # a browser names no GraphQL type: */*
     assert reply.body == request_error("GET requests need a 'query' parameter")
     # A client that accepts nothing but HTML is told what it can have instead.
     html_only = gql(method="GET", headers={"Accept": "text/html"}, environment=environment)
