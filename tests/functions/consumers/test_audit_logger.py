@@ -157,5 +157,5 @@ def test_keyset_pages_by_actor_entity_and_time(trail: Any, jet: Jet) -> None:
     view = audit_trail.record_view(
         audit_trail.page(dynamodb, audit_trail.AuditFilter(), 1, None)[0][0]
     )
-    assert view["eventId"] == ids[-1] and view["actor"]["sub"] == "sub-a"
+    assert view["event_id"] == ids[-1] and view["actor"]["sub"] == "sub-a"
     assert boto3  # the module is what the worker uses

@@ -368,12 +368,12 @@ def page(
 
 
 def record_view(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A record as the GraphQL AuditRecord."""
+    """A record as the GraphQL AuditRecord (snake_case keys: the schema's default resolvers)."""
     event = json.loads(item["event"]["S"])
     data: dict[str, Any] = event["data"] if isinstance(event.get("data"), dict) else {}
     actor: dict[str, Any] = data["actor"] if isinstance(data.get("actor"), dict) else {}
     return {
-        "eventId": item["eventId"]["S"],
+        "event_id": item["eventId"]["S"],
         "type": item["type"]["S"],
         "action": data.get("action"),
         "time": datetime.fromisoformat(item["at"]["S"].split("#", 1)[0].replace("Z", "+00:00")),
@@ -385,11 +385,11 @@ def record_view(item: Mapping[str, Any]) -> dict[str, Any]:
             "roles": actor.get("roles") or [],
         },
         "region": data.get("region"),
-        "requestId": data.get("requestId"),
+        "request_id": data.get("requestId"),
         "changes": json.dumps(data.get("changes") or {}, sort_keys=True),
-        "streamSequence": int(item["streamSeq"]["N"]),
-        "chainIndex": int(item["chainIndex"]["N"]),
+        "stream_sequence": int(item["streamSeq"]["N"]),
+        "chain_index": int(item["chainIndex"]["N"]),
         "hash": item["hash"]["S"],
-        "previousHash": item["prevHash"]["S"],
+        "previous_hash": item["prevHash"]["S"],
         "cursor": encode_cursor(item["at"]["S"]),
     }
