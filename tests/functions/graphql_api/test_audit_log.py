@@ -70,9 +70,7 @@ def test_admin_pages_through_the_trail(gql: Any, trail_env: dict[str, str]) -> N
     seen: list[dict[str, Any]] = []
     after = None
     while True:
-        reply = gql(
-            QUERY, {"first": 4, "after": after}, claims=ADMIN, environment=trail_env
-        )
+        reply = gql(QUERY, {"first": 4, "after": after}, claims=ADMIN, environment=trail_env)
         assert reply.errors == [], reply.errors
         page = reply.data["auditLog"]
         seen += [edge["node"] for edge in page["edges"]]
