@@ -11,7 +11,7 @@ from aws_cdk.assertions import Match, Template
 from covenant.regions import load_regions
 from covenant.streams import DAY_S, STREAMS
 from covenant.topology import load_functions
-from stacks.events import BRIDGE_NATS_PERMISSIONS
+from stacks.events import BRIDGE_NATS_PERMISSIONS, consumers_nats_permissions
 from stacks.layers import build_dependencies, locked_versions, runtime_requirements
 from stacks.settings import DATABASE_CA_PARAMETER_PATH
 
@@ -49,12 +49,13 @@ def test_every_region_has_its_stacks_in_its_own_aws_region(stacks) -> None:
     expected[f"Covenant-{PRIMARY.code}-Auth"] = PRIMARY.aws_region
     expected[f"Covenant-{PRIMARY.code}-Events"] = PRIMARY.aws_region
     expected[f"Covenant-{PRIMARY.code}-Bridge"] = PRIMARY.aws_region
+    expected[f"Covenant-{PRIMARY.code}-Consumers"] = PRIMARY.aws_region
     assert {name: s.environment.region for name, s in stacks.items()} == expected
 
 
 def test_stateful_stacks_are_protected_from_deletion(stacks) -> None:
     for name, stack in stacks.items():
-        if name.endswith(("-Data", "-Auth", "-Events")):
+        if name.endswith(("-Data", "-Auth", "-Events", "-Consumers")):
             assert stack.termination_protection, name
 
 
@@ -502,7 +503,11 @@ def test_nats_runs_from_the_official_chart_with_three_jetstream_replicas(templat
     assert config["jetstream"]["fileStore"]["enabled"] is True
     assert config["jetstream"]["fileStore"]["pvc"]["storageClassName"] == "covenant-jetstream"
     users = config["merge"]["authorization"]["users"]
-    assert [u["user"] for u in users] == ["<< $BRIDGE_USER >>", "<< $ADMIN_USER >>"]
+    assert [u["user"] for u in users] == [
+        "<< $BRIDGE_USER >>",
+        "<< $CONSUMERS_USER >>",
+        "<< $ADMIN_USER >>",
+    ]
     env = values["container"]["env"]
     assert env["BRIDGE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "nats-auth"
     service = values["service"]["merge"]
@@ -535,6 +540,11 @@ def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream
                         },
                         "subscribe": {"allow": ["_INBOX_BRIDGE.>"]},
                     },
+                },
+                {
+                    "user": "<< $CONSUMERS_USER >>",
+                    "password": "<< $CONSUMERS_PASSWORD >>",
+                    "permissions": consumers_nats_permissions(),
                 },
                 {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
             ]

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_FETCH_WAIT_S = 1.0
 DEFAULT_TIME_RESERVE_MS = 5000
+# The consumers' reply inboxes: their NATS user may subscribe under this prefix only.
+CONSUMER_INBOX_PREFIX = "_INBOX_CONSUMERS"
 NAK_DELAY_S = 2.0  # a batch whose effect failed comes back this much later
 
 
@@ -128,6 +130,7 @@ async def _connect() -> Client:
         max_reconnect_attempts=3,
         reconnect_time_wait=0.5,
         error_cb=on_error,
+        inbox_prefix=CONSUMER_INBOX_PREFIX,
     )
 
 
