@@ -102,12 +102,12 @@ def nats_config_merge() -> dict[str, Any]:
                     "password": "<< $BRIDGE_PASSWORD >>",
                     "permissions": BRIDGE_NATS_PERMISSIONS,
                 },
+                {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
                 {
                     "user": "<< $CONSUMERS_USER >>",
                     "password": "<< $CONSUMERS_PASSWORD >>",
                     "permissions": consumers_nats_permissions(),
                 },
-                {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
             ]
         }
     }

@@ -505,8 +505,8 @@ def test_nats_runs_from_the_official_chart_with_three_jetstream_replicas(templat
     users = config["merge"]["authorization"]["users"]
     assert [u["user"] for u in users] == [
         "<< $BRIDGE_USER >>",
-        "<< $CONSUMERS_USER >>",
         "<< $ADMIN_USER >>",
+        "<< $CONSUMERS_USER >>",
     ]
     env = values["container"]["env"]
     assert env["BRIDGE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "nats-auth"
@@ -541,12 +541,12 @@ def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream
                         "subscribe": {"allow": ["_INBOX_BRIDGE.>"]},
                     },
                 },
+                {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
                 {
                     "user": "<< $CONSUMERS_USER >>",
                     "password": "<< $CONSUMERS_PASSWORD >>",
                     "permissions": consumers_nats_permissions(),
                 },
-                {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
             ]
         }
     }
