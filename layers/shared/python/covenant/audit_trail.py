@@ -148,6 +148,8 @@ def _item(event: AuditEvent, index: int, prev_hash: str, hash_: str) -> dict[str
         "chainIndex": {"N": str(index)},
         "prevHash": {"S": prev_hash},
         "hash": {"S": hash_},
+        # When the trail stored it (the transaction's start, to the millisecond).
+        "recordedAt": {"S": normalise_time(datetime.now(UTC).isoformat())},
     }
     return item
 
