@@ -69,6 +69,18 @@ class Jet:
 
         run_async(self._with(body))
 
+    def reset_keep_messages(self, durable: str) -> None:
+        """The durable recreated from the stream's first message (a replay), messages kept."""
+        spec = next(c for c in CONSUMERS if c.durable_name == durable)
+
+        async def body(js: Any) -> None:
+            await js.delete_consumer(spec.stream, durable)
+            config = spec.config(1)
+            config.ack_wait = ACK_WAIT_S
+            await js.add_consumer(spec.stream, config)
+
+        run_async(self._with(body))
+
     def publish(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
         async def body(js: Any) -> None:
             for subject, envelope in messages:
