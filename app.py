@@ -107,12 +107,15 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
         settings=settings,
         network=networks[primary.code],
         events_stack=events,
+        writer_host=primary_data.writer_host,
+        cluster_resource_id=primary_data.cluster_resource_id,
         env=env(primary.aws_region),
         # It holds the audit trail (a retained table besides): never deleted by accident.
         termination_protection=True,
-        description="Covenant JetStream consumers (audit logger) and the audit trail",
+        description="Covenant JetStream consumers (audit logger, analytics) and the audit trail",
     )
     consumers.add_stack_dependency(events, "NATS, its consumers' user and the topology exist")
+    consumers.add_stack_dependency(primary_data, "migrations (analytics tables) before it runs")
 
     user_pool = UserPoolRef(
         pool_id=auth.user_pool.pool.user_pool_id,

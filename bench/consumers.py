@@ -37,8 +37,9 @@ from datetime import datetime
 import nats
 
 from bench import bridge as bench_bridge
+from consumers import analytics as analytics_worker
 from consumers import audit_logger
-from covenant import audit_trail
+from covenant import audit_trail, db
 from covenant.consumer import Delivery, consume
 from devstack.stack import DevStack
 
@@ -73,7 +74,33 @@ def _audit_latencies(since: datetime) -> list[float]:
     return out
 
 
+def _analytics_count() -> int:
+    with db.writer().session() as session:
+        return int(session.scalar("SELECT count(*) FROM analytics_applied"))
+
+
+def _analytics_latencies(since: datetime) -> list[float]:
+    """From the outbox row's insert (in the mutation's transaction) to the analytics
+    transaction that applied it (its now())."""
+    with db.writer().session() as session:
+        rows = session.run(
+            "SELECT extract(epoch FROM a.applied_at - o.created_at) * 1000 "
+            "FROM analytics_applied a JOIN outbox o ON o.id = a.event_id "
+            "WHERE o.created_at >= CAST(:since AS timestamptz)",
+            since=since.isoformat(),
+        )
+    return [float(row[0]) for row in rows]
+
+
 CONSUMERS = (
+    Consumer(
+        "analytics",
+        "COVENANT",
+        "ANALYTICS",
+        analytics_worker.effect,
+        _analytics_count,
+        _analytics_latencies,
+    ),
     Consumer(
         "audit_logger",
         "AUDIT",
@@ -164,6 +191,7 @@ def latency(
     time.sleep(3)  # the consumers' first runs connect (cold starts)
     since = datetime.now().astimezone()
     before = {c.name: c.count() for c in CONSUMERS}
+    expected = {"analytics": total, "audit_logger": total}
     total = int(rate * duration_s)
     began = time.perf_counter()
     for n in range(total):
@@ -174,7 +202,8 @@ def latency(
     results = {}
     for consumer in CONSUMERS:
         deadline = time.monotonic() + 60
-        while consumer.count() - before[consumer.name] < total and time.monotonic() < deadline:
+        wanted = expected[consumer.name]
+        while consumer.count() - before[consumer.name] < wanted and time.monotonic() < deadline:
             time.sleep(0.5)
         values = consumer.latencies_ms(since)
         results[consumer.name] = (

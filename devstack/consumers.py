@@ -21,7 +21,7 @@ from devstack.event_sources import scheduled_event
 logger = logging.getLogger("devstack.consumers")
 
 # The consumer functions (cdk.json covenant:functions), as stacks/consumers.py deploys them.
-CONSUMER_FUNCTIONS = ("audit_logger",)
+CONSUMER_FUNCTIONS = ("audit_logger", "analytics")
 
 Invoker = Callable[[FunctionSpec, Region, dict[str, Any]], Any]
 

@@ -4,6 +4,8 @@ schedule that pull-fetches its durable consumer for almost the whole minute (doc
 
     EventBridge (every minute) ──► audit_logger ──pull AUDIT/AUDIT_LOGGER──► NATS
                                         └──► DynamoDB covenant-audit (append-only, hash chain)
+    EventBridge (every minute) ──► analytics ──pull COVENANT/ANALYTICS──► NATS
+                                        └──► Aurora (writer): analytics_* tables (0011)
 
 Reserved concurrency 1 per consumer: one invocation pulls at a time, so an audit batch is
 appended in stream order. Every consumer reports `ConsumerLag` (its messages not yet
@@ -25,6 +27,7 @@ from constructs import Construct
 
 from covenant import audit_trail
 from covenant.regions import Region
+from stacks.database import database_user
 from stacks.events import EventsStack
 from stacks.functions import CovenantFunction, base_environment, encrypt_log_groups, function_name
 from stacks.layers import SharedLayers
@@ -34,6 +37,7 @@ from stacks.settings import AppSettings
 # function name (cdk.json covenant:functions) -> its stream and durable consumer
 CONSUMER_FUNCTIONS: dict[str, tuple[str, str]] = {
     "audit_logger": ("AUDIT", "AUDIT_LOGGER"),
+    "analytics": ("COVENANT", "ANALYTICS"),
 }
 
 
@@ -73,6 +77,8 @@ class ConsumersStack(Stack):
         settings: AppSettings,
         network: RegionalNetwork,
         events_stack: EventsStack,
+        writer_host: str,
+        cluster_resource_id: str,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -119,7 +125,31 @@ class ConsumersStack(Stack):
             )
             self.functions[name] = function
         self._audit_logger_access(self.functions["audit_logger"])
+        self._analytics_access(
+            self.functions["analytics"], settings, writer_host, cluster_resource_id
+        )
         encrypt_log_groups(self, network.data_key)
+
+    def _analytics_access(
+        self,
+        function: CovenantFunction,
+        settings: AppSettings,
+        writer_host: str,
+        cluster_resource_id: str,
+    ) -> None:
+        """The writer, as its own IAM-authenticated login role (migration 0011's tables)."""
+        url = (
+            f"postgresql://{database_user('analytics')}@{writer_host}:5432/"
+            f"{settings.database.database_name}?{settings.database.tls_query}&auth=iam"
+        )
+        function.function.add_environment("DATABASE_URL", url)
+        function.function.add_environment("DATABASE_READER_URL", url)
+        function.function.add_environment(
+            "DB_STATEMENT_TIMEOUT_MS", str(settings.database.statement_timeout_ms)
+        )
+        function.grant_database_connect(
+            cluster_resource_id=cluster_resource_id, db_user=database_user("analytics")
+        )
 
     def _audit_logger_access(self, function: CovenantFunction) -> None:
         """Appends only: new records (PutItem, conditioned in code on the id being new), the

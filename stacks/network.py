@@ -6,7 +6,8 @@ All security groups and their rules live here, so one file says who may talk to 
     migrator      ──5432──► database          bridge ──4222──► NATS load balancer
     rotation      ──5432──► database          jetstream ──4222──► NATS load balancer
     bridge, jetstream, migrator, rotation, API functions ──443──► interface endpoints
-    consumers ──4222──► NATS load balancer; consumers ──443──► AWS APIs (DynamoDB, SNS)
+    consumers ──5432──► database; consumers ──4222──► NATS load balancer
+    consumers ──443──► AWS APIs (DynamoDB, SNS)
 
 Interface endpoints (primary region only, where the services the functions call live):
 Secrets Manager (bridge, JetStream probe, migrator, rotation, and External Secrets Operator on the
@@ -87,6 +88,7 @@ class SecurityGroups(Construct):
         )
         self._to_database(self.bridge, "bridge")
         self._to_database(self.migrator, "migrator")
+        self._to_database(self.consumers, "consumers (analytics)")
         self._to_database(self.rotation, "secret rotation")
         for client, label in (
             (self.bridge, "bridge"),

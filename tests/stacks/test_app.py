@@ -185,13 +185,16 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     assert len(resource["Properties"]["Digest"]) == 64
     # A change to the login roles or the TLS setting runs the migrator again, too.
     assert resource["Properties"]["LoginUsers"] == (
-        "covenant_graphql,covenant_mobile,covenant_bridge"
+        "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
     )
     assert resource["Properties"]["Tls"] == VERIFIED_TLS
     assert "Run" not in resource["Properties"]  # only with -c covenant:migrationsRun=<id>
     migrator = _function(template, "migrator.handler.handler")
     env = migrator["Environment"]["Variables"]
-    assert env["DATABASE_LOGIN_USERS"] == "covenant_graphql,covenant_mobile,covenant_bridge"
+    assert (
+        env["DATABASE_LOGIN_USERS"]
+        == "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
+    )
     assert env["DATABASE_TLS"] == VERIFIED_TLS
     assert len(migrator["Layers"]) == 2  # dependencies, shared code (the CA is in SSM)
     assert "VpcConfig" in migrator

@@ -63,8 +63,8 @@ def test_the_audit_logger_appends_and_never_deletes(templates) -> None:
         if r["Properties"]["Handler"] == "consumers.audit_logger.handler"
     ]
     assert function["Properties"]["ReservedConcurrentExecutions"] == 1
-    (rule,) = resources(template, "AWS::Events::Rule").values()
-    assert rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    rules = resources(template, "AWS::Events::Rule").values()
+    assert [r["Properties"]["ScheduleExpression"] for r in rules] == ["rate(1 minute)"] * 2
 
 
 def test_the_consumers_nats_user_pulls_and_acks_its_consumers_only() -> None:
@@ -84,6 +84,23 @@ def test_each_consumer_has_a_lag_alarm(templates) -> None:
         for a in resources(template, "AWS::CloudWatch::Alarm").values()
         if a["Properties"].get("MetricName") == "ConsumerLag"
     ]
-    assert [a["Dimensions"] for a in alarms] == [[{"Name": "service", "Value": "audit_logger"}]]
+    assert [a["Dimensions"] for a in alarms] == [
+        [{"Name": "service", "Value": "audit_logger"}],
+        [{"Name": "service", "Value": "analytics"}],
+    ]
     assert alarms[0]["TreatMissingData"] == "breaching"
     assert json.dumps(alarms[0]["AlarmActions"])  # notifies the alarm topic
+
+
+def test_analytics_writes_the_database_as_its_own_login_role(templates) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Consumers"]
+    (function,) = [
+        r["Properties"]
+        for r in resources(template, "AWS::Lambda::Function").values()
+        if r["Properties"]["Handler"] == "consumers.analytics.handler"
+    ]
+    url = json.dumps(function["Environment"]["Variables"]["DATABASE_URL"])
+    assert "covenant_analytics@" in url and "auth=iam" in url
+    statements = _statements(template, "Analytics")
+    assert any(s["Action"] == "rds-db:connect" for s in statements)
+    assert not any("dynamodb" in json.dumps(s["Action"]) for s in statements)
