@@ -191,8 +191,8 @@ def latency(
     time.sleep(3)  # the consumers' first runs connect (cold starts)
     since = datetime.now().astimezone()
     before = {c.name: c.count() for c in CONSUMERS}
-    expected = {"analytics": total, "audit_logger": total}
     total = int(rate * duration_s)
+    expected = {"analytics": total, "audit_logger": total}
     began = time.perf_counter()
     for n in range(total):
         delay = began + n / rate - time.perf_counter()
