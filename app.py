@@ -18,6 +18,7 @@ import aws_cdk as cdk
 
 from stacks.auth import AuthStack
 from stacks.capacity import check_connection_budget
+from stacks.consumers import ConsumersStack
 from stacks.database import DataStack
 from stacks.events import BridgeStack, EventsStack
 from stacks.monitoring import EventsMonitoring, MonitoringStack
@@ -99,6 +100,22 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
     )
     bridge.add_stack_dependency(events, "NATS and the wake-up queue exist")
     bridge.add_stack_dependency(primary_data, "migrations before the bridge runs")
+    consumers = ConsumersStack(
+        app,
+        f"Covenant-{primary.code}-Consumers",
+        region=primary,
+        settings=settings,
+        network=networks[primary.code],
+        events_stack=events,
+        writer_host=primary_data.writer_host,
+        cluster_resource_id=primary_data.cluster_resource_id,
+        env=env(primary.aws_region),
+        # It holds the audit trail (a retained table besides): never deleted by accident.
+        termination_protection=True,
+        description="Covenant JetStream consumers (audit logger, analytics) and the audit trail",
+    )
+    consumers.add_stack_dependency(events, "NATS, its consumers' user and the topology exist")
+    consumers.add_stack_dependency(primary_data, "migrations (analytics tables) before it runs")
 
     user_pool = UserPoolRef(
         pool_id=auth.user_pool.pool.user_pool_id,
@@ -140,6 +157,7 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
                     dead_letters=events.wakeup.dead_letters,
                     bridge=bridge.bridge.function,
                     jetstream=bridge.jetstream.function,
+                    consumers={n: f.function for n, f in consumers.functions.items()},
                 )
                 if r.primary
                 else None

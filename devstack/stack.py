@@ -24,7 +24,7 @@ from covenant.db import Database, Role
 from covenant.migrate import migrate
 from covenant.regions import Region, load_regions, primary_region
 from covenant.seed import seed
-from devstack import assets
+from devstack import assets, consumers
 from devstack.errors import DevStackError
 from devstack.event_sources import (
     BackgroundTriggers,
@@ -176,6 +176,7 @@ class DevStack:
         self.verifier: JwtVerifier | None = None
         self.endpoints: dict[str, str] = {}
         self.triggers: BackgroundTriggers | None = None
+        self.consumers: consumers.ConsumerLoops | None = None
         self.runtime: LambdaRuntime | None = None
         self._sqs: Any = None
 
@@ -240,6 +241,7 @@ class DevStack:
         self._start_moto()
         self._start_cognito()
         queues = self._create_wakeup_queue()
+        self._provision_consumers()
         with environment(self.endpoints):
             migrate()
             seed()
@@ -256,6 +258,7 @@ class DevStack:
         )
         self.gateway.serve_in_thread()
         self._start_bridge_triggers(queues)
+        self._start_consumers()
         self._warm_up()
         state_file(o.data_dir).write_text(
             json.dumps(
@@ -354,6 +357,23 @@ class DevStack:
         self.triggers = BackgroundTriggers(source, schedule_every_s=self.options.sweep_every_s)
         self.triggers.start()
 
+    def _provision_consumers(self) -> None:
+        """The consumers' AWS side in moto (the audit trail's table), known to every function."""
+        assert self.moto is not None
+        self.endpoints.update(
+            consumers.provision(self.endpoints, self.moto.endpoint_url, primary_region())
+        )
+
+    def _start_consumers(self) -> None:
+        """The JetStream consumers run in the primary region, each pulling without pause."""
+        assert self.runtime is not None
+        self.consumers = consumers.ConsumerLoops(
+            [get_function(name) for name in consumers.CONSUMER_FUNCTIONS],
+            primary_region(),
+            thread_invoker(self.runtime),
+        )
+        self.consumers.start()
+
     def _explorer_assets(self) -> Path | None:
         """GraphiQL served locally (no internet needed); without npm the explorer page falls
         back to the public CDN."""
@@ -369,6 +389,9 @@ class DevStack:
         if self.triggers is not None:
             self.triggers.stop()
             self.triggers = None
+        if self.consumers is not None:
+            self.consumers.stop()
+            self.consumers = None
         if self.gateway is not None:
             self.gateway.shutdown()  # and every Lambda environment
             self.gateway = None

@@ -7,7 +7,7 @@ synth, per instance and per region role, against Aurora PostgreSQL's default `ma
 (LEAST({DBInstanceClassMemory/9531392}, 5000)) less the connections kept for RDS, superusers,
 operators, the migrator and the rotation function (`reservedConnections`):
 
-- the primary's writer: the primary's GraphQL, mobile and bridge (the writes of all six
+- the primary's writer: the primary's GraphQL, mobile, bridge and analytics (the writes of all six
   regions arrive there: a secondary hands each write request to the primary's function);
 - each reader of the primary: the primary's GraphQL and mobile (their reader URL);
 - each reader of a secondary: that secondary's GraphQL and mobile (reader URL only).
@@ -25,7 +25,7 @@ from stacks.settings import AppSettings, SettingsError
 # The functions behind the API that connect to the database (writer in the primary, reader
 # everywhere), and the primary-only function that connects to the writer.
 API_DATABASE_FUNCTIONS = ("graphql", "mobile")
-WRITER_ONLY_FUNCTIONS = ("bridge",)
+WRITER_ONLY_FUNCTIONS = ("bridge", "analytics")
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,9 @@ from aws_cdk import custom_resources as cr
 from aws_cdk.lambda_layer_kubectl_v36 import KubectlV36Layer
 from constructs import Construct
 
+from covenant.consumer import CONSUMER_INBOX_PREFIX
 from covenant.regions import Region
-from covenant.streams import BRIDGE_INBOX_PREFIX, DAY_S, STREAMS
+from covenant.streams import BRIDGE_INBOX_PREFIX, CONSUMERS, DAY_S, STREAMS
 from covenant.topology import FunctionSpec
 from stacks.database import database_user
 from stacks.functions import (
@@ -75,6 +76,20 @@ BRIDGE_NATS_PERMISSIONS: dict[str, Any] = {
 }
 
 
+def consumers_nats_permissions() -> dict[str, Any]:
+    """What the consumers' NATS user may do: pull from, acknowledge and read the info of the
+    durable consumers of covenant.streams (nothing else of the JetStream API: it cannot create,
+    change, delete or purge anything), publish operational alerts, and receive on its own
+    inboxes only."""
+    publish = [f"$JS.API.CONSUMER.MSG.NEXT.{c.stream}.{c.durable_name}" for c in CONSUMERS]
+    publish += [f"$JS.API.CONSUMER.INFO.{c.stream}.{c.durable_name}" for c in CONSUMERS]
+    publish += [f"$JS.ACK.{c.stream}.{c.durable_name}.>" for c in CONSUMERS]
+    return {
+        "publish": {"allow": publish},
+        "subscribe": {"allow": [f"{CONSUMER_INBOX_PREFIX}.>"]},
+    }
+
+
 def nats_config_merge() -> dict[str, Any]:
     """What the stack merges into the chart's nats.conf (`config.merge`): the two users, their
     names and passwords from the container's environment (the nats-auth secret). `<< $VAR >>`
@@ -88,6 +103,11 @@ def nats_config_merge() -> dict[str, Any]:
                     "permissions": BRIDGE_NATS_PERMISSIONS,
                 },
                 {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
+                {
+                    "user": "<< $CONSUMERS_USER >>",
+                    "password": "<< $CONSUMERS_PASSWORD >>",
+                    "permissions": consumers_nats_permissions(),
+                },
             ]
         }
     }
@@ -180,6 +200,7 @@ class NatsCluster(Construct):
         key: kms.Key,
         bridge_secret: secretsmanager.ISecret,
         admin_secret: secretsmanager.ISecret,
+        consumers_secret: secretsmanager.ISecret,
     ) -> None:
         super().__init__(scope, construct_id)
         config = settings.events
@@ -291,7 +312,11 @@ class NatsCluster(Construct):
                             "secretKey": f"{who}-{field}",
                             "remoteRef": {"key": secret.secret_arn, "property": field},
                         }
-                        for who, secret in (("bridge", bridge_secret), ("admin", admin_secret))
+                        for who, secret in (
+                            ("bridge", bridge_secret),
+                            ("admin", admin_secret),
+                            ("consumers", consumers_secret),
+                        )
                         for field in ("user", "password")
                     ],
                 },
@@ -299,7 +324,7 @@ class NatsCluster(Construct):
         )
         sync.node.add_dependency(storage)
         sync.node.add_dependency(secrets)
-        for secret in (bridge_secret, admin_secret):
+        for secret in (bridge_secret, admin_secret, consumers_secret):
             secret.grant_read(self.secrets_role)  # and kms:Decrypt through Secrets Manager
         self.chart = self.cluster.add_helm_chart(
             "Nats",
@@ -458,6 +483,8 @@ def nats_values(settings: AppSettings, load_balancer_security_group: str) -> dic
                 "BRIDGE_PASSWORD": from_secret("bridge-password"),
                 "ADMIN_USER": from_secret("admin-user"),
                 "ADMIN_PASSWORD": from_secret("admin-password"),
+                "CONSUMERS_USER": from_secret("consumers-user"),
+                "CONSUMERS_PASSWORD": from_secret("consumers-password"),
                 "GOMEMLIMIT": "900MiB",
             },
             "merge": {
@@ -534,6 +561,7 @@ class EventsStack(Stack):
         )
         self.bridge_secret = _nats_secret(self, "NatsBridgeSecret", "bridge", self.key)
         self.admin_secret = _nats_secret(self, "NatsAdminSecret", "admin", self.key)
+        self.consumers_secret = _nats_secret(self, "NatsConsumersSecret", "consumers", self.key)
         self.nats = NatsCluster(
             self,
             "Nats",
@@ -543,6 +571,7 @@ class EventsStack(Stack):
             key=self.key,
             bridge_secret=self.bridge_secret,
             admin_secret=self.admin_secret,
+            consumers_secret=self.consumers_secret,
         )
         self.wakeup = WakeupQueue(
             self,

@@ -7,7 +7,8 @@ region the wake-up dead-letter queue depth, the outbox lag and JetStream health.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy, Stack
@@ -31,6 +32,7 @@ API_MIN_REQUESTS = 20  # per 5 minutes, below which the 5xx rate is not judged
 API_P99_LATENCY_MS = 2000
 FUNCTION_ERRORS = 5  # per 5 minutes
 OUTBOX_LAG_S = 120
+CONSUMER_LAG_MESSAGES = 1000
 REPLICA_LAG_MS = 5000  # HEALTH_MAX_REPLICA_LAG_S: /health reports degraded beyond it
 
 
@@ -41,6 +43,8 @@ class EventsMonitoring:
     dead_letters: sqs.IQueue
     bridge: lambda_.IFunction
     jetstream: lambda_.IFunction
+    # JetStream consumer functions by name (stacks/consumers.py): each reports ConsumerLag.
+    consumers: Mapping[str, lambda_.IFunction] = field(default_factory=dict)
 
 
 class MonitoringStack(Stack):
@@ -120,6 +124,7 @@ class MonitoringStack(Stack):
         if events is not None:
             all_functions["bridge"] = events.bridge
             all_functions["jetstream"] = events.jetstream
+            all_functions.update(events.consumers)
         for name, function in all_functions.items():
             errors = function.metric_errors(period=Duration.minutes(5), statistic="Sum")
             throttles = function.metric_throttles(period=Duration.minutes(5), statistic="Sum")
@@ -198,7 +203,21 @@ class MonitoringStack(Stack):
                 periods=3,
                 missing=cloudwatch.TreatMissingData.BREACHING,
             )
+            consumer_lags: list[cloudwatch.IMetric] = []
+            for name in events.consumers:
+                lag = _metric("Covenant", "ConsumerLag", {"service": name}, "Maximum", minutes=5)
+                self._alarm(
+                    f"{''.join(p.title() for p in name.split('_'))}Lag",
+                    lag,
+                    CONSUMER_LAG_MESSAGES,
+                    f"{name}: more than {CONSUMER_LAG_MESSAGES} events unacknowledged for 15 "
+                    "minutes (or no run reported): see docs/deploy.md, Stream consumers",
+                    periods=3,
+                    missing=cloudwatch.TreatMissingData.BREACHING,
+                )
+                consumer_lags.append(lag)
             dashboard.add_widgets(
+                cloudwatch.GraphWidget(title="Consumer lag (messages)", left=consumer_lags),
                 cloudwatch.GraphWidget(title="Outbox lag (s)", left=[outbox_lag]),
                 cloudwatch.GraphWidget(title="Wake-up DLQ depth", left=[depth]),
                 cloudwatch.GraphWidget(title="Events set aside", left=[set_aside]),

@@ -6,6 +6,8 @@ All security groups and their rules live here, so one file says who may talk to 
     migrator      ──5432──► database          bridge ──4222──► NATS load balancer
     rotation      ──5432──► database          jetstream ──4222──► NATS load balancer
     bridge, jetstream, migrator, rotation, API functions ──443──► interface endpoints
+    consumers ──5432──► database; consumers ──4222──► NATS load balancer
+    consumers ──443──► AWS APIs (DynamoDB, SNS)
 
 Interface endpoints (primary region only, where the services the functions call live):
 Secrets Manager (bridge, JetStream probe, migrator, rotation, and External Secrets Operator on the
@@ -64,6 +66,7 @@ class SecurityGroups(Construct):
         self.jetstream: ec2.SecurityGroup | None = None
         self.migrator: ec2.SecurityGroup | None = None
         self.rotation: ec2.SecurityGroup | None = None
+        self.consumers: ec2.SecurityGroup | None = None
         self.nats_load_balancer: ec2.SecurityGroup | None = None
         self.endpoints: ec2.SecurityGroup | None = None
         if not primary:
@@ -78,10 +81,20 @@ class SecurityGroups(Construct):
         self.jetstream = group("JetStream", "JetStream topology and health probe Lambda")
         self.migrator = group("Migrator", "Migration custom resource Lambda")
         self.rotation = group("Rotation", "Secrets Manager rotation Lambda of the master user")
+        self.consumers = group("Consumers", "JetStream consumer Lambdas (audit logger, ...)")
+        # DynamoDB (its gateway endpoint, whose prefix list is unknown offline) and SNS.
+        self.consumers.add_egress_rule(
+            ec2.Peer.any_ipv4(), ec2.Port.tcp(HTTPS_PORT), "DynamoDB and SNS APIs"
+        )
         self._to_database(self.bridge, "bridge")
         self._to_database(self.migrator, "migrator")
+        self._to_database(self.consumers, "consumers (analytics)")
         self._to_database(self.rotation, "secret rotation")
-        for client, label in ((self.bridge, "bridge"), (self.jetstream, "JetStream probe")):
+        for client, label in (
+            (self.bridge, "bridge"),
+            (self.jetstream, "JetStream probe"),
+            (self.consumers, "consumers"),
+        ):
             client.add_egress_rule(self.nats_load_balancer, ec2.Port.tcp(NATS_PORT), "NATS")
             self.nats_load_balancer.add_ingress_rule(
                 client, ec2.Port.tcp(NATS_PORT), f"NATS clients: {label}"
@@ -92,6 +105,7 @@ class SecurityGroups(Construct):
             (self.jetstream, "JetStream probe"),
             (self.migrator, "migrator"),
             (self.rotation, "secret rotation"),
+            (self.consumers, "consumers"),
         ):
             if client is not self.api_functions:
                 client.add_egress_rule(self.endpoints, ec2.Port.tcp(HTTPS_PORT), "VPC endpoints")
@@ -195,6 +209,8 @@ class RegionalNetwork(Construct):
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
         self.vpc.add_gateway_endpoint("S3", service=ec2.GatewayVpcEndpointAwsService.S3)
+        # The audit trail's table (and any regional DynamoDB call) without the NAT gateways.
+        self.vpc.add_gateway_endpoint("DynamoDb", service=ec2.GatewayVpcEndpointAwsService.DYNAMODB)
         self.security_groups = SecurityGroups(self, "SecurityGroups", vpc=self.vpc, primary=primary)
         if primary:
             # The load balancer controller of EKS Auto Mode places internal NLBs in these.

@@ -32,6 +32,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_route53 as route53
 from constructs import Construct
 
+from covenant import audit_trail
 from covenant.regions import Region
 from covenant.topology import FunctionSpec, Route
 from stacks.database import database_user
@@ -280,7 +281,13 @@ class RegionalApiStack(Stack):
             # synchronous Invoke); this region connects to its own reader only.
             primary_function = primary_function_arn(settings, name)
             environment["COVENANT_PRIMARY_FUNCTION"] = primary_function
+        audit_table_arn = account_arn(
+            "dynamodb", settings.primary.aws_region, f"table/{audit_trail.DEFAULT_TABLE}"
+        )
         if name == "graphql":
+            # auditLog reads the primary region's audit trail (stacks/consumers.py).
+            environment["AUDIT_TABLE_NAME"] = audit_trail.DEFAULT_TABLE
+            environment["AUDIT_TABLE_REGION"] = settings.primary.aws_region
             environment["GRAPHQL_INTROSPECTION"] = str(settings.graphql_introspection).lower()
             environment["GRAPHQL_EXPLORER"] = str(settings.graphql_explorer).lower()
         if name in OUTBOX_WRITERS:
@@ -316,6 +323,16 @@ class RegionalApiStack(Stack):
         if name in OUTBOX_WRITERS:
             function.role.add_to_policy(
                 iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[queue_arn])
+            )
+        if name == "graphql":
+            function.role.add_to_policy(
+                iam.PolicyStatement(
+                    actions=["dynamodb:Query"],
+                    resources=[
+                        audit_table_arn,
+                        *(f"{audit_table_arn}/index/{i}" for i in audit_trail.INDEXES.values()),
+                    ],
+                )
             )
         if COGNITO_ADMIN_ACTIONS.get(name):
             function.role.add_to_policy(

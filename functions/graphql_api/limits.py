@@ -295,6 +295,8 @@ STATEMENTS: Mapping[str, int] = {
     "Query.regionalStats": 1,
     "Query.globalStats": 1,
     "Query.sectoralStats": 1,
+    # The ANALYTICS series: one statement over analytics_hourly, at most 1 000 points.
+    "Query.statsHistory": 1,
     # Nested lists and many-to-one fields: one statement per level.
     "Country.projects": 1,
     "Sector.projects": 1,
@@ -331,6 +333,8 @@ ONCE_PER_REQUEST: Mapping[str, str] = {
 NO_STATEMENTS: frozenset[str] = frozenset(
     {
         "Query.regions",
+        # The audit trail is DynamoDB (a bounded page, admins only), not SQL.
+        "Query.auditLog",
         "Country.region",
         "Project.region",
         "RegionalStats.region",

@@ -13,6 +13,8 @@ from aws_lambda_powertools import Tracer
 from graphql import GraphQLSchema
 
 from graphql_api.executor import bind_row_keys
+from graphql_api.resolvers import audit as _audit  # noqa: F401 - registers Query.auditLog
+from graphql_api.resolvers import stats_history as _stats  # noqa: F401 - Query.statsHistory
 from graphql_api.resolvers.connection import country_connection, project_connection
 from graphql_api.resolvers.enums import ENUMS
 from graphql_api.resolvers.mutation import mutation

@@ -38,7 +38,6 @@ DAY_NS = 24 * 3600 * NS
 STREAM_NAMES = ["COVENANT", "AUDIT", "ALERTS", "NOTIFICATIONS"]
 CONSUMER_NAMES = [
     ("COVENANT", "ANALYTICS"),
-    ("COVENANT", "CACHE_INVALIDATOR"),
     ("COVENANT", "MOBILE_PUSH"),
     ("AUDIT", "AUDIT_LOGGER"),
     ("ALERTS", "ALERT_ROUTER"),
@@ -152,7 +151,7 @@ def test_stream_for_subject() -> None:
 # -- the first and second apply ------------------------------------------------------------------
 
 
-def test_first_apply_creates_four_streams_and_six_consumers(applied) -> None:
+def test_first_apply_creates_four_streams_and_five_consumers(applied) -> None:
     server, changes = applied
     assert [(c.kind, c.name, c.action) for c in changes] == [
         *(("stream", name, "created") for name in STREAM_NAMES),
@@ -195,7 +194,7 @@ def test_first_apply_creates_four_streams_and_six_consumers(applied) -> None:
 def test_second_apply_changes_nothing(applied) -> None:
     server, _ = applied
     changes = apply(server.url, 1)
-    assert len(changes) == 10
+    assert len(changes) == len(STREAM_NAMES) + len(CONSUMER_NAMES)
     assert {c.action for c in changes} == {"unchanged"}
 
 
@@ -365,7 +364,7 @@ def test_consumer_changes_the_server_cannot_make_are_refused(fresh_nats) -> None
 
 def test_more_replicas_than_the_server_can_hold_are_reported_not_raised(fresh_nats) -> None:
     changes = apply(fresh_nats.url, 3)  # a single local server holds one replica
-    assert [c.action for c in changes] == ["refused"] * 10
+    assert [c.action for c in changes] == ["refused"] * (len(STREAM_NAMES) + len(CONSUMER_NAMES))
     assert "replicas > 1 not supported" in changes[0].detail
     assert changes[-1].detail == "stream NOTIFICATIONS does not exist"
     assert {c.action for c in apply(fresh_nats.url, 1)} == {"created"}
@@ -442,7 +441,7 @@ def test_cli_applies_and_prints_one_line_per_change(fresh_nats) -> None:
     result = cli("apply", "--url", fresh_nats.url, "--replicas", "1")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 10
+    assert len(lines) == len(STREAM_NAMES) + len(CONSUMER_NAMES)
     assert lines[0].startswith("stream COVENANT: created (subjects covenant.countries.*")
     assert lines[-1].startswith("consumer NOTIFIER on NOTIFICATIONS: created (pull; ack explicit")
 
@@ -450,7 +449,9 @@ def test_cli_applies_and_prints_one_line_per_change(fresh_nats) -> None:
     env = {**os.environ, "NATS_URL": fresh_nats.url, "NATS_REPLICAS": "1"}
     again = cli("apply", env=env)
     assert again.returncode == 0, again.stderr
-    assert [line.rsplit(": ", 1)[1] for line in again.stdout.splitlines()] == ["unchanged"] * 10
+    assert [line.rsplit(": ", 1)[1] for line in again.stdout.splitlines()] == ["unchanged"] * (
+        len(STREAM_NAMES) + len(CONSUMER_NAMES)
+    )
 
 
 def test_cli_without_a_server_exits_2_with_a_message() -> None:

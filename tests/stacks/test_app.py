@@ -11,7 +11,7 @@ from aws_cdk.assertions import Match, Template
 from covenant.regions import load_regions
 from covenant.streams import DAY_S, STREAMS
 from covenant.topology import load_functions
-from stacks.events import BRIDGE_NATS_PERMISSIONS
+from stacks.events import BRIDGE_NATS_PERMISSIONS, consumers_nats_permissions
 from stacks.layers import build_dependencies, locked_versions, runtime_requirements
 from stacks.settings import DATABASE_CA_PARAMETER_PATH
 
@@ -49,12 +49,13 @@ def test_every_region_has_its_stacks_in_its_own_aws_region(stacks) -> None:
     expected[f"Covenant-{PRIMARY.code}-Auth"] = PRIMARY.aws_region
     expected[f"Covenant-{PRIMARY.code}-Events"] = PRIMARY.aws_region
     expected[f"Covenant-{PRIMARY.code}-Bridge"] = PRIMARY.aws_region
+    expected[f"Covenant-{PRIMARY.code}-Consumers"] = PRIMARY.aws_region
     assert {name: s.environment.region for name, s in stacks.items()} == expected
 
 
 def test_stateful_stacks_are_protected_from_deletion(stacks) -> None:
     for name, stack in stacks.items():
-        if name.endswith(("-Data", "-Auth", "-Events")):
+        if name.endswith(("-Data", "-Auth", "-Events", "-Consumers")):
             assert stack.termination_protection, name
 
 
@@ -184,13 +185,16 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     assert len(resource["Properties"]["Digest"]) == 64
     # A change to the login roles or the TLS setting runs the migrator again, too.
     assert resource["Properties"]["LoginUsers"] == (
-        "covenant_graphql,covenant_mobile,covenant_bridge"
+        "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
     )
     assert resource["Properties"]["Tls"] == VERIFIED_TLS
     assert "Run" not in resource["Properties"]  # only with -c covenant:migrationsRun=<id>
     migrator = _function(template, "migrator.handler.handler")
     env = migrator["Environment"]["Variables"]
-    assert env["DATABASE_LOGIN_USERS"] == "covenant_graphql,covenant_mobile,covenant_bridge"
+    assert (
+        env["DATABASE_LOGIN_USERS"]
+        == "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
+    )
     assert env["DATABASE_TLS"] == VERIFIED_TLS
     assert len(migrator["Layers"]) == 2  # dependencies, shared code (the CA is in SSM)
     assert "VpcConfig" in migrator
@@ -503,7 +507,11 @@ def test_nats_runs_from_the_official_chart_with_three_jetstream_replicas(templat
     assert config["jetstream"]["fileStore"]["enabled"] is True
     assert config["jetstream"]["fileStore"]["pvc"]["storageClassName"] == "covenant-jetstream"
     users = config["merge"]["authorization"]["users"]
-    assert [u["user"] for u in users] == ["<< $BRIDGE_USER >>", "<< $ADMIN_USER >>"]
+    assert [u["user"] for u in users] == [
+        "<< $BRIDGE_USER >>",
+        "<< $ADMIN_USER >>",
+        "<< $CONSUMERS_USER >>",
+    ]
     env = values["container"]["env"]
     assert env["BRIDGE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "nats-auth"
     service = values["service"]["merge"]
@@ -538,6 +546,11 @@ def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream
                     },
                 },
                 {"user": "<< $ADMIN_USER >>", "password": "<< $ADMIN_PASSWORD >>"},
+                {
+                    "user": "<< $CONSUMERS_USER >>",
+                    "password": "<< $CONSUMERS_PASSWORD >>",
+                    "permissions": consumers_nats_permissions(),
+                },
             ]
         }
     }

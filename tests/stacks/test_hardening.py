@@ -45,7 +45,7 @@ def test_every_secret_outlives_its_stack(templates) -> None:
         for name, template in templates.items()
         for secret in resources(template, "AWS::SecretsManager::Secret").values()
     ]
-    assert len(secrets) == 3  # the master password, the two NATS users
+    assert len(secrets) == 4  # the master password, the three NATS users
     for name, secret in secrets:
         assert secret["DeletionPolicy"] == "Retain", name
 

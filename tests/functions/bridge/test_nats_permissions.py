@@ -45,6 +45,9 @@ CREDENTIALS = {
     "BRIDGE_PASSWORD": BRIDGE["password"],
     "ADMIN_USER": ADMIN["user"],
     "ADMIN_PASSWORD": ADMIN["password"],
+    # The consumers' user (tests/functions/consumers/test_nats_permissions.py holds it).
+    "CONSUMERS_USER": "consumers",
+    "CONSUMERS_PASSWORD": "consumersPassword1",
 }
 # One subject of each stream: the events the bridge forwards.
 EVENT_SUBJECTS = (

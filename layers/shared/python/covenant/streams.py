@@ -1,4 +1,4 @@
-"""The JetStream topology as code: the four streams and six durable consumers of DESIGN.md
+"""The JetStream topology as code: the four streams and the durable consumers of DESIGN.md
 ("Events"), and the one command that applies them to any NATS server.
 
     python -m covenant.streams apply --url nats://127.0.0.1:4222 --replicas 1
@@ -175,7 +175,8 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec("COVENANT", "ANALYTICS", "Analytics: every country and project event"),
-    ConsumerSpec("COVENANT", "CACHE_INVALIDATOR", "Invalidates cached reads on every change"),
+    # No CACHE_INVALIDATOR: there is no cache to invalidate, and the one worth having (short
+    # max-age on anonymous GraphQL GETs) needs none (docs/deploy.md, "CACHE_INVALIDATOR").
     ConsumerSpec("COVENANT", "MOBILE_PUSH", "Pushes country and project changes to devices"),
     ConsumerSpec("AUDIT", "AUDIT_LOGGER", "Records every audit event"),
     ConsumerSpec("ALERTS", "ALERT_ROUTER", "Routes alerts to whoever must act on them"),

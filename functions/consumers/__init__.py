@@ -1,0 +1,1 @@
+"""The JetStream consumers' Lambda functions (covenant.consumer runs their loop)."""
