@@ -10,6 +10,7 @@ import os
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from covenant.streams import redact, server_urls
 from devstack.errors import DevStackError
 from devstack.stack import read_state
 
@@ -25,9 +26,12 @@ def nats_url() -> str:
 async def tail(stream: str, *, last: int = 10, limit: int | None = None) -> int:
     """Shows the stream's last `last` events, then follows it (until `limit` events)."""
     try:
-        client = await nats.connect(nats_url(), connect_timeout=3, max_reconnect_attempts=1)
+        # NATS_URL may list the servers of a cluster (COVENANT_NATS_NODES=3): any live one.
+        client = await nats.connect(
+            server_urls(nats_url()), connect_timeout=3, max_reconnect_attempts=1
+        )
     except Exception as exc:
-        raise DevStackError(f"cannot connect to NATS at {nats_url()}: {exc}") from exc
+        raise DevStackError(f"cannot connect to NATS at {redact(nats_url())}: {exc}") from exc
     shown = 0
     try:
         js = client.jetstream()

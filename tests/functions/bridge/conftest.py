@@ -26,6 +26,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 import bridge.connection
+import bridge.relay
 from covenant import db
 from covenant.events import CloudEvent, event_source
 from covenant.regions import get_region, primary_region
@@ -54,8 +55,10 @@ mutation ($id: ID!, $input: UpdateProjectInput!) {
 
 
 def reset_bridge_connection() -> None:
-    """Drops the bridge's module-level NATS connection (it lives on the bridge's own loop)."""
+    """Drops the bridge's module-level NATS connection (it lives on the bridge's own loop), and
+    what it saw of the streams: each test starts as a fresh execution environment."""
     bridge.connection.event_loop().run_until_complete(bridge.connection.reset())
+    bridge.relay.forget_seen_streams()
 
 
 @dataclass(frozen=True)
