@@ -214,7 +214,7 @@ class DevStack:
             stopped += NatsServer(
                 o.data_dir / "nats", o.nats_port, o.nats_monitor_port
             ).stop_leftover()
-            stopped += self._nats_cluster(max(o.nats_nodes, 3)).stop_leftovers()
+            stopped += self._nats_cluster(5).stop_leftovers()  # any node count it ran with
         if stopped:
             print(
                 f"Stopped {', '.join(stopped)}, left running from {o.data_dir} by a stack that "

@@ -14,8 +14,10 @@ mutation sees an error, nothing counts an attempt, and a leaderless stream is re
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -123,14 +125,56 @@ def _drain(env: Any, projects: list[str], timeout_s: float = 45) -> list[dict[st
         time.sleep(0.2)
 
 
+def _node_states(env: Any) -> list[str]:
+    """Each node's own view of each stream (its monitoring endpoint): for a failure's message."""
+    states: list[str] = []
+    for node in env.nats_server.nodes:
+        url = f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                data = json.loads(answer.read())
+        except OSError as exc:
+            states.append(f"{node.name}: {exc}")
+            continue
+        for account in data.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                state, cluster = stream["state"], stream.get("cluster") or {}
+                states.append(
+                    f"{node.name} {stream['name']}: {state['messages']} messages, seq "
+                    f"{state['first_seq']}..{state['last_seq']}, leader {cluster.get('leader')}"
+                )
+    return states
+
+
+def _stored_ids(env: Any, stream: str, expected: Counter[str], events: list[dict[str, Any]]):
+    """The stream's ids once they match `expected`, reading again for up to 10 s (a leader
+    elected a moment ago may still be applying what was committed); a mismatch that lasts
+    fails with the missing events' outbox rows and every node's view of the stream."""
+    deadline = time.monotonic() + 10
+    while (stored := env.stream_ids(stream)) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if stored != expected:
+        rows = {e["id"]: e for e in events}
+        missing = [
+            (rows[i]["seq"], str(rows[i]["published_at"])) for i in expected if i not in stored
+        ]
+        extra = [i for i in stored if i not in expected or stored[i] > 1]
+        raise AssertionError(
+            f"{stream}: {len(missing)} committed events missing, {len(extra)} unexpected or "
+            f"twice; missing (outbox seq, published_at): {sorted(missing)[:20]}; nodes: "
+            f"{_node_states(env)}"
+        )
+    return stored
+
+
 def _assert_each_event_once_in_order(env: Any, events: list[dict[str, Any]]) -> None:
     assert all(e["dead_at"] is None and e["attempts"] == 0 for e in events), [
         e for e in events if e["dead_at"] is not None or e["attempts"]
     ]
     covenant = Counter(e["id"] for e in events if e["subject"].startswith("covenant."))
     audit = Counter(e["id"] for e in events if e["subject"].startswith("audit."))
-    assert env.stream_ids("COVENANT") == covenant
-    assert env.stream_ids("AUDIT") == audit
+    _stored_ids(env, "COVENANT", covenant, events)
+    _stored_ids(env, "AUDIT", audit, events)
     assert env.order_violations(events) == []
 
 
