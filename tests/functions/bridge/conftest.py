@@ -96,16 +96,16 @@ async def _stream_messages(url: str, stream: str) -> list[StoredMessage]:
         await client.close()
 
 
-async def _reset_topology(url: str, replicas: int = 1) -> None:
+async def _reset_topology(url: str, replicas: int = 1, purge: bool = True) -> None:
     """Applies the topology (restoring whatever a test changed or deleted), then empties
-    every stream."""
+    every stream (`purge`)."""
     client = await nats.connect(server_urls(url), connect_timeout=3, max_reconnect_attempts=1)
     try:
         js = client.jetstream()
         changes = await apply_topology(js, replicas)
         refused = [str(change) for change in changes if change.action == "refused"]
         assert not refused, refused
-        for name in STREAM_NAMES:
+        for name in STREAM_NAMES if purge else ():
             await js.purge_stream(name)
     finally:
         await client.close()
@@ -319,8 +319,8 @@ class Bridge:
         """Runs `await action(js)` on a fresh connection to the test's server."""
         return asyncio.run(_with_jetstream(self.nats_url, action))
 
-    def reset_topology(self) -> None:
-        asyncio.run(_reset_topology(self.nats_url, self.replicas))
+    def reset_topology(self, purge: bool = True) -> None:
+        asyncio.run(_reset_topology(self.nats_url, self.replicas, purge))
 
     def restart_nats(self) -> None:
         assert isinstance(self.nats_server, NatsServer)
@@ -397,7 +397,11 @@ def cluster_env(servers: Any, nats_cluster: NatsCluster) -> Iterator[Bridge]:
         },
         replicas=3,
     )
-    harness.reset_topology()
+    # No purge: nats-server 2.14 re-applies a purge from its log when a node killed with
+    # SIGKILL restarts, deleting the messages stored after it on that node (seen here: the
+    # restarted leader of AUDIT lost the 42 messages that followed the purge). The tests
+    # compare their own events' ids instead.
+    harness.reset_topology(purge=False)
     mark_everything_published()
     yield harness
     reset_bridge_connection()
