@@ -15,9 +15,13 @@ source and schedule) in a temporary folder on free ports, then measures:
    would drop a repeated id) and purged streams. Events per second, median of the rounds.
 2. Latency. A steady load of `updateProject` mutations through the local gateway (an editor's
    token from the local user pool), the bridge woken through SQS as in `make dev`: for every
-   event, from the moment its transaction committed (the after-commit hook) to the moment
-   JetStream stored it (the stream's own timestamp, taken before the acknowledgement), p50
-   and p99.
+   event, from the moment it was written to the outbox (its transaction's last statement, the
+   commit follows) to the moment JetStream stored it (the stream's own timestamp, taken before
+   the acknowledgement), p50 and p99.
+
+With `--cluster` it then does the same against a three-node JetStream cluster with R3 streams
+(`COVENANT_NATS_NODES=3 make dev`'s, NATS_URL listing the three nodes) and prints the two side
+by side: every store there is replicated to a second node before it is acknowledged.
 
 It measures only; nothing here asserts on time. The relay settings are the bridge's defaults
 unless BRIDGE_* variables say otherwise.
@@ -40,7 +44,6 @@ import random
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -67,11 +70,11 @@ from covenant import db
 from covenant.config import environment
 from covenant.events import CloudEvent, event_source
 from covenant.regions import primary_region
-from covenant.streams import STREAMS
-from covenant.uow import UnitOfWork
+from covenant.streams import STREAMS, server_urls
 from devstack.cognito import SEEDED_USERS
 from devstack.event_sources import BackgroundTriggers, scheduled_event
 from devstack.functions import get_function, invoke
+from devstack.nats import NatsCluster
 from devstack.processes import free_port
 from devstack.stack import DevStack, StackOptions
 
@@ -105,14 +108,19 @@ def say(message: str = "") -> None:
 
 
 class BenchStack(DevStack):
-    """`make dev`'s stack, without the GraphiQL assets (nothing here opens the explorer)."""
+    """`make dev`'s stack, without the GraphiQL assets (nothing here opens the explorer); a
+    cluster's nodes on free ports (make dev's are consecutive from 4222)."""
 
     def _explorer_assets(self) -> Path | None:
         return None
 
+    def _nats_cluster(self, nodes: int) -> NatsCluster:
+        ports = [(free_port(), free_port(), free_port()) for _ in range(nodes)]
+        return NatsCluster(self.options.data_dir / "nats-cluster", nodes, 0, 0, 0, ports=ports)
+
 
 @contextlib.contextmanager
-def local_stack() -> Iterator[BenchStack]:
+def local_stack(nats_nodes: int = 1) -> Iterator[BenchStack]:
     data_dir = Path(tempfile.mkdtemp(prefix="covenant-bench-bridge-"))
     data_dir.chmod(0o755)  # the servers run as an unprivileged user when this runs as root
     options = StackOptions(
@@ -126,6 +134,7 @@ def local_stack() -> Iterator[BenchStack]:
         database_reader_url=None,
         nats_url=None,
         moto_port=free_port(),
+        nats_nodes=nats_nodes,
     )
     stack = BenchStack(options)
     try:
@@ -306,7 +315,7 @@ def outbox_order(event_ids: list[str]) -> dict[str, tuple[int, str]]:
 
 
 async def _purge(url: str) -> None:
-    client = await nats.connect(url)
+    client = await nats.connect(server_urls(url))
     try:
         js = client.jetstream()
         for name in STREAM_NAMES:
@@ -316,7 +325,7 @@ async def _purge(url: str) -> None:
 
 
 async def _stored_count(url: str) -> int:
-    client = await nats.connect(url)
+    client = await nats.connect(server_urls(url))
     try:
         js = client.jetstream()
         return sum([(await js.stream_info(name)).state.messages for name in STREAM_NAMES])
@@ -334,7 +343,7 @@ class Stored:
 
 async def _stored_messages(url: str, first_seqs: dict[str, int]) -> list[Stored]:
     """Every message stored after `first_seqs` (per stream), read in stream order."""
-    client = await nats.connect(url)
+    client = await nats.connect(server_urls(url))
     try:
         js = client.jetstream()
         found: list[Stored] = []
@@ -350,11 +359,12 @@ async def _stored_messages(url: str, first_seqs: dict[str, int]) -> list[Stored]
 
 
 async def _read_stream(js: JetStreamContext, stream: str, first: int, last: int) -> list[Stored]:
-    """Direct gets (any replica answers), a thousand in flight at a time."""
+    """Gets from the stream's leader (a replica answering a direct get may not have stored the
+    last messages yet), a thousand in flight at a time."""
     found: list[Stored] = []
     for start in range(first, last + 1, 1000):
         seqs = range(start, min(last, start + 999) + 1)
-        replies = await asyncio.gather(*(js.get_msg(stream, seq, direct=True) for seq in seqs))
+        replies = await asyncio.gather(*(js.get_msg(stream, seq) for seq in seqs))
         for reply in replies:
             assert reply.seq is not None and reply.time is not None
             found.append(
@@ -364,7 +374,7 @@ async def _read_stream(js: JetStreamContext, stream: str, first: int, last: int)
 
 
 async def _last_seqs(url: str) -> dict[str, int]:
-    client = await nats.connect(url)
+    client = await nats.connect(server_urls(url))
     try:
         js = client.jetstream()
         return {name: (await js.stream_info(name)).state.last_seq for name in STREAM_NAMES}
@@ -379,7 +389,7 @@ async def _last_seqs(url: str) -> dict[str, int]:
 
 async def _ceiling(url: str, messages: list[Message]) -> float:
     # The bridge's client settings (connection.py): no client-side subject validation.
-    client = await nats.connect(url, skip_subject_validation=True)
+    client = await nats.connect(server_urls(url), skip_subject_validation=True)
     try:
         js = client.jetstream(publish_async_max_pending=len(messages))
         started = time.perf_counter()
@@ -399,7 +409,7 @@ async def _ceiling(url: str, messages: list[Message]) -> float:
 
 async def _publisher_only(url: str, messages: list[Message]) -> float:
     """The bridge's own publisher (bridge.publisher.JetStreamPublisher), nothing else."""
-    client = await nats.connect(url, skip_subject_validation=True)
+    client = await nats.connect(server_urls(url), skip_subject_validation=True)
     try:
         publisher = JetStreamPublisher(client)
         await publisher.start()
@@ -428,7 +438,7 @@ async def _publisher_only(url: str, messages: list[Message]) -> float:
 
 
 async def _naive(url: str, messages: list[Message]) -> float:
-    client = await nats.connect(url, skip_subject_validation=True)
+    client = await nats.connect(server_urls(url), skip_subject_validation=True)
     try:
         js = client.jetstream()
         started = time.perf_counter()
@@ -539,34 +549,19 @@ def _expect_stored(url: str, count: int, what: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class CommitClock:
-    """Records when each event's transaction committed: a unit of work runs its after-commit
-    callbacks right after COMMIT returned, and this one is registered first."""
-
-    def __init__(self) -> None:
-        self.committed: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._enter = UnitOfWork.__enter__
-
-    def __enter__(self) -> CommitClock:
-        enter = self._enter
-
-        def clocked_enter(uow: UnitOfWork) -> UnitOfWork:
-            entered = enter(uow)
-            entered.after_commit(lambda: self._record([event.id for event in uow.events]))
-            return entered
-
-        UnitOfWork.__enter__ = clocked_enter  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        UnitOfWork.__enter__ = self._enter  # type: ignore[method-assign]
-
-    def _record(self, event_ids: list[str]) -> None:
-        now = time.time()
-        with self._lock:
-            for event_id in event_ids:
-                self.committed[event_id] = now
+def inserted_since(since: float) -> dict[str, float]:
+    """When each outbox event written since `since` (epoch seconds) was inserted: the outbox's
+    created_at is clock_timestamp() at the INSERT, the transaction's last statement, so its
+    commit follows within a millisecond or two. (The functions run in processes of their own
+    behind the local runtime: a hook on the unit of work here would see none of their
+    commits.)"""
+    with db.writer().session() as session:
+        rows = session.run(
+            "SELECT id::text, EXTRACT(EPOCH FROM created_at)::float8 FROM outbox "
+            "WHERE created_at >= to_timestamp(:since)",
+            since=since,
+        )
+    return {row[0]: float(row[1]) for row in rows}
 
 
 @dataclass
@@ -586,7 +581,8 @@ def latency(stack: DevStack, gateway: Gateway, rate: float, duration_s: float) -
     first_seqs = {name: seq + 1 for name, seq in asyncio.run(_last_seqs(nats_url)).items()}
     total = int(rate * duration_s)
     interval = 1.0 / rate
-    with CommitClock() as clock, ThreadPoolExecutor(max_workers=8) as pool:
+    load_started = time.time()
+    with ThreadPoolExecutor(max_workers=8) as pool:
         started = time.perf_counter()
         futures = []
         for n in range(total):
@@ -602,7 +598,7 @@ def latency(stack: DevStack, gateway: Gateway, rate: float, duration_s: float) -
         achieved = total / (time.perf_counter() - started)
         _wait_until_published(30)
     stored = asyncio.run(_stored_messages(nats_url, first_seqs))
-    committed = clock.committed
+    committed = inserted_since(load_started)
     counts = Counter(s.msg_id for s in stored)
     if counts != Counter(committed.keys()):
         missing = len(committed.keys() - counts.keys())
@@ -640,38 +636,55 @@ def _wait_until_published(timeout_s: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
-    parser.add_argument("--events", type=int, default=EVENTS)
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--rate", type=float, default=20.0, help="mutations per second")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of steady load")
-    args = parser.parse_args(argv)
+@dataclass
+class Section:
+    title: str
+    rates: Rates
+    latency: Latency | None
 
-    # A Lambda invocation that adds no metric makes Powertools warn; not between the figures.
-    warnings.filterwarnings("ignore", message="No application metrics to publish")
-    say("Starting the local stack (as make dev) ...")
+
+def measure(nodes: int, args: argparse.Namespace) -> Section:
+    title = "one nats-server, R1" if nodes == 1 else f"{nodes}-node cluster, R{nodes}"
+    say(f"Starting the local stack (as make dev, {title}) ...")
     # Powertools prints EMF blobs even with POWERTOOLS_METRICS_DISABLED (the cold-start metric,
     # and every 100th value, since a disabled flush never clears them): not between the figures.
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), local_stack() as stack:
+    with (
+        open(os.devnull, "w") as sink,
+        contextlib.redirect_stdout(sink),
+        local_stack(nodes) as stack,
+    ):
         gateway = editor_gateway(stack)
         paused = pause_triggers(stack)
         settings = BridgeSettings.load().relay
         say(
-            "\nThroughput: outbox -> JetStream with acks -> marked published "
+            f"\nThroughput ({title}): outbox -> JetStream with acks -> marked published "
             f"(batches of {settings.batch_size}, {settings.batches_per_pass} per pass)"
         )
         rates = throughput(stack, gateway, args.events, args.rounds)
         resume_triggers(stack, paused)
+        measured = None
+        if args.duration > 0:
+            say(
+                f"\nLatency ({title}): {args.rate:g} mutations/s through the gateway for "
+                f"{args.duration:g} s"
+            )
+            measured = latency(stack, gateway, args.rate, args.duration)
+    return Section(title, rates, measured)
 
-        say(f"\nLatency: {args.rate:g} mutations/s through the gateway for {args.duration:g} s")
-        measured = latency(stack, gateway, args.rate, args.duration)
 
+def _medians(rates: Rates) -> tuple[float, float, float, float]:
     ceiling, relay, naive, publisher = (
         statistics.median(runs)
         for runs in (rates.ceiling, rates.relay, rates.naive, rates.publisher)
     )
+    return ceiling, relay, naive, publisher
+
+
+def report(section: Section) -> None:
+    rates = section.rates
+    ceiling, relay, naive, publisher = _medians(rates)
     say("")
+    say(f"{section.title}:")
     say(f"{'path':<50}{'events/s (median)':>18}{'runs':>28}")
     for name, median, runs in (
         ("ceiling: nats-py publish_async only", ceiling, rates.ceiling),
@@ -689,12 +702,66 @@ def main(argv: list[str] | None = None) -> None:
         f"bridge / naive   = {relay / naive:.2f} (target >= {TARGET_OVER_NAIVE}): "
         f"{'met' if relay / naive >= TARGET_OVER_NAIVE else 'NOT met'}"
     )
+    measured = section.latency
+    if measured is not None:
+        say("")
+        say(
+            f"written -> stored in stream: p50 {measured.p50_ms:.1f} ms, "
+            f"p99 {measured.p99_ms:.1f} ms, max {measured.max_ms:.1f} ms ({measured.events} "
+            f"events of {measured.mutations} mutations at {measured.rate:.1f}/s)"
+        )
+
+
+def compare(single: Section, cluster: Section) -> None:
+    """The two side by side: events/s (median) on one node and on the cluster."""
     say("")
-    say(
-        f"commit -> stored in stream: p50 {measured.p50_ms:.1f} ms, p99 {measured.p99_ms:.1f} ms, "
-        f"max {measured.max_ms:.1f} ms ({measured.events} events of {measured.mutations} "
-        f"mutations at {measured.rate:.1f}/s)"
+    say(f"{'path (events/s, median)':<50}{single.title:>22}{cluster.title:>22}")
+    names = (
+        "ceiling: nats-py publish_async only",
+        "bridge: outbox -> acks -> marked published",
+        "naive: one awaited js.publish per event",
+        "(the bridge's JetStreamPublisher alone, no db)",
     )
+    for name, one, three in zip(
+        names, _medians(single.rates), _medians(cluster.rates), strict=True
+    ):
+        say(f"{name:<50}{one:>22,.0f}{three:>22,.0f}")
+    ratios = [
+        relay / ceiling for ceiling, relay, *_ in (_medians(single.rates), _medians(cluster.rates))
+    ]
+    say(f"{'bridge / ceiling':<50}{ratios[0]:>22.2f}{ratios[1]:>22.2f}")
+    if single.latency is not None and cluster.latency is not None:
+        say(
+            f"{'written -> stored, p50 / p99 (ms)':<50}"
+            f"{f'{single.latency.p50_ms:.1f} / {single.latency.p99_ms:.1f}':>22}"
+            f"{f'{cluster.latency.p50_ms:.1f} / {cluster.latency.p99_ms:.1f}':>22}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--rate", type=float, default=20.0, help="mutations per second")
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="seconds of steady load (0: no latency)"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="then the same against a three-node JetStream cluster (R3), side by side",
+    )
+    args = parser.parse_args(argv)
+
+    # A Lambda invocation that adds no metric makes Powertools warn; not between the figures.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    single = measure(1, args)
+    report(single)
+    if args.cluster:
+        say("")
+        cluster = measure(3, args)
+        report(cluster)
+        compare(single, cluster)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from devstack.functions import function_environment, get_function, region_enviro
 from devstack.gateway import Gateway
 from devstack.hop import round_trip_ms, rtt_enabled
 from devstack.jwt_auth import JwtVerifier
-from devstack.nats import NatsServer
+from devstack.nats import NatsCluster, NatsServer
 from devstack.postgres import PostgresCluster
 from devstack.processes import require_free_ports, wait_until
 from devstack.runtime import (
@@ -75,6 +75,14 @@ class StackOptions:
     sweep_every_s: float = 10.0
     cognito_user_pool_id: str | None = None
     cognito_client_id: str | None = None
+    # COVENANT_NATS_NODES: 1 (default) one nats-server and R1 streams; 3 (or 5) a JetStream
+    # cluster on loopback with as many replicas, as production runs it.
+    nats_nodes: int = 1
+    nats_cluster_port: int = 6222
+
+    @property
+    def nats_replicas(self) -> int:
+        return self.nats_nodes
 
     @classmethod
     def from_environment(
@@ -102,7 +110,19 @@ class StackOptions:
             sweep_every_s=number("COVENANT_SWEEP_EVERY_S", 10),
             cognito_user_pool_id=os.environ.get("COGNITO_USER_POOL_ID") or None,
             cognito_client_id=os.environ.get("COGNITO_CLIENT_ID") or None,
+            nats_nodes=_nats_nodes(),
+            nats_cluster_port=number("COVENANT_NATS_CLUSTER_PORT", 6222),
         )
+
+
+def _nats_nodes() -> int:
+    raw = (os.environ.get("COVENANT_NATS_NODES") or "1").strip()
+    if raw not in ("1", "3", "5"):
+        raise DevStackError(
+            f"COVENANT_NATS_NODES must be 1, 3 or 5 (a JetStream cluster needs a majority), "
+            f"got {raw!r}"
+        )
+    return int(raw)
 
 
 def _cognito_mode() -> str:
@@ -169,7 +189,7 @@ class DevStack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.postgres: PostgresCluster | None = None
-        self.nats: NatsServer | None = None
+        self.nats: NatsServer | NatsCluster | None = None
         self.gateway: Gateway | None = None
         self.moto: MotoServer | None = None
         self.cognito: LocalCognito | None = None
@@ -195,6 +215,7 @@ class DevStack:
             stopped += NatsServer(
                 o.data_dir / "nats", o.nats_port, o.nats_monitor_port
             ).stop_leftover()
+            stopped += self._nats_cluster(5).stop_leftovers()  # any node count it ran with
         if stopped:
             print(
                 f"Stopped {', '.join(stopped)}, left running from {o.data_dir} by a stack that "
@@ -212,10 +233,24 @@ class DevStack:
                 (o.pg_replica_port, "PostgreSQL replica", "COVENANT_PG_REPLICA_PORT"),
             ]
         if o.nats_url is None:
-            wanted += [
-                (o.nats_port, "nats-server", "COVENANT_NATS_PORT"),
-                (o.nats_monitor_port, "nats monitoring", "COVENANT_NATS_MONITOR_PORT"),
-            ]
+            for i in range(o.nats_nodes):
+                node = f" (node {i + 1})" if o.nats_nodes > 1 else ""
+                wanted += [
+                    (o.nats_port + i, f"nats-server{node}", "COVENANT_NATS_PORT"),
+                    (
+                        o.nats_monitor_port + i,
+                        f"nats monitoring{node}",
+                        "COVENANT_NATS_MONITOR_PORT",
+                    ),
+                ]
+                if o.nats_nodes > 1:
+                    wanted.append(
+                        (
+                            o.nats_cluster_port + i,
+                            f"nats cluster routes{node}",
+                            "COVENANT_NATS_CLUSTER_PORT",
+                        )
+                    )
         wanted.append((o.moto_port, "moto (Cognito, SQS)", "COVENANT_MOTO_PORT"))
         require_free_ports(wanted)
 
@@ -228,7 +263,10 @@ class DevStack:
         else:
             writer_url, reader_url = o.database_url, o.database_reader_url or o.database_url
         if o.nats_url is None:
-            self.nats = NatsServer(o.data_dir / "nats", o.nats_port, o.nats_monitor_port)
+            if o.nats_nodes > 1:
+                self.nats = self._nats_cluster(o.nats_nodes)
+            else:
+                self.nats = NatsServer(o.data_dir / "nats", o.nats_port, o.nats_monitor_port)
             self.nats.start()
             nats_url = self.nats.url
         else:
@@ -236,7 +274,10 @@ class DevStack:
         self.endpoints = {
             "DATABASE_URL": writer_url,
             "DATABASE_READER_URL": reader_url,
-            "NATS_URL": nats_url,
+            "NATS_URL": nats_url,  # a cluster's servers, comma-separated
+            # The jetstream function applies the topology with it; it never lowers a count a
+            # stream has (an R3 cluster given NATS_URL is refused, not scaled down to R1).
+            "NATS_REPLICAS": str(o.nats_replicas),
         }
         self._start_moto()
         self._start_cognito()
@@ -270,6 +311,16 @@ class DevStack:
                 }
             ),
             encoding="utf-8",
+        )
+
+    def _nats_cluster(self, nodes: int) -> NatsCluster:
+        o = self.options
+        return NatsCluster(
+            o.data_dir / "nats-cluster",
+            nodes,
+            o.nats_port,
+            o.nats_monitor_port,
+            o.nats_cluster_port,
         )
 
     def _function_environment(self, config: FunctionConfig, region: Region) -> dict[str, str]:
@@ -313,8 +364,8 @@ class DevStack:
             raise DevStackError(f"/health did not answer 200 in every region: {unhealthy}")
 
     def _apply_streams(self, nats_url: str) -> None:
-        """The JetStream streams and consumers, one replica (the deploy applies three), by
-        the `jetstream` function in an environment of its own, as the deploy's custom
+        """The JetStream streams and consumers, with one replica per node (the deploy applies
+        three), by the `jetstream` function in an environment of its own, as the deploy's custom
         resource runs it."""
         region = primary_region()
         config = function_configs()["jetstream"]
@@ -327,7 +378,8 @@ class DevStack:
             raise DevStackError(
                 f"cannot apply the JetStream topology at {nats_url}: "
                 f"{document.get('errorMessage', document)}; if it differs in ways that would "
-                "lose data, fix or `make reset` the server, then run `make dev` again"
+                "lose data (fewer replicas than the streams have: COVENANT_NATS_NODES, "
+                "NATS_REPLICAS), fix or `make reset` the server, then run `make dev` again"
             )
 
     def _create_wakeup_queue(self) -> Queues:
@@ -543,7 +595,12 @@ def _print_banner(stack: DevStack) -> None:
         "",
         f"  PostgreSQL writer: {_redact(stack.endpoints['DATABASE_URL'])}",
         f"  PostgreSQL reader: {_redact(stack.endpoints['DATABASE_READER_URL'])}",
-        f"  NATS JetStream:    {stack.endpoints['NATS_URL']}",
+        f"  NATS JetStream:    {stack.endpoints['NATS_URL']}"
+        + (
+            f" ({stack.options.nats_nodes}-node cluster, R{stack.options.nats_replicas})"
+            if stack.options.nats_nodes > 1
+            else ""
+        ),
         f"  Data folder:       {stack.options.data_dir} "
         f"(reset: {reset_command(stack.options.data_dir)})",
         *_cognito_banner(stack),

@@ -2,7 +2,8 @@
 
 Alarms: API 5xx rate and p99 latency, each function's errors and throttles, Aurora replica
 lag (in-cluster in the primary, global replication lag in the secondaries), and in the primary
-region the wake-up dead-letter queue depth, the outbox lag and JetStream health.
+region the wake-up dead-letter queue depth, the outbox lag, JetStream health, NATS unreachable
+from the bridge, and a stream leaderless or missing (bridge or probe).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ FUNCTION_ERRORS = 5  # per 5 minutes
 OUTBOX_LAG_S = 120
 CONSUMER_LAG_MESSAGES = 1000
 REPLICA_LAG_MS = 5000  # HEALTH_MAX_REPLICA_LAG_S: /health reports degraded beyond it
+# Minutes in a row: a leader election or a node restart lasts seconds, a quorum loss or an
+# unreachable cluster longer; the bridge runs at least every minute (its schedule).
+NATS_UNAVAILABLE_MINUTES = 3
+STREAM_LEADERLESS_MINUTES = 2
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,42 @@ class MonitoringStack(Stack):
                     missing=cloudwatch.TreatMissingData.BREACHING,
                 )
                 consumer_lags.append(lag)
+            nats_unavailable = _metric(
+                "Covenant", "NatsUnavailable", {"service": "bridge"}, "Sum", minutes=1
+            )
+            self._alarm(
+                "NatsUnavailable",
+                nats_unavailable,
+                0,
+                "The bridge cannot reach any NATS server (every run for "
+                f"{NATS_UNAVAILABLE_MINUTES} minutes): events wait in the outbox",
+                periods=NATS_UNAVAILABLE_MINUTES,
+            )
+            leaderless = self._bridge_or_probe("StreamLeaderless")
+            self._alarm(
+                "StreamLeaderless",
+                leaderless,
+                0,
+                "A JetStream stream exists but has no leader (quorum of its servers lost) for "
+                f"{STREAM_LEADERLESS_MINUTES} minutes: its events wait in the outbox; bring "
+                "the NATS servers back, do not re-apply the topology",
+                periods=STREAM_LEADERLESS_MINUTES,
+            )
+            missing = self._bridge_or_probe("StreamMissing")
+            self._alarm(
+                "StreamMissing",
+                missing,
+                0,
+                "A stream of the topology does not exist: its events wait in the outbox; "
+                "apply the topology (deploy again)",
+                periods=2,
+            )
+            dashboard.add_widgets(
+                cloudwatch.GraphWidget(
+                    title="NATS unreachable, streams leaderless or missing",
+                    left=[nats_unavailable, leaderless, missing],
+                ),
+            )
             dashboard.add_widgets(
                 cloudwatch.GraphWidget(title="Consumer lag (messages)", left=consumer_lags),
                 cloudwatch.GraphWidget(title="Outbox lag (s)", left=[outbox_lag]),
@@ -225,6 +266,22 @@ class MonitoringStack(Stack):
             )
         dashboard.add_widgets(
             cloudwatch.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=24)
+        )
+
+    @staticmethod
+    def _bridge_or_probe(name: str) -> cloudwatch.MathExpression:
+        """The larger of the bridge's count and the jetstream probe's, per minute: the bridge
+        sees it first, the probe (admin user) for certain."""
+        key = name[0].lower() + name[1:]  # ids are unique within a graph: one per metric
+        bridge, probe = f"{key}Bridge", f"{key}Probe"
+        return cloudwatch.MathExpression(
+            expression=f"MAX([FILL({bridge}, 0), FILL({probe}, 0)])",
+            using_metrics={
+                bridge: _metric("Covenant", name, {"service": "bridge"}, "Maximum", minutes=1),
+                probe: _metric("Covenant", name, {"service": "jetstream"}, "Maximum", minutes=1),
+            },
+            label=name,
+            period=Duration.minutes(1),
         )
 
     def _alarm(

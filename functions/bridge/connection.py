@@ -49,18 +49,23 @@ def _connect_timeout_s() -> float:
 
 def connection_options() -> tuple[dict[str, Any], str]:
     """nats.connect() options from the environment and, in AWS, the NATS secret (a JSON object
-    with any of url, user, password, token, creds: a .creds file's text, tls_ca: PEM, and
-    tls_hostname: the name the server's certificate carries when the URL's host is another,
-    e.g. the load balancer's), and a fingerprint of those settings: a connection opened with
-    others is replaced. With tls_ca the server must present a certificate chaining to it and
-    naming the host (or tls_hostname): verified, never merely encrypted."""
-    options: dict[str, Any] = {"servers": [env("NATS_URL") or "nats://127.0.0.1:4222"]}
+    with any of url: one server or a comma-separated list, user, password, token, creds: a
+    .creds file's text, tls_ca: PEM, and tls_hostname: the name the server's certificate carries
+    when the URL's host is another, e.g. the load balancer's), and a fingerprint of those
+    settings: a connection opened with others is replaced. With tls_ca the server must present a
+    certificate chaining to it and naming the host (or tls_hostname): verified, never merely
+    encrypted."""
+    # One server, or the servers of a cluster separated by commas: nats-py connects to any
+    # live one and reconnects to another when it goes away.
+    options: dict[str, Any] = {
+        "servers": streams.server_urls(env("NATS_URL") or streams.DEFAULT_URL)
+    }
     secret_name = env("NATS_SECRET_ARN")
     secret: dict[str, Any] = {}
     if secret_name:
         secret = parameters.get_secret(secret_name, transform="json", max_age=SECRET_MAX_AGE_S)
     if secret.get("url"):
-        options["servers"] = [secret["url"]]
+        options["servers"] = streams.server_urls(secret["url"])
     for field in ("user", "password", "token"):
         if secret.get(field):
             options[field] = secret[field]

@@ -30,7 +30,17 @@ second one's transaction waits for the first's row lock on the aggregate, so it 
 Failures are of two kinds. The event's own (the stream or the server refuses it: too large, a
 4xx reply) counts an attempt; after `max_attempts` the event is set aside (`dead_at`) and its
 aggregate flows again. Everything else (NATS down, no acknowledgement in time, JetStream
-unavailable, no stream for the subject) counts nothing: the event waits for the next pass.
+unavailable, no stream for the subject, a stream without a leader, an earlier copy of the
+event still being stored: "duplicate message id is in process", 409) counts nothing: the
+event waits for the next pass.
+
+"No responders" is JetStream's answer both when no stream captures the subject and when the
+stream that does has no leader (an election after its leader died, or a quorum of its servers
+lost): only the leader listens. The bridge's NATS user may not call the JetStream API to ask
+which, so the relay tells them apart by what it saw: a stream this execution environment has
+seen store events is leaderless (`stream_leaderless`), one it never has is missing
+(`stream_missing`). The jetstream function's minute probe, with the admin user, tells them
+apart for certain and emits both metrics too.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from nats.errors import MaxPayloadError, NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError
 
 from covenant.db import Database, Session, sqlstate
+from covenant.streams import stream_for_subject
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +70,27 @@ RELAY_LOCK = 0x0B71D6E  # advisory lock id: one relay publishes at a time
 _LOCK_WAIT_ENDED = ("55P03", "57014")
 _LOCK_SLICE_MS = 1000  # the longest queued wait when the connection has no statement timeout
 _HEADER_BLOCK = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
+# JetStream's answer to a publish whose Nats-Msg-Id an earlier copy still being stored holds
+# (a clustered stream proposes it, then stores it): 409, "duplicate message id is in process".
+# Not the event's fault, and not a refusal: the copy may yet be stored.
+DUPLICATE_IN_PROCESS = 10158
 T = TypeVar("T")
+
+# Streams this execution environment has seen store an event: one of them answering "no
+# responders" exists, so it has no leader; it is not missing.
+_seen_storing: set[str] = set()
+
+
+def forget_seen_streams() -> None:
+    """Forgets which streams were seen storing (tests: a fresh execution environment)."""
+    _seen_storing.clear()
+
+
+@functools.lru_cache(maxsize=256)
+def _stream_of(subject: str) -> str | None:
+    spec = stream_for_subject(subject)
+    return spec.name if spec is not None else None
+
 
 # `seen`: what this pass already read (published, failed, or waiting behind a failure): read
 # once per pass. The batch comes back as one text, a line per event and tab-separated fields,
@@ -145,7 +176,8 @@ class RelayResult:
     failed: dict[str, str] = field(default_factory=dict)  # every event not published, why
     rejected: set[str] = field(default_factory=set)  # the event's own fault: counts an attempt
     dead: list[str] = field(default_factory=list)
-    stream_missing: set[str] = field(default_factory=set)
+    stream_missing: set[str] = field(default_factory=set)  # subjects no stream took
+    stream_leaderless: set[str] = field(default_factory=set)  # streams without a leader
     more: bool = False  # the pass stopped with a full batch: more events may wait
     busy: bool = False  # another relay held the lock until the wait's bound: nothing was read
     lock_wait_s: float = 0.0  # time spent waiting for the relay lock
@@ -398,6 +430,7 @@ async def publish_in_order(
     settled: deque[tuple[OutboxEvent, BaseException | None]] = deque()
     arrived = asyncio.Event()
     max_size = publisher.max_payload
+    stored_subjects: set[str] = set()
 
     def fail(event: OutboxEvent, reason: str, *, rejected: bool = False) -> None:
         result.failed[event.id] = reason
@@ -450,10 +483,15 @@ async def publish_in_order(
                 fail(event, failure, rejected=event.id in result.rejected)
                 continue
             acknowledged.append(event)
+            stored_subjects.add(event.subject)
             chain = chains[event.aggregate]
             chain.popleft()
             if chain:
                 await send(chain[0])
+    for subject in stored_subjects:
+        stream = _stream_of(subject)
+        if stream is not None:
+            _seen_storing.add(stream)
     return acknowledged
 
 
@@ -470,8 +508,16 @@ def _failure(event: OutboxEvent, error: BaseException | None, result: RelayResul
     if error is None:
         return None
     if isinstance(error, NoStreamResponseError | NoRespondersError):
+        stream = _stream_of(event.subject)
+        if stream is not None and stream in _seen_storing:
+            result.stream_leaderless.add(stream)
+            return f"stream {stream} has no leader (no responders)"
         result.stream_missing.add(event.subject)
         return f"no JetStream stream captures {event.subject}"
+    if isinstance(error, APIError) and error.err_code == DUPLICATE_IN_PROCESS:
+        # An earlier copy (a publish whose acknowledgement did not come in time) is still
+        # being stored: the next pass gets its duplicate acknowledgement.
+        return f"an earlier copy is still being stored: {error.description or error}"
     if isinstance(error, APIError):
         # 4xx: the event itself is refused; 5xx (503: JetStream unavailable) is not its fault.
         if error.code is not None and 400 <= error.code < 500:

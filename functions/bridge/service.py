@@ -117,6 +117,7 @@ async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: fl
         total.rejected.update(result.rejected)
         total.dead.extend(result.dead)
         total.stream_missing.update(result.stream_missing)
+        total.stream_leaderless.update(result.stream_leaderless)
         total.lock_wait_s += result.lock_wait_s
         if result.busy:  # another bridge holds the relay lock; it is draining, not us
             total.busy = True
@@ -151,6 +152,13 @@ def _report(result: RelayResult, metrics: Metrics) -> None:
             "no JetStream stream captures %s: events stay in the outbox; apply the topology "
             "(python -m covenant.streams apply)",
             ", ".join(sorted(result.stream_missing)),
+        )
+    if result.stream_leaderless:
+        metrics.add_metric("StreamLeaderless", MetricUnit.Count, len(result.stream_leaderless))
+        logger.error(
+            "JetStream stream %s has no leader (an election, or a quorum of its servers lost): "
+            "events stay in the outbox and flow once it elects one; see JetStreamHealthy",
+            ", ".join(sorted(result.stream_leaderless)),
         )
     if result.dead:
         metrics.add_metric("EventsDeadLettered", MetricUnit.Count, len(result.dead))

@@ -6,19 +6,28 @@
   refuses (one that would lose data) fails the deploy, which rolls back, and says what to do.
   Delete leaves the streams alone: they hold the events.
 - EventBridge schedule (every minute): connects as the admin user, checks that JetStream
-  answers and every stream has a leader and its replicas, and emits `JetStreamHealthy` (1/0).
+  answers and every stream has a leader and its replicas, and emits `JetStreamHealthy` (1/0),
+  `StreamLeaderless` (streams that exist without a leader: an election, or quorum lost) and
+  `StreamMissing` (streams of the topology that do not exist: apply it).
+
+NATS_URL may list the servers of the cluster (`nats://a:4222,nats://b:4222,...`): any live one
+serves. Replicas are never lowered: a stream with more than NATS_REPLICAS is refused (the
+deploy fails and says so) rather than scaled down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from covenant import streams
 from covenant.config import env
@@ -91,30 +100,62 @@ def on_deploy(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 def probe() -> dict[str, Any]:
     url, replicas, credentials = _settings()
-    problems = asyncio.run(_problems(url, replicas, credentials))
-    for problem in problems:
+    health = asyncio.run(_problems(url, replicas, credentials))
+    for problem in health.problems:
         logger.warning("JetStream unhealthy", extra={"problem": problem})
-    metrics.add_metric("JetStreamHealthy", MetricUnit.Count, 0 if problems else 1)
-    return {"healthy": not problems, "problems": problems}
+    for name in health.leaderless:
+        logger.error(
+            "stream has no leader (an election, or a quorum of its servers lost): events "
+            "wait in the outbox until it elects one",
+            extra={"stream": name},
+        )
+    for name in health.missing:
+        logger.error(
+            "stream does not exist: apply the topology (deploy again)", extra={"stream": name}
+        )
+    metrics.add_metric("JetStreamHealthy", MetricUnit.Count, 0 if health.problems else 1)
+    metrics.add_metric("StreamLeaderless", MetricUnit.Count, len(health.leaderless))
+    metrics.add_metric("StreamMissing", MetricUnit.Count, len(health.missing))
+    return {"healthy": not health.problems, "problems": health.problems}
 
 
-async def _problems(url: str, replicas: int, credentials: dict[str, Any]) -> list[str]:
+@dataclass
+class Health:
+    problems: list[str] = field(default_factory=list)
+    leaderless: list[str] = field(default_factory=list)  # streams that exist without a leader
+    missing: list[str] = field(default_factory=list)  # streams of the topology that do not exist
+
+
+async def _problems(url: str, replicas: int, credentials: dict[str, Any]) -> Health:
+    health = Health()
+    problems = health.problems
     try:
         client = await streams.connect(url, connect_timeout=5, **credentials)
     except streams.ConnectError as exc:
-        return [f"cannot connect to {streams.redact(url)}: {exc}"]
-    problems: list[str] = []
+        problems.append(f"cannot connect to {streams.redact(url)}: {exc}")
+        return health
     try:
         jsm = client.jsm()
         await asyncio.wait_for(jsm.account_info(), timeout=5)
         for spec in streams.STREAMS:
             try:
                 info = await asyncio.wait_for(jsm.stream_info(spec.name), timeout=5)
+            except NotFoundError:
+                health.missing.append(spec.name)
+                problems.append(f"stream {spec.name}: missing")
+                continue
+            except (TimeoutError, nats.errors.TimeoutError, ServiceUnavailableError):
+                # JetStream answered account_info, so the stream's own leader is what is
+                # silent (or answers 503): leaderless, for the probe as for the bridge.
+                health.leaderless.append(spec.name)
+                problems.append(f"stream {spec.name}: no leader answers")
+                continue
             except Exception as exc:
                 problems.append(f"stream {spec.name}: {type(exc).__name__}: {exc}")
                 continue
             cluster = info.cluster
             if replicas > 1 and (cluster is None or not cluster.leader):
+                health.leaderless.append(spec.name)
                 problems.append(f"stream {spec.name}: no leader")
             elif cluster is not None and replicas > 1:
                 current = sum(1 for peer in cluster.replicas or [] if peer.current)
@@ -126,4 +167,4 @@ async def _problems(url: str, replicas: int, credentials: dict[str, Any]) -> lis
         problems.append(f"JetStream: {type(exc).__name__}: {exc}")
     finally:
         await client.close()
-    return problems
+    return health

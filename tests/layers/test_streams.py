@@ -481,3 +481,90 @@ def test_cli_on_a_server_without_jetstream_exits_2() -> None:
     assert result.returncode == 2
     assert "JetStream is not enabled on this server" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- clusters: server lists, replicas never lowered unasked, late answers asked again ------------
+
+
+def test_a_url_may_list_the_servers_of_a_cluster() -> None:
+    listed = " nats://u:pw@a:4222, nats://b:4222 ,,tls://c:4222"
+    assert streams.server_urls(listed) == ["nats://u:pw@a:4222", "nats://b:4222", "tls://c:4222"]
+    assert streams.server_urls(["nats://a:4222"]) == ["nats://a:4222"]
+    assert streams.redact(listed) == "nats://***@a:4222,nats://b:4222,tls://c:4222"
+
+
+def test_apply_reaches_a_live_server_of_a_list_whose_first_is_down(fresh_nats) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    url = f"{dead},{fresh_nats.url}"
+    for _ in range(3):  # nats-py shuffles the list: the dead one comes first in some runs
+        changes = apply(url, 1, connect_timeout=1)
+        assert {c.action for c in changes} <= {"created", "unchanged"}
+    result = cli("apply", "--url", url, "--replicas", "1")
+    assert result.returncode == 0, result.stderr
+
+
+def _stream_config(replicas: int) -> StreamConfig:
+    spec = STREAMS[0]
+    return spec.config(replicas)
+
+
+def test_fewer_replicas_than_a_stream_has_are_refused_unless_asked() -> None:
+    """`make dev` (one replica by default) against a three-node cluster must not drop two
+    copies of every event: the issue's diff said "replicas 3 -> 1" and made it."""
+    spec = STREAMS[0]
+    refused = streams.diff_stream(spec, 1, _stream_config(3))
+    assert refused.refusals and "it has 3 replicas" in refused.refusals[0]
+    assert "--scale-down" in refused.refusals[0]
+    assert not refused.updates
+    asked = streams.diff_stream(spec, 1, _stream_config(3), scale_down=True)
+    assert (asked.refusals, asked.updates) == ([], ["replicas 3 -> 1"])
+    raised = streams.diff_stream(spec, 3, _stream_config(1))
+    assert (raised.refusals, raised.updates) == ([], ["replicas 1 -> 3"])
+
+    consumer = CONSUMERS[0]
+    config = consumer.config(3)
+    assert "it has 3 replicas" in streams.diff_consumer(consumer, 1, config).refusals[0]
+    assert streams.diff_consumer(consumer, 1, config, scale_down=True).updates == [
+        "replicas 3 -> 1"
+    ]
+
+
+def test_a_late_answer_is_asked_again_with_bounded_backoff() -> None:
+    """The R1 -> R3 apply timed out in 3 of 8 runs against a cluster and the run gave up."""
+    import nats.errors
+    from nats.js.errors import ServiceUnavailableError
+
+    answers: list[BaseException | str] = [
+        nats.errors.TimeoutError(),
+        ServiceUnavailableError(code=503, description="JetStream system temporarily unavailable"),
+        "info",
+    ]
+    calls: list[int] = []
+
+    async def call() -> str:
+        calls.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    assert asyncio.run(streams._jetstream_call(call, delays=(0, 0, 0))) == "info"
+    assert len(calls) == 3
+
+    async def never() -> str:
+        calls.append(1)
+        raise nats.errors.TimeoutError
+
+    calls.clear()
+    with pytest.raises(streams.TopologyError, match="did not answer in time"):
+        asyncio.run(streams._jetstream_call(never, delays=(0, 0)))
+    assert len(calls) == 3  # the first call and one per delay, then it gives up
+
+    async def no_jetstream() -> str:
+        calls.append(1)
+        raise ServiceUnavailableError  # no responders: JetStream is not there at all
+
+    calls.clear()
+    with pytest.raises(streams.TopologyError, match="not enabled"):
+        asyncio.run(streams._jetstream_call(no_jetstream, delays=(0, 0)))
+    assert len(calls) == 1

@@ -2,15 +2,25 @@
 ("Events"), and the one command that applies them to any NATS server.
 
     python -m covenant.streams apply --url nats://127.0.0.1:4222 --replicas 1
+    python -m covenant.streams apply --url nats://a:4222,nats://b:4222,nats://c:4222 --replicas 3
 
-Run by `make dev` against the local server with one replica and by the deploy in AWS with
-three (NATS_URL, NATS_REPLICAS); `apply()` is the same from Python. Applying is
+Run by `make dev` against the local server (one replica; three with COVENANT_NATS_NODES=3)
+and by the deploy in AWS with three (NATS_URL, NATS_REPLICAS); `apply()` is the same from
+Python. A URL may list several servers of one cluster, separated by commas: any live one
+serves. Applying is
 idempotent: it creates what is missing, updates what differs and can be changed in place
 without losing data, and *refuses* (reports, does not make) any change that would lose data
 or that JetStream cannot make in place. A stream or consumer with a refused change is left
 exactly as it is, including its other differences: an operator decides, then applies again.
 The command prints one line per stream and consumer and exits 1 if anything was refused, 2
 if it cannot reach JetStream.
+
+Replicas are never lowered unless asked (`--scale-down`, `apply(..., scale_down=True)`): a
+stream or consumer with more replicas than asked for is refused, so a command run with the
+local default (1) against a three-node cluster cannot drop two copies of every event. JetStream
+answers late while it moves a stream to more replicas (R1 -> R3) or elects a leader: a call
+that times out, or is answered 503, is asked again with bounded backoff (RETRY_DELAYS_S)
+before the run gives up.
 
 Units: the dataclasses below hold durations in seconds. nats-py's StreamConfig and
 ConsumerConfig take seconds too and send nanoseconds, the unit of JetStream's API (the seed
@@ -73,6 +83,9 @@ AUDIT_RETENTION_S = (7 * 365 + 2) * DAY_S
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 MAX_REPLICAS = 5  # JetStream's own limit
+# Waits before asking JetStream again after a timeout or a 503 (about 15 s in all): a stream
+# moving from one replica to three, or a leader election, takes seconds.
+RETRY_DELAYS_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 Retention = Literal["limits", "workqueue"]
 Storage = Literal["file", "memory"]
@@ -282,8 +295,19 @@ class Diff:
         return "; ".join(self.refusals) + held
 
 
-def diff_stream(spec: StreamSpec, replicas: int, current: StreamConfig) -> Diff:
-    """What applying `spec` would change in the stream's `current` configuration."""
+def _fewer_replicas(have: int, want: int) -> str:
+    return (
+        f"it has {have} replicas, the topology was asked for {want}: lowering it drops "
+        f"{have - want} copies of every event (a one-node default run against a cluster?); "
+        "apply with --scale-down to lower it on purpose"
+    )
+
+
+def diff_stream(
+    spec: StreamSpec, replicas: int, current: StreamConfig, *, scale_down: bool = False
+) -> Diff:
+    """What applying `spec` would change in the stream's `current` configuration. Fewer
+    replicas than the stream has is refused unless `scale_down`."""
     diff = Diff()
     storage = _value(current.storage)
     if storage != spec.storage:
@@ -335,8 +359,11 @@ def diff_stream(spec: StreamSpec, replicas: int, current: StreamConfig) -> Diff:
     discard = _value(current.discard)
     if discard != DiscardPolicy.OLD.value:
         diff.updates.append(f"discard {discard} -> old")
-    if (current.num_replicas or 1) != replicas:
-        diff.updates.append(f"replicas {current.num_replicas or 1} -> {replicas}")
+    have_replicas = current.num_replicas or 1
+    if have_replicas > replicas and not scale_down:
+        diff.refusals.append(_fewer_replicas(have_replicas, replicas))
+    elif have_replicas != replicas:
+        diff.updates.append(f"replicas {have_replicas} -> {replicas}")
     if current.no_ack:  # the stream stores but never acknowledges: every publish would time out
         diff.updates.append("no_ack true -> false")
     if bool(current.allow_direct) != spec.allow_direct:
@@ -352,10 +379,12 @@ def _filters(config: ConsumerConfig) -> list[str]:
     return [config.filter_subject] if config.filter_subject else []
 
 
-def diff_consumer(spec: ConsumerSpec, replicas: int, current: ConsumerConfig) -> Diff:
+def diff_consumer(
+    spec: ConsumerSpec, replicas: int, current: ConsumerConfig, *, scale_down: bool = False
+) -> Diff:
     """What applying `spec` would change in the consumer's `current` configuration. JetStream
     itself rejects changes of delivery mode, policies and filter; they are reported first,
-    with what to do."""
+    with what to do. Fewer replicas than the consumer has is refused unless `scale_down`."""
     diff = Diff()
     recreate = (
         "delete the consumer and apply again (it then starts over from the stream's first message)"
@@ -393,7 +422,9 @@ def diff_consumer(spec: ConsumerSpec, replicas: int, current: ConsumerConfig) ->
         diff.updates.append(f"inactive_threshold {current.inactive_threshold} s -> none")
     if current.max_ack_pending != spec.max_ack_pending:
         diff.updates.append(f"max_ack_pending {current.max_ack_pending} -> {spec.max_ack_pending}")
-    if (current.num_replicas or 0) != replicas:
+    if (current.num_replicas or 0) > replicas and not scale_down:
+        diff.refusals.append(_fewer_replicas(current.num_replicas or 0, replicas))
+    elif (current.num_replicas or 0) != replicas:
         diff.updates.append(f"replicas {current.num_replicas or 'stream'} -> {replicas}")
     if (current.description or "") != spec.description:
         diff.updates.append("description")
@@ -411,25 +442,43 @@ def _rejected(exc: APIError) -> str:
     return f"the server rejected it: {exc.description or exc} (code {exc.err_code})"
 
 
-async def _jetstream_call(call: Callable[[], Awaitable[T]]) -> T:
-    """A JetStream API call; JetStream missing or not answering ends the whole run."""
-    try:
-        return await call()
-    except ServiceUnavailableError:
-        raise TopologyError(
-            "JetStream is not enabled on this server (nothing answers its API); start "
-            "nats-server with JetStream (--jetstream)"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise TopologyError("JetStream did not answer in time") from None
-    except APIError as exc:
-        if exc.code == 503:
-            raise TopologyError(f"JetStream is not available: {exc.description}") from None
-        raise
+async def _jetstream_call(
+    call: Callable[[], Awaitable[T]], delays: Sequence[float] | None = None
+) -> T:
+    """A JetStream API call. A timeout or a 503 (JetStream busy moving replicas, electing a
+    leader) is asked again after each of `delays` (RETRY_DELAYS_S); still late after the last,
+    or JetStream missing, ends the whole run. Every call here is idempotent (an info, or the
+    create or update of one configuration), so asking again after a late answer is safe."""
+    waits = list(RETRY_DELAYS_S if delays is None else delays)
+    while True:
+        try:
+            return await call()
+        except ServiceUnavailableError as exc:
+            if exc.code is None:  # no responders: nothing serves the JetStream API at all
+                raise TopologyError(
+                    "JetStream is not enabled on this server (nothing answers its API); start "
+                    "nats-server with JetStream (--jetstream)"
+                ) from None
+            if not waits:
+                raise TopologyError(f"JetStream is not available: {exc.description}") from None
+            reason = f"503 {exc.description}"
+        except nats.errors.TimeoutError:
+            if not waits:
+                raise TopologyError("JetStream did not answer in time") from None
+            reason = "no answer in time"
+        except APIError as exc:
+            if exc.code != 503:
+                raise
+            if not waits:
+                raise TopologyError(f"JetStream is not available: {exc.description}") from None
+            reason = f"503 {exc.description}"
+        delay = waits.pop(0)
+        print(f"JetStream answered late ({reason}); asking again in {delay:g} s", file=sys.stderr)
+        await asyncio.sleep(delay)
 
 
 async def _apply_stream(
-    js: JetStreamManager, spec: StreamSpec, replicas: int
+    js: JetStreamManager, spec: StreamSpec, replicas: int, scale_down: bool = False
 ) -> tuple[Change, bool]:
     """The stream's Change, and whether the stream exists afterwards."""
     desired = spec.config(replicas)
@@ -449,7 +498,7 @@ async def _apply_stream(
             f"duplicate_window {_duration(spec.duplicate_window_s * NS_PER_S)}; "
             f"max_msg_size {_size(spec.max_msg_size)}; replicas {replicas}",
         ), True
-    diff = diff_stream(spec, replicas, info.config)
+    diff = diff_stream(spec, replicas, info.config, scale_down=scale_down)
     if diff.refusals:
         return Change("stream", spec.name, "refused", diff.refused()), True
     if not diff.updates:
@@ -481,7 +530,11 @@ async def _apply_stream(
 
 
 async def _apply_consumer(
-    js: JetStreamManager, spec: ConsumerSpec, replicas: int, stream_exists: bool
+    js: JetStreamManager,
+    spec: ConsumerSpec,
+    replicas: int,
+    stream_exists: bool,
+    scale_down: bool = False,
 ) -> Change:
     def change(action: Action, detail: str = "") -> Change:
         return Change("consumer", spec.durable_name, action, detail, spec.stream)
@@ -502,7 +555,7 @@ async def _apply_consumer(
             f"ack_wait {_duration(spec.ack_wait_s * NS_PER_S)}; max_deliver {spec.max_deliver}; "
             f"max_ack_pending {spec.max_ack_pending}",
         )
-    diff = diff_consumer(spec, replicas, info.config)
+    diff = diff_consumer(spec, replicas, info.config, scale_down=scale_down)
     if diff.refusals:
         return change("refused", diff.refused())
     if not diff.updates:
@@ -528,9 +581,12 @@ async def _apply_consumer(
     return change("updated", "; ".join(diff.updates))
 
 
-async def apply_topology(js: JetStreamManager, replicas: int) -> list[Change]:
+async def apply_topology(
+    js: JetStreamManager, replicas: int, *, scale_down: bool = False
+) -> list[Change]:
     """Makes the server's streams and consumers those of STREAMS and CONSUMERS, as far as it
-    can without losing data; one Change per stream and consumer, in definition order.
+    can without losing data; one Change per stream and consumer, in definition order. Fewer
+    replicas than a stream or consumer has are refused unless `scale_down`.
 
     Raises TopologyError when JetStream cannot be used at all.
     """
@@ -539,20 +595,33 @@ async def apply_topology(js: JetStreamManager, replicas: int) -> list[Change]:
     changes: list[Change] = []
     existing: set[str] = set()
     for stream in STREAMS:
-        change, exists = await _apply_stream(js, stream, replicas)
+        change, exists = await _apply_stream(js, stream, replicas, scale_down)
         changes.append(change)
         if exists:
             existing.add(stream.name)
     for consumer in CONSUMERS:
-        changes.append(await _apply_consumer(js, consumer, replicas, consumer.stream in existing))
+        exists = consumer.stream in existing
+        changes.append(await _apply_consumer(js, consumer, replicas, exists, scale_down))
     return changes
 
 
 # -- connecting ----------------------------------------------------------------------------------
 
 
-def redact(url: str) -> str:
-    """The URL without its credentials, for messages."""
+def server_urls(url: str | Sequence[str]) -> list[str]:
+    """The servers of a NATS URL: one, or several of one cluster separated by commas
+    (`nats://a:4222,nats://b:4222`), as NATS_URL and the NATS secret's `url` give them; a
+    list is taken as it is. Blanks are dropped."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def redact(url: str | Sequence[str]) -> str:
+    """The URL (or server list) without its credentials, for messages."""
+    return ",".join(_redact_one(server) for server in server_urls(url))
+
+
+def _redact_one(url: str) -> str:
     parts = urlsplit(url if "://" in url else f"nats://{url}")
     if parts.username is None and parts.password is None:
         return url
@@ -573,7 +642,7 @@ def _reason(exc: BaseException) -> str:
 
 
 async def connect(
-    url: str,
+    url: str | Sequence[str],
     *,
     user: str | None = None,
     password: str | None = None,
@@ -581,10 +650,15 @@ async def connect(
     tls_ca: str | None = None,
     connect_timeout: float = 5,
 ) -> Client:
-    """A NATS connection for a one-off command: two attempts, then ConnectError."""
-    scheme = urlsplit(url).scheme if "://" in url else "nats"
-    if scheme not in ("nats", "tls", "ws", "wss"):
-        raise ConnectError(f"unsupported URL scheme {scheme!r} (use nats:// or tls://)")
+    """A NATS connection for a one-off command: two attempts per server of `url` (one, or
+    several of a cluster, comma-separated), then ConnectError."""
+    servers = server_urls(url)
+    if not servers:
+        raise ConnectError("no server in the NATS URL")
+    for server in servers:
+        scheme = urlsplit(server).scheme if "://" in server else "nats"
+        if scheme not in ("nats", "tls", "ws", "wss"):
+            raise ConnectError(f"unsupported URL scheme {scheme!r} (use nats:// or tls://)")
     errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
@@ -605,7 +679,7 @@ async def connect(
     try:
         return await asyncio.wait_for(
             nats.connect(
-                servers=[url],
+                servers=servers,
                 name="covenant-streams",
                 connect_timeout=connect_timeout,
                 # nats-py bounds its initial attempts only with allow_reconnect=False and a
@@ -616,16 +690,18 @@ async def connect(
                 error_cb=on_error,
                 **options,
             ),
-            timeout=2 * connect_timeout + 1,
+            timeout=2 * len(servers) * connect_timeout + 1,
         )
     except Exception as exc:
         raise ConnectError(_reason(errors[-1] if errors else exc)) from None
 
 
-async def _apply_at(url: str, replicas: int, options: dict[str, Any]) -> list[Change]:
+async def _apply_at(
+    url: str | Sequence[str], replicas: int, scale_down: bool, options: dict[str, Any]
+) -> list[Change]:
     client = await connect(url, **options)
     try:
-        changes = await apply_topology(client.jsm(), replicas)
+        changes = await apply_topology(client.jsm(), replicas, scale_down=scale_down)
         await client.drain()
         return changes
     finally:
@@ -634,16 +710,18 @@ async def _apply_at(url: str, replicas: int, options: dict[str, Any]) -> list[Ch
 
 
 def apply(
-    url: str,
+    url: str | Sequence[str],
     replicas: int,
     *,
+    scale_down: bool = False,
     user: str | None = None,
     password: str | None = None,
     creds_file: str | None = None,
     tls_ca: str | None = None,
     connect_timeout: float = 5,
 ) -> list[Change]:
-    """Connects to `url`, applies the topology with `replicas` replicas, disconnects.
+    """Connects to `url` (any live server of a comma-separated list), applies the topology
+    with `replicas` replicas (never fewer than a stream has unless `scale_down`), disconnects.
 
     Raises ConnectError when the server cannot be reached, TopologyError when JetStream
     cannot be used there.
@@ -655,7 +733,7 @@ def apply(
         "tls_ca": tls_ca,
         "connect_timeout": connect_timeout,
     }
-    return asyncio.run(_apply_at(url, replicas, options))
+    return asyncio.run(_apply_at(url, replicas, scale_down, options))
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -686,13 +764,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_cmd.add_argument(
         "--url",
         default=env("NATS_URL") or DEFAULT_URL,
-        help=f"default: $NATS_URL, else {DEFAULT_URL}",
+        help=f"one server, or a cluster's as a comma-separated list (default: $NATS_URL, "
+        f"else {DEFAULT_URL})",
     )
     apply_cmd.add_argument(
         "--replicas",
         type=_replicas_arg,
         default=env("NATS_REPLICAS") or "1",
         help="stream and consumer replicas: 1 locally, 3 in AWS (default: $NATS_REPLICAS or 1)",
+    )
+    apply_cmd.add_argument(
+        "--scale-down",
+        action="store_true",
+        help="allow fewer replicas than a stream or consumer has (refused otherwise)",
     )
     apply_cmd.add_argument("--user", default=env("NATS_USER"), help="default: $NATS_USER")
     apply_cmd.add_argument(
@@ -707,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes = apply(
             args.url,
             args.replicas,
+            scale_down=args.scale_down,
             user=args.user,
             password=args.password,
             creds_file=args.creds,
