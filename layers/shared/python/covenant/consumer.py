@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import FetchTimeoutError
 
 from covenant.config import env
+from covenant.streams import DEFAULT_URL, server_urls
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +101,15 @@ def connection_options() -> dict[str, Any]:
     """nats.connect() options: NATS_URL, and in AWS the consumer's secret (NATS_SECRET_ARN, a
     JSON object with url, user, password, token, tls_ca, tls_hostname), the bridge's format.
     Nothing of it is ever logged."""
-    options: dict[str, Any] = {"servers": [env("NATS_URL") or "nats://127.0.0.1:4222"]}
+    # One server, or a cluster's servers separated by commas (as the bridge takes them).
+    options: dict[str, Any] = {"servers": server_urls(env("NATS_URL") or DEFAULT_URL)}
     secret_name = env("NATS_SECRET_ARN")
     if secret_name:
         from aws_lambda_powertools.utilities import parameters
 
         secret: dict[str, Any] = parameters.get_secret(secret_name, transform="json", max_age=300)
         if secret.get("url"):
-            options["servers"] = [secret["url"]]
+            options["servers"] = server_urls(secret["url"])
         for name in ("user", "password", "token"):
             if secret.get(name):
                 options[name] = secret[name]
