@@ -134,7 +134,9 @@ def test_a_restarted_replica_that_caught_up_is_healthy_while_the_primary_is_idle
     finally:
         replica.close()
     time.sleep(1.2)  # the last commit is now older than the lag allowed below
-    status, body = _health(servers, HEALTH_MAX_REPLICA_LAG_S="1")
+    # The lag is what this test is about: the first request after the restart reconnects, which
+    # a loaded machine can make slower than the latency budget.
+    status, body = _health(servers, HEALTH_MAX_REPLICA_LAG_S="1", HEALTH_LATENCY_BUDGET_MS="30000")
     assert (status, body["status"]) == (200, "healthy"), body
     assert body["checks"]["database"]["replicaLagSeconds"] == 0.0
 
