@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from covenant.config import environment
 from devstack.processes import free_port
 
 from ...handoff_fixture import PrimaryLambda
+from ...replica import replay_paused
 from .conftest import ADMIN, EDITOR
 
 CREATE = (
@@ -57,22 +57,6 @@ def _local(reply: Any, hops: list[Any]) -> list[str]:
     """The statements the request ran in the region that received it."""
     handed = sum(len(hop.statements) for hop in hops)
     return reply.statements[: len(reply.statements) - handed]
-
-
-@contextmanager
-def _replay_paused(servers) -> Iterator[None]:
-    """The replica receives but does not apply: it falls behind the primary for the block."""
-    replica = db.Database(
-        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
-    )
-    with replica.session() as session:
-        session.run("SELECT pg_wal_replay_pause()")
-    try:
-        yield
-    finally:
-        with replica.session() as session:
-            session.run("SELECT pg_wal_replay_resume()")
-        replica.close()
 
 
 @pytest.mark.parametrize("region", ["ams", "syd", "sin", "sfo", "jnb"])
@@ -289,7 +273,7 @@ def test_a_read_with_the_position_sees_the_write_while_the_replica_lags(
     wait_for_replica()
     name = f"Read your write {uuid.uuid4().hex[:8]}"
     quick = {"COVENANT_MIN_POSITION_WAIT_MS": "200"}
-    with _replay_paused(servers):
+    with replay_paused(servers):
         wrote = gql(CREATE, {"input": _input(name)}, claims=EDITOR, region="ams")
         project_id = wrote.data["createProject"]["id"]
         created.append(project_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from covenant import db
 from devstack.processes import free_port
 
 from ...handoff_fixture import PrimaryLambda
+from ...replica import replay_paused
 from .conftest import gateway_claims, seeded
 
 pytestmark = pytest.mark.usefixtures("clean_auth_failures")
@@ -88,21 +88,6 @@ def push(mobile, claims_of, projects):
         )
 
     return run
-
-
-@contextmanager
-def _replay_paused(servers) -> Iterator[None]:
-    replica = db.Database(
-        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
-    )
-    with replica.session() as session:
-        session.run("SELECT pg_wal_replay_pause()")
-    try:
-        yield
-    finally:
-        with replica.session() as session:
-            session.run("SELECT pg_wal_replay_resume()")
-        replica.close()
 
 
 def _reasons(hops: list[Any]) -> list[str]:
@@ -274,7 +259,7 @@ def test_a_pull_with_the_position_of_its_push_sees_it_while_the_replica_lags(
         changed = reply.body["changes"]["projects"]
         return [r["name"] for r in changed["created"] + changed["updated"]]
 
-    with _replay_paused(servers):
+    with replay_paused(servers):
         pushed = push(name, region="ams", since=since)
         assert pushed.status == 200, pushed.body
         assert name not in names(pull())  # the replica has not replayed the push

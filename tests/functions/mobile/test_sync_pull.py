@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from covenant.uow import UnitOfWork
 from mobile.sync.pull import PULL_SQL
 from mobile.sync.schema import TABLES, watermelon_schema_js
 
+from ...replica import replay_paused
 from .conftest import make_event
 
 COLUMNS = {table.name: {"id", *(c.name for c in table.columns)} for table in TABLES}
@@ -324,27 +324,11 @@ def test_a_cursor_older_than_the_tombstone_retention_gets_a_replacement_pull(
     assert reply.body["timestamp"] >= result.pruned_through
 
 
-@contextmanager
-def _replay_paused(servers) -> Iterator[None]:
-    """The replica receives but does not apply: it falls behind the primary for the block."""
-    replica = db.Database(
-        db.Role.READER, servers.reader_url, statement_timeout_ms=5000, connect_timeout_s=3
-    )
-    with replica.session() as session:
-        session.run("SELECT pg_wal_replay_pause()")
-    try:
-        yield
-    finally:
-        with replica.session() as session:
-            session.run("SELECT pg_wal_replay_resume()")
-        replica.close()
-
-
 def test_a_cursor_ahead_of_the_replica_waits_and_an_unknown_one_resets(
     pull, projects, servers, wait_for_replica
 ) -> None:
     wait_for_replica()
-    with _replay_paused(servers):
+    with replay_paused(servers):
         _create(projects, "Sync ahead of the replica")
         ahead = _cursor()
         assert ahead > _cursor(db.reader())
@@ -442,7 +426,7 @@ def test_a_migration_pull_with_a_cursor_ahead_of_the_replica_still_sends_the_mig
     replica is served by the primary: answered "nothing new yet", WatermelonDB would record the
     migration as done and the new table would stay empty on the device."""
     wait_for_replica()
-    with _replay_paused(servers):
+    with replay_paused(servers):
         _create(projects, "Migration ahead of the replica")
         ahead = _cursor()
         migration = json.dumps({"from": 1, "tables": ["sectors"], "columns": []})
