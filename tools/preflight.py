@@ -6,7 +6,13 @@ the target account: what can be known without deploying.
   bootstrap stack's version (SSM `/cdk-bootstrap/hnb659fds/version`), Lambda's concurrency
   quota against the reserved concurrencies plus the 100 unreserved executions Lambda keeps,
   the Aurora PostgreSQL engine version exists and supports global databases, and the
-  `db.<instanceClass>` can be ordered for it.
+  `db.<instanceClass>` can be ordered for it;
+- SnapStart for the Python runtime, in each region with a SnapStart function: the runtime is
+  one SnapStart supports, and the region is one AWS has announced it in (no API answers this:
+  SNAPSTART_PYTHON_REGIONS, from AWS's announcements);
+- in the primary region: EKS is offered and its API lists the cluster's Kubernetes version,
+  which EKS Auto Mode supports; Cognito user pools are offered (the Plus feature plan, for threat
+  protection, comes with them) and answer with these credentials.
 
 Exit status 1 when any check fails; every check prints one line. Tested against moto
 (tests/tools/test_preflight.py).
@@ -25,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from covenant.regions import Region, cdk_context
 from stacks.capacity import check_connection_budget
+from stacks.layers import LAMBDA_RUNTIME
 from stacks.settings import AppSettings, SettingsError
 
 BOOTSTRAP_PARAMETER = "/cdk-bootstrap/hnb659fds/version"
@@ -32,6 +39,27 @@ BOOTSTRAP_PARAMETER = "/cdk-bootstrap/hnb659fds/version"
 # the CLI's asset publishing and lookups want 21+ in current releases.
 MINIMUM_BOOTSTRAP_VERSION = 21
 UNRESERVED_MINIMUM = 100  # Lambda keeps this many executions unreserved per region
+# Where AWS has announced Lambda SnapStart for Python (What's New: 2024-11-18 at launch, nine
+# regions; 2025 expansions, among them us-west-1 and af-south-1). AWS has no API that answers
+# it: confirm a region missing here on AWS's SnapStart page before adding it.
+SNAPSTART_PYTHON_REGIONS = frozenset(
+    {
+        "us-east-1",
+        "us-east-2",
+        "us-west-2",
+        "ap-southeast-1",
+        "ap-southeast-2",
+        "ap-northeast-1",
+        "eu-central-1",
+        "eu-west-1",
+        "eu-north-1",
+        "us-west-1",
+        "af-south-1",
+    }
+)
+SNAPSTART_PYTHON_MINIMUM = (3, 12)
+AUTO_MODE_MINIMUM_KUBERNETES = (1, 29)
+SERVICE_PARAMETER = "/aws/service/global-infrastructure/regions/{region}/services/{service}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,96 @@ def check_region(settings: AppSettings, region: Region, clients: ClientFactory) 
     except (ClientError, BotoCoreError) as error:
         yield Check(f"{where} Lambda concurrency quota", False, str(error))
     yield from _check_aurora(settings, region, clients)
+    yield from _check_snapstart(settings, region)
+    if region.primary:
+        yield from _check_eks(settings, region, clients)
+        yield from _check_cognito(settings, region, clients)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _check_snapstart(settings: AppSettings, region: Region) -> Iterator[Check]:
+    names = sorted(
+        name
+        for name, spec in settings.functions.items()
+        if (deploy := settings.deploy.get(name)) is not None
+        and deploy.snap_start
+        and (spec.routes or region.primary)
+    )
+    if not names:
+        return
+    where = f"{region.code} ({region.aws_region})"
+    runtime = LAMBDA_RUNTIME.name  # "python3.13"
+    supported = runtime.startswith("python") and (
+        _version(runtime.removeprefix("python")) >= SNAPSTART_PYTHON_MINIMUM
+    )
+    announced = region.aws_region in SNAPSTART_PYTHON_REGIONS
+    if not supported:
+        detail = f"{runtime} is not a runtime SnapStart supports (Python 3.12 or later)"
+    elif not announced:
+        detail = (
+            f"not announced for {region.aws_region}: confirm on AWS's SnapStart page, or set "
+            f"snapStart false for {', '.join(names)}"
+        )
+    else:
+        detail = f"{runtime} supported, announced here ({', '.join(names)})"
+    yield Check(f"{where} SnapStart for {runtime}", supported and announced, detail)
+
+
+def _offered(service: str, region: Region, clients: ClientFactory) -> bool:
+    """Whether AWS's public SSM parameters list `service` in the region."""
+    ssm = clients("ssm", region.aws_region)
+    try:
+        ssm.get_parameter(Name=SERVICE_PARAMETER.format(region=region.aws_region, service=service))
+    except ssm.exceptions.ParameterNotFound:
+        return False
+    return True
+
+
+def _check_eks(settings: AppSettings, region: Region, clients: ClientFactory) -> Iterator[Check]:
+    where = f"{region.code} ({region.aws_region})"
+    version = settings.events.kubernetes_version
+    name = f"{where} EKS Auto Mode, Kubernetes {version}"
+    try:
+        if not _offered("eks", region, clients):
+            yield Check(name, False, "EKS is not offered in this region")
+            return
+        listed = clients("eks", region.aws_region).describe_cluster_versions(
+            clusterVersions=[version]
+        )["clusterVersions"]
+    except (ClientError, BotoCoreError) as error:
+        yield Check(name, False, str(error))
+        return
+    statuses = [v.get("versionStatus", "?") for v in listed if v.get("clusterVersion") == version]
+    if not statuses:
+        yield Check(name, False, f"EKS does not offer Kubernetes {version} here")
+    elif _version(version) < AUTO_MODE_MINIMUM_KUBERNETES:
+        yield Check(name, False, f"Auto Mode needs Kubernetes 1.29 or later, not {version}")
+    else:
+        yield Check(name, True, f"offered ({statuses[0]})")
+
+
+def _check_cognito(
+    settings: AppSettings, region: Region, clients: ClientFactory
+) -> Iterator[Check]:
+    where = f"{region.code} ({region.aws_region})"
+    protection = settings.auth.threat_protection.upper()
+    plan = "Essentials" if protection == "OFF" else "Plus"
+    name = f"{where} Cognito user pools, {plan} plan"
+    try:
+        if not _offered("cognito-idp", region, clients):
+            yield Check(name, False, "Cognito user pools are not offered in this region")
+            return
+        clients("cognito-idp", region.aws_region).list_user_pools(MaxResults=1)
+    except (ClientError, BotoCoreError) as error:
+        yield Check(name, False, str(error))
+        return
+    detail = "offered; feature plans come with user pools"
+    if plan == "Plus":
+        detail += f" (threat protection {protection})"
+    yield Check(name, True, detail)
 
 
 def _check_aurora(settings: AppSettings, region: Region, clients: ClientFactory) -> Iterator[Check]:
