@@ -198,8 +198,11 @@ class NatsCluster:
         *,
         ports: Sequence[tuple[int, int, int]] | None = None,
         name: str = "covenant-local",
+        config: str | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
-        """`ports`: each node's (client, monitoring, route) ports, instead of consecutive ones."""
+        """`ports`: each node's (client, monitoring, route) ports, instead of consecutive ones;
+        `config` and `environment`: every node's, as NatsServer takes them (e.g. users)."""
         if nodes < 1:
             raise DevStackError(f"a cluster needs at least one node, got {nodes}")
         self.data_dir = data_dir
@@ -217,6 +220,8 @@ class NatsCluster:
                 cluster_port=route,
                 routes=[other for j, (_, _, other) in enumerate(triples) if j != i],
                 cluster_name=name,
+                config=config,
+                environment=environment,
             )
             for i, (client, monitor, route) in enumerate(triples)
         ]

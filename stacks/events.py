@@ -60,18 +60,33 @@ NATS_AUTH_SECRET = "nats-auth"  # noqa: S105 - the name of the Kubernetes secret
 ESO_NAMESPACE = "external-secrets"
 ESO_SERVICE_ACCOUNT = "external-secrets"
 STORAGE_CLASS = "covenant-jetstream"
+CERT_MANAGER_NAMESPACE = "cert-manager"
+# Names of the Kubernetes secrets cert-manager writes: the private CA's certificate and key;
+# the servers' certificate, key and ca.crt.
+NATS_CA_SECRET = "nats-ca"  # noqa: S105 - a name
+NATS_TLS_SECRET = "nats-server-tls"  # noqa: S105 - a name
+# The name clients verify the servers' certificate against: the URL names the load balancer,
+# whose DNS name is only known once it exists.
+NATS_TLS_HOSTNAME = f"{NATS_SERVICE}.{NATS_NAMESPACE}.svc.cluster.local"
 
 # What the bridge user of NATS may do: publish on the subjects the streams capture (its events,
 # each with a reply subject for JetStream's acknowledgement) and receive on its own inboxes
 # (the acknowledgements, under BRIDGE_INBOX_PREFIX, never another client's `_INBOX.` replies).
-# Nothing under `$JS.>`: the bridge never calls the JetStream API, so it can
-# neither read nor change streams and consumers, take (and so use up the deliveries of)
-# another consumer's messages, acknowledge them, or pause anything. A subject no stream
-# captures is refused by the server (a permissions violation, no acknowledgement) rather
-# than answered "no responders". tests/functions/bridge/test_nats_permissions.py holds this
-# against a real nats-server.
+# Of the JetStream API only STREAM.INFO of the topology's streams, read-only: "no responders"
+# to a publish means a missing stream or one without a leader, and only JetStream can tell
+# which (bridge.relay). Nothing else under `$JS.>`: the bridge can neither change streams and
+# consumers, read their messages, take (and so use up the deliveries of) another consumer's
+# messages, acknowledge them, nor pause anything. A subject no stream captures is refused by
+# the server (a permissions violation, no acknowledgement) rather than answered "no
+# responders". tests/functions/bridge/test_nats_permissions.py holds this against a real
+# nats-server.
 BRIDGE_NATS_PERMISSIONS: dict[str, Any] = {
-    "publish": {"allow": [subject for stream in STREAMS for subject in stream.subjects]},
+    "publish": {
+        "allow": [
+            *(subject for stream in STREAMS for subject in stream.subjects),
+            *(f"$JS.API.STREAM.INFO.{stream.name}" for stream in STREAMS),
+        ]
+    },
     "subscribe": {"allow": [f"{BRIDGE_INBOX_PREFIX}.>"]},
 }
 

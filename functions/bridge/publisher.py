@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 logger = logging.getLogger(__name__)
 
 _NO_RESPONDERS = "503"  # the status of the reply when nothing (no stream) took the message
+STREAM_NOT_FOUND = 10059  # JetStream's err_code for a stream that does not exist
 
 
 class NotConnected(nats.errors.Error):
@@ -56,11 +57,14 @@ class JetStreamPublisher:
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._prefix = f"{client.new_inbox()}."
+        self._prefix = ""
         self._waiting: dict[str, Settled] = {}
         self._sent = 0
 
     async def start(self) -> None:
+        """Subscribes to the replies; after connect(), whose inbox_prefix new_inbox() uses
+        (before it, the default `_INBOX.`, which the bridge's NATS user may not receive on)."""
+        self._prefix = f"{self._client.new_inbox()}."
         await self._client.subscribe(f"{self._prefix}*", cb=self._on_reply)
 
     @property
@@ -84,6 +88,28 @@ class JetStreamPublisher:
             if self._waiting.pop(token, None) is not None:
                 raise
             # The connection dropped while sending: fail_pending has settled it already.
+
+    async def stream_exists(self, stream: str, timeout_s: float) -> bool | None:
+        """Whether JetStream knows `stream` ($JS.API.STREAM.INFO, the one JetStream API call
+        the bridge's NATS user may make): True when it answers with the stream, False when it
+        answers "stream not found", None when nothing answers in time or it answers
+        otherwise (a cluster without a JetStream meta leader: 503, or no answer at all)."""
+        try:
+            reply = await self._client.request(
+                f"$JS.API.STREAM.INFO.{stream}", b"", timeout=timeout_s
+            )
+        except (nats.errors.Error, TimeoutError):  # no answer, or the connection dropped
+            return None
+        try:
+            answer = json.loads(reply.data)
+        except ValueError:
+            return None
+        if not isinstance(answer, dict):
+            return None
+        error = answer.get("error")
+        if isinstance(error, dict):
+            return False if error.get("err_code") == STREAM_NOT_FOUND else None
+        return "config" in answer
 
     async def _on_reply(self, msg: Msg) -> None:
         on_settled = self._waiting.pop(msg.subject[len(self._prefix) :], None)

@@ -36,11 +36,12 @@ event waits for the next pass.
 
 "No responders" is JetStream's answer both when no stream captures the subject and when the
 stream that does has no leader (an election after its leader died, or a quorum of its servers
-lost): only the leader listens. The bridge's NATS user may not call the JetStream API to ask
-which, so the relay tells them apart by what it saw: a stream this execution environment has
-seen store events is leaderless (`stream_leaderless`), one it never has is missing
-(`stream_missing`). The jetstream function's minute probe, with the admin user, tells them
-apart for certain and emits both metrics too.
+lost): only the leader listens. The relay then asks JetStream about the stream once
+($JS.API.STREAM.INFO, which the bridge's NATS user may call and nothing else of the API): only
+"stream not found" makes it missing (`stream_missing`: apply the topology); a stream JetStream
+knows, or no answer at all (a cluster whose JetStream meta leader is gone too: then nothing can
+have removed the stream), makes it leaderless (`stream_leaderless`: it flows again once a
+leader is elected).
 """
 
 from __future__ import annotations
@@ -76,14 +77,9 @@ _HEADER_BLOCK = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
 DUPLICATE_IN_PROCESS = 10158
 T = TypeVar("T")
 
-# Streams this execution environment has seen store an event: one of them answering "no
-# responders" exists, so it has no leader; it is not missing.
-_seen_storing: set[str] = set()
-
-
-def forget_seen_streams() -> None:
-    """Forgets which streams were seen storing (tests: a fresh execution environment)."""
-    _seen_storing.clear()
+# The longest wait for JetStream's answer about a stream that answered "no responders": a
+# cluster with a meta leader answers within milliseconds, one without never does.
+STREAM_INFO_TIMEOUT_S = 1.0
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,6 +151,11 @@ class Publisher(Protocol):
         """Settles every publish still waiting with `error`."""
         ...
 
+    async def stream_exists(self, stream: str, timeout_s: float) -> bool | None:
+        """True: JetStream knows the stream; False: it answers "stream not found"; None: no
+        answer in time."""
+        ...
+
 
 def _event(line: str) -> OutboxEvent:
     seq, event_id, subject, aggregate, attempts, payload = line.split("\t", 5)
@@ -178,6 +179,9 @@ class RelayResult:
     dead: list[str] = field(default_factory=list)
     stream_missing: set[str] = field(default_factory=set)  # subjects no stream took
     stream_leaderless: set[str] = field(default_factory=set)  # streams without a leader
+    # What JetStream answered this pass about a stream that answered "no responders": asked
+    # once per pass (stream_exists), however many batches meet it.
+    streams_asked: dict[str, bool | None] = field(default_factory=dict)
     more: bool = False  # the pass stopped with a full batch: more events may wait
     busy: bool = False  # another relay held the lock until the wait's bound: nothing was read
     lock_wait_s: float = 0.0  # time spent waiting for the relay lock
@@ -430,7 +434,7 @@ async def publish_in_order(
     settled: deque[tuple[OutboxEvent, BaseException | None]] = deque()
     arrived = asyncio.Event()
     max_size = publisher.max_payload
-    stored_subjects: set[str] = set()
+    unanswered: dict[str | None, list[OutboxEvent]] = {}  # "no responders", by stream
 
     def fail(event: OutboxEvent, reason: str, *, rejected: bool = False) -> None:
         result.failed[event.id] = reason
@@ -478,21 +482,48 @@ async def publish_in_order(
             event, error = settled.popleft()
             if in_flight.pop(event.id, None) is None:
                 continue  # settled twice (a publish timed out here, then failed there)
+            if isinstance(error, NoStreamResponseError | NoRespondersError):
+                unanswered.setdefault(_stream_of(event.subject), []).append(event)
+                blocked.add(event.aggregate)
+                continue
             failure = _failure(event, error, result)
             if failure is not None:
                 fail(event, failure, rejected=event.id in result.rejected)
                 continue
             acknowledged.append(event)
-            stored_subjects.add(event.subject)
             chain = chains[event.aggregate]
             chain.popleft()
             if chain:
                 await send(chain[0])
-    for subject in stored_subjects:
-        stream = _stream_of(subject)
-        if stream is not None:
-            _seen_storing.add(stream)
+    for stream, unheard in unanswered.items():
+        await _no_responders(stream, unheard, publisher, result)
     return acknowledged
+
+
+async def _no_responders(
+    stream: str | None, events: list[OutboxEvent], publisher: Publisher, result: RelayResult
+) -> None:
+    """Records why `events` (all of `stream`, None: of no stream the topology defines) were
+    answered "no responders": a missing stream, or one without a leader. Neither is the
+    events' fault: no attempt counts."""
+    if stream is None:
+        exists: bool | None = False
+    elif stream in result.streams_asked:
+        exists = result.streams_asked[stream]
+    else:
+        exists = await publisher.stream_exists(stream, STREAM_INFO_TIMEOUT_S)
+        result.streams_asked[stream] = exists
+    for event in events:
+        if exists is False:
+            result.stream_missing.add(event.subject)
+            reason = f"no JetStream stream captures {event.subject}"
+        elif exists:
+            result.stream_leaderless.add(str(stream))
+            reason = f"stream {stream} has no leader (no responders)"
+        else:
+            result.stream_leaderless.add(str(stream))
+            reason = f"stream {stream} has no leader, nor JetStream (no answer about it)"
+        result.failed[event.id] = reason
 
 
 def message_size(payload: bytes, msg_id: str) -> int:
@@ -507,13 +538,6 @@ def _failure(event: OutboxEvent, error: BaseException | None, result: RelayResul
     recorded in result.rejected: it counts an attempt."""
     if error is None:
         return None
-    if isinstance(error, NoStreamResponseError | NoRespondersError):
-        stream = _stream_of(event.subject)
-        if stream is not None and stream in _seen_storing:
-            result.stream_leaderless.add(stream)
-            return f"stream {stream} has no leader (no responders)"
-        result.stream_missing.add(event.subject)
-        return f"no JetStream stream captures {event.subject}"
     if isinstance(error, APIError) and error.err_code == DUPLICATE_IN_PROCESS:
         # An earlier copy (a publish whose acknowledgement did not come in time) is still
         # being stored: the next pass gets its duplicate acknowledgement.

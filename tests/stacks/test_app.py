@@ -521,7 +521,7 @@ def test_nats_runs_from_the_official_chart_with_three_jetstream_replicas(templat
     _helm(template, "external-secrets")
 
 
-def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream(
+def test_the_bridge_user_of_nats_publishes_events_and_reads_only_stream_info(
     templates,
 ) -> None:
     # tests/functions/bridge/test_nats_permissions.py holds these against a real nats-server.
@@ -540,6 +540,12 @@ def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream
                                 "audit.>",
                                 "alerts.>",
                                 "notifications.>",
+                                # Read-only: "no responders" is a missing stream or a
+                                # leaderless one, and only JetStream can tell which.
+                                "$JS.API.STREAM.INFO.COVENANT",
+                                "$JS.API.STREAM.INFO.AUDIT",
+                                "$JS.API.STREAM.INFO.ALERTS",
+                                "$JS.API.STREAM.INFO.NOTIFICATIONS",
                             ]
                         },
                         "subscribe": {"allow": ["_INBOX_BRIDGE.>"]},
@@ -557,7 +563,7 @@ def test_the_bridge_user_of_nats_publishes_events_only_and_never_calls_jetstream
     # Derived from the topology, not stated twice: a new stream's subjects come with it.
     assert BRIDGE_NATS_PERMISSIONS["publish"]["allow"] == [
         subject for stream in STREAMS for subject in stream.subjects
-    ]
+    ] + [f"$JS.API.STREAM.INFO.{stream.name}" for stream in STREAMS]
 
 
 def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failures(

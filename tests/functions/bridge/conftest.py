@@ -26,7 +26,6 @@ import pytest
 from nats.js.errors import NotFoundError
 
 import bridge.connection
-import bridge.relay
 from covenant import db
 from covenant.events import CloudEvent, event_source
 from covenant.regions import get_region, primary_region
@@ -36,6 +35,7 @@ from devstack.event_sources import scheduled_event
 from devstack.functions import get_function, invoke
 from devstack.nats import NatsCluster, NatsServer
 from devstack.processes import free_port
+from stacks.events import nats_config_merge, render_nats_config
 
 from ...handoff_fixture import PrimaryLambda, secondary_environment
 
@@ -55,10 +55,9 @@ mutation ($id: ID!, $input: UpdateProjectInput!) {
 
 
 def reset_bridge_connection() -> None:
-    """Drops the bridge's module-level NATS connection (it lives on the bridge's own loop), and
-    what it saw of the streams: each test starts as a fresh execution environment."""
+    """Drops the bridge's module-level NATS connection (it lives on the bridge's own loop):
+    each test starts as a fresh execution environment."""
     bridge.connection.event_loop().run_until_complete(bridge.connection.reset())
-    bridge.relay.forget_seen_streams()
 
 
 @dataclass(frozen=True)
@@ -277,13 +276,20 @@ class Bridge:
     nats_server: NatsServer | NatsCluster
     environment: dict[str, str] = field(default_factory=dict)
     replicas: int = 1  # the topology's: 3 on the three-node cluster
+    # The URL the tests and the jetstream function manage JetStream through (the cluster's,
+    # with the admin user); the bridge's is in `environment`.
+    admin_url: str | None = None
 
     @property
     def nats_url(self) -> str:
-        return self.nats_server.url
+        return self.admin_url or self.nats_server.url
 
     def endpoints(self, **overrides: str) -> dict[str, str]:
         return {**self.environment, **overrides}
+
+    def admin_endpoints(self, **overrides: str) -> dict[str, str]:
+        """The environment of the jetstream function: the admin user's URL."""
+        return {**self.environment, "NATS_URL": self.nats_url, **overrides}
 
     def invoke(self, event: dict[str, Any], **overrides: str) -> Any:
         return invoke(get_function("bridge"), primary_region(), event, self.endpoints(**overrides))
@@ -357,14 +363,42 @@ def nats_server(servers: Any) -> Iterator[NatsServer]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+# The users of the chart's nats.conf (stacks.events.nats_config_merge), from the environment
+# its pods get from the nats-auth secret.
+CLUSTER_USERS = {
+    "BRIDGE_USER": "bridge",
+    "BRIDGE_PASSWORD": "bridgeClusterPassword1",
+    "ADMIN_USER": "admin",
+    "ADMIN_PASSWORD": "adminClusterPassword1",
+    "CONSUMERS_USER": "consumers",
+    "CONSUMERS_PASSWORD": "consumersClusterPassword1",
+}
+
+
+def _as_user(cluster: NatsCluster, who: str) -> str:
+    """The cluster's server list with the credentials of one of CLUSTER_USERS."""
+    user, password = CLUSTER_USERS[f"{who}_USER"], CLUSTER_USERS[f"{who}_PASSWORD"]
+    return ",".join(f"nats://{user}:{password}@127.0.0.1:{n.port}" for n in cluster.nodes)
+
+
 @pytest.fixture(scope="module")
 def nats_cluster(servers: Any) -> Iterator[NatsCluster]:
     """A three-node JetStream cluster on loopback for this module alone (node i's own store
-    and ports); tests kill and restart its nodes."""
+    and ports), with the users and permissions the chart gives production's; tests kill and
+    restart its nodes."""
     data_dir = Path(tempfile.mkdtemp(prefix="covenant-bridge-cluster-"))
     data_dir.chmod(0o755)
     ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
-    cluster = NatsCluster(data_dir, 3, 0, 0, 0, ports=ports)
+    cluster = NatsCluster(
+        data_dir,
+        3,
+        0,
+        0,
+        0,
+        ports=ports,
+        config=render_nats_config(nats_config_merge()),
+        environment=CLUSTER_USERS,
+    )
     cluster.start()
     try:
         yield cluster
@@ -376,7 +410,8 @@ def nats_cluster(servers: Any) -> Iterator[NatsCluster]:
 
 @pytest.fixture
 def cluster_env(servers: Any, nats_cluster: NatsCluster) -> Iterator[Bridge]:
-    """The bridge against the three-node cluster (NATS_URL lists every node), R3 topology."""
+    """The bridge against the three-node cluster as its NATS user (NATS_URL lists every node),
+    R3 topology applied by the admin user."""
     for node in nats_cluster.nodes:
         if not node.running:  # a test failed with the node down
             node.start(wait=False)
@@ -389,13 +424,14 @@ def cluster_env(servers: Any, nats_cluster: NatsCluster) -> Iterator[Bridge]:
         {
             "DATABASE_URL": servers.writer_url,
             "DATABASE_READER_URL": servers.reader_url,
-            "NATS_URL": nats_cluster.url,
+            "NATS_URL": _as_user(nats_cluster, "BRIDGE"),
             "NATS_REPLICAS": "3",
             "NATS_CONNECT_TIMEOUT_S": "1",
             "BRIDGE_SWEEP_MIN_AGE_S": "0",
             "BRIDGE_ACK_TIMEOUT_S": "2",
         },
         replicas=3,
+        admin_url=_as_user(nats_cluster, "ADMIN"),
     )
     # No purge: nats-server 2.14 re-applies a purge from its log when a node killed with
     # SIGKILL restarts, deleting the messages stored after it on that node (seen here: the

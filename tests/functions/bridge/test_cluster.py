@@ -207,7 +207,7 @@ def test_the_topology_goes_r1_to_r3_in_place_and_never_back_unasked(cluster_env)
         await js.delete_stream("ALERTS")
 
     cluster_env.jetstream(drop_alerts)
-    with environment(cluster_env.endpoints(NATS_REPLICAS="1")):
+    with environment(cluster_env.admin_endpoints(NATS_REPLICAS="1")):
         event = {"RequestType": "Create", "ResourceProperties": {}}
         with pytest.raises(jetstream.TopologyRefused) as refused:
             jetstream.handler(event, _context())
@@ -222,11 +222,11 @@ def test_the_topology_goes_r1_to_r3_in_place_and_never_back_unasked(cluster_env)
 
     # Only the missing stream was created, with the one replica asked for.
     assert cluster_env.jetstream(replicas) == {"COVENANT": 3, "AUDIT": 3, "ALERTS": 1}
-    with environment(cluster_env.endpoints()):
+    with environment(cluster_env.admin_endpoints()):
         result = jetstream.handler(event, _context())
     assert "stream ALERTS: updated (replicas 1 -> 3)" in result["Data"]["Changes"]
     assert cluster_env.jetstream(replicas) == {"COVENANT": 3, "AUDIT": 3, "ALERTS": 3}
-    with environment(cluster_env.endpoints()):  # ALERTS elects a leader among its three
+    with environment(cluster_env.admin_endpoints()):  # ALERTS elects a leader among its three
         wait_until(lambda: jetstream.probe()["healthy"], 15, "the probe to see R3 healthy")
 
 
@@ -267,7 +267,7 @@ def test_quorum_lost_briefly_then_every_event_once_in_order(cluster_env, gql, ca
 
     def probe_in_background() -> None:
         def run() -> None:
-            with environment(cluster_env.endpoints()):
+            with environment(cluster_env.admin_endpoints()):
                 probes.append(jetstream.probe())
 
         threading.Thread(target=run, daemon=True).start()
@@ -293,6 +293,59 @@ def test_quorum_lost_briefly_then_every_event_once_in_order(cluster_env, gql, ca
     wait_until(lambda: bool(probes), 15, "the probe during the outage")
     assert probes[0]["healthy"] is False  # reported, not raised
     _wait_cluster_whole(cluster_env)
-    with environment(cluster_env.endpoints()):
+    with environment(cluster_env.admin_endpoints()):
         wait_until(lambda: jetstream.probe()["healthy"], 30, "the probe to see the cluster whole")
     assert survivor.running
+
+
+def _drain_ids(env: Any, event_ids: list[str], timeout_s: float = 45) -> None:
+    """Sweeps until every one of these events is published."""
+    deadline = time.monotonic() + timeout_s
+    while any(r["published_at"] is None for r in env.outbox_rows(event_ids).values()):
+        assert time.monotonic() < deadline, "events still unpublished"
+        env.sweep()
+        time.sleep(0.2)
+
+
+def test_a_fresh_bridge_tells_a_leaderless_stream_from_a_missing_one(cluster_env, capsys) -> None:
+    """Asked of JetStream with the bridge's own NATS user (STREAM.INFO, its one API call), not
+    guessed from what the execution environment saw: a bridge that has published nothing yet
+    reports a quorum loss as StreamLeaderless, and a stream deleted from the healthy cluster
+    as StreamMissing."""
+    leader = cluster_env.nats_server.node(_leader(cluster_env))
+    other = next(n for n in cluster_env.nats_server.nodes if n is not leader)
+    event_ids = cluster_env.write_events(4, per_aggregate=1)  # covenant, audit, covenant, ...
+    other.stop()
+    leader.kill()  # the survivor is a follower: COVENANT and AUDIT have no leader
+    try:
+        capsys.readouterr()
+        result = cluster_env.sweep()  # a cold environment: the fixture dropped the connection
+        output = capsys.readouterr().out
+    finally:
+        other.start(wait=False)
+        leader.start(wait=False)
+    assert result["published"] == 0 and result["failed"] == 4
+    # (Any 0 is the previous test's probe, flushing late.)
+    assert max(cluster_env.metric_values(output, "StreamLeaderless")) == 2  # COVENANT, AUDIT
+    assert sum(cluster_env.metric_values(output, "StreamMissing")) == 0
+    _wait_cluster_whole(cluster_env)
+    _leader(cluster_env)
+    _leader(cluster_env, "AUDIT")
+    _drain_ids(cluster_env, event_ids)
+    rows = cluster_env.outbox_rows(event_ids).values()
+    assert all(r["attempts"] == 0 and r["dead_at"] is None for r in rows)
+
+    async def drop_audit(js: Any) -> None:
+        await js.delete_stream("AUDIT")
+
+    cluster_env.jetstream(drop_audit)
+    missing = cluster_env.write_events(2, per_aggregate=1)
+    capsys.readouterr()
+    result = cluster_env.sweep()
+    output = capsys.readouterr().out
+    assert result == {"published": 1, "failed": 1, "pruned": 0}
+    assert max(cluster_env.metric_values(output, "StreamMissing")) == 1
+    assert sum(cluster_env.metric_values(output, "StreamLeaderless")) == 0
+    cluster_env.reset_topology(purge=False)
+    _leader(cluster_env, "AUDIT")
+    _drain_ids(cluster_env, missing)

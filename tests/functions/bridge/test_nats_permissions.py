@@ -195,7 +195,10 @@ def test_the_rendered_config_holds_the_bridge_permissions_and_the_credentials_un
     assert "permissions" not in users[1]  # the admin: every right
     # Stated once, in covenant.streams: what the streams capture is what the bridge may publish.
     assert permissions == {
-        "publish": {"allow": [s for stream in streams.STREAMS for s in stream.subjects]},
+        "publish": {
+            "allow": [s for stream in streams.STREAMS for s in stream.subjects]
+            + [f"$JS.API.STREAM.INFO.{stream.name}" for stream in streams.STREAMS]
+        },
         "subscribe": {"allow": [f"{streams.BRIDGE_INBOX_PREFIX}.>"]},
     }
     for subject in EVENT_SUBJECTS:
@@ -214,6 +217,29 @@ def test_the_bridge_publishes_events_and_gets_their_acknowledgements(
             assert stream is not None
             stored = await session.jsm.get_last_msg(stream.name, subject)
             assert json.loads(stored.data or b"") == {"subject": subject}
+
+    run(secured_nats, test)
+
+
+def test_the_bridge_asks_jetstream_whether_a_stream_exists_and_nothing_else(
+    secured_nats: NatsServer,
+) -> None:
+    """ "No responders" is a missing stream or a leaderless one; the bridge's one JetStream API
+    call (STREAM.INFO of the topology's streams) tells them apart."""
+
+    async def test(session: Session) -> None:
+        publisher = JetStreamPublisher(session.bridge)
+        assert await publisher.stream_exists("COVENANT", TIMEOUT_S) is True
+        await session.jsm.delete_stream("ALERTS")
+        try:
+            assert await publisher.stream_exists("ALERTS", TIMEOUT_S) is False
+        finally:
+            await streams.apply_topology(session.admin.jetstream(timeout=TIMEOUT_S), 1)
+        assert await publisher.stream_exists("ALERTS", TIMEOUT_S) is True
+        assert session.violations.errors == []
+        # Not a stream of the topology: refused, so no answer.
+        assert await publisher.stream_exists("OTHER", TIMEOUT_S) is None
+        assert await session.violations.wait_for("Publish", "$JS.API.STREAM.INFO.OTHER")
 
     run(secured_nats, test)
 
@@ -259,7 +285,7 @@ def test_the_bridge_cannot_call_the_jetstream_api_nor_take_or_acknowledge_messag
             "$JS.API.INFO": jsm.account_info,
             "$JS.API.STREAM.LIST": jsm.streams_info,
             "$JS.API.STREAM.NAMES": lambda: jsm.find_stream_name_by_subject("audit.x.y"),
-            "$JS.API.STREAM.INFO.COVENANT": lambda: jsm.stream_info("COVENANT"),
+            "$JS.API.STREAM.INFO.OTHER": lambda: jsm.stream_info("OTHER"),
             "$JS.API.STREAM.MSG.GET.AUDIT": lambda: jsm.get_msg("AUDIT", 1),
             "$JS.API.DIRECT.GET.COVENANT": lambda: jsm.get_msg("COVENANT", 1, direct=True),
             "$JS.API.STREAM.CREATE.INTRUDER": lambda: jsm.add_stream(
