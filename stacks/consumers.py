@@ -101,6 +101,7 @@ class ConsumersStack(Stack):
                 environment={
                     **base_environment(service=name, region=region, settings=settings),
                     "NATS_URL": events_stack.nats.url,
+                    **events_stack.nats.tls_environment,
                     "NATS_SECRET_ARN": events_stack.consumers_secret.secret_arn,
                     "CONSUMER_STREAM": stream,
                     "CONSUMER_DURABLE": durable,

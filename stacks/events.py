@@ -6,9 +6,13 @@
 
 NATS runs from the official Helm chart on an EKS Auto Mode cluster with a private API endpoint:
 three servers with JetStream on encrypted gp3 volumes, users and passwords from a Kubernetes
-secret that External Secrets Operator keeps in step with two Secrets Manager secrets (one per
-NATS user: the bridge publishes, the admin applies the topology), reachable only through an
-internal NLB whose security group admits the bridge and the JetStream function.
+secret that External Secrets Operator keeps in step with three Secrets Manager secrets (one per
+NATS user: the bridge publishes, the admin applies the topology, the consumers pull), reachable
+only through an internal NLB whose security group admits the bridge, the JetStream function and
+the consumers. Clients and routes speak TLS with a server certificate cert-manager issues from
+a private CA inside the cluster; the CA certificate is read at deploy time and handed to every
+NATS client function, which verifies the server against it (NATS_TLS_CA_BASE64 and
+NATS_TLS_HOSTNAME).
 The JetStream topology (covenant.streams) is applied by a custom resource on every deploy that
 changes it; the same function probes JetStream every minute for the NATS health alarm.
 """
@@ -201,8 +205,71 @@ class WakeupQueue(Construct):
         )
 
 
+def nats_certificate_manifests() -> list[dict[str, Any]]:
+    """cert-manager's objects for NATS's TLS, all in the nats namespace: a self-signed issuer
+    that signs one thing, the private CA (ECDSA P-256, ten years, its key kept on renewal so
+    the CA certificate the functions hold still verifies what the renewed CA signs); a CA
+    issuer; and the servers' certificate (90 days, renewed 30 days before, a new key each
+    time; the chart's reloader makes nats-server load it) for the client port, through the
+    service or the load balancer (clients verify NATS_TLS_HOSTNAME), and for the routes
+    between the servers (`nats-<i>.nats-headless`, verified both ways)."""
+    namespace = NATS_NAMESPACE
+    headless = f"{NATS_SERVICE}-headless"
+    return [
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Issuer",
+            "metadata": {"name": "nats-selfsigned", "namespace": namespace},
+            "spec": {"selfSigned": {}},
+        },
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": {"name": NATS_CA_SECRET, "namespace": namespace},
+            "spec": {
+                "isCA": True,
+                "commonName": "Covenant NATS CA",
+                "secretName": NATS_CA_SECRET,
+                "duration": "87600h",
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Never"},
+                "issuerRef": {"name": "nats-selfsigned", "kind": "Issuer"},
+            },
+        },
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Issuer",
+            "metadata": {"name": "nats-ca", "namespace": namespace},
+            "spec": {"ca": {"secretName": NATS_CA_SECRET}},
+        },
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": {"name": NATS_TLS_SECRET, "namespace": namespace},
+            "spec": {
+                "secretName": NATS_TLS_SECRET,
+                "duration": "2160h",
+                "renewBefore": "720h",
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                "usages": ["server auth", "client auth"],  # client auth: the routes' side
+                "dnsNames": [
+                    NATS_SERVICE,
+                    f"{NATS_SERVICE}.{namespace}",
+                    f"{NATS_SERVICE}.{namespace}.svc",
+                    NATS_TLS_HOSTNAME,
+                    f"*.{headless}",
+                    f"*.{headless}.{namespace}",
+                    f"*.{headless}.{namespace}.svc",
+                    f"*.{headless}.{namespace}.svc.cluster.local",
+                ],
+                "issuerRef": {"name": "nats-ca", "kind": "Issuer"},
+            },
+        },
+    ]
+
+
 class NatsCluster(Construct):
-    """EKS Auto Mode cluster running NATS with JetStream from the official Helm chart."""
+    """EKS Auto Mode cluster running NATS with JetStream from the official Helm chart, its TLS
+    certificate from cert-manager."""
 
     def __init__(
         self,
@@ -339,6 +406,9 @@ class NatsCluster(Construct):
         )
         sync.node.add_dependency(storage)
         sync.node.add_dependency(secrets)
+        certificates = self.cluster.add_manifest("NatsTls", *nats_certificate_manifests())
+        certificates.node.add_dependency(storage)
+        certificates.node.add_dependency(self._cert_manager(config.cert_manager_chart_version))
         for secret in (bridge_secret, admin_secret, consumers_secret):
             secret.grant_read(self.secrets_role)  # and kms:Decrypt through Secrets Manager
         self.chart = self.cluster.add_helm_chart(
@@ -354,19 +424,37 @@ class NatsCluster(Construct):
             values=nats_values(settings, groups.nats_load_balancer.security_group_id),
         )
         self.chart.node.add_dependency(sync)
-        address = eks.KubernetesObjectValue(
-            self,
-            "Address",
-            # jsii's protocol for ICluster lags the class; the cluster is one.
-            cluster=cast(eks.ICluster, self.cluster),
-            object_type="service",
-            object_name=NATS_SERVICE,
-            object_namespace=NATS_NAMESPACE,
-            json_path=".status.loadBalancer.ingress[0].hostname",
-            timeout=Duration.minutes(10),
+        self.chart.node.add_dependency(certificates)
+        address = self._read(
+            "Address", "service", NATS_SERVICE, ".status.loadBalancer.ingress[0].hostname"
         )
         address.node.add_dependency(self.chart)
-        self.url = f"nats://{address.value}:{NATS_PORT}"
+        self.url = f"tls://{address.value}:{NATS_PORT}"
+        # The CA certificate (PEM, base64 as Kubernetes stores it) once cert-manager has issued
+        # the servers' certificate: public, so a template value like the address.
+        authority = self._read("CertificateAuthority", "secret", NATS_TLS_SECRET, r".data.ca\.crt")
+        authority.node.add_dependency(certificates)
+        # What every NATS client function needs to verify the servers (covenant.streams).
+        self.tls_environment = {
+            "NATS_TLS_CA_BASE64": authority.value,
+            "NATS_TLS_HOSTNAME": NATS_TLS_HOSTNAME,
+        }
+
+    def _read(
+        self, construct_id: str, object_type: str, name: str, json_path: str
+    ) -> eks.KubernetesObjectValue:
+        """A value of an object in the nats namespace, at deploy time, waited for until set."""
+        return eks.KubernetesObjectValue(
+            self,
+            construct_id,
+            # jsii's protocol for ICluster lags the class; the cluster is one.
+            cluster=cast(eks.ICluster, self.cluster),
+            object_type=object_type,
+            object_name=name,
+            object_namespace=NATS_NAMESPACE,
+            json_path=json_path,
+            timeout=Duration.minutes(10),
+        )
 
     def _acknowledge_eks(self) -> None:
         """What the EKS constructs of aws-cdk-lib create and cdk-nag flags, with the reason each
@@ -428,6 +516,42 @@ class NatsCluster(Construct):
             "The kubectl handler's runtime is chosen by aws-cdk-lib with its kubectl layer.",
         )
 
+    def _cert_manager(self, version: str) -> Construct:
+        """cert-manager from its official chart, its CRDs with it (kept if the release is
+        uninstalled: deleting them would delete every certificate). Nothing of it calls AWS."""
+        return self._operator(
+            "CertManager",
+            "https://charts.jetstack.io",
+            "cert-manager",
+            version,
+            CERT_MANAGER_NAMESPACE,
+            {"crds": {"enabled": True, "keep": True}},
+        )
+
+    def _operator(
+        self,
+        construct_id: str,
+        repository: str,
+        chart: str,
+        version: str,
+        namespace: str,
+        values: dict[str, Any],
+    ) -> eks.HelmChart:
+        """An operator's official chart in a namespace of its own, released under the chart's
+        name; waited for, as its webhook must answer before its objects are applied."""
+        return self.cluster.add_helm_chart(
+            construct_id,
+            chart=chart,
+            repository=repository,
+            version=version,
+            release=chart,
+            namespace=namespace,
+            create_namespace=True,
+            wait=True,
+            timeout=Duration.minutes(10),
+            values=values,
+        )
+
     def _external_secrets(self, region: Region, version: str) -> Construct:
         self.secrets_role = iam.Role(
             self,
@@ -443,18 +567,13 @@ class NatsCluster(Construct):
             service_account=ESO_SERVICE_ACCOUNT,
             role_arn=self.secrets_role.role_arn,
         )
-        chart = self.cluster.add_helm_chart(
+        chart = self._operator(
             "ExternalSecrets",
-            chart="external-secrets",
-            repository="https://charts.external-secrets.io",
-            version=version,
-            release="external-secrets",
-            namespace=ESO_NAMESPACE,
-            create_namespace=True,
-            # The webhook must answer before the ExternalSecret is applied.
-            wait=True,
-            timeout=Duration.minutes(10),
-            values={
+            "https://charts.external-secrets.io",
+            "external-secrets",
+            version,
+            ESO_NAMESPACE,
+            {
                 "installCRDs": True,
                 "serviceAccount": {"create": True, "name": ESO_SERVICE_ACCOUNT},
                 "env": {"AWS_REGION": region.aws_region},
@@ -466,8 +585,9 @@ class NatsCluster(Construct):
 
 def nats_values(settings: AppSettings, load_balancer_security_group: str) -> dict[str, Any]:
     """Values of the official NATS chart: a JetStream cluster of `natsReplicas` servers on
-    separate nodes, file storage on encrypted volumes, two users from the nats-auth secret,
-    clients only through an internal NLB."""
+    separate nodes, file storage on encrypted volumes, three users from the nats-auth secret,
+    clients only through an internal NLB, TLS on the client port and the routes (the routes
+    verify each other's certificate against the CA)."""
     config = settings.events
 
     def from_secret(key: str) -> dict[str, Any]:
@@ -476,7 +596,12 @@ def nats_values(settings: AppSettings, load_balancer_security_group: str) -> dic
     return {
         "fullnameOverride": NATS_SERVICE,
         "config": {
-            "cluster": {"enabled": True, "replicas": config.nats_replicas},
+            "cluster": {
+                "enabled": True,
+                "replicas": config.nats_replicas,
+                "tls": {"enabled": True, "secretName": NATS_TLS_SECRET, "ca": "ca.crt"},
+            },
+            "nats": {"tls": {"enabled": True, "secretName": NATS_TLS_SECRET}},
             "jetstream": {
                 "enabled": True,
                 "fileStore": {
@@ -645,6 +770,7 @@ class BridgeStack(Stack):
                 "DATABASE_READER_URL": database_url,
                 "DB_STATEMENT_TIMEOUT_MS": str(settings.database.statement_timeout_ms),
                 "NATS_URL": self.nats.url,
+                **self.nats.tls_environment,
                 "NATS_SECRET_ARN": self.bridge_secret.secret_arn,
                 "OUTBOX_RETENTION_S": str(settings.events.outbox_retention_days * DAY_S),
             },
@@ -703,6 +829,7 @@ class BridgeStack(Stack):
             environment={
                 **base_environment(service="jetstream", region=region, settings=settings),
                 "NATS_URL": self.nats.url,
+                **self.nats.tls_environment,
                 "NATS_SECRET_ARN": self.admin_secret.secret_arn,
                 "NATS_REPLICAS": str(settings.events.nats_replicas),
             },

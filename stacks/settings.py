@@ -132,6 +132,7 @@ class EventsSettings:
     nats_chart_version: str
     nats_image_tag: str
     external_secrets_chart_version: str
+    cert_manager_chart_version: str
     nats_replicas: int
     jetstream_storage_gi: int
     wakeup_max_receive_count: int
@@ -154,6 +155,7 @@ class EventsSettings:
             nats_chart_version=str(raw["natsChartVersion"]),
             nats_image_tag=str(raw["natsImageTag"]),
             external_secrets_chart_version=str(raw["externalSecretsChartVersion"]),
+            cert_manager_chart_version=str(raw["certManagerChartVersion"]),
             nats_replicas=int(raw.get("natsReplicas", 3)),
             jetstream_storage_gi=int(raw.get("jetstreamStorageGi", 20)),
             wakeup_max_receive_count=int(raw.get("wakeupMaxReceiveCount", 5)),

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,8 @@ def connection_options() -> tuple[dict[str, Any], str]:
     # One server, or the servers of a cluster separated by commas: nats-py connects to any
     # live one and reconnects to another when it goes away.
     options: dict[str, Any] = {
-        "servers": streams.server_urls(env("NATS_URL") or streams.DEFAULT_URL)
+        "servers": streams.server_urls(env("NATS_URL") or streams.DEFAULT_URL),
+        **streams.environment_tls(),  # in AWS: the CA cert-manager issued the servers' from
     }
     secret_name = env("NATS_SECRET_ARN")
     secret: dict[str, Any] = {}
@@ -72,10 +72,12 @@ def connection_options() -> tuple[dict[str, Any], str]:
     if secret.get("creds"):
         options["user_credentials"] = _creds_file(secret["creds"])
     if secret.get("tls_ca"):
-        options["tls"] = ssl.create_default_context(cadata=secret["tls_ca"])
-        if secret.get("tls_hostname"):
-            options["tls_hostname"] = str(secret["tls_hostname"])
-    material = json.dumps([options["servers"], secret_name, secret], sort_keys=True, default=str)
+        options.update(streams.verified_tls(secret["tls_ca"], secret.get("tls_hostname")))
+    material = json.dumps(
+        [options["servers"], secret_name, secret, env("NATS_TLS_CA_BASE64")],
+        sort_keys=True,
+        default=str,
+    )
     return options, hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
@@ -111,7 +113,11 @@ async def publisher() -> JetStreamPublisher:
         "max_reconnect_attempts": 2,
         "reconnect_time_wait": 0.25,
     }
-    await client.connect(
+    # nats-py can wait forever after a failed TLS handshake (a certificate that does not
+    # verify): every attempt it would make, and a second to spare, bounds the whole connect.
+    attempts = (timings["max_reconnect_attempts"] + 1) * len(options["servers"])
+    budget_s = attempts * (timings["connect_timeout"] + timings["reconnect_time_wait"]) + 1
+    connecting = client.connect(
         **options,
         **timings,
         name=env("AWS_LAMBDA_FUNCTION_NAME") or "covenant-bridge",
@@ -126,14 +132,22 @@ async def publisher() -> JetStreamPublisher:
         disconnected_cb=publisher.connection_lost,
     )
     try:
+        await asyncio.wait_for(connecting, budget_s)
+    except TimeoutError:
+        await _close(client)
+        raise ConnectionError(
+            f"no NATS server completed a connection within {budget_s:g} s (see the "
+            "connection's warnings: a refused certificate, an unreachable server)"
+        ) from None
+    try:
         await publisher.start()
     except BaseException:
         await _close(client)
         raise
     _client, _publisher, _client_key = client, publisher, key
-    logger.info(
-        "connected to NATS at %s", client.connected_url.netloc if client.connected_url else "?"
-    )
+    url = client.connected_url
+    if url is not None:  # its host and port only: a URL may carry a user and password
+        logger.info("connected to NATS at %s:%s", url.hostname, url.port)
     return publisher
 
 
@@ -195,9 +209,9 @@ def shutdown() -> None:
 
 
 async def _close(client: Client) -> None:
-    # A broken connection may fail to close; it is dropped either way.
+    # A broken connection may fail to close, or never finish closing; it is dropped either way.
     with contextlib.suppress(Exception):
-        await client.close()
+        await asyncio.wait_for(client.close(), _connect_timeout_s())
 
 
 async def _log_error(error: Exception) -> None:

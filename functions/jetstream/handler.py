@@ -68,6 +68,8 @@ def _settings() -> tuple[str, int, dict[str, Any]]:
             secret_arn, transform="json", max_age=SECRET_MAX_AGE_S
         )
         credentials = {"user": secret.get("user"), "password": secret.get("password")}
+    # In AWS: the CA cert-manager issued the servers' certificate from (the stack's).
+    credentials["tls"] = streams.environment_tls()
     return url, replicas, credentials
 
 

@@ -29,10 +29,10 @@ from covenant.regions import cdk_context
 DOMAIN = {"name": "covenant.example.org", "hostedZoneId": "Z0123456789EXAMPLEZONE"}
 
 
-def make_ca_bundle(path: Path) -> Path:
-    """A self-signed CA certificate in PEM, standing in for AWS's RDS global bundle."""
+def make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA certificate valid for a day, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Covenant Test RDS CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
@@ -40,11 +40,17 @@ def make_ca_bundle(path: Path) -> Path:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
+    return key, certificate
+
+
+def make_ca_bundle(path: Path) -> Path:
+    """A self-signed CA certificate in PEM, standing in for AWS's RDS global bundle."""
+    _, certificate = make_ca("Covenant Test RDS CA")
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return path
 

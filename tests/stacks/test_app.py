@@ -502,7 +502,7 @@ def test_nats_runs_from_the_official_chart_with_three_jetstream_replicas(templat
     assert nats["Version"]
     values = _resolved_json(nats["Values"])
     config = values["config"]
-    assert config["cluster"] == {"enabled": True, "replicas": 3}
+    assert config["cluster"]["enabled"] is True and config["cluster"]["replicas"] == 3
     assert config["jetstream"]["enabled"] is True
     assert config["jetstream"]["fileStore"]["enabled"] is True
     assert config["jetstream"]["fileStore"]["pvc"]["storageClassName"] == "covenant-jetstream"

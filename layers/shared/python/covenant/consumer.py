@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import FetchTimeoutError
 
 from covenant.config import env
-from covenant.streams import DEFAULT_URL, server_urls
+from covenant.streams import DEFAULT_URL, environment_tls, server_urls, verified_tls
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +97,14 @@ def parse(msg: Msg) -> Delivery | None:
 
 
 def connection_options() -> dict[str, Any]:
-    """nats.connect() options: NATS_URL, and in AWS the consumer's secret (NATS_SECRET_ARN, a
-    JSON object with url, user, password, token, tls_ca, tls_hostname), the bridge's format.
-    Nothing of it is ever logged."""
+    """nats.connect() options: NATS_URL and the CA the stack hands over (environment_tls),
+    and in AWS the consumer's secret (NATS_SECRET_ARN, a JSON object with url, user, password,
+    token, tls_ca, tls_hostname), the bridge's format. Nothing of it is ever logged."""
     # One server, or a cluster's servers separated by commas (as the bridge takes them).
-    options: dict[str, Any] = {"servers": server_urls(env("NATS_URL") or DEFAULT_URL)}
+    options: dict[str, Any] = {
+        "servers": server_urls(env("NATS_URL") or DEFAULT_URL),
+        **environment_tls(),
+    }
     secret_name = env("NATS_SECRET_ARN")
     if secret_name:
         from aws_lambda_powertools.utilities import parameters
@@ -114,9 +116,7 @@ def connection_options() -> dict[str, Any]:
             if secret.get(name):
                 options[name] = secret[name]
         if secret.get("tls_ca"):
-            options["tls"] = ssl.create_default_context(cadata=secret["tls_ca"])
-            if secret.get("tls_hostname"):
-                options["tls_hostname"] = str(secret["tls_hostname"])
+            options.update(verified_tls(secret["tls_ca"], secret.get("tls_hostname")))
     return options
 
 
@@ -124,15 +124,22 @@ async def _connect() -> Client:
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS connection error: %s", type(exc).__name__)
 
-    return await nats.connect(
-        **connection_options(),
-        name=env("AWS_LAMBDA_FUNCTION_NAME") or "covenant-consumer",
-        connect_timeout=float(env("NATS_CONNECT_TIMEOUT_S") or 3),
-        allow_reconnect=True,
-        max_reconnect_attempts=3,
-        reconnect_time_wait=0.5,
-        error_cb=on_error,
-        inbox_prefix=CONSUMER_INBOX_PREFIX,
+    options = connection_options()
+    timeout_s = float(env("NATS_CONNECT_TIMEOUT_S") or 3)
+    # nats-py can wait forever after a failed TLS handshake: every attempt bounds it.
+    budget_s = 4 * len(options["servers"]) * (timeout_s + 0.5) + 1
+    return await asyncio.wait_for(
+        nats.connect(
+            **options,
+            name=env("AWS_LAMBDA_FUNCTION_NAME") or "covenant-consumer",
+            connect_timeout=timeout_s,
+            allow_reconnect=True,
+            max_reconnect_attempts=3,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            inbox_prefix=CONSUMER_INBOX_PREFIX,
+        ),
+        budget_s,
     )
 
 

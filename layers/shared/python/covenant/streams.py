@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import socket
 import ssl
 import sys
@@ -616,6 +618,34 @@ def server_urls(url: str | Sequence[str]) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
+def verified_tls(ca_pem: str, hostname: str | None = None) -> dict[str, Any]:
+    """nats.connect() options for a server whose certificate must chain to `ca_pem` and name
+    the host it is reached at, or `hostname` when that is another (the servers' certificate
+    names the Kubernetes service, the URL the load balancer): verified, never merely
+    encrypted."""
+    try:
+        options: dict[str, Any] = {"tls": ssl.create_default_context(cadata=ca_pem)}
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConnectError(f"the NATS CA certificate is not a PEM certificate: {exc}") from None
+    if hostname:
+        options["tls_hostname"] = hostname
+    return options
+
+
+def environment_tls() -> dict[str, Any]:
+    """The TLS options the stacks give every NATS client function in AWS: NATS_TLS_CA_BASE64
+    (the CA certificate cert-manager issued, PEM, base64 as Kubernetes stores it) and
+    NATS_TLS_HOSTNAME. None without them: the local stack's nats-server is plain text."""
+    encoded = env("NATS_TLS_CA_BASE64")
+    if not encoded:
+        return {}
+    try:
+        pem = base64.b64decode(encoded, validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ConnectError("NATS_TLS_CA_BASE64 is not a base64-encoded PEM certificate") from None
+    return verified_tls(pem, env("NATS_TLS_HOSTNAME"))
+
+
 def redact(url: str | Sequence[str]) -> str:
     """The URL (or server list) without its credentials, for messages."""
     return ",".join(_redact_one(server) for server in server_urls(url))
@@ -648,10 +678,14 @@ async def connect(
     password: str | None = None,
     creds_file: str | None = None,
     tls_ca: str | None = None,
+    tls_hostname: str | None = None,
+    tls: dict[str, Any] | None = None,
     connect_timeout: float = 5,
 ) -> Client:
     """A NATS connection for a one-off command: two attempts per server of `url` (one, or
-    several of a cluster, comma-separated), then ConnectError."""
+    several of a cluster, comma-separated), then ConnectError. TLS: `tls_ca`, a CA bundle
+    file (with `tls_hostname` when the servers' certificate names another host), or `tls`,
+    options from verified_tls or environment_tls."""
     servers = server_urls(url)
     if not servers:
         raise ConnectError("no server in the NATS URL")
@@ -671,11 +705,14 @@ async def connect(
         options["password"] = password
     if creds_file is not None:
         options["user_credentials"] = creds_file
+    options.update(tls or {})
     if tls_ca is not None:
         try:
             options["tls"] = ssl.create_default_context(cafile=tls_ca)
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"cannot read the TLS CA file {tls_ca}: {exc}") from None
+        if tls_hostname:
+            options["tls_hostname"] = tls_hostname
     try:
         return await asyncio.wait_for(
             nats.connect(
@@ -718,6 +755,8 @@ def apply(
     password: str | None = None,
     creds_file: str | None = None,
     tls_ca: str | None = None,
+    tls_hostname: str | None = None,
+    tls: dict[str, Any] | None = None,
     connect_timeout: float = 5,
 ) -> list[Change]:
     """Connects to `url` (any live server of a comma-separated list), applies the topology
@@ -731,6 +770,8 @@ def apply(
         "password": password,
         "creds_file": creds_file,
         "tls_ca": tls_ca,
+        "tls_hostname": tls_hostname,
+        "tls": tls,
         "connect_timeout": connect_timeout,
     }
     return asyncio.run(_apply_at(url, replicas, scale_down, options))
@@ -784,6 +825,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     apply_cmd.add_argument("--creds", default=env("NATS_CREDS"), help="a .creds file")
     apply_cmd.add_argument("--tls-ca", default=env("NATS_TLS_CA"), help="CA bundle (PEM) file")
+    apply_cmd.add_argument(
+        "--tls-hostname",
+        default=env("NATS_TLS_HOSTNAME"),
+        help="the name on the servers' certificate when the URL names another host "
+        "(in AWS nats.nats.svc.cluster.local; default: $NATS_TLS_HOSTNAME)",
+    )
     apply_cmd.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
     args = parser.parse_args(argv)
 
@@ -796,6 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             password=args.password,
             creds_file=args.creds,
             tls_ca=args.tls_ca,
+            tls_hostname=args.tls_hostname,
             connect_timeout=args.connect_timeout,
         )
     except ConnectError as exc:
