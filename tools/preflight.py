@@ -39,9 +39,10 @@ BOOTSTRAP_PARAMETER = "/cdk-bootstrap/hnb659fds/version"
 # the CLI's asset publishing and lookups want 21+ in current releases.
 MINIMUM_BOOTSTRAP_VERSION = 21
 UNRESERVED_MINIMUM = 100  # Lambda keeps this many executions unreserved per region
-# Where AWS has announced Lambda SnapStart for Python (What's New: 2024-11-18 at launch, nine
-# regions; 2025 expansions, among them us-west-1 and af-south-1). AWS has no API that answers
-# it: confirm a region missing here on AWS's SnapStart page before adding it.
+# Where AWS has announced Lambda SnapStart for Python: the nine launch regions (What's New,
+# 2024-11-18), and us-west-1 and af-south-1 from a 2025 expansion, which could not be checked
+# against AWS's page from where this was written: confirm those two there before the first
+# deploy. AWS has no API that answers it: confirm a region missing here before adding it.
 SNAPSTART_PYTHON_REGIONS = frozenset(
     {
         "us-east-1",

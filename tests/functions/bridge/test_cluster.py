@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from nats.js.errors import ServiceUnavailableError
 
 from covenant.config import environment
 from devstack.nats import NatsServer
@@ -151,12 +152,16 @@ def _stored_ids(env: Any, stream: str, expected: Counter[str], events: list[dict
     elected a moment ago may still be applying what was committed); a mismatch that lasts
     fails with the missing events' outbox rows and every node's view of the stream."""
 
-    def read() -> Counter[str]:  # this test's events only: the streams are not purged
-        return Counter({i: n for i, n in env.stream_ids(stream).items() if i in expected})
+    def read() -> Counter[str] | None:  # this test's events only: the streams are not purged
+        try:
+            return Counter({i: n for i, n in env.stream_ids(stream).items() if i in expected})
+        except ServiceUnavailableError:  # 503: the cluster is still electing its meta leader
+            return None
 
     deadline = time.monotonic() + 10
     while (stored := read()) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert stored is not None, f"{stream}: JetStream still unavailable 10 s after the drain"
     if stored != expected:
         rows = {e["id"]: e for e in events}
         missing = [
@@ -312,18 +317,21 @@ def test_a_fresh_bridge_tells_a_leaderless_stream_from_a_missing_one(cluster_env
     guessed from what the execution environment saw: a bridge that has published nothing yet
     reports a quorum loss as StreamLeaderless, and a stream deleted from the healthy cluster
     as StreamMissing."""
-    leader = cluster_env.nats_server.node(_leader(cluster_env))
-    other = next(n for n in cluster_env.nats_server.nodes if n is not leader)
+    leaders = {_leader(cluster_env, stream) for stream in ("COVENANT", "AUDIT")}
+    # The survivor leads neither stream (a leader cut off from its quorum would take publishes
+    # it cannot commit, until it notices), and the others die without handing anything over.
+    survivor = next(n for n in cluster_env.nats_server.nodes if n.name not in leaders)
+    killed = [n for n in cluster_env.nats_server.nodes if n is not survivor]
     event_ids = cluster_env.write_events(4, per_aggregate=1)  # covenant, audit, covenant, ...
-    other.stop()
-    leader.kill()  # the survivor is a follower: COVENANT and AUDIT have no leader
+    for node in killed:
+        node.kill()
     try:
         capsys.readouterr()
         result = cluster_env.sweep()  # a cold environment: the fixture dropped the connection
         output = capsys.readouterr().out
     finally:
-        other.start(wait=False)
-        leader.start(wait=False)
+        for node in killed:
+            node.start(wait=False)
     assert result["published"] == 0 and result["failed"] == 4
     # (Any 0 is the previous test's probe, flushing late.)
     assert max(cluster_env.metric_values(output, "StreamLeaderless")) == 2  # COVENANT, AUDIT
