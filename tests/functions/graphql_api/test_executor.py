@@ -31,6 +31,8 @@ type Row {
   computed: String
   failing: String
   failingStrict: String!
+  lostKind: Kind
+  lostKindStrict: Kind!
 }
 type Kind { name: String! }
 """
@@ -52,6 +54,8 @@ def _schema() -> GraphQLSchema:
         raise ValueError(f"no luck for {r['id']}")
 
     row.set_field("failing", RowResolver(fail))
+    row.set_field("lostKind", RowResolver(fail))
+    row.set_field("lostKindStrict", RowResolver(fail))
     row.set_field("failingStrict", RowResolver(fail))
     schema = make_executable_schema(SDL, query, row, money, colour, convert_names_case=snake_case)
     bind_row_keys(schema, row_key)
@@ -100,6 +104,12 @@ QUERIES = [
     "{ rows { id failingStrict } }",
     "{ rows { __typename a: id b: label ...F ... on Row { count } } } fragment F on Row { id }",
     "{ one { id first: children { id } again: children { label } } }",
+    # Rows of copied leaves and found rows (completed without a path per row), and errors there.
+    "{ rows { id budgetUsd kind { name } } }",
+    "{ rows { id lostKind { name } kind { name } } }",
+    "{ rows { id lostKindStrict { name } } }",
+    "{ loose { id lostKindStrict { name } } }",
+    "{ one { id lostKind { name } } maybe { id } }",
 ]
 
 
