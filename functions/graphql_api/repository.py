@@ -167,6 +167,20 @@ PROJECTS = Table(
     ),
 )
 
+
+@dataclass(frozen=True)
+class Join:
+    """A many-to-one field read in the statement of its rows' page: the row of `table` whose
+    `key` equals the page row's `column`, kept under the page row's `_<field>`."""
+
+    field: str
+    table: Table
+    column: str
+    key: str
+
+
+PROJECT_COUNTRY = Join("country", COUNTRIES, "country_code", "code")
+
 COUNTRY_ORDERS = {
     "name": Order("name", False, "text"),
     "code": Order("code", False, "bpchar"),
@@ -309,25 +323,47 @@ def page(
     fields: Iterable[str] | None = None,
     look_ahead: bool = True,
     with_total: bool = False,
+    join: tuple[Join, Iterable[str]] | None = None,
 ) -> tuple[list[Row], bool, int | None]:
     """One page of a top-level list: its rows, whether more follow (False without
     `look_ahead`, which reads one row beyond the page to know) and, `with_total`, how many
-    rows the whole list has (None when the page is empty: then `count` tells)."""
+    rows the whole list has (None when the page is empty: then `count` tells). With `join`
+    (a many-to-one and the fields asked of it), each row carries that row too, one dict per
+    distinct key, read by the same statement."""
     total = ""
     if with_total:
         # The filter without the keyset condition, in an uncorrelated subquery (its alias
         # shadows the outer one): computed once, in the same round trip as the page.
         total = f", (SELECT count(*) FROM {table.name} {table.alias} WHERE {query.where}) AS _total"
+    joined = joined_columns = ""
+    if join is not None:
+        spec, join_fields = join
+        joined_columns = "".join(
+            f", {spec.table.expression(column, '_j', f'_j_{column}')}"
+            for column in spec.table.selected(join_fields)
+        )
+        joined = f" LEFT JOIN {spec.table.name} _j ON _j.{spec.key} = {table.alias}.{spec.column}"
     _keyset(table, order, after, query)
     rows = session.rows(
-        f"SELECT {table.select(fields, order.column)}{total} FROM {table.name} {table.alias} "
-        f"WHERE {query.where} "
+        f"SELECT {table.select(fields, order.column)}{joined_columns}{total} "
+        f"FROM {table.name} {table.alias}{joined} WHERE {query.where} "
         f"ORDER BY {_order_by(table, order)} LIMIT :limit",
         **query.params,
         limit=first + 1 if look_ahead else first,
     )
     counted = [row.pop("_total") for row in rows] if with_total else []
+    if join is not None:
+        _split_joined(rows, join[0])
     return rows[:first], len(rows) > first, int(counted[0]) if counted else None
+
+
+def _split_joined(rows: list[Row], join: Join) -> None:
+    found: dict[Any, Row] = {}
+    names = [name for name in rows[0] if name.startswith("_j_")] if rows else []
+    for row in rows:
+        values = {name[3:]: row.pop(name) for name in names}
+        key = values[join.key]
+        row[f"_{join.field}"] = None if key is None else found.setdefault(key, values)
 
 
 @tracer.capture_method(capture_response=False)

@@ -79,6 +79,9 @@ def resolve_country_projects(row: Row, info: Info, **args: Any) -> dict[str, Any
 
 @project.field("country")
 def resolve_project_country(row: Row, info: Info) -> Row:
+    joined: Row | None = row.get("_country")  # read with its page (repository.Join)
+    if joined is not None:
+        return joined
     context = context_of(info)
 
     def load(parents: list[Row]) -> dict[str, Row]:
