@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import query_mix as mix
+from bench.environment import memory_mb
 from devstack.processes import free_port, wait_until
 
 FOLDER = Path(__file__).resolve().parent / "postgraphile"
@@ -364,6 +366,123 @@ def print_table(size: int, results: dict[str, dict[str, mix.Series]], version: s
         )
 
 
+# AWS Lambda, arm64, us-east-1 (the primary region), first pricing tier: per GB-second of
+# billed duration, and per request. The function's memory comes from cdk.json.
+PRICE_GB_SECOND_ARM64 = 0.0000133334
+PRICE_PER_MILLION_REQUESTS = 0.20
+FULL_VCPU_MB = 1769  # Lambda allots one vCPU at 1 769 MB, CPU in proportion below it
+THROUGHPUT_QUERIES = ("Q1", "Q2")
+
+
+def deployed_memory_mb() -> int:
+    context = json.loads((mix.REPO / "cdk.json").read_text())["context"]
+    return int(context["covenant:deploy"]["graphql"]["memoryMb"])
+
+
+class Environment:
+    """A child process playing one execution environment of the GraphQL function."""
+
+    def __init__(self, servers: mix.Cluster) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.environment"],
+            cwd=mix.REPO,
+            env={
+                **os.environ,
+                "DATABASE_URL": servers.postgres.primary.url,
+                "DATABASE_READER_URL": servers.postgres.replica.url,
+            },
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.after_init = self._reply()
+
+    def _reply(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the environment process ended")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def run(self, query: str, seconds: float) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"query": query, "seconds": seconds}) + "\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(10)
+
+
+def postgraphile_run(server: PostGraphile, query: str, seconds: float) -> dict[str, Any]:
+    requests = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        server.query(query)
+        requests += 1
+    return {"requests": requests, "seconds": time.perf_counter() - started}
+
+
+def throughput(servers: mix.Cluster, server: PostGraphile, seconds: float, rounds: int) -> None:
+    """Requests per second of one environment (sequential, as Lambda runs them) against one
+    PostGraphile process (Node, one event loop, sequential requests over keep-alive), rounds
+    interleaved; the environment's peak memory and its Lambda cost per million requests."""
+    memory = deployed_memory_mb()
+    environment = Environment(servers)
+    try:
+        ours: dict[str, list[dict[str, Any]]] = {q: [] for q in THROUGHPUT_QUERIES}
+        theirs: dict[str, list[dict[str, Any]]] = {q: [] for q in THROUGHPUT_QUERIES}
+        for _ in range(rounds):
+            for query in THROUGHPUT_QUERIES:
+                ours[query].append(environment.run(query, seconds))
+                theirs[query].append(postgraphile_run(server, query, seconds))
+        node_memory = memory_mb(server.process.pid)
+    finally:
+        environment.stop()
+    say()
+    say(
+        f"== Throughput per environment: {rounds} interleaved rounds of {seconds:.0f} s per "
+        "query, median round =="
+    )
+    say(
+        f"{'query':<5} {'Covenant req/s':>14} {'PostGraphile req/s':>19} {'ratio':>6} "
+        f"{'billed ms/req':>13} {'$ per 1M at ' + str(memory) + ' MB':>18} "
+        f"{'x' + format(FULL_VCPU_MB / memory, '.2f') + ' CPU share':>16}"
+    )
+    for query in THROUGHPUT_QUERIES:
+        rate = statistics.median(r["requests"] / r["seconds"] for r in ours[query])
+        their_rate = statistics.median(r["requests"] / r["seconds"] for r in theirs[query])
+        billed = statistics.median(r["billed_ms"] / r["requests"] for r in ours[query])
+        cost = lambda_cost(billed, memory)
+        scaled = lambda_cost(billed * max(1.0, FULL_VCPU_MB / memory), memory)
+        say(
+            f"{query:<5} {rate:>14.1f} {their_rate:>19.1f} {rate / their_rate:>5.2f}x "
+            f"{billed:>13.2f} {cost:>18.2f} {scaled:>16.2f}"
+        )
+    peak = max(r["VmHWM"] for runs in ours.values() for r in runs)
+    say(
+        f"Memory: the environment {environment.after_init['VmRSS']:.0f} MB after init, "
+        f"{peak:.0f} MB at its peak (of {memory} MB deployed); PostGraphile's Node process "
+        f"{node_memory['VmHWM']:.0f} MB at its peak."
+    )
+    say(
+        "Cost per million requests: billed duration (each request rounded up to 1 ms) x "
+        f"{memory} MB x ${PRICE_GB_SECOND_ARM64}/GB-s + ${PRICE_PER_MILLION_REQUESTS} for the "
+        "requests (arm64, us-east-1). Measured on this machine's cores; at "
+        f"{memory} MB Lambda gives {memory / FULL_VCPU_MB:.2f} of a vCPU, so CPU-bound time may "
+        f"stretch up to {FULL_VCPU_MB / memory:.2f}x (last column)."
+    )
+
+
+def lambda_cost(billed_ms: float, memory: int) -> float:
+    """US dollars per million requests of `billed_ms` each at `memory` MB (arm64)."""
+    gb_seconds = billed_ms / 1000 * memory / 1024
+    return 1_000_000 * gb_seconds * PRICE_GB_SECOND_ARM64 + PRICE_PER_MILLION_REQUESTS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.postgraphile",
@@ -372,6 +491,12 @@ def main() -> None:
     )
     parser.add_argument("--large", action="store_true", help="also measure at 100 000 projects")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument(
+        "--throughput-seconds",
+        type=float,
+        default=5.0,
+        help="seconds per throughput round at 10 000 projects (0: no throughput)",
+    )
     arguments = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
@@ -406,6 +531,8 @@ def main() -> None:
                 print_table(size, results, server.version)
                 for name, series in results.items():
                     ratios[(size, name)] = series["covenant"].p50 / series["postgraphile"].p50
+                if size == sizes[0] and arguments.throughput_seconds > 0:
+                    throughput(servers, server, arguments.throughput_seconds, rounds=3)
         say()
         say("== Target: every query at or below PostGraphile's p50 ==")
         for (size, name), ratio in ratios.items():

@@ -229,3 +229,23 @@ def test_connections_send_without_nagle_delay(writer) -> None:
         session.scalar("SELECT 1")
     sock = writer.connection()._usock
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_the_cached_parameter_conversion_is_pg8000s(reader) -> None:
+    """db caches pg8000's :name -> $n conversion per statement text: the same statement and
+    values as pg8000's own, a missing parameter still refused, and the same rows back."""
+    import pg8000.native
+
+    sql = (
+        "SELECT CAST(:a AS int) + CAST(:b AS int) AS sum, ':not' AS text, $$:nor$$ AS quoted "
+        "WHERE CAST(:a AS int) > 0 -- :comment"
+    )
+    cached = pg8000.native.to_statement(sql)
+    assert pg8000.native.to_statement(sql) is cached  # the second run reads the cache
+    statement, make_values = db._PG8000_TO_STATEMENT(sql)
+    assert cached[0] == statement
+    assert cached[1]({"a": 2, "b": 3}) == make_values({"a": 2, "b": 3}) == (2, 3)
+    with pytest.raises(InterfaceError):
+        cached[1]({"a": 2})
+    with reader.session() as session:
+        assert session.rows(sql, a=2, b=3) == [{"sum": 5, "text": ":not", "quoted": ":nor"}]
