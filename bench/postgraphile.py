@@ -160,13 +160,17 @@ class PostGraphile:
         return False
 
     def post(self, query: str) -> str:
-        self.connection.request(
-            "POST",
-            "/graphql",
-            body=json.dumps({"query": query}),
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        response = self.connection.getresponse()
+        body = json.dumps({"query": query})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        try:
+            self.connection.request("POST", "/graphql", body=body, headers=headers)
+            response = self.connection.getresponse()
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # Node closed the idle keep-alive connection (while the other side was measured).
+            self.connection.close()
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            self.connection.request("POST", "/graphql", body=body, headers=headers)
+            response = self.connection.getresponse()
         body = response.read().decode()
         if response.status != 200 or '"errors"' in body:
             raise RuntimeError(f"PostGraphile answered {response.status}: {body[:500]}")

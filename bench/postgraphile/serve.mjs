@@ -23,7 +23,8 @@ const preset = {
 
 const pgl = postgraphile(preset);
 const serv = pgl.createServ(grafserv);
-const server = createServer();
+// Sequential requests over one keep-alive connection, idle while the other side is measured.
+const server = createServer({ keepAliveTimeout: 600_000 });
 server.once("listening", () => console.log(`ready on ${port}`));
 await serv.addTo(server);
 server.listen(port, "127.0.0.1");
