@@ -71,6 +71,19 @@ class RowResolver:
         return self.function(parent, info.context)
 
 
+class RowLookup(RowResolver):
+    """A RowResolver finding the row under the parent's `key` in a mapping that is the same for
+    every parent of a request (`table(context)`, e.g. the sectors by id): the executor reads
+    the mapping once per request, then each parent's row with one dict lookup."""
+
+    __slots__ = ("key", "table")
+
+    def __init__(self, key: str, table: Callable[[Any], Mapping[Any, Any]]) -> None:
+        super().__init__(lambda row, context: table(context)[row[key]])
+        self.key = key
+        self.table = table
+
+
 # Leaf types whose serialisation of a value of one exact Python type is that value itself.
 _ITSELF: dict[str, type] = {GraphQLString.name: str, GraphQLID.name: str, GraphQLBoolean.name: bool}
 
@@ -113,6 +126,7 @@ class _Found(NamedTuple):
     step: _Step
     field_details_list: FieldDetailsList
     grouped_field_set: GroupedFieldSet  # the found row's selection
+    lookup: RowLookup | None
 
 
 class _Plan(NamedTuple):
@@ -136,7 +150,7 @@ def _step(field: GraphQLField, has_arguments: bool) -> _Step | None:
     if has_arguments or field.args:
         return None
     key = resolver.key if type(resolver) is RowKey else None
-    function = resolver.function if type(resolver) is RowResolver else None
+    function = resolver.function if isinstance(resolver, RowResolver) else None
     if key is None and function is None:
         return None
     nullable = not isinstance(field.type, GraphQLNonNull)
@@ -170,6 +184,8 @@ class RowExecutor(Executor[Any]):
         self._plans: dict[int, tuple[GroupedFieldSet, _Plan]] = {}
         # Rows whose selection is only plain leaves, completed: (row, grouped field set) ids.
         self._completed: dict[tuple[int, int], tuple[dict[str, Any], dict[str, Any]]] = {}
+        # The mappings of RowLookup resolvers, by the resolver's identity: one per request.
+        self._tables: dict[int, Mapping[Any, Any]] = {}
         # collect_subfields by the identity of the field group (kept alive here).
         self._collected: dict[int, tuple[GraphQLObjectType, FieldDetailsList, GroupedFieldSet]] = {}
 
@@ -470,7 +486,15 @@ class RowExecutor(Executor[Any]):
             step = found.step
             assert step.function is not None
             try:
-                value = step.function(row, context)
+                value = None
+                lookup = found.lookup
+                if lookup is not None:
+                    table = self._tables.get(id(lookup))
+                    if table is None:
+                        table = self._tables[id(lookup)] = lookup.table(context)
+                    value = table.get(row.get(lookup.key))
+                if value is None:  # not found: the resolver says what that means
+                    value = step.function(row, context)
             except Exception as raw_error:
                 row_path = path if index is None else path.add_key(index, None)  # type: ignore[union-attr]
                 self.handle_field_error(
@@ -533,6 +557,7 @@ class RowExecutor(Executor[Any]):
                 step,
                 grouped_field_set[name],
                 self._subfields(step.row_type, grouped_field_set[name]),
+                resolver if type(resolver := step.field.resolve) is RowLookup else None,
             )
             for name, step in steps.items()
             if step.function is not None and step.row_type is not None
