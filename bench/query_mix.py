@@ -643,7 +643,8 @@ class Floor:
 
     def update(self, project_id: str, progress: int) -> Result:
         """What the mutation must do: check the caller has not signed out since the token was
-        issued, then the update and its two outbox events, one transaction."""
+        issued, then the update and its two outbox events, one transaction, then read the
+        primary's position after the commit (the answer's extensions.position)."""
         CLOCK.ms = 0.0
         if self._read(_FLOOR_SIGNED_OUT, sub=EDITOR["sub"], iat=EDITOR.get("iat"))[0][0]:
             raise RuntimeError("the bench editor has signed out")
@@ -677,6 +678,7 @@ class Floor:
         except BaseException:
             self._write("ROLLBACK")
             raise
+        self._write("SELECT pg_current_wal_insert_lsn()::text")
         data = {
             "updateProject": {
                 "id": snapshot["id"],
@@ -686,7 +688,7 @@ class Floor:
                 "updatedAt": iso(snapshot["updatedAt"]),
             }
         }
-        return dumps(data), 5, CLOCK.ms
+        return dumps(data), 6, CLOCK.ms
 
 
 # --------------------------------------------------------------------------------------------
@@ -1115,7 +1117,7 @@ def print_targets(results: list[SizeResult], flags: list[str]) -> None:
         say(
             f"  statements/request M  at {result.size:>7,}: {m.stmts} (the caller's sign-out "
             "check on the replica; BEGIN, UPDATE locking the row and returning its old values, "
-            "one outbox INSERT of both events, COMMIT; "
+            "one outbox INSERT of both events, COMMIT, the position after it; "
             f"floor {max(result.series['M']['floor'].statements)}): no list, not judged"
         )
     for result in results:
