@@ -43,7 +43,7 @@ from graphql import GraphQLSchema, graphql_sync
 
 from covenant import db
 from covenant.migrate import migrate
-from covenant.regions import get_region
+from covenant.regions import Region, get_region, primary_region
 from covenant.seed import seed
 from devstack.functions import get_function, invoke
 from devstack.postgres import PostgresCluster
@@ -80,6 +80,7 @@ ITERATIONS = {
     },
 }
 WARMUP = 3
+FLOOR_TARGET = 1.5  # every p50 at most this many times its floor's
 MIN_SAMPLES = 5
 VARIANT_BUDGET_S = 25.0
 MEASURE_TIMEOUT_MS = 60_000  # the handler's statement_timeout while measuring (default 5 s)
@@ -307,14 +308,17 @@ CLOCK: SqlClock  # installed by main()
 
 
 def make_event(
-    query: str, variables: dict[str, Any] | None = None, claims: dict[str, str] | None = None
+    query: str,
+    variables: dict[str, Any] | None = None,
+    claims: dict[str, str] | None = None,
+    region: str = REGION,
 ) -> dict[str, Any]:
     event = copy.deepcopy(BASE_EVENT)
-    event["rawPath"] = f"/{REGION}/graphql"
+    event["rawPath"] = f"/{region}/graphql"
     context = event["requestContext"]
-    context["stage"] = REGION
+    context["stage"] = region
     context["http"]["method"] = "POST"
-    context["http"]["path"] = f"/{REGION}/graphql"
+    context["http"]["path"] = f"/{region}/graphql"
     event["headers"] = {
         "accept": "application/graphql-response+json",
         "content-type": "application/json",
@@ -337,6 +341,9 @@ class Handler:
     def __init__(self, cluster: Cluster) -> None:
         self.function = get_function("graphql")
         self.region = get_region(REGION)
+        # Mutations go to the primary region's function, as a secondary hands them over (the
+        # hop's round trip is bench/hop.py's subject, not this one's).
+        self.primary = primary_region()
         self.endpoints = {
             "DATABASE_URL": cluster.postgres.primary.url,
             "DATABASE_READER_URL": cluster.postgres.replica.url,
@@ -356,13 +363,13 @@ class Handler:
         with db._databases_lock:
             db._databases.clear()
 
-    def call(self, event: dict[str, Any]) -> Result:
+    def call(self, event: dict[str, Any], region: Region | None = None) -> Result:
         # Powertools prints EMF blobs even with POWERTOOLS_METRICS_DISABLED (the cold-start
         # metric, and every 100th value, since a disabled flush never clears them): keep them
         # out of the table, and clear the values as a real flush does.
         CLOCK.ms = 0.0
         with db.record_statements() as statements, contextlib.redirect_stdout(self.sink):
-            response = invoke(self.function, self.region, event, self.endpoints)
+            response = invoke(self.function, region or self.region, event, self.endpoints)
         sql_ms = CLOCK.ms
         self.metrics.clear_metrics()
         if response["statusCode"] != 200:
@@ -373,8 +380,10 @@ class Handler:
         return self.call(self.events[name])
 
     def update(self, project_id: str, progress: int) -> Result:
-        event = make_event(MUTATION, {"id": project_id, "progress": progress}, EDITOR)
-        return self.call(event)
+        event = make_event(
+            MUTATION, {"id": project_id, "progress": progress}, EDITOR, self.primary.code
+        )
+        return self.call(event, self.primary)
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,7 +643,8 @@ class Floor:
 
     def update(self, project_id: str, progress: int) -> Result:
         """What the mutation must do: check the caller has not signed out since the token was
-        issued, then the update and its two outbox events, one transaction."""
+        issued, then the update and its two outbox events, one transaction, then read the
+        primary's position after the commit (the answer's extensions.position)."""
         CLOCK.ms = 0.0
         if self._read(_FLOOR_SIGNED_OUT, sub=EDITOR["sub"], iat=EDITOR.get("iat"))[0][0]:
             raise RuntimeError("the bench editor has signed out")
@@ -668,6 +678,7 @@ class Floor:
         except BaseException:
             self._write("ROLLBACK")
             raise
+        self._write("SELECT pg_current_wal_insert_lsn()::text")
         data = {
             "updateProject": {
                 "id": snapshot["id"],
@@ -677,7 +688,7 @@ class Floor:
                 "updatedAt": iso(snapshot["updatedAt"]),
             }
         }
-        return dumps(data), 5, CLOCK.ms
+        return dumps(data), 6, CLOCK.ms
 
 
 # --------------------------------------------------------------------------------------------
@@ -1106,14 +1117,17 @@ def print_targets(results: list[SizeResult], flags: list[str]) -> None:
         say(
             f"  statements/request M  at {result.size:>7,}: {m.stmts} (the caller's sign-out "
             "check on the replica; BEGIN, UPDATE locking the row and returning its old values, "
-            "one outbox INSERT of both events, COMMIT; "
+            "one outbox INSERT of both events, COMMIT, the position after it; "
             f"floor {max(result.series['M']['floor'].statements)}): no list, not judged"
         )
     for result in results:
         for name in result.series:
             ratio = result.ratio(name)
-            verdict = "met" if ratio <= 2 else "NOT MET"
-            say(f"  p50 {name:<2} at {result.size:>7,} within 2x floor: {ratio:.2f}x: {verdict}")
+            verdict = "met" if ratio <= FLOOR_TARGET else "NOT MET"
+            say(
+                f"  p50 {name:<2} at {result.size:>7,} within {FLOOR_TARGET}x floor: "
+                f"{ratio:.2f}x: {verdict}"
+            )
     large = results[-1]
     q1 = large.series["Q1"]
     speedup = q1["naive"].p50 / q1["handler"].p50

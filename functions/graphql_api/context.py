@@ -32,6 +32,7 @@ class RequestContext:
     applied: dict[str, str] = field(default_factory=dict)
     _session: Session | None = None
     _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    _field_keys: dict[tuple[Any, ...], tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def region_codes(self) -> tuple[str, ...]:
@@ -63,7 +64,16 @@ def field_key(info: Info, arguments: dict[str, Any] | None = None) -> tuple[str,
     """Identifies one field of the query document (list indices dropped, aliases kept) and
     its arguments: every parent resolved at this field shares one batch."""
     path = tuple(part for part in info.path.as_list() if isinstance(part, str))
-    return (*path, json.dumps(arguments, sort_keys=True, default=str) if arguments else "{}")
+    if not arguments:
+        return (*path, "{}")
+    # The same field at the same path has the same arguments throughout a request (its
+    # variables are fixed): serialised once, not once per parent.
+    known = info.context._field_keys
+    memo = (id(info.field_nodes[0]), *path)
+    found = known.get(memo)
+    if found is None:
+        found = known[memo] = (*path, json.dumps(arguments, sort_keys=True, default=str))
+    return found
 
 
 def siblings(row: Row) -> list[Row]:

@@ -7,9 +7,11 @@ object) one call at a time: about 5 us per field, three quarters of the executio
 list of 2 000 projects. Here the fields whose resolver needs only the parent row and the
 request context (`RowKey`, `RowResolver`: no arguments, no path, no selection) are resolved
 and completed in place, rows of an object type go straight to their fields, and lists of rows
-are walked in one loop. Whenever a value is not a plain one (null in a non-null field, a value
-its type refuses, an error, an awaitable), the value is completed by graphql-core's own code,
-so results and errors are exactly graphql-core's.
+are walked in one loop. A row whose fields are all values that are their own serialisation or
+rows found from it (`RowLookup`: a sector by the project's sector id) completes in one pass,
+without a path per row (docs/performance.md). Whenever a value is not a plain one (null in a
+non-null field, a value its type refuses, an error, an awaitable), the value is completed by
+graphql-core's own code, so results and errors are exactly graphql-core's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 
 from ariadne.resolvers import is_default_resolver
 from graphql import (
+    GraphQLBoolean,
     GraphQLField,
     GraphQLID,
     GraphQLLeafType,
@@ -70,6 +73,29 @@ class RowResolver:
         return self.function(parent, info.context)
 
 
+class RowLookup(RowResolver):
+    """A RowResolver finding the row under the parent's `key` in a mapping that is the same for
+    every parent of a request (`table(context)`, e.g. the sectors by id): the executor reads
+    the mapping once per request, then each parent's row with one dict lookup."""
+
+    __slots__ = ("key", "table")
+
+    def __init__(self, key: str, table: Callable[[Any], Mapping[Any, Any]]) -> None:
+        super().__init__(lambda row, context: table(context)[row[key]])
+        self.key = key
+        self.table = table
+
+
+# Leaf types whose serialisation of a value of one exact Python type is that value itself.
+_ITSELF: dict[str, type] = {GraphQLString.name: str, GraphQLID.name: str, GraphQLBoolean.name: bool}
+
+
+def serialised_as_itself(scalar: str, python_type: type) -> None:
+    """Declares that the scalar named `scalar` serialises a value of exactly `python_type` as
+    that value, so that rows pass such values through unchanged."""
+    _ITSELF[scalar] = python_type
+
+
 def bind_row_keys(schema: GraphQLSchema, key_of: Callable[[str], str]) -> None:
     """Gives every field without a resolver of its own (graphql-core's default resolver, or
     the alias ariadne binds when it converts names) a RowKey reading `key_of(field name)`, so
@@ -95,11 +121,27 @@ class _Step(NamedTuple):
     passes: type | None  # values of this Python type are their own serialisation
 
 
+class _Found(NamedTuple):
+    """A field whose value is a row found from the parent row (a project's sector)."""
+
+    name: str
+    step: _Step
+    field_details_list: FieldDetailsList
+    grouped_field_set: GroupedFieldSet  # the found row's selection
+    lookup: RowLookup | None
+
+
 class _Plan(NamedTuple):
     """The fields of one selection on one object type that can be produced in place."""
 
     steps: dict[str, _Step]
     leaves_only: bool  # every field is a plain key read of a leaf
+    names: tuple[str, ...]  # the response names, in the selection's order
+    # Key reads of a leaf whose values of one Python type are their own serialisation:
+    # (response name, key, that type).
+    copies: tuple[tuple[str, str, type], ...]
+    found: tuple[_Found, ...]
+    direct: bool  # every field is one of copies or found
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -110,13 +152,13 @@ def _step(field: GraphQLField, has_arguments: bool) -> _Step | None:
     if has_arguments or field.args:
         return None
     key = resolver.key if type(resolver) is RowKey else None
-    function = resolver.function if type(resolver) is RowResolver else None
+    function = resolver.function if isinstance(resolver, RowResolver) else None
     if key is None and function is None:
         return None
     nullable = not isinstance(field.type, GraphQLNonNull)
     inner = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
     if is_leaf_type(inner):
-        passes = str if inner is GraphQLString or inner is GraphQLID else None
+        passes = _ITSELF.get(inner.name)
         return _Step(field, key, function, inner, None, None, nullable, passes)
     row_type = _row_type(inner)
     if row_type is not None:
@@ -144,6 +186,10 @@ class RowExecutor(Executor[Any]):
         self._plans: dict[int, tuple[GroupedFieldSet, _Plan]] = {}
         # Rows whose selection is only plain leaves, completed: (row, grouped field set) ids.
         self._completed: dict[tuple[int, int], tuple[dict[str, Any], dict[str, Any]]] = {}
+        # The mappings of RowLookup resolvers, by the resolver's identity: one per request.
+        self._tables: dict[int, Mapping[Any, Any]] = {}
+        # collect_subfields by the identity of the field group (kept alive here).
+        self._collected: dict[int, tuple[GraphQLObjectType, FieldDetailsList, GroupedFieldSet]] = {}
 
     def execute_fields(
         self,
@@ -162,6 +208,12 @@ class RowExecutor(Executor[Any]):
             known = self._completed.get((id(source_value), id(grouped_field_set)))
             if known is not None and known[0] is source_value:
                 return known[1]
+        if plan.direct:
+            direct = self._direct(parent_type, source_value, plan, path, None)
+            if type(direct) is dict and plan.leaves_only:
+                self._completed[(id(source_value), id(grouped_field_set))] = (source_value, direct)
+            if direct is not None:
+                return direct
         results: dict[str, Any] = {}
         pending: list[str] = []
         in_place = True
@@ -246,7 +298,7 @@ class RowExecutor(Executor[Any]):
             if coerced is not Undefined:
                 return coerced
         if step.row_type is not None and type(value) is dict:
-            grouped_field_set = self.collect_subfields(step.row_type, field_details_list)[0]
+            grouped_field_set = self._subfields(step.row_type, field_details_list)
             known = self._completed.get((id(value), id(grouped_field_set)))
             if known is not None and known[0] is value:
                 return known[1]
@@ -364,10 +416,29 @@ class RowExecutor(Executor[Any]):
         (anything but a row, e.g. null, through graphql-core's item completion)."""
         row_type = _row_type(item_type)
         assert row_type is not None
-        grouped_field_set = self.collect_subfields(row_type, field_details_list)[0]
+        grouped_field_set = self._subfields(row_type, field_details_list)
+        plan = self._plan(row_type, grouped_field_set)
         completed: list[Any] = []
         pending: list[int] = []
         for index, item in enumerate(items):
+            if plan.direct and type(item) is dict:
+                try:
+                    value = self._direct(row_type, item, plan, path, index)
+                except Exception as raw_error:
+                    item_path = path.add_key(index, None)
+                    self.handle_field_error(raw_error, item_type, field_details_list, item_path)
+                    value = None
+                    completed.append(value)
+                    continue
+                if type(value) is dict:
+                    completed.append(value)
+                    continue
+                if value is not None:  # awaitable
+                    item_path = path.add_key(index, None)
+                    value = self._awaited_field(value, item_type, field_details_list, item_path)
+                    pending.append(index)
+                    completed.append(value)
+                    continue
             item_path = path.add_key(index, None)
             if type(item) is not dict:
                 if self.complete_list_item_value(
@@ -386,6 +457,83 @@ class RowExecutor(Executor[Any]):
             completed.append(value)
         return _awaited_items(completed, pending) if pending else completed
 
+    def _direct(
+        self,
+        parent_type: GraphQLObjectType,
+        row: dict[str, Any],
+        plan: _Plan,
+        path: Path | None,
+        index: int | None,
+    ) -> AwaitableOrValue[dict[str, Any]] | None:
+        """The fields of a row whose plan is direct, without a path per row (built only for
+        an error or a found row's first completion); None, having called nothing, when a
+        copied value is not of its type (the general path completes the row then)."""
+        if not plan.found:
+            copied: dict[str, Any] = {}
+            for name, key, passes in plan.copies:
+                value = row.get(key)
+                if type(value) is not passes:
+                    return None
+                copied[name] = value
+            return copied
+        results: dict[str, Any] = dict.fromkeys(plan.names)
+        for name, key, passes in plan.copies:
+            value = row.get(key)
+            if type(value) is not passes:
+                return None
+            results[name] = value
+        context = self.context_value
+        pending: list[str] = []
+        for found in plan.found:
+            step = found.step
+            assert step.function is not None
+            try:
+                value = None
+                lookup = found.lookup
+                if lookup is not None:
+                    table = self._tables.get(id(lookup))
+                    if table is None:
+                        table = self._tables[id(lookup)] = lookup.table(context)
+                    value = table.get(row.get(lookup.key))
+                if value is None:  # not found: the resolver says what that means
+                    value = step.function(row, context)
+            except Exception as raw_error:
+                row_path = path if index is None else path.add_key(index, None)  # type: ignore[union-attr]
+                self.handle_field_error(
+                    raw_error,
+                    step.field.type,
+                    found.field_details_list,
+                    Path(row_path, found.name, parent_type.name),
+                )
+                results[found.name] = None
+                continue
+            if type(value) is dict:
+                known = self._completed.get((id(value), id(found.grouped_field_set)))
+                if known is not None and known[0] is value:
+                    results[found.name] = known[1]
+                    continue
+            row_path = path if index is None else path.add_key(index, None)  # type: ignore[union-attr]
+            result = self._complete(
+                parent_type, step, found.field_details_list, row_path, found.name, value
+            )
+            results[found.name] = result
+            if type(result) not in _PLAIN and self.is_awaitable(result):
+                pending.append(found.name)
+        if pending:
+            return _awaited_fields(results, pending)
+        return results
+
+    def _subfields(
+        self, row_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> GroupedFieldSet:
+        """graphql-core's memoised collect_subfields, without building its key every row."""
+        cached = self._collected.get(id(field_details_list))
+        if cached is not None and cached[0] is row_type:
+            return cached[2]
+        grouped_field_set = self.collect_subfields(row_type, field_details_list)[0]
+        self._collected[id(field_details_list)] = (row_type, field_details_list, grouped_field_set)
+        return grouped_field_set
+
     def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: GroupedFieldSet) -> _Plan:
         cached = self._plans.get(id(grouped_field_set))
         if cached is not None:
@@ -400,7 +548,30 @@ class RowExecutor(Executor[Any]):
         leaves_only = len(steps) == len(grouped_field_set) and all(
             step.key is not None and step.leaf is not None for step in steps.values()
         )
-        plan = _Plan(steps, leaves_only)
+        copies = tuple(
+            (name, step.key, step.passes)
+            for name, step in steps.items()
+            if step.key is not None and step.passes is not None
+        )
+        found = tuple(
+            _Found(
+                name,
+                step,
+                grouped_field_set[name],
+                self._subfields(step.row_type, grouped_field_set[name]),
+                resolver if type(resolver := step.field.resolve) is RowLookup else None,
+            )
+            for name, step in steps.items()
+            if step.function is not None and step.row_type is not None
+        )
+        plan = _Plan(
+            steps,
+            leaves_only,
+            tuple(grouped_field_set),
+            copies,
+            found,
+            len(copies) + len(found) == len(grouped_field_set),
+        )
         self._plans[id(grouped_field_set)] = (grouped_field_set, plan)
         return plan
 

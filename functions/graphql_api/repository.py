@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from aws_lambda_powertools import Tracer
 
 from covenant.db import Row, Session
@@ -33,6 +34,9 @@ class Table:
     field_columns: Mapping[str, tuple[str, ...]]
     id_column: str
     id_type: str
+    # Columns whose JSON (as PostgreSQL's json_agg writes them) parses back to the very value
+    # the driver reads: text, integers, booleans; not timestamps, not floats (7.0 is "7").
+    exact_in_json: frozenset[str] = frozenset()
 
     def expression(self, column: str, alias: str | None = None, name: str | None = None) -> str:
         """How `column` of the row `alias` is read, named `name` (default: the column)."""
@@ -54,12 +58,16 @@ class Table:
     def select(self, fields: Iterable[str] | None, *always: str) -> str:
         """The select list for a response that asks for `fields` (None: the full row). The id
         (and the `always` columns, e.g. the sort column of a cursor) are always read."""
+        return ", ".join(self.expression(column) for column in self.selected(fields, *always))
+
+    def selected(self, fields: Iterable[str] | None, *always: str) -> list[str]:
+        """The columns `select` reads, in the order of a full row."""
         if fields is None:
-            return self.columns
+            return list(self.reads)
         wanted = {self.id_column, *always}
         for field in fields:
             wanted.update(self.field_columns.get(field, ()))
-        return ", ".join(self.expression(column) for column in self.reads if column in wanted)
+        return [column for column in self.reads if column in wanted]
 
 
 COUNTRIES = Table(
@@ -94,6 +102,19 @@ COUNTRIES = Table(
     },
     id_column="code",
     id_type="bpchar",
+    exact_in_json=frozenset(
+        {
+            "code",
+            "iso2",
+            "name",
+            "continent",
+            "region",
+            "gdp_usd",
+            "contribution_usd",
+            "covenant_status",
+            "version",
+        }
+    ),
 )
 
 PROJECTS = Table(
@@ -130,7 +151,35 @@ PROJECTS = Table(
     },
     id_column="id",
     id_type="uuid",
+    exact_in_json=frozenset(
+        {
+            "id",
+            "name",
+            "description",
+            "sector_id",
+            "country_code",
+            "region",
+            "status",
+            "budget_usd",
+            "progress",
+            "version",
+        }
+    ),
 )
+
+
+@dataclass(frozen=True)
+class Join:
+    """A many-to-one field read in the statement of its rows' page: the row of `table` whose
+    `key` equals the page row's `column`, kept under the page row's `_<field>`."""
+
+    field: str
+    table: Table
+    column: str
+    key: str
+
+
+PROJECT_COUNTRY = Join("country", COUNTRIES, "country_code", "code")
 
 COUNTRY_ORDERS = {
     "name": Order("name", False, "text"),
@@ -274,25 +323,47 @@ def page(
     fields: Iterable[str] | None = None,
     look_ahead: bool = True,
     with_total: bool = False,
+    join: tuple[Join, Iterable[str]] | None = None,
 ) -> tuple[list[Row], bool, int | None]:
     """One page of a top-level list: its rows, whether more follow (False without
     `look_ahead`, which reads one row beyond the page to know) and, `with_total`, how many
-    rows the whole list has (None when the page is empty: then `count` tells)."""
+    rows the whole list has (None when the page is empty: then `count` tells). With `join`
+    (a many-to-one and the fields asked of it), each row carries that row too, one dict per
+    distinct key, read by the same statement."""
     total = ""
     if with_total:
         # The filter without the keyset condition, in an uncorrelated subquery (its alias
         # shadows the outer one): computed once, in the same round trip as the page.
         total = f", (SELECT count(*) FROM {table.name} {table.alias} WHERE {query.where}) AS _total"
+    joined = joined_columns = ""
+    if join is not None:
+        spec, join_fields = join
+        joined_columns = "".join(
+            f", {spec.table.expression(column, '_j', f'_j_{column}')}"
+            for column in spec.table.selected(join_fields)
+        )
+        joined = f" LEFT JOIN {spec.table.name} _j ON _j.{spec.key} = {table.alias}.{spec.column}"
     _keyset(table, order, after, query)
     rows = session.rows(
-        f"SELECT {table.select(fields, order.column)}{total} FROM {table.name} {table.alias} "
-        f"WHERE {query.where} "
+        f"SELECT {table.select(fields, order.column)}{joined_columns}{total} "
+        f"FROM {table.name} {table.alias}{joined} WHERE {query.where} "
         f"ORDER BY {_order_by(table, order)} LIMIT :limit",
         **query.params,
         limit=first + 1 if look_ahead else first,
     )
     counted = [row.pop("_total") for row in rows] if with_total else []
+    if join is not None:
+        _split_joined(rows, join[0])
     return rows[:first], len(rows) > first, int(counted[0]) if counted else None
+
+
+def _split_joined(rows: list[Row], join: Join) -> None:
+    found: dict[Any, Row] = {}
+    names = [name for name in rows[0] if name.startswith("_j_")] if rows else []
+    for row in rows:
+        values = {name[3:]: row.pop(name) for name in names}
+        key = values[join.key]
+        row[f"_{join.field}"] = None if key is None else found.setdefault(key, values)
 
 
 @tracer.capture_method(capture_response=False)
@@ -319,23 +390,44 @@ def nested_pages(
     look_ahead: bool = True,
 ) -> dict[str, tuple[list[Row], bool]]:
     """The first page of children of every parent key, in one statement (and whether more
-    follow, as in `page`)."""
+    follow, as in `page`).
+
+    When every column read is exact in JSON, each parent's page comes as one JSON array
+    (one row per parent instead of one per child: the driver decodes a row in Python, about
+    as long as completing it), else as rows."""
     _keyset(table, order, after, query)
     a = table.alias
-    rows = session.rows(
-        f"SELECT k.parent_key::text AS _parent, x.* "
-        f"FROM unnest(CAST(:keys AS {parent_type}[])) AS k(parent_key) "
-        f"CROSS JOIN LATERAL (SELECT {table.select(fields, order.column)} FROM {table.name} {a} "
+    columns = table.select(fields, order.column)
+    children = (
+        f"SELECT {columns} FROM {table.name} {a} "
         f"WHERE {a}.{parent_column} = k.parent_key AND {query.where} "
-        f"ORDER BY {_order_by(table, order)} LIMIT :limit) AS x",
-        **query.params,
-        keys=list(keys),
-        limit=first + 1 if look_ahead else first,
+        f"ORDER BY {_order_by(table, order)} LIMIT :limit"
     )
+    params = {
+        **query.params,
+        "keys": list(keys),
+        "limit": first + 1 if look_ahead else first,
+    }
     grouped: dict[str, list[Row]] = {key: [] for key in keys}
-    for row in rows:
-        grouped[row.pop("_parent")].append(row)
-    return {key: (children[:first], len(children) > first) for key, children in grouped.items()}
+    if table.exact_in_json.issuperset(table.selected(fields, order.column)):
+        for parent_key, page_json in session.run(
+            # A plain aggregate over a subquery scan takes its rows in the subquery's order
+            # (an ORDER BY in json_agg would sort again: the id is text there, not a uuid).
+            f"SELECT k.parent_key::text, (SELECT json_agg(x)::text FROM ({children}) AS x) "
+            f"FROM unnest(CAST(:keys AS {parent_type}[])) AS k(parent_key)",
+            **params,
+        ):
+            if page_json is not None:
+                grouped[parent_key] = orjson.loads(page_json)
+    else:
+        for row in session.rows(
+            f"SELECT k.parent_key::text AS _parent, x.* "
+            f"FROM unnest(CAST(:keys AS {parent_type}[])) AS k(parent_key) "
+            f"CROSS JOIN LATERAL ({children}) AS x",
+            **params,
+        ):
+            grouped[row.pop("_parent")].append(row)
+    return {key: (rows[:first], len(rows) > first) for key, rows in grouped.items()}
 
 
 @tracer.capture_method(capture_response=False)

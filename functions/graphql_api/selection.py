@@ -53,10 +53,21 @@ def connection_fields(info: Info) -> frozenset[str]:
     return object_fields(info)
 
 
-def node_fields(info: Info) -> frozenset[str]:
-    """The fields selected on the nodes of the connection the current field returns, under
-    `nodes` and under `edges { node }`."""
+def _node_children(info: Info) -> dict[str, list[SelectionSetNode | None]]:
     top = _children((node.selection_set for node in info.field_nodes), info.fragments)
     node_sets = list(top.get("nodes", []))
     node_sets += _children(top.get("edges", []), info.fragments).get("node", [])
-    return frozenset(_children(node_sets, info.fragments))
+    return _children(node_sets, info.fragments)
+
+
+def node_fields(info: Info) -> frozenset[str]:
+    """The fields selected on the nodes of the connection the current field returns, under
+    `nodes` and under `edges { node }`."""
+    return frozenset(_node_children(info))
+
+
+def node_object_fields(info: Info, field: str) -> frozenset[str] | None:
+    """The fields selected on the object `field` of those nodes returns (every alias of it,
+    together); None when no node selects it."""
+    under = _node_children(info).get(field)
+    return None if under is None else frozenset(_children(under, info.fragments))

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
 # The deepest JSON a request may nest (RFC 8259 section 9 lets a parser set a limit). A
@@ -273,9 +275,20 @@ def response(
             "Cache-Control": "no-store",
             **(headers or {}),
         },
-        "body": json.dumps(body, separators=(",", ":")),
+        "body": dumps(body),
         "isBase64Encoded": False,
     }
+
+
+def dumps(body: dict[str, Any]) -> str:
+    """The answer as compact JSON: orjson's (UTF-8 as it is, a tenth of the stdlib's time on
+    a large answer), or the stdlib's for what orjson refuses (a string holding a lone
+    surrogate, which an error message may quote from the request, or an integer beyond 64
+    bits), which escapes it."""
+    try:
+        return orjson.dumps(body).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(body, separators=(",", ":"))
 
 
 def error_body(message: str, code: str = "BAD_USER_INPUT", **extensions: Any) -> dict[str, Any]:

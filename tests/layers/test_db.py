@@ -229,3 +229,40 @@ def test_connections_send_without_nagle_delay(writer) -> None:
         session.scalar("SELECT 1")
     sock = writer.connection()._usock
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_a_statement_with_parameters_is_prepared_once_per_connection(writer) -> None:
+    """Run again, it is the same prepared statement (one round trip: Bind, Execute, Sync), and
+    answers what the SQL says for each run's values, nulls included."""
+    sql = "SELECT CAST(:a AS int) + CAST(:b AS int) AS sum, ':not' AS text"
+    with writer.session() as session:
+        assert session.rows(sql, a=2, b=3) == [{"sum": 5, "text": ":not"}]
+        prepared = db._prepared[writer.connection()][sql]
+        assert session.rows(sql, a=40, b=2) == [{"sum": 42, "text": ":not"}]
+        assert session.rows(sql, a=None, b=2) == [{"sum": None, "text": ":not"}]
+        assert db._prepared[writer.connection()][sql] is prepared
+        assert session.scalar("SHOW plan_cache_mode") == "force_custom_plan"
+
+
+def test_a_prepared_statement_outlives_a_schema_change(writer) -> None:
+    """A migration that changes a statement's result columns: the next run outside a
+    transaction is prepared afresh and answers; inside one, the error stands (the
+    transaction is aborted) and the run after it works."""
+    with writer.session() as session:
+        session.run("DROP TABLE IF EXISTS prepared_probe")
+        session.run("CREATE TABLE prepared_probe (a int)")
+        session.run("INSERT INTO prepared_probe VALUES (1)")
+        try:
+            sql = "SELECT * FROM prepared_probe WHERE a = CAST(:a AS int)"
+            assert session.rows(sql, a=1) == [{"a": 1}]
+            session.run("ALTER TABLE prepared_probe ADD COLUMN b int DEFAULT 7")
+            assert session.rows(sql, a=1) == [{"a": 1, "b": 7}]
+            session.run("ALTER TABLE prepared_probe ADD COLUMN c int DEFAULT 8")
+            session.run("BEGIN")
+            with pytest.raises(DatabaseError) as raised:
+                session.rows(sql, a=1)
+            assert db.sqlstate(raised.value) == "0A000"
+            session.run("ROLLBACK")
+            assert session.rows(sql, a=1) == [{"a": 1, "b": 7, "c": 8}]
+        finally:
+            session.run("DROP TABLE prepared_probe")

@@ -729,7 +729,7 @@ def test_the_lock_file_pins_every_runtime_requirement_at_its_pyproject_version()
 
 def test_the_dependencies_layer_holds_the_pinned_packages_for_arm64() -> None:
     folder = build_dependencies(runtime_requirements()) / "python"
-    for package in ("pg8000", "aws_lambda_powertools", "ariadne", "nats"):
+    for package in ("pg8000", "aws_lambda_powertools", "ariadne", "nats", "orjson"):
         assert (folder / package).is_dir()
     assert any(p.name == "pg8000-1.31.6.dist-info" for p in folder.iterdir())
     assert any("aarch64" in p.name for p in folder.rglob("*.so"))

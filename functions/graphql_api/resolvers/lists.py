@@ -12,7 +12,7 @@ from graphql_api.context import Info, context_of, field_key, mark_siblings, sibl
 from graphql_api.pagination import Order, page_size
 from graphql_api.repository import Query, Table
 from graphql_api.resolvers.connection import connection
-from graphql_api.selection import connection_fields, node_fields
+from graphql_api.selection import connection_fields, node_fields, node_object_fields
 
 FilterBuilder = Callable[[Mapping[str, Any] | None, tuple[str, ...]], Query]
 
@@ -22,6 +22,8 @@ class ListKind:
     table: Table
     orders: Mapping[str, Order]
     build_filter: FilterBuilder
+    # A many-to-one a top-level page reads in its own statement when its nodes select it.
+    join: repository.Join | None = None
 
 
 COUNTRY_LIST = ListKind(
@@ -33,6 +35,7 @@ PROJECT_LIST = ListKind(
     repository.PROJECTS,
     repository.PROJECT_ORDERS,
     lambda f, regions: repository.project_filter(f, regions),
+    repository.PROJECT_COUNTRY,
 )
 
 
@@ -42,6 +45,10 @@ def top_level(kind: ListKind, info: Info, args: Mapping[str, Any]) -> dict[str, 
     order = repository.resolve_order(kind.orders, args.get("order_by"))
     query = kind.build_filter(args.get("filter"), context.region_codes)
     asked = connection_fields(info)
+    join = None
+    if kind.join is not None:
+        join_fields = node_object_fields(info, kind.join.field)
+        join = None if join_fields is None else (kind.join, join_fields)
     rows, has_next, counted = repository.page(
         context.session,
         kind.table,
@@ -52,7 +59,11 @@ def top_level(kind: ListKind, info: Info, args: Mapping[str, Any]) -> dict[str, 
         node_fields(info),
         look_ahead="pageInfo" in asked,
         with_total="totalCount" in asked,
+        join=join,
     )
+    if join is not None:  # one level of rows: nested lists under them batch over all of it
+        joined = {id(row): row for row in (r[f"_{join[0].field}"] for r in rows) if row}
+        mark_siblings(joined.values())
 
     def total() -> int:
         if counted is not None:

@@ -9,6 +9,8 @@ from typing import Any
 from ariadne import ScalarType
 from graphql import IntValueNode, StringValueNode, ValueNode
 
+from graphql_api.executor import serialised_as_itself
+
 MAX_SAFE_INTEGER = 2**53 - 1
 
 money = ScalarType("Money")
@@ -64,6 +66,7 @@ def parse_date_time_literal(node: ValueNode, variables: dict[str, Any] | None = 
 
 
 money.set_serializer(serialize_money)
+serialised_as_itself("Money", int)  # serialize_money(n) is n for an int
 money.set_value_parser(parse_money)
 money.set_literal_parser(parse_money_literal)
 date_time.set_serializer(serialize_date_time)

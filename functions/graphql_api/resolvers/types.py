@@ -18,7 +18,7 @@ from graphql_api.context import (
     siblings,
     unique,
 )
-from graphql_api.executor import RowResolver
+from graphql_api.executor import RowLookup, RowResolver
 from graphql_api.resolvers.lists import COUNTRY_LIST, PROJECT_LIST, Parent, nested
 from graphql_api.selection import object_fields
 
@@ -67,9 +67,7 @@ def _region_of(row: Row, context: RequestContext) -> dict[str, Any]:
 country.set_field("region", RowResolver(_region_of))
 project.set_field("region", RowResolver(_region_of))
 regional_stats.set_field("region", RowResolver(_region_of))
-project.set_field(
-    "sector", RowResolver(lambda row, context: sectors_by_id(context)[row["sector_id"]])
-)
+project.set_field("sector", RowLookup("sector_id", sectors_by_id))
 
 
 @country.field("projects")
@@ -79,6 +77,9 @@ def resolve_country_projects(row: Row, info: Info, **args: Any) -> dict[str, Any
 
 @project.field("country")
 def resolve_project_country(row: Row, info: Info) -> Row:
+    joined: Row | None = row.get("_country")  # read with its page (repository.Join)
+    if joined is not None:
+        return joined
     context = context_of(info)
 
     def load(parents: list[Row]) -> dict[str, Row]:

@@ -10,7 +10,7 @@ import pytest
 from ariadne import EnumType, ObjectType, QueryType, make_executable_schema
 from graphql import ExecutionResult, GraphQLSchema, execute, parse
 
-from graphql_api.executor import RowExecutor, RowResolver, bind_row_keys
+from graphql_api.executor import RowExecutor, RowLookup, RowResolver, bind_row_keys
 from graphql_api.resolvers.scalars import money
 from graphql_api.schema import executable_schema, row_key, snake_case
 
@@ -31,6 +31,11 @@ type Row {
   computed: String
   failing: String
   failingStrict: String!
+  lostKind: Kind
+  lostKindStrict: Kind!
+  kindOf: Kind
+  kindOfMissingKey: Kind
+  kindOfLostTable: Kind!
 }
 type Kind { name: String! }
 """
@@ -52,6 +57,15 @@ def _schema() -> GraphQLSchema:
         raise ValueError(f"no luck for {r['id']}")
 
     row.set_field("failing", RowResolver(fail))
+    row.set_field("lostKind", RowResolver(fail))
+    row.set_field("lostKindStrict", RowResolver(fail))
+    row.set_field("kindOf", RowLookup("kind_id", lambda context: KINDS))
+    row.set_field("kindOfMissingKey", RowLookup("no_such_key", lambda context: KINDS))
+
+    def lost_table(context: Any) -> dict[str, Any]:
+        raise ValueError("no table")
+
+    row.set_field("kindOfLostTable", RowLookup("kind_id", lost_table))
     row.set_field("failingStrict", RowResolver(fail))
     schema = make_executable_schema(SDL, query, row, money, colour, convert_names_case=snake_case)
     bind_row_keys(schema, row_key)
@@ -100,6 +114,16 @@ QUERIES = [
     "{ rows { id failingStrict } }",
     "{ rows { __typename a: id b: label ...F ... on Row { count } } } fragment F on Row { id }",
     "{ one { id first: children { id } again: children { label } } }",
+    # Rows of copied leaves and found rows (completed without a path per row), and errors there.
+    "{ rows { id budgetUsd kind { name } } }",
+    "{ rows { id lostKind { name } kind { name } } }",
+    "{ rows { id lostKindStrict { name } } }",
+    "{ loose { id lostKindStrict { name } } }",
+    "{ one { id lostKind { name } } maybe { id } }",
+    "{ rows { id kindOf { name } } one { kindOf { name } } }",
+    "{ rows { id kindOfMissingKey { name } } }",
+    "{ rows { id kindOfLostTable { name } } }",
+    "{ loose { id kindOf { name } kindOfLostTable { name } } }",
 ]
 
 
@@ -158,4 +182,4 @@ def test_every_field_of_the_api_without_its_own_resolver_reads_its_row_key() -> 
     project = executable_schema().type_map["Project"]
     assert project.fields["budgetUsd"].resolve.key == "budget_usd"  # type: ignore[union-attr]
     assert project.fields["name"].resolve.key == "name"  # type: ignore[union-attr]
-    assert type(project.fields["sector"].resolve) is RowResolver  # type: ignore[union-attr]
+    assert type(project.fields["sector"].resolve) is RowLookup  # type: ignore[union-attr]

@@ -15,6 +15,8 @@ import ssl
 import struct
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -239,6 +241,36 @@ def record_statements() -> Iterator[list[str]]:
             outer.extend(recorded)
 
 
+# A statement with parameters, run the way pg8000 runs it unnamed, costs three round trips
+# (Parse; Describe; Bind and Execute): prepared once per connection and then run by name, it
+# costs one (Bind, Execute, Sync), the same as a statement without parameters. Connections plan
+# every execution for its values (plan_cache_mode=force_custom_plan, set when they open), as
+# they did unnamed, so no generic plan ever replaces a good one.
+PREPARED_PER_CONNECTION = 256
+_prepared: weakref.WeakKeyDictionary[
+    pg8000.native.Connection, OrderedDict[str, pg8000.native.PreparedStatement]
+] = weakref.WeakKeyDictionary()
+# Raised by a prepared statement whose result columns a schema change (a deploy's migration)
+# altered: prepared anew on its next run.
+_STALE_PLAN = "0A000"
+_IDLE = b"I"  # pg8000's transaction status after ReadyForQuery: not in a transaction block
+
+
+def _statement(connection: pg8000.native.Connection, sql: str) -> pg8000.native.PreparedStatement:
+    statements = _prepared.get(connection)
+    if statements is None:
+        statements = _prepared[connection] = OrderedDict()
+    found = statements.get(sql)
+    if found is not None:
+        statements.move_to_end(sql)
+        return found
+    prepared = connection.prepare(sql)
+    statements[sql] = prepared
+    if len(statements) > PREPARED_PER_CONNECTION:
+        statements.popitem(last=False)[1].close()
+    return prepared
+
+
 class Session:
     """A checked-out connection. The first statement is retried once on a fresh connection
     if the cached one turns out to be dead; later statements never are, because they may be
@@ -250,13 +282,34 @@ class Session:
         self._database = database
         self._connection = database.connection()
         self._used = False
+        self._columns: list[dict[str, Any]] | None = None
+
+    def _execute(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
+        if not params:
+            rows: list[list[Any]] = self._connection.run(sql)
+            self._columns = self._connection.columns
+            return rows
+        statement = _statement(self._connection, sql)
+        try:
+            rows = statement.run(**params)
+        except DatabaseError as exc:
+            if sqlstate(exc) != _STALE_PLAN:
+                raise
+            # Refused before it ran: outside a transaction, prepared afresh and run again.
+            _prepared[self._connection].pop(sql, None)
+            if self._connection._transaction_status != _IDLE:
+                raise
+            statement = _statement(self._connection, sql)
+            rows = statement.run(**params)
+        self._columns = statement.columns
+        return rows
 
     def run(self, sql: str, **params: Any) -> list[list[Any]]:
         recorded = _statements.get()
         if recorded is not None:
             recorded.append(sql)
         try:
-            rows = self._connection.run(sql, **params)
+            rows = self._execute(sql, params)
         except Exception as exc:
             if not is_connection_lost(exc):
                 raise
@@ -268,7 +321,7 @@ class Session:
             logger.info("reconnecting %s after a broken connection", self._database.role.value)
             self._connection = self._database.connection()
             try:
-                rows = self._connection.run(sql, **params)
+                rows = self._execute(sql, params)
             except Exception as retry_exc:
                 if is_connection_lost(retry_exc):
                     self._database.discard(self._connection)
@@ -288,7 +341,7 @@ class Session:
     def rows(self, sql: str, **params: Any) -> list[Row]:
         """The result as dicts keyed by column name."""
         rows = self.run(sql, **params)
-        columns = [c["name"] for c in (self._connection.columns or [])]
+        columns = [c["name"] for c in (self._columns or [])]
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def one(self, sql: str, **params: Any) -> Row | None:
@@ -355,6 +408,7 @@ class Database:
         options = (
             f"-c statement_timeout={self._statement_timeout_ms}"
             f" -c idle_in_transaction_session_timeout={self._idle_in_transaction_timeout_ms}"
+            " -c plan_cache_mode=force_custom_plan"  # prepared statements: see _statement
         )
         if self.role is Role.READER:
             options += " -c default_transaction_read_only=on"

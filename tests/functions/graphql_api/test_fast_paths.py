@@ -1,0 +1,124 @@
+"""The handler's fast paths answer what the slow ones do, on the real database: the benchmark's
+query mix (and variants that leave the fast paths) executed by RowExecutor and by graphql-core's
+own executor give the same data and errors, and a nested page PostgreSQL sends as JSON equals
+the same page sent as rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from graphql.execution import Executor
+
+from bench.query_mix import QUERIES
+from graphql_api import engine, repository
+from graphql_api.pagination import Order
+
+VARIANTS = {
+    **QUERIES,
+    # Nested pages with columns that are not exact in JSON (a float, timestamps): as rows.
+    "nested-rows": (
+        '{ countries(first: 20, filter: {region: "ams"}) { nodes { code projects(first: 3, '
+        "orderBy: {field: IMPACT, direction: DESC}) { totalCount pageInfo { hasNextPage "
+        "endCursor } edges { cursor node { id impactScore createdAt sector { id name } } } } } } }"
+    ),
+    # Nested pages as JSON, under edges and nodes both, with aliases, fragments and __typename.
+    "nested-json": (
+        "{ sectors { id projects(first: 4) { pageInfo { hasNextPage endCursor } "
+        "edges { cursor node { ...P } } nodes { __typename pid: id status progress "
+        "country { code name gdpUsd } } } } } fragment P on Project { id name budgetUsd }"
+    ),
+    "regions": (
+        "{ regions { code countries(first: 2, orderBy: {field: GDP, direction: DESC}) "
+        "{ nodes { code gdpUsd joinedAt region { code } } } } }"
+    ),
+    # An error inside a list of found rows: a bad cursor on a nested list.
+    "error": '{ countries(first: 2) { nodes { code projects(after: "nope") { totalCount } } } }',
+}
+
+
+class _GraphQLCore(Executor[Any]):
+    """graphql-core's executor, counted so the test knows it ran instead of RowExecutor."""
+
+    runs = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        type(self).runs += 1
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_row_executor_answers_what_graphql_core_answers(gql, monkeypatch, name: str) -> None:
+    fast = gql(VARIANTS[name])
+    monkeypatch.setattr(engine, "RowExecutor", _GraphQLCore)
+    before = _GraphQLCore.runs
+    slow = gql(VARIANTS[name])
+    assert _GraphQLCore.runs == before + 1
+    assert fast.status == slow.status == 200
+    assert fast.data == slow.data
+    assert _without_request_ids(fast.errors) == _without_request_ids(slow.errors)
+    assert fast.data is not None or fast.errors
+    assert bool(fast.errors) == (name == "error")
+
+
+def _without_request_ids(errors: list[dict[str, Any]]) -> Any:
+    return json.loads(json.dumps(errors).replace("requestId", "_"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "order"),
+    [
+        (
+            ["name", "budgetUsd", "sector", "status", "progress", "version"],
+            Order("name", False, "text"),
+        ),
+        (["name", "country"], Order("budget_usd", True, "bigint")),
+    ],
+)
+def test_a_nested_page_as_json_equals_it_as_rows(reader, fields: list[str], order: Order) -> None:
+    """The JSON path is taken when every column read is exact in JSON; adding a column that
+    is not (impact_score, a float) takes the row path: the shared columns must be equal."""
+    keys = ["KEN", "FRA", "BRA", "JPN", "XXX"]  # XXX: a parent without children
+    with reader.session() as session:
+        as_json = repository.nested_pages(
+            session,
+            repository.PROJECTS,
+            "country_code",
+            "bpchar",
+            keys,
+            repository.Query(),
+            order,
+            3,
+            None,
+            fields,
+        )
+        as_rows = repository.nested_pages(
+            session,
+            repository.PROJECTS,
+            "country_code",
+            "bpchar",
+            keys,
+            repository.Query(),
+            order,
+            3,
+            None,
+            [*fields, "impactScore"],
+        )
+    assert repository.PROJECTS.exact_in_json.issuperset(
+        repository.PROJECTS.selected(fields, order.column)
+    )
+    assert "impact_score" not in repository.PROJECTS.exact_in_json
+    assert as_json["XXX"] == ([], False)
+    assert any(rows for rows, _ in as_json.values())
+    for key in keys:
+        json_rows, json_more = as_json[key]
+        plain_rows, plain_more = as_rows[key]
+        assert json_more == plain_more
+        assert (
+            json_rows == [{column: row[column] for column in json_rows[0]} for row in plain_rows]
+            if json_rows
+            else plain_rows == []
+        )
+        for row in json_rows:
+            assert all(type(value) in (str, int, bool) for value in row.values()), row
