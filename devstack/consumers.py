@@ -3,7 +3,8 @@ thread per consumer function invokes it in its Lambda environments (devstack.run
 as soon as the previous run returns. Each run pulls from its durable consumer until its time
 runs low, so the loop keeps one consumer pulling at all times, as the schedule does in AWS
 (where a run starts every minute and lasts about as long). The AWS side is moto's, created
-at start as CDK creates it in AWS: the audit trail's table, the alert router's table and its
+at start as CDK creates it in AWS: the audit trail's table and its anchors' Object Lock
+bucket, the alert router's table and its
 SNS topic per severity, and the SNS platform applications of APNs and FCM that push goes
 through (in AWS an operator creates those two with the platform's credentials; docs/deploy.md)."""
 
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from covenant import alerts, audit_trail, notifications
+from covenant import alerts, audit_anchor, audit_trail, notifications
 from covenant.config import environment
 from covenant.regions import Region
 from covenant.topology import FunctionSpec
@@ -24,6 +25,7 @@ logger = logging.getLogger("devstack.consumers")
 
 # The consumer functions (cdk.json covenant:functions), as stacks/consumers.py deploys them.
 CONSUMER_FUNCTIONS = ("audit_logger", "analytics", "mobile_push", "notifier", "alert_router")
+ANCHOR_BUCKET = "covenant-audit-anchors-local"
 # Platform applications need credentials; moto takes any.
 _PLATFORM_CREDENTIALS = {
     "apns": ("APNS", {"PlatformCredential": "local-key", "PlatformPrincipal": "local-cert"}),
@@ -42,9 +44,12 @@ def provision(endpoints: Mapping[str, str], moto_url: str, region: Region) -> di
         "AUDIT_TABLE_NAME": audit_trail.DEFAULT_TABLE,
         "AUDIT_TABLE_REGION": region.aws_region,
         "ALERTS_TABLE_NAME": alerts.DEFAULT_TABLE,
+        "S3_ENDPOINT_URL": moto_url,
+        audit_anchor.BUCKET_ENV: ANCHOR_BUCKET,
     }
     with environment({**endpoints, **variables}):
         audit_trail.ensure_table(audit_trail.client())
+        audit_anchor.ensure_bucket(audit_anchor.s3(), ANCHOR_BUCKET)
         alerts.ensure_table(alerts.dynamodb())
         variables.update(alert_topics(alerts.sns()))
         variables.update(platform_applications(notifications.sns()))

@@ -3,7 +3,8 @@ schedule that pull-fetches its durable consumer for almost the whole minute (doc
 "Stream consumers", says why Lambda and not a worker on the EKS cluster), and what they write:
 
     EventBridge (every minute) ──► audit_logger ──pull AUDIT/AUDIT_LOGGER──► NATS
-                                        └──► DynamoDB covenant-audit (append-only, hash chain)
+                                        ├──► DynamoDB covenant-audit (append-only, hash chain)
+                                        └──► S3 (Object Lock, compliance): the chain's anchors
     EventBridge (every minute) ──► analytics ──pull COVENANT/ANALYTICS──► NATS
                                         └──► Aurora (writer): analytics_* tables (0011)
     EventBridge (every minute) ──► mobile_push ──pull COVENANT/MOBILE_PUSH──► NATS
@@ -31,18 +32,19 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from covenant import alerts, audit_trail
+from covenant import alerts, audit_anchor, audit_trail
 from covenant.regions import Region
 from stacks.database import database_user
 from stacks.events import EventsStack
 from stacks.functions import CovenantFunction, base_environment, encrypt_log_groups, function_name
 from stacks.layers import SharedLayers
-from stacks.nag import acknowledge, acknowledge_push_endpoints
+from stacks.nag import acknowledge, acknowledge_push_endpoints, logical_id
 from stacks.network import RegionalNetwork
 from stacks.settings import AppSettings, push_endpoint_arns
 
@@ -82,6 +84,32 @@ def audit_table(scope: Construct) -> dynamodb.Table:
             projection_type=dynamodb.ProjectionType.ALL,
         )
     return table
+
+
+def anchor_bucket(scope: Construct) -> s3.Bucket:
+    """The audit chain's anchors (covenant.audit_anchor): Object Lock in compliance mode for
+    as long as the AUDIT stream keeps events, so no one (the root user included) can delete or
+    replace an anchor before then; versioned (Object Lock requires it), private, TLS only."""
+    bucket = s3.Bucket(
+        scope,
+        "AuditAnchors",
+        object_lock_enabled=True,
+        object_lock_default_retention=s3.ObjectLockRetention.compliance(
+            Duration.days(audit_anchor.RETENTION_DAYS)
+        ),
+        versioned=True,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        enforce_ssl=True,
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+    acknowledge(
+        bucket,
+        "AwsSolutions-S1",
+        "One small object an hour, written by one role; CloudTrail records the API calls. "
+        "Server access logs would need a log bucket of their own for nothing more.",
+    )
+    return bucket
 
 
 def alerts_table(scope: Construct) -> dynamodb.Table:
@@ -154,6 +182,7 @@ class ConsumersStack(Stack):
         assert groups.consumers is not None
         layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
         self.audit_table = audit_table(self)
+        self.anchor_bucket = anchor_bucket(self)
         self.alerts_table = alerts_table(self)
         self.alert_topics, self.alerts_key = alert_topics(self, settings)
         self.functions: dict[str, CovenantFunction] = {}
@@ -268,6 +297,28 @@ class ConsumersStack(Stack):
         DeleteItem, no UpdateItem of a record."""
         function.function.add_environment("AUDIT_TABLE_NAME", self.audit_table.table_name)
         function.function.add_environment("AUDIT_TABLE_REGION", self.region)
+        function.function.add_environment(audit_anchor.BUCKET_ENV, self.anchor_bucket.bucket_name)
+        # Anchors: new objects (locked by the bucket's default retention), reads, the listing
+        # of the prefix; no delete, no retention change, no bypass of governance.
+        anchors = self.anchor_bucket.arn_for_objects(f"{audit_anchor.PREFIX}*")
+        function.role.add_to_policy(
+            iam.PolicyStatement(actions=["s3:PutObject", "s3:GetObject"], resources=[anchors])
+        )
+        bucket = self.anchor_bucket.node.default_child
+        assert isinstance(bucket, s3.CfnBucket)
+        acknowledge(
+            function,
+            "AwsSolutions-IAM5",
+            "Anchors are named by the hour they are written in: the objects under anchors/.",
+            f"Resource::<{logical_id(bucket)}.Arn>/{audit_anchor.PREFIX}*",
+        )
+        function.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[self.anchor_bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{audit_anchor.PREFIX}*"]}},
+            )
+        )
         arn = self.audit_table.table_arn
         function.role.add_to_policy(
             iam.PolicyStatement(

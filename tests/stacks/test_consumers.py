@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from covenant import alerts, audit_trail
+from covenant import alerts, audit_anchor, audit_trail
 from covenant.regions import load_regions
 from stacks.consumers import CONSUMER_FUNCTIONS
 from stacks.events import consumers_nats_permissions
@@ -205,3 +205,20 @@ def test_the_primary_mobile_function_registers_devices_on_the_configured_platfor
     }
     secondary = next(r for r in load_regions() if not r.primary)
     assert not _actions(mobile_statements(secondary.code), "sns:")  # hands its writes off
+
+
+def test_the_audit_chain_is_anchored_in_a_compliance_locked_bucket(templates) -> None:
+    template = templates[f"Covenant-{PRIMARY.code}-Consumers"]
+    (bucket,) = resources(template, "AWS::S3::Bucket").values()
+    props = bucket["Properties"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert props["ObjectLockEnabled"] is True
+    assert props["ObjectLockConfiguration"] == {
+        "ObjectLockEnabled": "Enabled",
+        "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": audit_anchor.RETENTION_DAYS}},
+    }
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    statements = _statements(template, "AuditLogger")
+    assert _actions(statements, "s3:") == {"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
+    env = _function(template, "consumers.audit_logger.handler")["Environment"]["Variables"]
+    assert audit_anchor.BUCKET_ENV in env
