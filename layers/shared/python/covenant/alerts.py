@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from covenant import aws
@@ -234,9 +235,14 @@ def route(
         table_client.update_item(
             TableName=table,
             Key={"dedupKey": {"S": alert.key}},
-            UpdateExpression="SET sent = :t",
+            UpdateExpression="SET sent = :t, sentAt = :at, raisedAt = :raised",
             ConditionExpression="eventId = :e",
-            ExpressionAttributeValues={":t": {"BOOL": True}, ":e": {"S": alert.event_id}},
+            ExpressionAttributeValues={
+                ":t": {"BOOL": True},
+                ":e": {"S": alert.event_id},
+                ":at": {"S": datetime.now(UTC).isoformat(timespec="milliseconds")},
+                ":raised": {"S": str(envelope.get("time") or "")},
+            },
         )
         result.sent += 1
     return result
