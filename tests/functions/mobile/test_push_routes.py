@@ -120,32 +120,17 @@ def test_a_malformed_registration_is_400_naming_the_field(
 def test_registration_needs_a_configured_platform_and_a_device_limit(
     mobile: Any, viewer: dict[str, Any], push_env: dict[str, str]
 ) -> None:
-    unconfigured = {**push_env, notifications.APPLICATION_ENV["fcm"]: ""}
-    reply = mobile(
-        "POST",
-        "/devices",
-        body={"platform": "fcm", "token": "f" * 150},
-        claims=viewer,
-        env=unconfigured,
+    def register(platform: str, token: str, env: dict[str, str] = push_env) -> Any:
+        body = {"platform": platform, "token": token}
+        return mobile("POST", "/devices", body=body, claims=viewer, env=env)
+
+    unconfigured = register(
+        "fcm", "f" * 150, {**push_env, notifications.APPLICATION_ENV["fcm"]: ""}
     )
-    assert reply.status == 503 and "not configured" in reply.body["message"]
+    assert unconfigured.status == 503 and "not configured" in unconfigured.body["message"]
     for n in range(notifications.MAX_DEVICES_PER_USER):
-        token = f"{n:064x}"
-        ok = mobile(
-            "POST",
-            "/devices",
-            body={"platform": "apns", "token": token},
-            claims=viewer,
-            env=push_env,
-        )
-        assert ok.status == 201
-    over = mobile(
-        "POST",
-        "/devices",
-        body={"platform": "apns", "token": "e" * 64},
-        claims=viewer,
-        env=push_env,
-    )
+        assert register("apns", f"{n:064x}").status == 201
+    over = register("apns", "e" * 64)
     assert over.status == 409 and over.code == "CONFLICT"
 
 
