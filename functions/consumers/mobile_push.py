@@ -54,8 +54,24 @@ async def publish(client: Client, events: Sequence[CloudEvent]) -> None:
 def effect_for(client: Client) -> consumer.Effect:
     async def effect(deliveries: Sequence[consumer.Delivery]) -> None:
         await publish(client, notifications_for(deliveries))
+        forget_deleted(deliveries)
 
     return effect
+
+
+def forget_deleted(deliveries: Sequence[consumer.Delivery]) -> None:
+    """A deleted project's follows go once its followers have been told (after the publish:
+    a redelivery finds no followers, and its notifications are in the stream already)."""
+    deleted = [
+        str(d.data["project"]["id"])
+        for d in deliveries
+        if d.envelope.get("type") == "covenant.projects.deleted"
+        and isinstance(d.data.get("project"), dict)
+        and d.data["project"].get("id")
+    ]
+    if deleted:
+        with db.writer().session() as session:
+            notifications.forget_projects(session, deleted)
 
 
 @logger.inject_lambda_context

@@ -44,6 +44,12 @@ def user() -> str:
     return f"user-{uuid.uuid4().hex[:12]}"
 
 
+def country() -> str:
+    """A country code of this test's own (follows need no real country), so that other
+    tests' followers are not told."""
+    return "".join(chr(ord("A") + int(c, 16) % 26) for c in uuid.uuid4().hex[:3])
+
+
 def follow(sub: str, projects: list[str] = [], countries: list[str] = []) -> None:  # noqa: B006
     with db.writer().session() as session, notifications.transaction(session):
         notifications.replace_follows(session, sub, notifications.Follows(projects, countries))
@@ -109,14 +115,15 @@ def run_mobile_push(jet: Jet, idle_exit_s: float = 0.5) -> Any:
 def test_a_followed_change_reaches_each_follower_s_devices_once(push: Any, jet: Jet) -> None:
     project, other = str(uuid.uuid4()), str(uuid.uuid4())
     by_project, by_country, bystander = user(), user(), user()
+    home = country()
     follow(by_project, projects=[project])
-    follow(by_country, countries=["KEN"])
+    follow(by_country, countries=[home])
     follow(bystander, projects=[other], countries=["BRA"])
     _, phone = device(by_project, "apns")
     _, android = device(by_country, "fcm")
     _, tablet = device(by_country, "apns")
     _, unrelated = device(bystander)
-    jet.publish([project_change(project, "KEN", "Solar farm")])
+    jet.publish([project_change(project, home, "Solar farm")])
 
     stats = run_mobile_push(jet)
     assert stats.processed == 1
@@ -211,3 +218,20 @@ def test_a_change_nobody_follows_queues_nothing(push: dict[str, str], jet: Jet) 
     stats = run_mobile_push(jet)
     assert stats.processed == 1
     assert jet.stored("NOTIFICATIONS") == 0
+
+
+def test_a_deleted_project_s_followers_are_told_then_no_longer_follow_it(
+    push: dict[str, str], jet: Jet
+) -> None:
+    follower = user()
+    project, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    follow(follower, projects=[project, kept])
+    _, deleted = project_change(project, "KEN")
+    deleted["type"] = "covenant.projects.deleted"
+    jet.publish([("covenant.projects.deleted", deleted)])
+    run_mobile_push(jet)
+    # Only this follower's notification counts here (another test's user may follow Kenya).
+    (told,) = [m for m in jet.messages("NOTIFICATIONS") if m["data"]["userSub"] == follower]
+    assert told["data"]["changeType"] == "covenant.projects.deleted"
+    with db.writer().session() as session:
+        assert notifications.follows_of(session, follower).projects == [kept]

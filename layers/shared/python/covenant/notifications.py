@@ -132,6 +132,14 @@ def replace_follows(session: Session, user_sub: str, follows: Follows) -> None:
     )
 
 
+def forget_projects(session: Session, project_ids: Sequence[str]) -> None:
+    """Nobody follows the (deleted) projects any more."""
+    session.run(
+        "DELETE FROM follows WHERE kind = 'project' AND target = ANY(CAST(:ids AS text[]))",
+        ids=list(project_ids),
+    )
+
+
 # -- devices ----------------------------------------------------------------------------------
 
 

@@ -3,8 +3,7 @@
 --
 -- follows: a user follows a project (its id) or a country (its alpha-3 code); a change to the
 -- project, or to any project in the country, notifies them. No foreign key: a deleted project
--- still notifies its followers of its deletion, and its follows go with the next change of
--- the user's list.
+-- still notifies its followers of its deletion; MOBILE_PUSH then deletes its follows.
 -- push_devices: one row per device token (SNS mobile push endpoint). A token registered by
 -- another user moves to them (one phone, one signed-in user). Pruned when SNS reports the
 -- endpoint disabled (APNs/FCM said the token is no longer valid).
