@@ -235,3 +235,23 @@ def test_a_deleted_project_s_followers_are_told_then_no_longer_follow_it(
     assert told["data"]["changeType"] == "covenant.projects.deleted"
     with db.writer().session() as session:
         assert notifications.follows_of(session, follower).projects == [kept]
+
+
+def test_sns_unreachable_keeps_the_notification_for_later(push: dict[str, str], jet: Jet) -> None:
+    follower = user()
+    project = str(uuid.uuid4())
+    follow(follower, projects=[project])
+    _, phone = device(follower)
+    jet.publish([project_change(project, country())])
+    run_mobile_push(jet)
+
+    with environment({**push, "SNS_ENDPOINT_URL": "http://127.0.0.1:1"}):
+        failed = jet.consume("NOTIFICATIONS", "NOTIFIER", notifier.effect)
+    assert (failed.processed, failed.failed_batches) == (0, 1)
+    assert jet.stored("NOTIFICATIONS") == 1  # negatively acknowledged: still queued
+    assert sent_to(phone) == []
+
+    later = jet.consume("NOTIFICATIONS", "NOTIFIER", notifier.effect, idle_exit_s=4)
+    assert later.processed == 1
+    assert len(sent_to(phone)) == 1
+    assert jet.stored("NOTIFICATIONS") == 0
