@@ -56,8 +56,8 @@ def deliver(deliveries: Sequence[consumer.Delivery]) -> notifications.DeliveryRe
                 continue
             try:
                 client.publish(TargetArn=arn, Message=message, MessageStructure="json")
-            except client.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in GONE:
+            except Exception as exc:  # SNS refused it, or could not be reached
+                if _error_code(exc) in GONE:
                     gone[device_id] = arn
                     continue
                 failure = exc
@@ -72,13 +72,18 @@ def deliver(deliveries: Sequence[consumer.Delivery]) -> notifications.DeliveryRe
     for arn in gone.values():
         try:
             notifications.delete_endpoint(client, arn)
-        except Exception:  # the device row is gone; a stale endpoint only costs nothing
+        except Exception:  # the device row is gone: nothing pushes to the endpoint again
             logger.warning("could not delete a disabled SNS endpoint", exc_info=True)
     result.pushed = len(pushed)
     result.pruned = sorted(gone)
     if failure is not None:
         raise failure
     return result
+
+
+def _error_code(exc: Exception) -> str | None:
+    response = getattr(exc, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
 def effect(deliveries: Sequence[consumer.Delivery]) -> None:
