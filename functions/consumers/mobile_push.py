@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from nats.aio.client import Client
@@ -53,8 +54,10 @@ async def publish(client: Client, events: Sequence[CloudEvent]) -> None:
 
 def effect_for(client: Client) -> consumer.Effect:
     async def effect(deliveries: Sequence[consumer.Delivery]) -> None:
-        await publish(client, notifications_for(deliveries))
+        made = notifications_for(deliveries)
+        await publish(client, made)
         forget_deleted(deliveries)
+        metrics.add_metric(name="NotificationsQueued", unit=MetricUnit.Count, value=len(made))
 
     return effect
 
