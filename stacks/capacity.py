@@ -25,7 +25,7 @@ from stacks.settings import AppSettings, SettingsError
 # The functions behind the API that connect to the database (writer in the primary, reader
 # everywhere), and the primary-only function that connects to the writer.
 API_DATABASE_FUNCTIONS = ("graphql", "mobile")
-WRITER_ONLY_FUNCTIONS = ("bridge", "analytics")
+WRITER_ONLY_FUNCTIONS = ("bridge", "analytics", "mobile_push", "notifier")
 
 
 @dataclass(frozen=True)

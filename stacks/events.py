@@ -98,9 +98,11 @@ BRIDGE_NATS_PERMISSIONS: dict[str, Any] = {
 def consumers_nats_permissions() -> dict[str, Any]:
     """What the consumers' NATS user may do: pull from, acknowledge and read the info of the
     durable consumers of covenant.streams (nothing else of the JetStream API: it cannot create,
-    change, delete or purge anything), publish operational alerts, and receive on its own
+    change, delete or purge anything), publish notifications (MOBILE_PUSH, to the
+    NOTIFICATIONS work queue; no domain, audit or alert subject), and receive on its own
     inboxes only."""
-    publish = [f"$JS.API.CONSUMER.MSG.NEXT.{c.stream}.{c.durable_name}" for c in CONSUMERS]
+    publish = ["notifications.>"]
+    publish += [f"$JS.API.CONSUMER.MSG.NEXT.{c.stream}.{c.durable_name}" for c in CONSUMERS]
     publish += [f"$JS.API.CONSUMER.INFO.{c.stream}.{c.durable_name}" for c in CONSUMERS]
     publish += [f"$JS.ACK.{c.stream}.{c.durable_name}.>" for c in CONSUMERS]
     return {

@@ -63,3 +63,15 @@ def acknowledge_provider_framework(provider: IConstruct, handler: IConstruct) ->
         "The provider framework may invoke the versions of exactly one function (<arn>:*).",
         f"Resource::<{logical_id(function)}.Arn>:*",
     )
+
+
+def acknowledge_push_endpoints(scope: IConstruct, endpoints: list[str]) -> None:
+    """A device endpoint's ARN ends in an id SNS makes at registration: the wildcard is the
+    devices of one platform application, nothing else."""
+    acknowledge(
+        scope,
+        "AwsSolutions-IAM5",
+        "Device endpoints are created at run time under their platform application; the "
+        "wildcard covers the endpoints of the configured applications only.",
+        *(f"Resource::{arn}" for arn in endpoints),
+    )

@@ -32,7 +32,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_route53 as route53
 from constructs import Construct
 
-from covenant import audit_trail
+from covenant import audit_trail, notifications
 from covenant.regions import Region
 from covenant.topology import FunctionSpec, Route
 from stacks.database import database_user
@@ -45,9 +45,9 @@ from stacks.functions import (
     primary_function_arn,
 )
 from stacks.layers import SharedLayers
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, acknowledge_push_endpoints
 from stacks.network import RegionalNetwork
-from stacks.settings import AppSettings, DomainSettings
+from stacks.settings import AppSettings, DomainSettings, push_endpoint_arns
 
 # Cognito calls that need IAM (the others are authorized by the user's own token or none).
 COGNITO_ADMIN_ACTIONS = {
@@ -334,6 +334,8 @@ class RegionalApiStack(Stack):
                     ],
                 )
             )
+        if name == "mobile" and region.primary:
+            self._push_registration(function, settings)
         if COGNITO_ADMIN_ACTIONS.get(name):
             function.role.add_to_policy(
                 iam.PolicyStatement(
@@ -341,6 +343,28 @@ class RegionalApiStack(Stack):
                 )
             )
         return function
+
+    @staticmethod
+    def _push_registration(function: CovenantFunction, settings: AppSettings) -> None:
+        """POST/DELETE /devices (run in the primary region): endpoints of the configured
+        platform applications only (covenant.notifications)."""
+        for platform, arn in settings.push_applications.items():
+            function.function.add_environment(notifications.APPLICATION_ENV[platform], arn)
+        if not settings.push_applications:
+            return
+        function.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["sns:CreatePlatformEndpoint"],
+                resources=list(settings.push_applications.values()),
+            )
+        )
+        endpoints = push_endpoint_arns(settings)
+        function.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["sns:SetEndpointAttributes", "sns:DeleteEndpoint"], resources=endpoints
+            )
+        )
+        acknowledge_push_endpoints(function, endpoints)
 
     def _route(self, route: Route, integration: apigw.HttpRouteIntegration) -> apigw.HttpRoute:
         http_route = apigw.HttpRoute(

@@ -10,7 +10,7 @@ from context: that is how secondary regions learn what lives in the primary regi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,10 @@ class AppSettings:
     # e.g. for a staging deploy: -c covenant:graphql='{"introspection":true,"explorer":true}')
     graphql_introspection: bool = False
     graphql_explorer: bool = False
+    # covenant:push: the SNS platform applications of APNs and FCM (ARNs in the primary
+    # region), created by an operator with the platforms' credentials (docs/deploy.md, "Push
+    # notifications"); a platform without one refuses device registration.
+    push_applications: dict[str, str] = field(default_factory=dict)
 
     @property
     def primary(self) -> Region:
@@ -386,6 +390,30 @@ class AppSettings:
                 migrations_run=str(get("covenant:migrationsRun", "")) or None,
                 graphql_introspection=_flag(graphql, "introspection"),
                 graphql_explorer=_flag(graphql, "explorer"),
+                push_applications=_push_applications(_section(node, "covenant:push")),
             )
         except KeyError as exc:
             raise SettingsError(f"cdk.json context is missing {exc}") from exc
+
+
+_PUSH_KEYS = {"apns": "apnsApplicationArn", "fcm": "fcmApplicationArn"}
+
+
+def _push_applications(section: Mapping[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for platform, key in _PUSH_KEYS.items():
+        arn = str(section.get(key) or "")
+        if arn and not arn.startswith("arn:aws:sns:"):
+            raise SettingsError(f"covenant:push.{key} must be an SNS platform application ARN")
+        if arn:
+            found[platform] = arn
+    return found
+
+
+def push_endpoint_arns(settings: AppSettings) -> list[str]:
+    """The device endpoints of the configured platform applications: an application
+    `arn:aws:sns:<region>:<account>:app/APNS/<name>` has its endpoints under
+    `...:endpoint/APNS/<name>/*`."""
+    return [
+        arn.replace(":app/", ":endpoint/", 1) + "/*" for arn in settings.push_applications.values()
+    ]

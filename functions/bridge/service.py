@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,8 +28,9 @@ from bridge.relay import (
     relay_pass,
     unpublished,
 )
-from covenant import db
+from covenant import alerts, config, db
 from covenant.config import env
+from covenant.events import event_source
 
 logger = logging.getLogger(__name__)
 # A batch whose every record failed (NATS down) is answered with every record as a batch item
@@ -42,6 +44,8 @@ class BridgeSettings:
     sweep_min_age_s: float
     retention_s: int
     time_reserve_ms: int
+    alert_lag_s: float  # outbox lag above which the bridge raises an alert
+    alert_sign_in_failures: int  # failed sign-ins in 5 minutes above which it raises one
 
     @classmethod
     def load(cls) -> BridgeSettings:
@@ -59,6 +63,8 @@ class BridgeSettings:
             sweep_min_age_s=number("BRIDGE_SWEEP_MIN_AGE_S", 5),
             retention_s=int(number("OUTBOX_RETENTION_S", 7 * 24 * 3600)),
             time_reserve_ms=int(number("BRIDGE_TIME_RESERVE_MS", 3000)),
+            alert_lag_s=number("BRIDGE_ALERT_LAG_S", 120),
+            alert_sign_in_failures=int(number("BRIDGE_ALERT_SIGN_IN_FAILURES", 200)),
         )
 
 
@@ -78,7 +84,16 @@ def run_bridge(event: dict[str, Any], context: LambdaContext, metrics: Metrics) 
     )
     _report(result, metrics)
     database = db.writer()
-    metrics.add_metric("OutboxLagSeconds", MetricUnit.Seconds, outbox_lag_seconds(database))
+    lag_s = outbox_lag_seconds(database)
+    metrics.add_metric("OutboxLagSeconds", MetricUnit.Seconds, lag_s)
+    raised = raised_alerts(result, lag_s, settings.alert_lag_s)
+    if not is_batch:  # the scheduled run watches sign-in failures once a minute
+        with database.session() as session:
+            failures = alerts.recent_sign_in_failures(session)
+        if failures > settings.alert_sign_in_failures:
+            raised.append(alerts.sign_in_failures(failures, settings.alert_sign_in_failures))
+    if raised:
+        connection.event_loop().run_until_complete(publish_alerts(raised, settings))
     if not is_batch:
         pruned = prune_published(database, settings.retention_s)
         metrics.add_metric("OutboxPruned", MetricUnit.Count, pruned)
@@ -128,6 +143,41 @@ async def _drain(context: LambdaContext, settings: BridgeSettings, min_age_s: fl
         if not (result.more and progressed) or out_of_time:
             total.more = result.more
             return total
+
+
+def raised_alerts(result: RelayResult, lag_s: float, threshold_s: float) -> list[alerts.Alert]:
+    """The operational alerts of this run: events set aside, the outbox lagging."""
+    raised = []
+    if result.dead:
+        raised.append(alerts.events_set_aside(result.dead))
+    if lag_s > threshold_s:
+        raised.append(alerts.outbox_lag(lag_s, threshold_s))
+    return raised
+
+
+async def publish_alerts(raised: list[alerts.Alert], settings: BridgeSettings) -> None:
+    """Publishes the alerts to ALERTS, each with its window's id as Nats-Msg-Id (a repeat in
+    the window is dropped by the stream). Best effort: with NATS unreachable they stay unsent,
+    and the CloudWatch alarms on the same metrics still fire."""
+    loop = asyncio.get_running_loop()
+    try:
+        publisher = await connection.publisher()
+        for alert in raised:
+            event = alert.event(event_source(config.settings().region, "bridge"))
+            settled: asyncio.Future[BaseException | None] = loop.create_future()
+
+            def on_settled(
+                error: BaseException | None, done: asyncio.Future[BaseException | None] = settled
+            ) -> None:
+                if not done.done():
+                    done.set_result(error)
+
+            await publisher.publish(event.type, event.to_json().encode(), event.id, on_settled)
+            error = await asyncio.wait_for(settled, settings.relay.ack_timeout_s)
+            if error is not None:
+                raise error
+    except Exception as exc:
+        logger.error("alerts not published (%s): %s", _describe(exc), [a.kind for a in raised])
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
 """AUDIT_LOGGER: every audit event into the append-only, hash-chained audit trail
-(covenant.audit_trail), acknowledged only once its transaction committed."""
+(covenant.audit_trail), acknowledged only once its transaction committed; after each run, the
+hour's anchor of the chain head in S3 Object Lock (covenant.audit_anchor)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from covenant import audit_trail, consumer
+from covenant import audit_anchor, audit_trail, consumer
 from covenant.logs import adopt_shared_logs
 
 STREAM, DURABLE = "AUDIT", "AUDIT_LOGGER"
@@ -58,4 +59,23 @@ def effect(deliveries: Sequence[consumer.Delivery]) -> None:
 @metrics.log_metrics(capture_cold_start_metric=not is_metrics_disabled())
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     adopt_shared_logs(logger)
-    return consumer.run(STREAM, DURABLE, effect, context, metrics)
+    result = consumer.run(STREAM, DURABLE, effect, context, metrics)
+    result["anchored"] = anchor()
+    return result
+
+
+def anchor() -> bool:
+    """This hour's anchor of the chain head, if due; a failure is logged and counted (the
+    trail itself is unaffected; the next run tries again)."""
+    name = audit_anchor.bucket()
+    if name is None:
+        return False
+    try:
+        written = audit_anchor.anchor(dynamodb(), audit_anchor.s3(), name)
+    except Exception:
+        logger.exception("the audit chain's anchor was not written")
+        metrics.add_metric(name="AuditAnchorFailed", unit=MetricUnit.Count, value=1)
+        return False
+    if written is not None:
+        logger.info("anchored the audit chain", extra={"key": written.key, "count": written.count})
+    return written is not None

@@ -1,8 +1,9 @@
 """Mobile Lambda entry point: the routes of the regional HTTP API that the app calls.
 
 GET /health, POST /auth/login, /auth/refresh, /auth/register (no token); GET /auth/me,
-POST /auth/logout, GET /sync, POST /sync (a Cognito token, verified by API Gateway's JWT
-authorizer). The work lives in mobile.health, mobile.auth.service and mobile.sync.
+POST /auth/logout, GET /sync, POST /sync, POST /devices, DELETE /devices/{id}, GET /follows,
+PUT /follows (a Cognito token, verified by API Gateway's JWT authorizer). The work lives in
+mobile.health, mobile.auth.service, mobile.sync and mobile.push.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from covenant.logs import adopt_shared_logs
 from covenant.regions import region_codes
 from covenant.revocation import is_revoked
 from mobile import hop
+from mobile import push as push_notifications
 from mobile.auth import service as auth
 from mobile.health import check_health
 from mobile.http import (
@@ -151,6 +153,26 @@ def sync_push() -> Response[Any]:
     # The position travels in a header only: a replay's body is the first answer's, byte for
     # byte, while its position (taken when it is replayed) may be later.
     return json_response(200, result.body, headers)
+
+
+@app.post("/devices")
+def register_device() -> Response[Any]:
+    return json_response(201, push_notifications.register_device(_live(_caller()), _body()))
+
+
+@app.delete("/devices/<device_id>")
+def remove_device(device_id: str) -> Response[Any]:
+    return json_response(200, push_notifications.remove_device(_live(_caller()), device_id))
+
+
+@app.get("/follows")
+def follows() -> Response[Any]:
+    return json_response(200, push_notifications.follows(_live(_caller())))
+
+
+@app.put("/follows")
+def replace_follows() -> Response[Any]:
+    return json_response(200, push_notifications.replace_follows(_live(_caller()), _body()))
 
 
 @app.exception_handler(ApiError)  # type: ignore[untyped-decorator]

@@ -2,7 +2,8 @@
 (covenant.handoff), and the answers when the hop fails.
 
 Every route that writes goes whole, before anything runs here: the sync push (its receipt, the
-projects, the outbox), register (the throttle and Cognito's new user), logout (the sign-out
+projects, the outbox), the devices and follows of push notifications (their SNS endpoints live
+in the primary region too), register (the throttle and Cognito's new user), logout (the sign-out
 record), and login and refresh, because each attempt writes to the failure throttle before
 Cognito is asked (`auth_failures`, shared by every region). Cognito lives in the primary
 region, so the hop costs those three nothing: the call to Cognito crosses the same distance
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from covenant import handoff
@@ -34,6 +36,9 @@ WRITE_ROUTES: dict[str, str] = {
     "POST /auth/logout": "Sending it again is safe.",
     "POST /auth/login": "Sending it again is safe.",
     "POST /auth/refresh": "Sending it again is safe.",
+    "POST /devices": "Sending it again is safe: the same token is the same device.",
+    "DELETE /devices/{id}": "Sending it again is safe: a 404 then means it was removed.",
+    "PUT /follows": "Sending it again is safe: the list replaces the one before.",
 }
 
 
@@ -48,13 +53,27 @@ def route_key(event: dict[str, Any]) -> str:
     return f"{method} {path.rstrip('/') or '/'}"
 
 
+_TEMPLATES = {
+    re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))): template
+    for template in WRITE_ROUTES
+    if "{" in template
+}
+
+
+def write_route(key: str) -> str:
+    """The WRITE_ROUTES template a route key matches ("DELETE /devices/{id}"), else the key."""
+    if key in WRITE_ROUTES:
+        return key
+    return next((t for pattern, t in _TEMPLATES.items() if pattern.fullmatch(key)), key)
+
+
 def dispatch_first(event: dict[str, Any]) -> dict[str, Any] | None:
     """The answer for a request this region must not run itself (a write, in a secondary: the
     primary's answer), or None to run it here."""
     origin = handoff.handed_off_from(event)
     if origin is not None and not handoff.is_primary():
         return primary_moved(event)
-    key = route_key(event)
+    key = write_route(route_key(event))
     if key in WRITE_ROUTES and handoff.must_hand_off(event) and _readable(event):
         return relay(event, key)
     return None

@@ -56,6 +56,11 @@ class Forbidden(ApiError):
     code = "FORBIDDEN"
 
 
+class NotFound(ApiError):
+    status = 404
+    code = "NOT_FOUND"
+
+
 class NotAcceptable(ApiError):
     status = 406
     code = "NOT_ACCEPTABLE"

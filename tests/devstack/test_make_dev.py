@@ -171,6 +171,55 @@ def _mutation_reaches_the_stream(base: str, env: dict[str, str]) -> tuple[str, f
     return project_id, asyncio.run(wait_for_event())
 
 
+def _request(method: str, url: str, body: dict, token: str) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _follow_from_a_phone(base: str, country: str) -> str:
+    """The seeded viewer follows `country` and registers a phone; the device's id."""
+    session = _post_json(
+        f"{base}/ams/auth/login",
+        {"email": "viewer@covenant.local", "password": "Covenant-Viewer-2026!"},
+    )
+    token = session["access_token"]
+    follows = _request(
+        "PUT", f"{base}/ams/follows", {"projects": [], "countries": [country]}, token
+    )
+    assert follows == {"projects": [], "countries": [country]}
+    device = _request("POST", f"{base}/ams/devices", {"platform": "fcm", "token": "f" * 152}, token)
+    return str(device["id"])
+
+
+def _wait_for_push(env: dict[str, str], device_id: str) -> None:
+    writer = Database(
+        Role.WRITER,
+        f"postgresql://postgres@127.0.0.1:{env['COVENANT_PG_PORT']}/covenant",
+        statement_timeout_ms=5000,
+        connect_timeout_s=3,
+    )
+
+    def pushed() -> bool:
+        with writer.session() as session:
+            return bool(
+                session.scalar(
+                    "SELECT count(*) FROM push_deliveries WHERE device_id = CAST(:id AS uuid)",
+                    id=device_id,
+                )
+            )
+
+    try:
+        wait_until(pushed, 30, "the change to be pushed to the follower's phone")
+    finally:
+        writer.close()
+
+
 def _wait_for_free_ports(env: dict[str, str]) -> None:
     """Every port of the stack is released (the kernel may take a moment after the exit)."""
     wait_until(
@@ -243,10 +292,17 @@ def test_make_dev_serves_six_healthy_regions_and_stops_cleanly(stack_env) -> Non
         assert f"port {stack_env['COVENANT_PORT']} (the gateway) is already in use" in busy.stderr
         assert "Traceback" not in busy.stderr
 
+        # A viewer follows the Netherlands from a phone (handed from ams to iad).
+        device_id = _follow_from_a_phone(base, "NLD")
+
         # A mutation sent to /ams/graphql by a signed-in editor is in the COVENANT stream
         # within a second of its answer (issue: the bridge under make dev).
         project_id, elapsed = _mutation_reaches_the_stream(base, stack_env)
         assert elapsed <= 1.0, f"project {project_id} reached COVENANT after {elapsed:.2f} s"
+
+        # ... and, through MOBILE_PUSH, NOTIFICATIONS and NOTIFIER (make dev's consumer loops),
+        # is pushed to the follower's phone (moto's SNS mobile push).
+        _wait_for_push(stack_env, device_id)
 
         # The scheduled bridge run has opened its NATS connection; Ctrl-C must close it.
         run.wait_for("connected to NATS")

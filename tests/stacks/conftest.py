@@ -27,6 +27,11 @@ from app import build_app
 from covenant.regions import cdk_context
 
 DOMAIN = {"name": "covenant.example.org", "hostedZoneId": "Z0123456789EXAMPLEZONE"}
+# SNS platform applications are made by an operator (no CloudFormation resource): their ARNs.
+PUSH_APPLICATIONS = {
+    "apnsApplicationArn": "arn:aws:sns:us-east-1:111122223333:app/APNS/covenant-apns",
+    "fcmApplicationArn": "arn:aws:sns:us-east-1:111122223333:app/GCM/covenant-fcm",
+}
 
 
 def make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -56,11 +61,12 @@ def make_ca_bundle(path: Path) -> Path:
 
 
 def synth_context() -> dict[str, Any]:
-    """cdk.json as committed (database CA fetched at deploy time), plus a domain and an
-    alarm e-mail so their resources are synthesized too."""
+    """cdk.json as committed (database CA fetched at deploy time), plus a domain, an alarm
+    e-mail and the push platform applications so their resources are synthesized too."""
     context = cdk_context()
     context["covenant:domain"] = DOMAIN
     context["covenant:alarmEmail"] = "oncall@example.org"
+    context["covenant:push"] = PUSH_APPLICATIONS
     return context
 
 

@@ -185,7 +185,8 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     assert len(resource["Properties"]["Digest"]) == 64
     # A change to the login roles or the TLS setting runs the migrator again, too.
     assert resource["Properties"]["LoginUsers"] == (
-        "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
+        "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics,"
+        "covenant_mobile_push,covenant_notifier"
     )
     assert resource["Properties"]["Tls"] == VERIFIED_TLS
     assert "Run" not in resource["Properties"]  # only with -c covenant:migrationsRun=<id>
@@ -193,7 +194,8 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     env = migrator["Environment"]["Variables"]
     assert (
         env["DATABASE_LOGIN_USERS"]
-        == "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
+        == "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics,"
+        "covenant_mobile_push,covenant_notifier"
     )
     assert env["DATABASE_TLS"] == VERIFIED_TLS
     assert len(migrator["Layers"]) == 2  # dependencies, shared code (the CA is in SSM)

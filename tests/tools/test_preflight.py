@@ -115,7 +115,7 @@ def test_a_region_without_bootstrap_or_with_an_old_one_fails() -> None:
     assert not checks["iad (us-east-1) CDK bootstrap"].ok
     assert "version 5" in checks["iad (us-east-1) CDK bootstrap"].detail
     quota = checks["iad (us-east-1) Lambda concurrency quota"]
-    assert not quota.ok and quota.detail.startswith("10 (reserved 805 + 100")
+    assert not quota.ok and quota.detail.startswith("10 (reserved 808 + 100")
 
 
 @mock_aws

@@ -128,6 +128,10 @@ def test_event_over_the_server_max_payload_is_dead_lettered_and_set_aside(
     row = bridge_env.outbox_rows([big])[big]
     assert row["dead_at"] is not None and row["published_at"] is None
     assert bridge_env.metric_values(capsys.readouterr().out, "EventsDeadLettered") == [1.0]
+    # ... and raises a critical alert naming it (covenant.alerts; ALERT_ROUTER delivers it).
+    (alert,) = [json.loads(m.data) for m in bridge_env.messages("ALERTS")]
+    assert alert["type"] == "alerts.critical.events_set_aside"
+    assert alert["data"]["details"]["eventIds"] == [big]
 
     # Its project's audit event waited behind it (order), and now flows; later sweeps skip it.
     assert bridge_env.sweep(BRIDGE_MAX_ATTEMPTS=str(MAX_ATTEMPTS)) == {

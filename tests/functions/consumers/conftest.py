@@ -19,6 +19,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from covenant.consumer import RunStats, consume
 from covenant.streams import CONSUMERS, apply_topology
@@ -55,17 +56,19 @@ class Jet:
         finally:
             await client.close()
 
-    def reset(self, durable: str) -> None:
-        """Topology applied; the durable's stream purged; the durable recreated, short ack_wait."""
-        spec = next(c for c in CONSUMERS if c.durable_name == durable)
+    def reset(self, *durables: str) -> None:
+        """Topology applied (once: applying it again would restore the others' ack_wait); each
+        durable's stream purged; each durable recreated with a short ack_wait."""
+        specs = [next(c for c in CONSUMERS if c.durable_name == d) for d in durables]
 
         async def body(js: Any) -> None:
             await apply_topology(js, 1)
-            await js.purge_stream(spec.stream)
-            await js.delete_consumer(spec.stream, durable)
-            config = spec.config(1)
-            config.ack_wait = ACK_WAIT_S
-            await js.add_consumer(spec.stream, config)
+            for spec in specs:
+                await js.purge_stream(spec.stream)
+                await js.delete_consumer(spec.stream, spec.durable_name)
+                config = spec.config(1)
+                config.ack_wait = ACK_WAIT_S
+                await js.add_consumer(spec.stream, config)
 
         run_async(self._with(body))
 
@@ -110,6 +113,30 @@ class Jet:
 
         return run_async(go())  # type: ignore[no-any-return]
 
+    def stored(self, stream: str) -> int:
+        """Messages the stream holds (a work queue: those not yet acknowledged)."""
+
+        async def body(js: Any) -> int:
+            return int((await js.stream_info(stream)).state.messages)
+
+        return run_async(self._with(body))  # type: ignore[no-any-return]
+
+    def messages(self, stream: str) -> list[dict[str, Any]]:
+        """Every message the stream holds, as parsed JSON, in stream order."""
+
+        async def body(js: Any) -> list[dict[str, Any]]:
+            info = await js.stream_info(stream)
+            found = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    msg = await js.get_msg(stream, seq)
+                except NotFoundError:  # deleted (acknowledged from a work queue)
+                    continue
+                found.append(json.loads(msg.data))
+            return found
+
+        return run_async(self._with(body))  # type: ignore[no-any-return]
+
     def pending(self, stream: str, durable: str) -> int:
         async def body(js: Any) -> int:
             info = await js.consumer_info(stream, durable)
@@ -124,24 +151,38 @@ def jet(servers: Any) -> Jet:
 
 
 def killed_worker(
-    module: str, function: str, environment: dict[str, str], stream: str, durable: str
+    module: str,
+    function: str,
+    environment: dict[str, str],
+    stream: str,
+    durable: str,
+    *,
+    with_client: bool = False,
 ) -> int:
     """Runs `module.function` as the effect of a worker in a child process that SIGKILLs
-    itself right after the first batch's effect returned, before acknowledging it. Returns
+    itself right after the first batch's effect returned, before acknowledging it (with
+    `with_client`, `module.function(client)` makes the effect, a coroutine function). Returns
     the child's exit status (-9)."""
     script = textwrap.dedent(
         f"""
-        import asyncio, os, signal, nats
+        import asyncio, inspect, os, signal, nats
         from covenant.consumer import consume
         import {module} as target
 
-        def effect(batch):
-            target.{function}(batch)
-            os.kill(os.getpid(), signal.SIGKILL)
+        def bound(client):
+            made = target.{function}(client) if {with_client!r} else target.{function}
+
+            async def effect(batch):
+                outcome = made(batch)
+                if inspect.isawaitable(outcome):
+                    await outcome
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            return effect
 
         async def main():
             client = await nats.connect(os.environ["NATS_URL"])
-            await consume(client, {stream!r}, {durable!r}, effect,
+            await consume(client, {stream!r}, {durable!r}, bound(client),
                           should_stop=lambda: False, idle_exit_s=3, fetch_wait_s=0.25,
                           batch_size=7)
 

@@ -126,3 +126,53 @@ def test_rebuilt_from_the_stream_the_same_series(clean: None, jet: Jet) -> None:
     jet.reset_keep_messages("ANALYTICS")
     jet.consume("COVENANT", "ANALYTICS", worker.effect)
     assert series() == EXPECTED_ALL
+
+
+@pytest.fixture
+def table_project(servers: Any) -> Any:
+    """A project written straight into the table (as the seed data is: no event), created at
+    T0 in a country of ams."""
+    pid = str(uuid.uuid4())
+    with db.writer().session() as session:
+        country = session.scalar("SELECT code FROM countries WHERE region = 'ams' LIMIT 1")
+        session.run(
+            "INSERT INTO projects (id, name, sector_id, country_code, status, budget_usd, "
+            "progress, created_at) VALUES (CAST(:id AS uuid), 'Seeded', 'energy', :country, "
+            "'active', 700, 30, CAST(:at AS timestamptz))",
+            id=pid,
+            country=country,
+            at=T0.isoformat(),
+        )
+    yield pid
+    with db.writer().session() as session:
+        session.run("DELETE FROM projects WHERE id = CAST(:id AS uuid)", id=pid)
+
+
+def test_projects_without_events_are_seeded_and_their_first_event_replaces_them(
+    clean: None, jet: Jet, table_project: str
+) -> None:
+    def points() -> list[tuple[int, int, float | None]]:
+        with db.writer().session() as session:
+            found = analytics.history(
+                session,
+                "HOUR",
+                T0 - timedelta(hours=1),
+                T0 + timedelta(hours=1),
+                analytics.StatsFilter(region="ams", sector_id="energy", status="active"),
+            )
+        return [(p["projects"], p["budget_usd"], p["average_progress"]) for p in found]
+
+    with db.writer().session() as session:
+        seeded = analytics.seed_from_projects(session)
+        assert seeded >= 1  # this one and whatever else the table holds
+        assert analytics.seed_from_projects(session) == 0  # twice: nothing more
+    before, at_t0, _ = points()
+    # The table's other projects were created before T0: a constant base under every point.
+    assert (at_t0[0] - before[0], at_t0[1] - before[1]) == (1, 700)
+
+    # Its first event (here, an hour later) takes the seeded snapshot out and puts its own in.
+    jet.publish([project_event(table_project, 70, status="active", budget=900, progress=60)])
+    jet.consume("COVENANT", "ANALYTICS", worker.effect)
+    before, at_t0, after = points()
+    assert (at_t0[0] - before[0], at_t0[1] - before[1]) == (1, 700)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 900)

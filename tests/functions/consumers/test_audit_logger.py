@@ -4,6 +4,7 @@ write and its acknowledgement, tampering detected, keyset pages by actor, entity
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import boto3
 import pytest
 
 from consumers import audit_logger
-from covenant import audit_trail
+from covenant import audit_anchor, audit_trail
 from covenant.config import environment
 from tests.functions.consumers.conftest import Jet, killed_worker
 
@@ -122,6 +123,91 @@ def test_tampering_is_detected(trail: Any, jet: Jet) -> None:
     assert any("changed" in p for p in audit_trail.verify(dynamodb))
     dynamodb.delete_item(TableName=table, Key={"eventId": third["eventId"]})
     assert audit_trail.verify(dynamodb) != []
+
+
+@pytest.fixture
+def anchors(trail: Any, moto_url: str) -> Iterator[tuple[Any, str]]:
+    """The anchors' Object Lock bucket in moto, as the stack declares it: (S3 client, name)."""
+    name = f"anchors-{uuid.uuid4().hex[:8]}"
+    _, env = trail
+    with environment({**env, "S3_ENDPOINT_URL": moto_url, audit_anchor.BUCKET_ENV: name}):
+        client = audit_anchor.s3()
+        audit_anchor.ensure_bucket(client, name)
+        yield client, name
+
+
+def rewrite_consistently(dynamodb: Any, table: str, index: int, text: str) -> None:
+    """What an account administrator could do: change one record and recompute every hash
+    after it, and the head, so that the chain verifies again."""
+    records = audit_trail.records(dynamodb, table)
+    prev = records[index - 1]["prevHash"]["S"] if index > 1 else audit_trail.GENESIS_HASH
+    for item in records[index - 1 :]:
+        event = item["event"]["S"]
+        if int(item["chainIndex"]["N"]) == index:
+            event = event.replace("r2", text)
+        digest = hashlib.sha256(event.encode()).hexdigest()
+        hash_ = audit_trail.chain_hash(prev, item["eventId"]["S"], digest)
+        dynamodb.put_item(
+            TableName=table,
+            Item={
+                **item,
+                "event": {"S": event},
+                "digest": {"S": digest},
+                "prevHash": {"S": prev},
+                "hash": {"S": hash_},
+            },
+        )
+        prev = hash_
+    dynamodb.update_item(
+        TableName=table,
+        Key={"eventId": {"S": audit_trail.HEAD_ID}},
+        UpdateExpression="SET #h = :h",
+        ExpressionAttributeNames={"#h": "hash"},
+        ExpressionAttributeValues={":h": {"S": prev}},
+    )
+
+
+def test_a_consistent_rewrite_of_the_chain_breaks_its_object_lock_anchor(
+    trail: Any, jet: Jet, anchors: tuple[Any, str]
+) -> None:
+    dynamodb, env = trail
+    s3, bucket = anchors
+    jet.publish([audit_event(n) for n in range(5)])
+    jet.consume("AUDIT", "AUDIT_LOGGER", audit_logger.effect)
+    assert audit_logger.anchor() is True
+    assert audit_logger.anchor() is False  # this hour is anchored already
+    (listed,) = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    stored = s3.head_object(Bucket=bucket, Key=listed["Key"])
+    assert stored["ObjectLockMode"] == "COMPLIANCE"  # the bucket's default retention
+    assert audit_anchor.verify_anchors(dynamodb, s3, bucket) == []
+
+    rewrite_consistently(dynamodb, env["AUDIT_TABLE_NAME"], 3, "rX")
+    assert audit_trail.verify(dynamodb) == []  # the chain alone cannot tell
+    (problem,) = audit_anchor.verify_anchors(dynamodb, s3, bucket)
+    assert "record 5" in problem and "rewritten" in problem
+    # ... and the anchor cannot be removed to hide it.
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.delete_object(Bucket=bucket, Key=listed["Key"], VersionId=stored["VersionId"])
+
+
+def test_an_anchor_is_written_once_the_head_moved_in_a_later_hour(
+    trail: Any, jet: Jet, anchors: tuple[Any, str]
+) -> None:
+    dynamodb, _ = trail
+    s3, bucket = anchors
+    hour = datetime(2026, 12, 6, 10, tzinfo=UTC)
+    assert audit_anchor.anchor(dynamodb, s3, bucket, hour) is None  # an empty trail
+    jet.publish([audit_event(n) for n in range(3)])
+    jet.consume("AUDIT", "AUDIT_LOGGER", audit_logger.effect)
+    first = audit_anchor.anchor(dynamodb, s3, bucket, hour)
+    assert first is not None and first.count == 3
+    assert audit_anchor.anchor(dynamodb, s3, bucket, hour + timedelta(hours=1)) is None  # idle
+    jet.publish([audit_event(n) for n in range(3, 5)])
+    jet.consume("AUDIT", "AUDIT_LOGGER", audit_logger.effect)
+    second = audit_anchor.anchor(dynamodb, s3, bucket, hour + timedelta(hours=2))
+    assert second is not None and second.count == 5
+    assert second.key == "anchors/2026/12/06/12.json"
+    assert audit_anchor.verify_anchors(dynamodb, s3, bucket) == []
 
 
 def test_keyset_pages_by_actor_entity_and_time(trail: Any, jet: Jet) -> None:

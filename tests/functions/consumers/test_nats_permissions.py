@@ -1,6 +1,7 @@
 """The consumers' NATS user as the stack configures it (stacks.events), against a real
-nats-server: the audit logger pulls, acknowledges and reads its lag with it; it cannot
-purge a stream, delete a consumer or read another client's inbox."""
+nats-server: the audit logger pulls, acknowledges and reads its lag with it; MOBILE_PUSH
+publishes notifications with it; it cannot purge a stream, delete a consumer, publish a
+domain, audit or alert event, or read another client's inbox."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 import nats
 import pytest
 
+from consumers import mobile_push
 from covenant import streams
 from covenant.consumer import CONSUMER_INBOX_PREFIX, consume
+from covenant.events import CloudEvent
 from devstack.nats import NatsServer
 from devstack.processes import free_port
 from stacks.events import nats_config_merge, render_nats_config
@@ -88,6 +91,29 @@ def test_the_consumers_user_pulls_acks_and_reads_lag_only(secured_nats: NatsServ
                 await asyncio.wait_for(refused, 1.5)
         info = await admin.jetstream().stream_info("AUDIT")
         assert info.state.messages == 3  # nothing purged
+        await worker.close()
+        await admin.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_consumers_user_publishes_notifications_and_nothing_else(
+    secured_nats: NatsServer,
+) -> None:
+    async def scenario() -> None:
+        worker = await nats.connect(
+            secured_nats.url, inbox_prefix=CONSUMER_INBOX_PREFIX, **CONSUMERS
+        )
+        admin = await nats.connect(secured_nats.url, **ADMIN)
+        before = (await admin.jetstream().stream_info("NOTIFICATIONS")).state.messages
+        note = CloudEvent("notifications.push", "/covenant/iad/tests", "users/u", {"userSub": "u"})
+        await mobile_push.publish(worker, [note])  # returns once JetStream stored it
+        after = (await admin.jetstream().stream_info("NOTIFICATIONS")).state.messages
+        assert after == before + 1
+        js: Any = worker.jetstream()
+        for subject in ("covenant.projects.updated", "audit.projects.updated", "alerts.info.x"):
+            with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+                await asyncio.wait_for(js.publish(subject, b"{}"), 1.5)
         await worker.close()
         await admin.close()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from covenant.db import Session
 
@@ -71,6 +71,7 @@ def apply(session: Session, events: Sequence[ProjectEvent]) -> int:
     figure. The caller commits (UnitOfWork) or this runs in its own BEGIN/COMMIT."""
     if not events:
         return 0
+    session.run(_LOCK)
     fresh = {
         str(row[0])
         for row in session.run(
@@ -168,9 +169,53 @@ def apply(session: Session, events: Sequence[ProjectEvent]) -> int:
     return applied
 
 
+# Serialises apply() and seed_from_projects(): a project the seed adds while a batch that
+# creates it is being applied would otherwise be counted twice.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('covenant-analytics', 0))"
+
+_SEED = """
+WITH fresh AS (
+    INSERT INTO analytics_projects (project_id, region, sector_id, status, budget_usd,
+                                    progress, deleted, stream_seq)
+    SELECT id, region, sector_id, status, budget_usd, progress, false, 0 FROM projects
+    ON CONFLICT (project_id) DO NOTHING
+    RETURNING project_id, region, sector_id, status, budget_usd, progress
+), changes AS (
+    INSERT INTO analytics_hourly AS h (region, sector_id, status, hour, projects_delta,
+                                       budget_delta, progress_delta)
+    SELECT f.region, f.sector_id, f.status, date_trunc('hour', p.created_at, 'UTC'),
+           count(*), sum(f.budget_usd), sum(f.progress)
+    FROM fresh f JOIN projects p ON p.id = f.project_id
+    GROUP BY 1, 2, 3, 4
+    ON CONFLICT (region, sector_id, status, hour) DO UPDATE SET
+        projects_delta = h.projects_delta + EXCLUDED.projects_delta,
+        budget_delta = h.budget_delta + EXCLUDED.budget_delta,
+        progress_delta = h.progress_delta + EXCLUDED.progress_delta
+)
+SELECT count(*) FROM fresh
+"""
+
+
+class Runner(Protocol):
+    def run(self, sql: str, **params: Any) -> list[list[Any]]: ...
+
+
+def seed_from_projects(runner: Runner) -> int:
+    """Counts every project of the table the figures do not know yet, as it is now, from the
+    hour it was created (inside the caller's transaction); returns how many. Its snapshot
+    carries stream sequence 0, so the project's first event (any sequence) takes it out and
+    puts its own in: seeding never counts a project twice, whenever it runs. A fresh
+    deployment's seed data (written without events) and projects older than the COVENANT
+    stream's 30 days get a history this way; before their first event it is their present
+    state carried back to their creation."""
+    runner.run(_LOCK)
+    return int(runner.run(_SEED)[0][0])
+
+
 def rebuild(session: Session) -> None:
     """Forgets every figure and applied event id: replaying the stream from its first message
-    (or any later one, see docs) then builds the series again."""
+    (or any later one, see docs) then builds the series again; seed_from_projects() before
+    the replay adds what the stream no longer holds."""
     session.run("DELETE FROM analytics_hourly")
     session.run("DELETE FROM analytics_projects")
     session.run("DELETE FROM analytics_applied")

@@ -9,7 +9,8 @@ S3 Object Lock or the database).
   `hash = sha256(prevHash | eventId | sha256(event as published))`; the head item
   (`eventId = "#head"`) holds the last hash. Records and the head move in one transaction,
   conditioned on the head being where the writer read it, so the chain never forks or gaps.
-  `verify()` recomputes it: a changed, removed or inserted record breaks it.
+  `verify()` recomputes it: a changed, removed or inserted record breaks it; anchors of the
+  head in S3 Object Lock (covenant.audit_anchor) catch a rewrite of the whole chain.
 - Three indexes for the admins' GraphQL `auditLog`: by actor (the user's `sub`), by entity
   (`projects/<id>`, `countries/<code>`) and by month, each sorted by `at` = time#eventId,
   read newest first with keyset pages (the cursor is the last `at`).
@@ -161,6 +162,11 @@ def _head(dynamodb: Any, table: str) -> tuple[str, int]:
     if not found:
         return GENESIS_HASH, 0
     return found["hash"]["S"], int(found["count"]["N"])
+
+
+def head(dynamodb: Any, table: str | None = None) -> tuple[str, int]:
+    """The chain head: the last record's hash and the number of records (strongly read)."""
+    return _head(dynamodb, table or table_name())
 
 
 def _existing(dynamodb: Any, table: str, ids: Sequence[str]) -> dict[str, str]:

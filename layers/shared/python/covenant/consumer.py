@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -63,7 +64,9 @@ class Delivery:
         return value if isinstance(value, dict) else {}
 
 
-Effect = Callable[[Sequence[Delivery]], None]
+# An effect may be a coroutine function (one that publishes to JetStream awaits its acks):
+# the batch is acknowledged once its awaitable completed.
+Effect = Callable[[Sequence[Delivery]], Awaitable[None] | None]
 
 
 @dataclass
@@ -186,7 +189,9 @@ async def consume(
             if not good:
                 continue
             try:
-                effect([delivery for _, delivery in good])
+                outcome = effect([delivery for _, delivery in good])
+                if inspect.isawaitable(outcome):
+                    await outcome
             except Exception:
                 logger.exception("effect failed; the batch will be redelivered")
                 stats.failed_batches += 1
@@ -216,6 +221,18 @@ def run(
     metrics: Any = None,
 ) -> dict[str, Any]:
     """One Lambda invocation of a consumer: connect, consume until the time runs low, report."""
+    return run_with_client(stream, durable, lambda _client: effect, context, metrics)
+
+
+def run_with_client(
+    stream: str,
+    durable: str,
+    effect_for: Callable[[Client], Effect],
+    context: RemainingTime,
+    metrics: Any = None,
+) -> dict[str, Any]:
+    """`run`, for an effect that uses the run's NATS connection (one that publishes what it
+    derives to another stream): `effect_for(client)` makes it once connected."""
     reserve_ms = int(env("CONSUMER_TIME_RESERVE_MS") or DEFAULT_TIME_RESERVE_MS)
     idle_raw = env("CONSUMER_IDLE_EXIT_S")
     batch_size = int(env("CONSUMER_BATCH_SIZE") or DEFAULT_BATCH_SIZE)
@@ -230,7 +247,7 @@ def run(
                 client,
                 stream,
                 durable,
-                effect,
+                effect_for(client),
                 should_stop=should_stop,
                 idle_exit_s=float(idle_raw) if idle_raw else None,
                 batch_size=batch_size,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from covenant import analytics
 from covenant.db import Database, writer
 from covenant.reference import SECTORS, countries, seed_projects
 from covenant.regions import Region, load_regions
@@ -110,4 +111,6 @@ def seed(database: Database | None = None, regions: Iterable[Region] | None = No
             impacts=[str(p.impact_score) for p in projects],
             progress=[p.progress for p in projects],
         )
+        # Seed rows are written without events: the figures learn them here (covenant.analytics).
+        analytics.seed_from_projects(uow)
     return SeedResult(len(table), len(SECTORS), len(data), len(projects))
