@@ -11,7 +11,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from covenant.config import settings
 from covenant.logs import adopt_shared_logs
+from covenant.regions import get_region
 from graphql_api.schema import executable_schema
 from realtime import protocol, store
 from realtime.management import Connections
@@ -49,7 +51,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if route == "$disconnect":
         regional_store().forget_connection(connection_id)
         return {"statusCode": 200}
-    conversation = protocol.Conversation(regional_store(), Connections(), connection_id)
+    here = get_region(settings().region)
+    conversation = protocol.Conversation(regional_store(), Connections(here), connection_id)
     try:
         conversation.receive(event.get("body"), str(request.get("requestId") or ""))
     except Exception:

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 from botocore.exceptions import ClientError
 
 from covenant import aws
-from covenant.config import env
+from covenant.config import env, settings
+from covenant.regions import Region
 
 logger = logging.getLogger(__name__)
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -22,17 +23,29 @@ class ManagementError(RuntimeError):
     (throttled, too large, unavailable): the caller decides whether to try again."""
 
 
+def management_url(region: Region) -> str:
+    """The `@connections` base URL of a region's WebSocket API: WEBSOCKET_MANAGEMENT_URLS (a
+    JSON object by region code: the fan-out, which serves every region), else
+    WEBSOCKET_MANAGEMENT_URL for the function's own region, else (locally)
+    WEBSOCKET_MANAGEMENT_BASE_URL/<region>."""
+    by_region = json.loads(env("WEBSOCKET_MANAGEMENT_URLS") or "{}")
+    if region.code in by_region:
+        return str(by_region[region.code])
+    own = env("WEBSOCKET_MANAGEMENT_URL")
+    if own and region.code == settings().region:
+        return own
+    base = env("WEBSOCKET_MANAGEMENT_BASE_URL")
+    if base:
+        return f"{base.rstrip('/')}/{region.code}"
+    raise ManagementError(f"no @connections URL for region {region.code}")
+
+
 class Connections:
-    def __init__(self, url: str | None = None, region: str | None = None) -> None:
-        self.url = url or env("WEBSOCKET_MANAGEMENT_URL")
-        if not self.url:
-            raise ManagementError("WEBSOCKET_MANAGEMENT_URL is not set")
+    def __init__(self, region: Region, url: str | None = None) -> None:
+        self.url = url or management_url(region)
         host = urlsplit(self.url).hostname or ""
         self.client: Any = aws.client(
-            "apigatewaymanagementapi",
-            region or env("AWS_REGION") or "us-east-1",
-            self.url,
-            local=host in _LOCAL_HOSTS,
+            "apigatewaymanagementapi", region.aws_region, self.url, local=host in _LOCAL_HOSTS
         )
 
     def send(self, connection_id: str, message: dict[str, Any]) -> bool:

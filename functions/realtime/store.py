@@ -40,8 +40,10 @@ def table_name() -> str:
     return env("REALTIME_TABLE_NAME") or DEFAULT_TABLE
 
 
-def client() -> Any:
-    region = env("REALTIME_TABLE_REGION") or env("AWS_REGION") or "us-east-1"
+def client(aws_region: str | None = None) -> Any:
+    """The table of `aws_region` (the fan-out serves other regions' tables), else the
+    function's own region's."""
+    region = aws_region or env("AWS_REGION") or "us-east-1"
     return aws.client("dynamodb", region, env("DYNAMODB_ENDPOINT_URL"))
 
 
@@ -107,6 +109,9 @@ class Subscription:
     since: int | None
     cursor: int | None  # the last stream sequence examined for it (None: not started yet)
     created_at_ms: int
+    # Served up to the shard's checkpoint whenever the cursor is older (it had nothing to be
+    # posted since); False while it is behind the stream (catching up from `since`).
+    caught_up: bool = False
 
 
 def _s(value: str) -> dict[str, str]:
@@ -144,6 +149,7 @@ def _subscription(item: dict[str, Any]) -> Subscription:
         since=int(since) if since else None,
         cursor=int(cursor) if cursor else None,
         created_at_ms=int(item["createdAt"]["N"]),
+        caught_up=bool(item.get("caughtUp", {}).get("BOOL", False)),
     )
 
 
@@ -296,7 +302,7 @@ class Store:
         subscriptions.sort(key=lambda s: (s.connection_id, s.created_at_ms, s.subscription_id))
         return connections, subscriptions
 
-    def advance(self, subscription: Subscription, cursor: int) -> bool:
+    def advance(self, subscription: Subscription, cursor: int, caught_up: bool) -> bool:
         """Records that the subscription has been served up to `cursor` (a stream
         sequence); never moves it back. False when it is gone (completed, disconnected)."""
         try:
@@ -306,13 +312,13 @@ class Store:
                     "connectionId": _s(subscription.connection_id),
                     "item": _s(subscription_item(subscription.subscription_id)),
                 },
-                UpdateExpression="SET #cursor = :seq",
+                UpdateExpression="SET #cursor = :seq, caughtUp = :caught_up",
                 ConditionExpression=(
                     "attribute_exists(connectionId) AND "
                     "(attribute_not_exists(#cursor) OR #cursor < :seq)"
                 ),
                 ExpressionAttributeNames={"#cursor": "cursor"},
-                ExpressionAttributeValues={":seq": _n(cursor)},
+                ExpressionAttributeValues={":seq": _n(cursor), ":caught_up": {"BOOL": caught_up}},
             )
         except self.dynamodb.exceptions.ConditionalCheckFailedException:
             return False
