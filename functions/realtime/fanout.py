@@ -20,9 +20,9 @@ order:
   stored before its `createdAt` are not its).
 
 Delivery is exactly once per subscription except in one window: the fan-out dies after
-`@connections` accepted a subscription's message and before its cursor write (milliseconds).
-The events of that subscription in that batch are then posted again after the restart, with
-the same `eventId` and `position` (docs/realtime.md, "What is guaranteed").
+`@connections` accepted a message and before that subscription's cursor write that follows
+it (milliseconds). That one message is then posted again after the restart, with the same
+`eventId` and `position` (docs/realtime.md, "What is guaranteed").
 
 Each pass also closes what must end: connections that sent no `connection_init` within
 INIT_TIMEOUT_S (4408), whose token expired or whose user signed out everywhere (4403).
@@ -172,6 +172,8 @@ class FanOut:
             )
             message = {"id": sub.subscription_id, "type": "next", "payload": payload}
             self._send(connection, sub, message)
+            # At once: a restart from here on never posts this message again.
+            self.table.advance(sub, delivery.stream_seq, caught_up and delivery.stream_seq >= first)
             posted += 1
             self.stats.latencies_ms.append(time.time() * 1000 - _stored_ms(delivery))
         self.stats.posted += posted

@@ -315,7 +315,7 @@ class Store:
                 UpdateExpression="SET #cursor = :seq, caughtUp = :caught_up",
                 ConditionExpression=(
                     "attribute_exists(connectionId) AND "
-                    "(attribute_not_exists(#cursor) OR #cursor < :seq)"
+                    "(attribute_not_exists(#cursor) OR #cursor <= :seq)"
                 ),
                 ExpressionAttributeNames={"#cursor": "cursor"},
                 ExpressionAttributeValues={":seq": _n(cursor), ":caught_up": {"BOOL": caught_up}},
