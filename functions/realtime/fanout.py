@@ -142,7 +142,12 @@ class FanOut:
         events: list[consumer.Delivery] = []
         caught_up = True
         if served < first - 1:
-            events, caught_up, reached = await self._backfill(subscribed.subject, served, first - 1)
+            # Only a subscriber who asked for a position hears that it is gone; one served up
+            # to the checkpoint goes on from the oldest event kept (a stream purged by hand).
+            asked = sub.cursor is None and sub.since is not None
+            events, caught_up, reached = await self._backfill(
+                subscribed.subject, served, first - 1, clamp=not asked
+            )
             if reached is None:
                 self._send(connection, sub, _expired_position(sub))
                 self.table.remove_subscription(sub.connection_id, sub.subscription_id)
@@ -192,14 +197,16 @@ class FanOut:
             raise _Gone
 
     async def _backfill(
-        self, subject: str, after: int, until: int
+        self, subject: str, after: int, until: int, *, clamp: bool
     ) -> tuple[list[consumer.Delivery], bool, int | None]:
         """The subject's events after `after` up to `until` from the stream: (events, caught
         up to `until`, last sequence examined), or (.., None) when `after` is older than
         the stream keeps."""
         info = await self.js.stream_info(STREAM)
         if after + 1 < info.state.first_seq:
-            return [], False, None
+            if not clamp:
+                return [], False, None
+            after = info.state.first_seq - 1
         found: list[consumer.Delivery] = []
         seq = after + 1
         while seq <= until and len(found) < BACKFILL_PER_PASS:

@@ -24,14 +24,10 @@ copy_config_to_registered_loggers(source_logger=logger, include={"realtime", "gr
 
 executable_schema()  # at init, never per message
 
-_store: store.Store | None = None
-
 
 def regional_store() -> store.Store:
-    global _store
-    if _store is None or _store.name != store.table_name():
-        _store = store.Store(store.client())
-    return _store
+    # boto3 clients are cached per region and endpoint (covenant.aws): cheap to wrap anew.
+    return store.Store(store.client())
 
 
 # The event (the token in a connection_init) never reaches a log.

@@ -127,8 +127,8 @@ def test_a_mutation_over_the_socket_is_refused(
 def test_a_subscription_over_http_is_refused(endpoints: dict[str, str]) -> None:
     import json
 
-    from devstack.functions import get_function, invoke
     from covenant.regions import get_region
+    from devstack.functions import get_function, invoke
 
     from ..graphql_api.conftest import make_event
 
