@@ -63,6 +63,9 @@ BACKFILL_PER_PASS = 500
 INIT_TIMEOUT_S = 10  # graphql-ws servers wait 3 s by default; API Gateway adds a cold start
 HOUSEKEEPING_EVERY_S = 5.0
 REVOCATION_EVERY_S = 30.0
+# With no new event, a pass (a subscriber resuming from `since`, housekeeping) at most this
+# often: an idle region costs one index query per IDLE_PASS_EVERY_S, not one per fetch.
+IDLE_PASS_EVERY_S = 2.0
 
 logger = Logger(service="fanout")
 metrics = Metrics(namespace="Covenant", service="fanout")
@@ -316,13 +319,15 @@ async def run_fanout(
     js = client.jetstream()
     pull = await js.pull_subscribe_bind(durable=durable, stream=STREAM)
     fanout.checkpoint = fanout.table.checkpoint(fanout.shard)
-    idle_since = time.monotonic()
+    idle_since, passed_at = time.monotonic(), float("-inf")  # the first idle pass at once
     try:
         while not should_stop():
             try:
                 messages = await pull.fetch(batch_size, timeout=fetch_wait_s)
             except (FetchTimeoutError, nats.errors.TimeoutError, TimeoutError):
-                await fanout.serve([])  # catch up those behind; housekeeping
+                if time.monotonic() - passed_at >= IDLE_PASS_EVERY_S:
+                    await fanout.serve([])  # catch up those behind; housekeeping
+                    passed_at = time.monotonic()
                 if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                     break
                 continue
@@ -337,6 +342,7 @@ async def run_fanout(
             batch.sort(key=lambda d: d.stream_seq)
             try:
                 await fanout.serve(batch)
+                passed_at = time.monotonic()
             except Exception:
                 log.exception("serving a batch failed; it will be redelivered")
                 for msg in messages:
