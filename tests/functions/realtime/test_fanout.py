@@ -128,7 +128,7 @@ def test_a_position_the_stream_no_longer_keeps_is_refused(
     assert nexts(connections_api, socket) == []
 
 
-def test_stats_move_with_each_project_change(
+def test_stats_move_with_each_project_or_country_change_in_the_region(
     endpoints: dict[str, str], connections_api: ConnectionsApi
 ) -> None:
     socket = Socket("sin", endpoints).open()
@@ -137,19 +137,22 @@ def test_stats_move_with_each_project_change(
         'subscription { statsChanged(region: "jnb") { eventId global { projectCount } '
         "regional { region { code } projectCount } } }",
     )
+    kenya = {"code": "KEN", "name": "Kenya", "region": "jnb", "covenant_status": "active"}
+    ireland = {"code": "IRL", "name": "Ireland", "region": "ams", "covenant_status": "active"}
     ids = publish_changes(
         endpoints["NATS_URL"],
         [
             ("projects", "updated", project_row()),
             ("projects", "updated", project_row(region="ams", country_code="IRL")),
+            ("countries", "updated", ireland),
+            ("countries", "updated", kenya),
         ],
     )
     run_fanout(endpoints, "sin")
-    (only,) = nexts(connections_api, socket)
-    stats = only["data"]["statsChanged"]
-    assert stats["eventId"] == ids[0]
-    assert stats["global"]["projectCount"] >= 300
-    assert [r["region"]["code"] for r in stats["regional"]] == ["jnb"]
+    got = [p["data"]["statsChanged"] for p in nexts(connections_api, socket)]
+    assert [g["eventId"] for g in got] == [ids[0], ids[3]]
+    assert got[0]["global"]["projectCount"] >= 300
+    assert [r["region"]["code"] for r in got[0]["regional"]] == ["jnb"]
 
 
 def _items(endpoints: dict[str, str], region: str) -> list[dict[str, Any]]:
