@@ -137,7 +137,7 @@ def invoke(name: str, region_code: str, event: dict[str, Any], endpoints: dict[s
     function = get_function(name)
     region = get_region(region_code) if name == "realtime" else primary_region()
     with environment(function_environment(function, region, endpoints)):
-        return load_handler(function)(event, LocalContext(function, region, 120))
+        return load_handler(function)(event, LocalContext(function, region, 300))
 
 
 def subscribe(count: int, endpoints: dict[str, str]) -> None:
