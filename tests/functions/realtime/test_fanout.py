@@ -250,3 +250,26 @@ region = primary_region()
 with environment({**dict(os.environ), **function_environment(spec, region, dict(os.environ))}):
     load_handler(spec)({"region": "ams"}, LocalContext(spec, region, 60))
 """
+
+
+def test_a_session_signed_out_everywhere_is_closed(
+    endpoints: dict[str, str],
+    connections_api: ConnectionsApi,
+    aws_server: Any,
+    wait_for_replica: Any,
+) -> None:
+    from covenant.revocation import record_sign_out
+
+    from .conftest import token_claims_sub
+
+    access = token(aws_server[1], "editor")
+    signed_in = Socket("ams", endpoints).open(access)
+    signed_in.subscribe("s", PROJECTS)
+    anonymous = Socket("ams", endpoints).open()
+    assert run_fanout(endpoints, "ams", idle_exit_s=0.5)["closed"] == 0
+    record_sign_out(token_claims_sub(access))
+    wait_for_replica()
+    # The fan-out checks each session every REVOCATION_EVERY_S: a new run checks at once.
+    assert run_fanout(endpoints, "ams", idle_exit_s=0.5)["closed"] == 1
+    assert connections_api.closed == [("ams", signed_in.connection_id)]
+    assert {i["connectionId"]["S"] for i in _items(endpoints, "ams")} == {anonymous.connection_id}
