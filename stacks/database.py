@@ -51,7 +51,16 @@ from stacks.settings import (
 )
 
 # The Lambda functions that use the database, each as its own IAM-authenticated login role.
-DATABASE_FUNCTIONS = ("graphql", "mobile", "bridge", "analytics", "mobile_push", "notifier")
+DATABASE_FUNCTIONS = (
+    "graphql",
+    "mobile",
+    "bridge",
+    "analytics",
+    "mobile_push",
+    "notifier",
+    "realtime",
+    "fanout",
+)
 
 
 def database_user(function: str) -> str:

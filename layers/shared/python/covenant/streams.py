@@ -59,6 +59,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from covenant.config import env
+from covenant.regions import load_regions
 
 NS_PER_S = 10**9
 MINUTE_S = 60
@@ -193,6 +194,20 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     # No CACHE_INVALIDATOR: there is no cache to invalidate, and the one worth having (short
     # max-age on anonymous GraphQL GETs) needs none (docs/deploy.md, "CACHE_INVALIDATOR").
     ConsumerSpec("COVENANT", "MOBILE_PUSH", "Pushes country and project changes to devices"),
+    # One per region: the fan-out of that region's GraphQL subscribers (functions/realtime).
+    # One batch in flight (max_ack_pending = the fan-out's batch) and an ack wait longer than
+    # a run lives (60 s): a run that overlaps the next one of its region cannot be handed
+    # later events than the batch it holds, so subscribers see the stream in order.
+    *(
+        ConsumerSpec(
+            "COVENANT",
+            f"REALTIME_{region.code.upper()}",
+            f"Real-time fan-out to {region.code}",
+            ack_wait_s=65,
+            max_ack_pending=100,
+        )
+        for region in load_regions()
+    ),
     ConsumerSpec("AUDIT", "AUDIT_LOGGER", "Records every audit event"),
     ConsumerSpec("ALERTS", "ALERT_ROUTER", "Routes alerts to whoever must act on them"),
     # A work-queue stream allows one unfiltered consumer: NOTIFIER is it.

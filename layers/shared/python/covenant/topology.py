@@ -13,6 +13,7 @@ from covenant.regions import cdk_context
 
 CONTEXT_KEY = "covenant:functions"
 AUTH_MODES = ("none", "jwt", "jwt-optional")  # see Route
+WEBSOCKET_ROUTES = ("$connect", "$default", "$disconnect")
 
 
 class TopologyError(RuntimeError):
@@ -72,11 +73,35 @@ def _compiled(path: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
+class WebSocketSpec:
+    """The function serves a WebSocket API (API Gateway's) at `path` of every region, for the
+    route keys `routes` (docs/realtime.md, "The contract")."""
+
+    path: str  # /graphql: the same path as the HTTP API's, as graphql-ws clients expect
+    routes: tuple[str, ...]  # of WEBSOCKET_ROUTES
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     name: str
     handler: str  # module.function, relative to functions/ (the deployed code root)
     description: str
     routes: tuple[Route, ...]
+    websocket: WebSocketSpec | None = None
+
+
+def _websocket(name: str, raw: Any) -> WebSocketSpec | None:
+    if raw is None:
+        return None
+    path = raw.get("path") if isinstance(raw, Mapping) else None
+    routes = raw.get("routes") if isinstance(raw, Mapping) else None
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise TopologyError(f"function {name}: websocket path must start with '/', got {path!r}")
+    if not isinstance(routes, list) or not routes or any(r not in WEBSOCKET_ROUTES for r in routes):
+        raise TopologyError(
+            f"function {name}: websocket routes must be some of {', '.join(WEBSOCKET_ROUTES)}"
+        )
+    return WebSocketSpec(path, tuple(routes))
 
 
 def parse_functions(raw: Mapping[str, Any]) -> dict[str, FunctionSpec]:
@@ -91,7 +116,11 @@ def parse_functions(raw: Mapping[str, Any]) -> dict[str, FunctionSpec]:
         if "handler" not in entry:
             raise TopologyError(f"function {name}: no handler")
         functions[name] = FunctionSpec(
-            name, entry["handler"], entry.get("description", ""), tuple(routes)
+            name,
+            entry["handler"],
+            entry.get("description", ""),
+            tuple(routes),
+            _websocket(name, entry.get("websocket")),
         )
     return functions
 
