@@ -170,31 +170,39 @@ def in_process_throughput(
     return Window(sum(r[0] for r in results), seconds, sum(r[1] for r in results) + database)
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int], descendants: bool = True) -> float:
     """User + system CPU of these processes and all their descendants (Linux /proc)."""
     total, tick = 0, os.sysconf("SC_CLK_TCK")
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            total += round(cpu_seconds([int(c) for c in children]) * tick)
+            if descendants:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                total += round(cpu_seconds([int(c) for c in children]) * tick)
     return total / tick
 
 
 @contextlib.contextmanager
-def gateway_process(endpoints: dict[str, str]) -> Iterator[tuple[int, int]]:
+def gateway_process(
+    endpoints: dict[str, str], *, fixed: bool = False, devstack_from: str | None = None
+) -> Iterator[tuple[int, int]]:
+    """The gateway in a process of its own: (port, pid). `devstack_from`: a checkout whose
+    devstack package it runs instead of this tree's (its environments too)."""
+    extra = {"PYTHONPATH": devstack_from} if devstack_from else {}
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.gateway", "serve"],
+        [sys.executable, str(Path(__file__).resolve()), "serve", *(["--fixed"] if fixed else [])],
         env={
             **os.environ,
             **endpoints,
+            **extra,
             "COVENANT_LAMBDA_MAX_PER_FUNCTION": str(CONCURRENCY),
             "POWERTOOLS_METRICS_DISABLED": "true",  # as make dev runs them, and the baseline
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        cwd=devstack_from,  # `python -m devstack.bootstrap` looks in the working folder first
     )
     try:
         assert process.stdout is not None
@@ -207,14 +215,21 @@ def gateway_process(endpoints: dict[str, str]) -> Iterator[tuple[int, int]]:
         process.wait(timeout=30)
 
 
-def serve() -> None:
-    """The gateway alone, for the measurements above (`python -m bench.gateway serve`)."""
+def serve(fixed: bool) -> None:
+    """The gateway alone, for the measurements above (`python -m bench.gateway serve`); with
+    `fixed`, its graphql function is bench/fixed_answer.py and it needs no database."""
+    from covenant.topology import FunctionSpec, Route
     from devstack.gateway import Gateway
+    from devstack.runtime import FunctionConfig
 
-    endpoints = {k: os.environ[k] for k in ("DATABASE_URL", "DATABASE_READER_URL")}
+    endpoints = {k: os.environ[k] for k in ("DATABASE_URL", "DATABASE_READER_URL") if not fixed}
+    route = Route("POST", "/graphql", "none")
+    spec = FunctionSpec("graphql", "fixed_answer.handler", "graphql", (route,))
+    here = str(Path(__file__).resolve().parent)
+    functions = {"graphql": FunctionConfig(spec, code_path=(here,))} if fixed else None
 
     async def run() -> None:
-        gateway = Gateway(0, endpoints)
+        gateway = Gateway(0, endpoints, functions=functions)
         await gateway.start()
         print(f"ready {gateway.port}", flush=True)
         stop = asyncio.Event()
@@ -326,13 +341,24 @@ def p99(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__)
-    parser.add_argument("mode", nargs="?", choices=["measure", "serve"], default="measure")
+    parser.add_argument(
+        "mode", nargs="?", choices=["measure", "overhead", "serve"], default="measure"
+    )
     parser.add_argument("--requests", type=int, default=500, help="timed requests at c=1")
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput window")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of both sides")
+    parser.add_argument("--fixed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compare",
+        metavar="CHECKOUT",
+        help="overhead: also run the devstack of another checkout (git worktree add), alternating",
+    )
     args = parser.parse_args()
     if args.mode == "serve":
-        serve()
+        serve(args.fixed)
+        return
+    if args.mode == "overhead":
+        overhead(args.requests, args.seconds, args.rounds, args.compare)
         return
     from bench.query_mix import cluster
 
@@ -395,6 +421,47 @@ def measure(
     say(f"    c={CONCURRENCY} req/s ratio {median:.2f}x (target >= 0.8x: {_met(median >= 0.8)})")
     median = statistics.median(cpu_ratios)
     say(f"    c={CONCURRENCY} CPU per request ratio {median:.2f}x ({_met(median >= 0.8)})")
+
+
+def overhead(requests: int, seconds: float, rounds: int, compare: str | None) -> None:
+    """The gateway path alone: a handler that does nothing (bench/fixed_answer.py), the CPU
+    each request costs the gateway process, the environments and the client, and the p50 at
+    concurrency 1; against another checkout's devstack when asked, in alternation."""
+    sides = {"this tree": None, **({f"devstack of {compare}": compare} if compare else {})}
+    query = QUERIES["project page"]  # never executed: only the request's size matters
+    with contextlib.ExitStack() as stack:
+        servers = {
+            side: stack.enter_context(gateway_process({}, fixed=True, devstack_from=checkout))
+            for side, checkout in sides.items()
+        }
+        figures: dict[str, list[tuple[float, float, float, float, float]]] = {s: [] for s in sides}
+        for port, _ in servers.values():
+            gateway_latencies(port, query, requests)  # environments started and warm
+        say(f"== the gateway path alone, c=1 p50 and c={CONCURRENCY} CPU per request (us)")
+        for round_number in range(rounds):
+            order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
+            for side in order:
+                port, pid = servers[side]
+                latency = p50(gateway_latencies(port, query, requests)) * 1000
+                own, tree = cpu_seconds([pid], descendants=False), cpu_seconds([pid])
+                window = gateway_throughput(port, query, seconds, [pid])
+                own, tree = cpu_seconds([pid], descendants=False) - own, cpu_seconds([pid]) - tree
+                us = 1e6 / window.requests
+                client = window.cpu_s - tree
+                row = (latency, window.rate, own * us, (tree - own) * us, client * us)
+                figures[side].append(row)
+                say(f"  round {round_number + 1}, {side}: c=1 p50 {latency:5.0f} us; ", end="")
+                say(f"c={CONCURRENCY} {window.rate:6.0f} req/s, gateway process ", end="")
+                say(f"{own * us:4.0f}, environments {(tree - own) * us:4.0f}, ", end="")
+                say(f"client {client * us:3.0f}")
+        say(f"  median of {rounds} rounds")
+        for side, rows in figures.items():
+            c1, rate, own_us, envs_us, client_us = (
+                statistics.median(column) for column in zip(*rows, strict=True)
+            )
+            say(f"    {side}: c=1 p50 {c1:5.0f} us; c={CONCURRENCY} {rate:6.0f} req/s, ", end="")
+            say(f"gateway process {own_us:4.0f}, environments {envs_us:4.0f}, ", end="")
+            say(f"client {client_us:3.0f}")
 
 
 def _met(met: bool) -> str:
