@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,14 @@ def gateway_latencies(port: int, query: str, requests: int) -> list[float]:
     return times
 
 
+def warm_environments(port: int, query: str) -> None:
+    """Starts all CONCURRENCY environments before anything is timed: as many requests at once
+    as there are environments, each held while the others arrive, so every one is a cold
+    start (a few seconds each on a loaded machine), then warm requests on each."""
+    with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+        list(pool.map(lambda _: gateway_latencies(port, query, 0), range(CONCURRENCY)))
+
+
 def gateway_throughput(port: int, query: str, seconds: float, processes: list[int]) -> Window:
     """Requests from CONCURRENCY keep-alive connections: wrk (C, Debian's package) when
     installed, whose own CPU is small, else aiohttp from this process."""
@@ -389,7 +398,7 @@ def measure(
     ratios: list[float] = []
     cpu_ratios: list[float] = []
     with gateway_process(endpoints) as (port, gateway_pid):
-        gateway_latencies(port, query, requests)  # every path warm before the first round
+        warm_environments(port, query)
         for round_number in range(1, rounds + 1):
             say(f"  round {round_number}")
             inline = in_process_latencies(endpoints, query, requests)
@@ -436,7 +445,7 @@ def overhead(requests: int, seconds: float, rounds: int, compare: str | None) ->
         }
         figures: dict[str, list[tuple[float, float, float, float, float]]] = {s: [] for s in sides}
         for port, _ in servers.values():
-            gateway_latencies(port, query, requests)  # environments started and warm
+            warm_environments(port, query)
         say(f"== the gateway path alone, c=1 p50 and c={CONCURRENCY} CPU per request (us)")
         for round_number in range(rounds):
             order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
