@@ -291,6 +291,9 @@ class Environment:
         )
         try:
             header, payload = await self.pipe.receive(INIT_TIMEOUT_S)
+        except asyncio.CancelledError:
+            self.kill()
+            raise
         except (TimeoutError, _EnvironmentGone):
             self.kill()
             return None, _error(
@@ -453,6 +456,9 @@ class LambdaRuntime:
         started = time.perf_counter()
         try:
             header, answer = await environment.invoke(request_id, payload, timeout_s)
+        except asyncio.CancelledError:
+            environment.kill()  # its answer may still come: it must never reach the next caller
+            raise
         except TimeoutError:
             environment.kill()
             elapsed = (time.perf_counter() - started) * 1000
@@ -607,8 +613,7 @@ class LambdaRuntime:
         else:
             self._total -= 1
             pool.live.discard(environment)
-            if environment.alive:
-                asyncio.create_task(environment.close())  # noqa: RUF006
+            asyncio.create_task(environment.close())  # noqa: RUF006 - also frees an exited one's pipes
         self._wake()
 
     def _wake(self) -> None:
