@@ -5,10 +5,9 @@ environment variables already set, as Lambda starts its runtime. It imports the 
 (the init phase), says how long that took, then serves one invocation at a time until its
 parent closes the pipe or kills it.
 
-Frames on the pipe (both ways): 4-byte big-endian header length, header JSON, 4-byte payload
-length, payload bytes. Requests come on stdin; answers leave on a duplicate of the original
-stdout, and stdout itself is pointed at stderr, so what the function prints (its JSON logs,
-EMF metrics) goes to the log stream as in Lambda, never into the protocol.
+Frames on the pipe: devstack.wire. Requests come on stdin; answers leave on a duplicate of
+the original stdout, and stdout itself is pointed at stderr, so what the function prints (its
+JSON logs, EMF metrics) goes to the log stream as in Lambda, never into the protocol.
 """
 
 from __future__ import annotations
@@ -17,60 +16,59 @@ import importlib
 import json
 import os
 import resource
-import struct
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-_LENGTH = struct.Struct(">I")
-
-
-def read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+from devstack import wire
 
 
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    head = read_exactly(stream, 4)
-    if head is None:
+    """The next request, or None once the runtime has closed the pipe."""
+    prefix = stream.read(wire.PREFIX.size)  # a blocking BufferedReader: all of it, or EOF
+    if len(prefix) < wire.PREFIX.size:
         return None
-    header = read_exactly(stream, _LENGTH.unpack(head)[0])
-    size = read_exactly(stream, 4)
-    if header is None or size is None:
+    header_size, payload_size = wire.PREFIX.unpack(prefix)
+    body = stream.read(header_size + payload_size)
+    if len(body) < header_size + payload_size:
         return None
-    payload = read_exactly(stream, _LENGTH.unpack(size)[0])
-    if payload is None:
-        return None
-    decoded: dict[str, Any] = json.loads(header)
-    return decoded, payload
+    decoded: dict[str, Any] = wire.loads(body[:header_size])
+    return decoded, body[header_size:]
 
 
 def write_frame(stream: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None:
-    encoded = json.dumps(header).encode()
-    stream.write(_LENGTH.pack(len(encoded)) + encoded + _LENGTH.pack(len(payload)) + payload)
+    stream.write(wire.frame(header, payload))
     stream.flush()
 
 
 class LambdaContext:
     """The context object the managed Python runtime passes to a handler."""
 
+    # The function's configuration does not change during an environment's life: read once.
+    _configuration: tuple[str, str, str, str, str, str] | None = None
+
     def __init__(self, request_id: str, deadline_ms: int) -> None:
-        self.function_name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
-        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        self.invoked_function_arn = os.environ.get("COVENANT_FUNCTION_ARN", "")
-        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        if LambdaContext._configuration is None:
+            environ = os.environ
+            LambdaContext._configuration = (
+                environ["AWS_LAMBDA_FUNCTION_NAME"],
+                environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+                environ.get("COVENANT_FUNCTION_ARN", ""),
+                environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+                environ.get("AWS_LAMBDA_LOG_GROUP_NAME", ""),
+                environ.get("AWS_LAMBDA_LOG_STREAM_NAME", ""),
+            )
+        (
+            self.function_name,
+            self.function_version,
+            self.invoked_function_arn,
+            self.memory_limit_in_mb,
+            self.log_group_name,
+            self.log_stream_name,
+        ) = LambdaContext._configuration
         self.aws_request_id = request_id
-        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
         self.identity = None
         self.client_context = None
         self._deadline_ms = deadline_ms
@@ -128,10 +126,10 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
         started = time.perf_counter()
         status = "ok"
         try:
-            event = json.loads(payload)
+            event = wire.loads(payload)
             result = handler(event, LambdaContext(header["requestId"], header["deadlineMs"]))
             try:
-                body = json.dumps(result).encode()
+                body = wire.dumps(result)
             except (TypeError, ValueError) as exc:
                 status = "error"
                 body = error_payload(

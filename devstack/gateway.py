@@ -32,6 +32,7 @@ import binascii
 import json
 import logging
 import mimetypes
+import os
 import sys
 import threading
 import time
@@ -47,7 +48,7 @@ from aiohttp import web
 
 from covenant.regions import Region, load_regions
 from covenant.topology import FunctionSpec, Route
-from devstack import assets
+from devstack import assets, wire
 from devstack.assets import ASSETS_PATH
 from devstack.functions import region_environment
 from devstack.hop import LatencyProxy
@@ -166,7 +167,7 @@ def proxy_response(payload: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
     """API Gateway's mapping of a payload-format-2.0 Lambda response: (status, headers, body).
     A JSON value without `statusCode` is a 200 JSON body, as API Gateway infers it."""
     try:
-        result = json.loads(payload)
+        result = wire.loads(payload)
     except ValueError as exc:
         raise MalformedResponse("the response is not JSON") from exc
     if not (isinstance(result, dict) and "statusCode" in result):
@@ -413,18 +414,20 @@ class Gateway:
             authorizer=authorizer,
             request_id=request_id,
         )
-        return await self._integrate(function.name, region, json.dumps(event).encode())
+        return await self._integrate(function.name, region, wire.dumps_built(event))
 
     async def _integrate(self, function: str, region: Region, payload: bytes) -> web.Response:
         """The Lambda proxy integration: invoke, then map the answer or the failure."""
-        invocation = asyncio.ensure_future(self.runtime.invoke(function, region.code, payload))
-        try:
-            # The invocation runs on past the integration timeout, as in AWS.
-            result = await asyncio.wait_for(asyncio.shield(invocation), self.integration_timeout_s)
-        except TimeoutError:
+        invocation = asyncio.get_running_loop().create_task(
+            self.runtime.invoke(function, region.code, payload)
+        )
+        # The invocation runs on past the integration timeout, as in AWS.
+        if not await _settles_within(invocation, self.integration_timeout_s):
             invocation.add_done_callback(_consume)
             logger.info("%s in %s: integration timeout, 503", function, region.code)
             return _json(503, _UNAVAILABLE)
+        try:
+            result = invocation.result()
         except InvokeRejected as rejected:
             logger.info(
                 "%s in %s: invocation rejected, %s: %s",
@@ -516,6 +519,25 @@ class Gateway:
         )
 
 
+async def _settles_within(future: asyncio.Future[Any], timeout_s: float) -> bool:
+    """Whether `future` is done within `timeout_s`; unlike wait_for, it is never cancelled."""
+    if not future.done():
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        future.add_done_callback(wake)
+        timer = asyncio.get_running_loop().call_later(timeout_s, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            future.remove_done_callback(wake)
+    return future.done()
+
+
 def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -540,7 +562,7 @@ def _lambda_error(status: int, error_type: str, message: str) -> web.Response:
 
 def _apigw_request_id() -> str:
     # API Gateway's request ids look like "Ab1cDeFgIAMEcJw=": 16 characters.
-    return base64.b64encode(uuid.uuid4().bytes[:10], b"-_").decode()[:14] + "="
+    return base64.b64encode(os.urandom(10), b"-_").decode()[:14] + "="
 
 
 def configure_logging() -> None:

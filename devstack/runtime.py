@@ -38,24 +38,24 @@ import json
 import logging
 import math
 import os
-import struct
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from covenant.regions import Region, cdk_context, get_region
 from covenant.topology import FunctionSpec, load_functions
+from devstack import wire
 from devstack.errors import DevStackError
 
 logger = logging.getLogger("devstack.lambda")
 
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # synchronous Invoke: request and response
 INIT_TIMEOUT_S = 10.0  # Lambda's limit on the init phase of an on-demand environment
-_LENGTH = struct.Struct(">I")
 # Endpoint variables the runtime sets per region: never inherited from the parent process,
 # so a region that is given none has none (a secondary has no writer, for instance).
 ENDPOINT_VARIABLES = (
@@ -182,6 +182,85 @@ class _EnvironmentGone(Exception):
     """The process ended (crashed, killed) before it answered."""
 
 
+class _Pipe(asyncio.SubprocessProtocol):
+    """The runtime's end of an environment's stdin and stdout: frames (devstack.wire) out and
+    in, read as the event loop delivers the bytes, one answer awaited at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._buffer = bytearray()
+        self._needed = wire.PREFIX.size  # parse again once the buffer holds this much
+        self._frames: deque[tuple[dict[str, Any], bytes]] = deque()
+        self._waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
+        self._ended = False  # stdout closed: no answer will come
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement these interfaces without deriving from them.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self._stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self._needed:
+            self._parse()
+
+    def _parse(self) -> None:
+        buffer = self._buffer
+        while len(buffer) >= wire.PREFIX.size:
+            header_size, payload_size = wire.PREFIX.unpack_from(buffer)
+            end = wire.PREFIX.size + header_size + payload_size
+            if len(buffer) < end:
+                self._needed = end
+                return
+            header = wire.loads(bytes(buffer[wire.PREFIX.size : wire.PREFIX.size + header_size]))
+            payload = bytes(buffer[end - payload_size : end])
+            del buffer[:end]
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result((header, payload))
+            else:
+                self._frames.append((header, payload))
+        self._needed = wire.PREFIX.size
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._ended = True
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(_EnvironmentGone())
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def send(self, data: bytes) -> None:
+        if self._stdin is None or self._stdin.is_closing():
+            raise _EnvironmentGone
+        self._stdin.write(data)
+
+    async def receive(self, timeout_s: float) -> tuple[dict[str, Any], bytes]:
+        """The next frame; TimeoutError after `timeout_s`, _EnvironmentGone at the end."""
+        if self._frames:
+            return self._frames.popleft()
+        if self._ended:
+            raise _EnvironmentGone
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[dict[str, Any], bytes]] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(timeout_s, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class Environment:
     """One execution environment: a process running devstack.bootstrap."""
 
@@ -189,7 +268,7 @@ class Environment:
         self.pool = pool
         self.number = number
         self.log_stream = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
-        self.process: asyncio.subprocess.Process | None = None
+        self.pipe: _Pipe | None = None
         self.idle_since = time.monotonic()
         self._killed = False
 
@@ -199,17 +278,22 @@ class Environment:
             **self.pool.environment,
             "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
         }
-        self.process = await asyncio.create_subprocess_exec(
+        _, self.pipe = await asyncio.get_running_loop().subprocess_exec(
+            _Pipe,
             sys.executable,
             "-m",
             "devstack.bootstrap",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=None,
             env=environment,
             start_new_session=True,  # Ctrl-C in the terminal is the stack's to handle
         )
         try:
-            header, payload = await asyncio.wait_for(self._read(), INIT_TIMEOUT_S)
+            header, payload = await self.pipe.receive(INIT_TIMEOUT_S)
+        except asyncio.CancelledError:
+            self.kill()
+            raise
         except (TimeoutError, _EnvironmentGone):
             self.kill()
             return None, _error(
@@ -225,48 +309,42 @@ class Environment:
     async def invoke(
         self, request_id: str, payload: bytes, timeout_s: float
     ) -> tuple[dict[str, Any], bytes]:
-        assert self.process is not None and self.process.stdin is not None
+        assert self.pipe is not None
         deadline_ms = int((time.time() + timeout_s) * 1000)
-        header = json.dumps({"requestId": request_id, "deadlineMs": deadline_ms}).encode()
-        self.process.stdin.write(
-            _LENGTH.pack(len(header)) + header + _LENGTH.pack(len(payload)) + payload
-        )
-        try:
-            await self.process.stdin.drain()
-        except (ConnectionError, BrokenPipeError) as exc:
-            raise _EnvironmentGone from exc
-        return await asyncio.wait_for(self._read(), timeout_s)
+        self.pipe.send(wire.frame({"requestId": request_id, "deadlineMs": deadline_ms}, payload))
+        return await self.pipe.receive(timeout_s)
 
-    async def _read(self) -> tuple[dict[str, Any], bytes]:
-        assert self.process is not None and self.process.stdout is not None
-        stream = self.process.stdout
-        try:
-            size = _LENGTH.unpack(await stream.readexactly(4))[0]
-            header: dict[str, Any] = json.loads(await stream.readexactly(size))
-            size = _LENGTH.unpack(await stream.readexactly(4))[0]
-            payload = await stream.readexactly(size)
-        except asyncio.IncompleteReadError as exc:
-            raise _EnvironmentGone from exc
-        return header, payload
+    @property
+    def returncode(self) -> int | None:
+        transport = self.pipe.transport if self.pipe is not None else None
+        return transport.get_returncode() if transport is not None else None
 
     @property
     def alive(self) -> bool:
-        return not self._killed and self.process is not None and self.process.returncode is None
+        return not self._killed and self.pipe is not None and self.returncode is None
 
     def kill(self) -> None:
         if self.alive:
             self._killed = True
-            assert self.process is not None
+            assert self.pipe is not None and self.pipe.transport is not None
             with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+                self.pipe.transport.kill()
 
     async def close(self) -> None:
         """Ends the process as Lambda ends an environment whose runtime has no extensions:
         SIGKILL, no shutdown phase."""
-        if self.process is None:
+        if self.pipe is None or self.pipe.transport is None:
             return
         self.kill()
-        await self.process.wait()
+        await self.pipe.exited
+        self.pipe.transport.close()
+
+    async def exit_code(self, wait_s: float) -> int | None:
+        """The process's exit status once it has ended (None if it has not within `wait_s`)."""
+        if self.pipe is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pipe.exited), wait_s)
+        return self.returncode
 
 
 @dataclass
@@ -315,7 +393,7 @@ class LambdaRuntime:
         self.idle_timeout_s = idle_timeout_s
         self._pools: dict[tuple[str, str], FunctionPool] = {}
         self._total = 0
-        self._changed: asyncio.Condition | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -323,7 +401,7 @@ class LambdaRuntime:
     async def start(self) -> None:
         """Binds the runtime to the running event loop (invocations from other threads go
         through `invoke_from_thread`)."""
-        _ = self._condition
+        self._bind()
 
     # --- the Invoke operation ------------------------------------------------------------
 
@@ -341,8 +419,10 @@ class LambdaRuntime:
                 f"Request must be smaller than {PAYLOAD_LIMIT_BYTES} bytes for the "
                 "InvokeFunction operation",
             )
+        if self.loop is None:
+            self._bind()
         pool = self._pool(config, get_region(region_code))
-        environment, cold = await self._acquire(pool)
+        environment, cold = self._take(pool) or await self._acquire(pool)
         request_id = str(uuid.uuid4())
         init_ms: float | None = None
         try:
@@ -353,7 +433,7 @@ class LambdaRuntime:
                     return Invocation(request_id, failure, "Unhandled", init_ms)
             return await self._run(pool, environment, request_id, payload, init_ms)
         finally:
-            await self._release(pool, environment)
+            self._release(pool, environment)
 
     def invoke_from_thread(self, function: str, region_code: str, payload: bytes) -> Invocation:
         """`invoke` for code running on another thread (event sources, `devstack invoke`)."""
@@ -376,6 +456,9 @@ class LambdaRuntime:
         started = time.perf_counter()
         try:
             header, answer = await environment.invoke(request_id, payload, timeout_s)
+        except asyncio.CancelledError:
+            environment.kill()  # its answer may still come: it must never reach the next caller
+            raise
         except TimeoutError:
             environment.kill()
             elapsed = (time.perf_counter() - started) * 1000
@@ -385,9 +468,9 @@ class LambdaRuntime:
             logger.info("[%s] %s", pool.name, message)
             return Invocation(request_id, _error(None, message), "Unhandled", init_ms, elapsed)
         except _EnvironmentGone:
-            environment.kill()
             elapsed = (time.perf_counter() - started) * 1000
-            code = environment.process.returncode if environment.process else None
+            code = await environment.exit_code(1.0)
+            environment.kill()
             self._report(pool, request_id, elapsed, None, init_ms, "error")
             message = f"RequestId: {request_id} Error: Runtime exited with error: " + (
                 f"signal: {-code}" if code is not None and code < 0 else f"exit status {code}"
@@ -464,65 +547,81 @@ class LambdaRuntime:
         """How many times `function` was invoked, in every region (for tests)."""
         return sum(p.invocations for p in self._pools.values() if p.config.name == function)
 
-    @property
-    def _condition(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
+    def _bind(self) -> None:
+        if self.loop is None:
             self.loop = asyncio.get_running_loop()
-            self._reaper = asyncio.create_task(self._reap_idle())
-        return self._changed
+            self._reaper = self.loop.create_task(self._reap_idle())
 
     async def _acquire(self, pool: FunctionPool) -> tuple[Environment, bool]:
-        changed = self._condition
-        async with changed:
-            while True:
-                if self._closed:
-                    raise InvokeRejected(503, "ServiceException", "the local runtime is stopping")
-                reserved = pool.config.reserved_in(pool.region)
-                if reserved is not None and pool.busy >= reserved:
-                    pool.throttles += 1
-                    raise InvokeRejected(
-                        429,
-                        "TooManyRequestsException",
-                        "Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded)",
-                    )
-                if pool.idle:
-                    environment = pool.idle.pop()  # most recently used: the warmest
-                    pool.busy += 1
-                    pool.invocations += 1
-                    return environment, False
-                own_limit = min(reserved or self.max_per_function, self.max_per_function)
-                if pool.busy < own_limit:
-                    if self._total >= self.max_total:
-                        victim = self._oldest_idle()
-                        if victim is not None:
-                            victim.pool.idle.remove(victim)
-                            victim.pool.live.discard(victim)
-                            self._total -= 1
-                            asyncio.create_task(victim.close())  # noqa: RUF006
-                    if self._total < self.max_total:
-                        self._total += 1
-                        pool.busy += 1
-                        pool.created += 1
-                        pool.invocations += 1
-                        pool.cold_starts += 1
-                        environment = Environment(pool, pool.created)
-                        pool.live.add(environment)
-                        return environment, True
-                await changed.wait()
+        # Everything here runs on the runtime's one event loop, and nothing awaits between a
+        # check and what it decides: no lock is needed, only a wait while nothing is free.
+        while True:
+            taken = self._take(pool)
+            if taken is not None:
+                return taken
+            assert self.loop is not None
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    self._waiters.remove(waiter)
 
-    async def _release(self, pool: FunctionPool, environment: Environment) -> None:
-        async with self._condition:
-            pool.busy -= 1
-            if environment.alive and not self._closed:
-                environment.idle_since = time.monotonic()
-                pool.idle.append(environment)
-            else:
-                self._total -= 1
-                pool.live.discard(environment)
-                if environment.alive:
-                    asyncio.create_task(environment.close())  # noqa: RUF006
-            self._condition.notify_all()
+    def _take(self, pool: FunctionPool) -> tuple[Environment, bool] | None:
+        """A warm environment, or a new one to start (cold), or None: wait for a release."""
+        if self._closed:
+            raise InvokeRejected(503, "ServiceException", "the local runtime is stopping")
+        reserved = pool.config.reserved_in(pool.region)
+        if reserved is not None and pool.busy >= reserved:
+            pool.throttles += 1
+            raise InvokeRejected(
+                429,
+                "TooManyRequestsException",
+                "Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded)",
+            )
+        if pool.idle:
+            environment = pool.idle.pop()  # most recently used: the warmest
+            pool.busy += 1
+            pool.invocations += 1
+            return environment, False
+        own_limit = min(reserved or self.max_per_function, self.max_per_function)
+        if pool.busy >= own_limit:
+            return None
+        if self._total >= self.max_total:
+            victim = self._oldest_idle()
+            if victim is None:
+                return None
+            victim.pool.idle.remove(victim)
+            victim.pool.live.discard(victim)
+            self._total -= 1
+            asyncio.create_task(victim.close())  # noqa: RUF006
+        self._total += 1
+        pool.busy += 1
+        pool.created += 1
+        pool.invocations += 1
+        pool.cold_starts += 1
+        environment = Environment(pool, pool.created)
+        pool.live.add(environment)
+        return environment, True
+
+    def _release(self, pool: FunctionPool, environment: Environment) -> None:
+        pool.busy -= 1
+        if environment.alive and not self._closed:
+            environment.idle_since = time.monotonic()
+            pool.idle.append(environment)
+        else:
+            self._total -= 1
+            pool.live.discard(environment)
+            asyncio.create_task(environment.close())  # noqa: RUF006 - also frees an exited one's pipes
+        self._wake()
+
+    def _wake(self) -> None:
+        """Lets every waiting invocation look again (what it waits for may be another's)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _oldest_idle(self) -> Environment | None:
         idle = [e for p in self._pools.values() for e in p.idle]
@@ -532,15 +631,14 @@ class LambdaRuntime:
         while not self._closed:
             await asyncio.sleep(min(30.0, self.idle_timeout_s))
             cutoff = time.monotonic() - self.idle_timeout_s
-            async with self._condition:
-                for pool in self._pools.values():
-                    stale = [e for e in pool.idle if e.idle_since < cutoff]
-                    for environment in stale:
-                        pool.idle.remove(environment)
-                        pool.live.discard(environment)
-                        self._total -= 1
-                        asyncio.create_task(environment.close())  # noqa: RUF006
-                self._condition.notify_all()
+            for pool in self._pools.values():
+                stale = [e for e in pool.idle if e.idle_since < cutoff]
+                for environment in stale:
+                    pool.idle.remove(environment)
+                    pool.live.discard(environment)
+                    self._total -= 1
+                    asyncio.create_task(environment.close())  # noqa: RUF006
+            self._wake()
 
     async def close(self) -> None:
         """Stops every environment (busy ones are killed)."""
@@ -554,9 +652,7 @@ class LambdaRuntime:
             pool.idle.clear()
             pool.live.clear()
         await asyncio.gather(*(e.close() for e in live), return_exceptions=True)
-        if self._changed is not None:
-            async with self._changed:
-                self._changed.notify_all()
+        self._wake()
 
 
 def invoke_once(
