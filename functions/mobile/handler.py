@@ -19,10 +19,11 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pg8000.exceptions import DatabaseError
 
 from covenant import handoff, position
 from covenant.config import settings
-from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, reader, writer
+from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, reader, sqlstate, writer
 from covenant.handoff import PrimaryRequired
 from covenant.identity import Caller, caller_from_event
 from covenant.logs import adopt_shared_logs
@@ -193,8 +194,41 @@ def database_unavailable(error: DatabaseUnavailable) -> Response[Any]:
     )
 
 
+# The database gave up on the request, rolling back whatever it had done (a statement
+# timeout fires before COMMIT's point of no return; a deadlock victim's transaction is
+# aborted): the same request later can succeed.
+_GAVE_UP = {
+    "57014": "did not finish within the database's statement timeout",
+    "40P01": "was chosen to end a deadlock",
+    "40001": "met a concurrent change it could not be serialised with",
+}
+
+
+@app.exception_handler(DatabaseError)  # type: ignore[untyped-decorator]
+def database_gave_up(error: DatabaseError) -> Response[Any]:
+    state = sqlstate(error)
+    if state not in _GAVE_UP:
+        return _internal_error()
+    _log.warning("database gave up (SQLSTATE %s): %s", state, error)
+    metrics.add_metric(
+        "DatabaseTimeouts" if state == "57014" else "DatabaseAborts", MetricUnit.Count, 1
+    )
+    return error_response(
+        ServiceUnavailable(
+            f"The request {_GAVE_UP[state]}, so nothing was changed; send it again in a few "
+            "seconds.",
+            reason="statement_timeout" if state == "57014" else "transaction_aborted",
+            requestId=_request_id(),
+        )
+    )
+
+
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
-def internal_error(error: Exception) -> Response[Any]:
+def internal_error(_: Exception) -> Response[Any]:
+    return _internal_error()
+
+
+def _internal_error() -> Response[Any]:
     _log.exception("unhandled error")
     metrics.add_metric("Errors500", MetricUnit.Count, 1)
     return error_response(
