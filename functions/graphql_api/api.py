@@ -409,6 +409,7 @@ def _idempotent(
         key_prefix="covenant-graphql",
         persistence_store=persistence,
         config=idempotency_config,
+        output_serializer=idempotency.ANSWERS,  # a replay answers the first answer's bytes
     )
     def run_once(call: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = execute()

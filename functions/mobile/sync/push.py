@@ -280,10 +280,15 @@ def push(request: PushRequest) -> PushResult:
                 }
             }
         }
-        uow.run(
-            "UPDATE sync_push_receipts SET response = CAST(:body AS jsonb) WHERE id = :id",
-            body=json.dumps(body),
-            id=key,
+        # The answer as the receipt keeps it (jsonb orders keys its own way): a replay then
+        # answers the same bytes as the first answer.
+        body = _as_dict(
+            uow.scalar(
+                "UPDATE sync_push_receipts SET response = CAST(:body AS jsonb) WHERE id = :id "
+                "RETURNING response",
+                body=json.dumps(body),
+                id=key,
+            )
         )
         if uow.events:
             wake_bridge_after_commit(uow, request.region)
