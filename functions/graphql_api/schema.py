@@ -19,7 +19,7 @@ from graphql_api.resolvers.connection import country_connection, project_connect
 from graphql_api.resolvers.enums import ENUMS
 from graphql_api.resolvers.mutation import mutation
 from graphql_api.resolvers.query import query
-from graphql_api.resolvers.scalars import date_time, money
+from graphql_api.resolvers.scalars import date_time, money, money_total
 from graphql_api.resolvers.types import TYPES
 
 SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
@@ -43,6 +43,7 @@ def executable_schema() -> GraphQLSchema:
         query,
         mutation,
         money,
+        money_total,
         date_time,
         country_connection,
         project_connection,
