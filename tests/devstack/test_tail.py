@@ -47,6 +47,20 @@ def test_tail_shows_the_last_events_then_follows(servers, monkeypatch, capsys) -
     ]
 
 
+async def _tail_one_event(url: str, stream: str) -> int:
+    """A stream `stream` of one event on the server at `url`, followed by tail until it shows
+    that event; the stream goes afterwards."""
+    client = await nats.connect(url)
+    js = client.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"]))
+    try:
+        await js.publish(f"{stream.lower()}.things.created", b'{"type": "t", "id": "1"}')
+        return await asyncio.wait_for(tail(stream, last=1, limit=1), 10)
+    finally:
+        await js.delete_stream(stream)
+        await client.close()
+
+
 def test_tail_takes_a_server_list_and_skips_a_node_that_is_down(
     servers, monkeypatch, capsys
 ) -> None:
@@ -55,19 +69,8 @@ def test_tail_takes_a_server_list_and_skips_a_node_that_is_down(
 
     monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{free_port()},{servers.nats.url}")
 
-    async def scenario() -> int:
-        client = await nats.connect(servers.nats.url)
-        js = client.jetstream()
-        await js.add_stream(StreamConfig(name="TAILLIST", subjects=["taillist.>"]))
-        try:
-            await js.publish("taillist.things.created", b'{"type": "t", "id": "1"}')
-            return await asyncio.wait_for(tail("TAILLIST", last=1, limit=1), 10)
-        finally:
-            await js.delete_stream("TAILLIST")
-            await client.close()
-
     for _ in range(3):  # nats-py shuffles the list: the dead node comes first in some runs
-        assert asyncio.run(scenario()) == 1
+        assert asyncio.run(_tail_one_event(servers.nats.url, "TAILLIST")) == 1
     captured = capsys.readouterr()
     assert "TAILLIST: 1 events stored" in captured.out
     assert "Traceback" not in captured.err + captured.out
@@ -98,17 +101,6 @@ def test_tail_follows_this_checkouts_stack_and_names_it(
     monkeypatch.setenv("COVENANT_DATA_DIR", str(tmp_path))
     (tmp_path / "state.json").write_text(json.dumps({"NATS_URL": servers.nats.url}))
 
-    async def scenario() -> int:
-        client = await nats.connect(servers.nats.url)
-        js = client.jetstream()
-        await js.add_stream(StreamConfig(name="TAILSTATE", subjects=["tailstate.>"]))
-        try:
-            await js.publish("tailstate.things.created", b'{"type": "t", "id": "1"}')
-            return await asyncio.wait_for(tail("TAILSTATE", last=1, limit=1), 10)
-        finally:
-            await js.delete_stream("TAILSTATE")
-            await client.close()
-
-    assert asyncio.run(scenario()) == 1
+    assert asyncio.run(_tail_one_event(servers.nats.url, "TAILSTATE")) == 1
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"TAILSTATE at {servers.nats.url} (from the stack running from {tmp_path})"
