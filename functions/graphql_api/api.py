@@ -93,6 +93,8 @@ class GraphQLSettings:
                 max_statements=number("GRAPHQL_MAX_STATEMENTS", 64),
                 introspection=flag("GRAPHQL_INTROSPECTION", local),
                 known_list_sizes=_known_list_sizes(),
+                max_tokens=number("GRAPHQL_MAX_TOKENS", 1000),
+                max_repeats=number("GRAPHQL_MAX_REPEATS", 50),
             ),
             explorer=flag("GRAPHQL_EXPLORER", local),
             max_body_bytes=number("GRAPHQL_MAX_BODY_BYTES", 65_536),
