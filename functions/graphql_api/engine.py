@@ -35,8 +35,9 @@ from graphql import (
 )
 from graphql.execution.values import get_variable_values
 from graphql.validation import NoSchemaIntrospectionCustomRule
+from pg8000.exceptions import DatabaseError
 
-from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable
+from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, gave_up
 from graphql_api.context import RequestContext
 from graphql_api.errors import ApiError
 from graphql_api.executor import RowExecutor
@@ -407,6 +408,18 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
             "code": "INTERNAL_SERVER_ERROR",
             "requestId": request_id,
             "mayHaveBeenApplied": True,
+        }
+        return formatted
+    elif isinstance(original, DatabaseError) and gave_up(original):
+        logger.warning("database gave up: %s", original)
+        formatted["message"] = (
+            f"The database {gave_up(original)}, so this field changed nothing; send the "
+            f"request again in a few seconds. Request id: {request_id}"
+        )
+        formatted["extensions"] = {
+            "code": "INTERNAL_SERVER_ERROR",
+            "requestId": request_id,
+            "retryable": True,
         }
         return formatted
     elif isinstance(original, DatabaseUnavailable):

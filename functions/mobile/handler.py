@@ -23,7 +23,14 @@ from pg8000.exceptions import DatabaseError
 
 from covenant import handoff, position
 from covenant.config import settings
-from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, reader, sqlstate, writer
+from covenant.db import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
+    gave_up,
+    reader,
+    sqlstate,
+    writer,
+)
 from covenant.handoff import PrimaryRequired
 from covenant.identity import Caller, caller_from_event
 from covenant.logs import adopt_shared_logs
@@ -194,30 +201,18 @@ def database_unavailable(error: DatabaseUnavailable) -> Response[Any]:
     )
 
 
-# The database gave up on the request, rolling back whatever it had done (a statement
-# timeout fires before COMMIT's point of no return; a deadlock victim's transaction is
-# aborted): the same request later can succeed.
-_GAVE_UP = {
-    "57014": "did not finish within the database's statement timeout",
-    "40P01": "was chosen to end a deadlock",
-    "40001": "met a concurrent change it could not be serialised with",
-}
-
-
 @app.exception_handler(DatabaseError)  # type: ignore[untyped-decorator]
 def database_gave_up(error: DatabaseError) -> Response[Any]:
-    state = sqlstate(error)
-    if state not in _GAVE_UP:
+    why = gave_up(error)
+    if why is None:
         return _internal_error()
-    _log.warning("database gave up (SQLSTATE %s): %s", state, error)
-    metrics.add_metric(
-        "DatabaseTimeouts" if state == "57014" else "DatabaseAborts", MetricUnit.Count, 1
-    )
+    _log.warning("database gave up: %s", error)
+    timeout = sqlstate(error) == "57014"
+    metrics.add_metric("DatabaseTimeouts" if timeout else "DatabaseAborts", MetricUnit.Count, 1)
     return error_response(
         ServiceUnavailable(
-            f"The request {_GAVE_UP[state]}, so nothing was changed; send it again in a few "
-            "seconds.",
-            reason="statement_timeout" if state == "57014" else "transaction_aborted",
+            f"The database {why}, so nothing was changed; send the request again in a few seconds.",
+            reason="statement_timeout" if timeout else "transaction_aborted",
             requestId=_request_id(),
         )
     )
