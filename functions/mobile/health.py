@@ -4,9 +4,10 @@
 - in the primary region, the writer (down, or read-only: writes fail everywhere) and NATS
   (unreachable: events wait in the outbox, subscribers hear nothing); either is degraded, not
   unhealthy: reads still work, and failing the region over would not bring them back;
-- in a secondary region, the hop to the primary region's function, and that function's own
-  answer: a primary that is degraded, or unreachable, leaves this region degraded too (a
-  secondary has no writer and never talks to NATS).
+- in a secondary region, the hop to the primary region's function, and that function's
+  writer and NATS checks (what this region's writes need there): either one down, or the
+  primary unreachable, leaves this region degraded too (a secondary has no writer and never
+  talks to NATS).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def check_health(event: dict[str, Any]) -> HealthReport:
     report = _check_reader()
     if handoff.is_primary():
         checks = {"writer": _check_writer(), "nats": _check_nats()}
-        problems = [check.pop("problem") for check in checks.values() if "problem" in check]
+        problems = [check["problem"] for check in checks.values() if "problem" in check]
         return _with_problems(report, problems, dependencies=checks)
     if handoff.handed_off_from(event) is not None:
         return report
@@ -201,13 +202,18 @@ def _check_primary(event: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     latency = round((time.perf_counter() - started) * 1000, 2)
     try:
         report = json.loads(answer.get("body") or "{}")
-        status, reason = report.get("status"), report.get("reason")
+        status, checks = report.get("status"), report.get("checks") or {}
+        # What this region's writes need there: the writer, and NATS for their events (the
+        # primary's own reader, slow or lagging, is not this region's concern).
+        problems = [
+            str(checks[name]["problem"])
+            for name in ("writer", "nats")
+            if isinstance(checks.get(name), dict) and checks[name].get("problem")
+        ]
     except (ValueError, AttributeError):
-        status, reason = None, None
+        status, problems = None, []
     check = {"reachable": True, "latency": latency, "status": status}
-    if status == "healthy":
-        return check, None
-    return check, f"primary region {status or 'gave no status'}" + (f": {reason}" if reason else "")
+    return check, ("primary region: " + "; ".join(problems)) if problems else None
 
 
 def _check_reader() -> HealthReport:
