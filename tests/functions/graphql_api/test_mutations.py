@@ -412,4 +412,5 @@ def test_a_mutation_that_outlasts_the_statement_timeout_says_nothing_changed(
         claims=EDITOR,
         region="iad",
     )
+    db.close_all()  # this test's connections, before monkeypatch restores the usual ones
     assert again.data["updateProject"]["version"] == 2, again.body

@@ -675,6 +675,7 @@ def test_a_push_that_outlasts_the_statement_timeout_is_a_503_that_changed_nothin
 
     monkeypatch.setattr(db, "_databases", {})
     again = push(changes, since, region="iad")
+    db.close_all()  # this test's connections, before monkeypatch restores the usual ones
     assert again.status == 200, again.body
     assert "Idempotent-Replayed" not in again.headers  # the timed-out push left no receipt
     assert again.body["applied"]["projects"] == {
