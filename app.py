@@ -139,6 +139,7 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
                 cluster_resource_id=regional.cluster_resource_id,
             ),
             user_pool=user_pool,
+            nats_url=events.nats.url if r.primary else None,
             env=env(r.aws_region),
             cross_region_references=True,
             description=f"Covenant regional API ({r.code})",

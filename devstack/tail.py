@@ -1,4 +1,9 @@
-"""`python -m devstack tail STREAM`: prints the events of a JetStream stream as they arrive."""
+"""`python -m devstack tail STREAM`: prints the events of a JetStream stream as they arrive.
+
+It follows NATS_URL when set, else the stack this checkout's `make dev` runs (its state file
+under COVENANT_DATA_DIR, else .local), and says which server that is. With neither it stops
+and says so: the default port may belong to another checkout's stack, whose events would pass
+for this one's."""
 
 from __future__ import annotations
 
@@ -16,29 +21,43 @@ from nats.js.errors import NotFoundError
 
 from covenant.streams import redact, server_urls
 from devstack.errors import DevStackError
-from devstack.stack import read_state
+from devstack.stack import data_dir_from_env, read_state, state_file
 
 
-def nats_url() -> str:
-    return (
-        os.environ.get("NATS_URL")
-        or (read_state() or {}).get("NATS_URL")
-        or ("nats://127.0.0.1:4222")
+def nats_server() -> tuple[str, str]:
+    """The NATS URL to follow and where it came from; DevStackError when there is none."""
+    url = os.environ.get("NATS_URL")
+    if url:
+        return url, "NATS_URL"
+    data_dir = data_dir_from_env()
+    url = (read_state(data_dir) or {}).get("NATS_URL")
+    if url:
+        return url, f"the stack running from {data_dir}"
+    raise DevStackError(
+        f"no Covenant dev stack of this checkout is running ({state_file(data_dir)} is "
+        "missing), so there is no NATS to follow. Start one with `make dev` (another terminal), "
+        "point COVENANT_DATA_DIR at the data folder of the stack you mean, or name the server: "
+        "NATS_URL=nats://127.0.0.1:4222 make tail"
     )
 
 
 async def tail(stream: str, *, last: int = 10, limit: int | None = None) -> int:
     """Shows the stream's last `last` events, then follows it (until `limit` events)."""
+    url, source = nats_server()
     try:
         # NATS_URL may list the servers of a cluster (COVENANT_NATS_NODES=3): any live one.
         client = await nats.connect(
-            server_urls(nats_url()),
+            server_urls(url),
             connect_timeout=3,
             max_reconnect_attempts=1,
             error_cb=_quiet,  # a node that is down is tried and skipped, not a traceback
         )
     except Exception as exc:
-        raise DevStackError(f"cannot connect to NATS at {redact(nats_url())}: {exc}") from exc
+        raise DevStackError(
+            f"cannot connect to NATS at {redact(url)} (from {source}): {exc}"
+        ) from exc
+    joined = client.connected_url.geturl() if client.connected_url else url
+    print(f"{stream} at {redact(joined)} (from {source})", flush=True)
     shown = 0
     try:
         js = client.jetstream()

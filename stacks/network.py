@@ -7,6 +7,8 @@ All security groups and their rules live here, so one file says who may talk to 
     rotation      ──5432──► database          jetstream ──4222──► NATS load balancer
     bridge, jetstream, migrator, rotation, API functions ──443──► interface endpoints
     consumers ──5432──► database; consumers ──4222──► NATS load balancer
+    API functions ──4222──► NATS load balancer (primary: the mobile /health reads NATS's
+    greeting; they hold no NATS credentials, so the server answers nothing else)
     consumers ──443──► AWS APIs (DynamoDB, SNS)
 
 Interface endpoints (primary region only, where the services the functions call live):
@@ -94,6 +96,7 @@ class SecurityGroups(Construct):
             (self.bridge, "bridge"),
             (self.jetstream, "JetStream probe"),
             (self.consumers, "consumers"),
+            (self.api_functions, "API functions (health probe, no credentials)"),
         ):
             client.add_egress_rule(self.nats_load_balancer, ec2.Port.tcp(NATS_PORT), "NATS")
             self.nats_load_balancer.add_ingress_rule(

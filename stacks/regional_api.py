@@ -181,10 +181,12 @@ class RegionalApiStack(Stack):
         network: RegionalNetwork,
         database: DatabaseEndpoints,
         user_pool: UserPoolRef,
+        nats_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.region_config = region
+        self._nats_url = nats_url  # the primary's: the mobile function's /health probes it
         layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
         cors_origins = list(settings.cors_allowed_origins)
         self.api = apigw.HttpApi(
@@ -305,6 +307,8 @@ class RegionalApiStack(Stack):
             environment["DATABASE_URL"] = database.url(
                 host=database.writer_host, user=user, database=db_name, tls=tls
             )
+            if name == "mobile" and self._nats_url is not None:
+                environment["NATS_URL"] = self._nats_url  # no credentials: /health's probe
         else:
             # Every write request goes whole to the primary region's same function (one
             # synchronous Invoke); this region connects to its own reader only.

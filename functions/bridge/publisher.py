@@ -26,6 +26,15 @@ logger = logging.getLogger(__name__)
 
 _NO_RESPONDERS = "503"  # the status of the reply when nothing (no stream) took the message
 STREAM_NOT_FOUND = 10059  # JetStream's err_code for a stream that does not exist
+# The CloudEvents NATS protocol binding reads a message without this header as binary mode
+# (attributes in headers, data in the payload); the outbox stores the structured JSON envelope.
+CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+
+
+def message_headers(msg_id: str) -> dict[str, str]:
+    """The headers of an event's message: structured-mode CloudEvents, and the event id as
+    Nats-Msg-Id so the stream's duplicate window drops a retried publish."""
+    return {"Content-Type": CLOUDEVENTS_CONTENT_TYPE, "Nats-Msg-Id": msg_id}
 
 
 class NotConnected(nats.errors.Error):
@@ -82,7 +91,7 @@ class JetStreamPublisher:
         self._waiting[token] = on_settled
         try:
             await self._client.publish(
-                subject, payload, reply=self._prefix + token, headers={"Nats-Msg-Id": msg_id}
+                subject, payload, reply=self._prefix + token, headers=message_headers(msg_id)
             )
         except BaseException:
             if self._waiting.pop(token, None) is not None:

@@ -60,6 +60,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.js.errors import APIError, NoStreamResponseError
 
+from bridge.publisher import message_headers
 from covenant.db import Database, Session, sqlstate
 from covenant.streams import stream_for_subject
 
@@ -70,7 +71,6 @@ RELAY_LOCK = 0x0B71D6E  # advisory lock id: one relay publishes at a time
 # (57014) only as a backstop, the waits are kept shorter than it.
 _LOCK_WAIT_ENDED = ("55P03", "57014")
 _LOCK_SLICE_MS = 1000  # the longest queued wait when the connection has no statement timeout
-_HEADER_BLOCK = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
 # JetStream's answer to a publish whose Nats-Msg-Id an earlier copy still being stored holds
 # (a clustered stream proposes it, then stores it): 409, "duplicate message id is in process".
 # Not the event's fault, and not a refusal: the copy may yet be stored.
@@ -528,9 +528,10 @@ async def _no_responders(
 
 def message_size(payload: bytes, msg_id: str) -> int:
     """What the server counts against max_payload: the payload and the header block carrying
-    Nats-Msg-Id (nats-py checks the payload alone, and the server closes the connection of a
-    client that sends more)."""
-    return len(payload) + _HEADER_BLOCK + len(msg_id.encode("utf-8"))
+    Content-Type and Nats-Msg-Id (nats-py checks the payload alone, and the server closes the
+    connection of a client that sends more)."""
+    lines = "".join(f"{key}: {value}\r\n" for key, value in message_headers(msg_id).items())
+    return len(payload) + len(f"NATS/1.0\r\n{lines}\r\n".encode())
 
 
 def _failure(event: OutboxEvent, error: BaseException | None, result: RelayResult) -> str | None:

@@ -94,6 +94,8 @@ class GraphQLSettings:
                 max_statements=number("GRAPHQL_MAX_STATEMENTS", 64),
                 introspection=flag("GRAPHQL_INTROSPECTION", local),
                 known_list_sizes=_known_list_sizes(),
+                max_tokens=number("GRAPHQL_MAX_TOKENS", 1000),
+                max_repeats=number("GRAPHQL_MAX_REPEATS", 50),
             ),
             explorer=flag("GRAPHQL_EXPLORER", local),
             max_body_bytes=number("GRAPHQL_MAX_BODY_BYTES", 65_536),
@@ -416,6 +418,7 @@ def _idempotent(
         key_prefix="covenant-graphql",
         persistence_store=persistence,
         config=idempotency_config,
+        output_serializer=idempotency.ANSWERS,  # a replay answers the first answer's bytes
     )
     def run_once(call: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = execute()

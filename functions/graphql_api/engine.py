@@ -35,16 +35,17 @@ from graphql import (
 )
 from graphql.execution.values import get_variable_values
 from graphql.validation import NoSchemaIntrospectionCustomRule
+from pg8000.exceptions import DatabaseError
 
-from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable
+from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, gave_up
 from graphql_api.context import RequestContext
 from graphql_api.errors import ApiError
 from graphql_api.executor import RowExecutor
 from graphql_api.limits import (
     cost_limit_rule,
     depth_limit_rule,
-    operation_count_rule,
     page_size_variables,
+    shape_errors,
     statement_limit_rule,
 )
 from graphql_api.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -62,9 +63,16 @@ class Limits:
     max_statements: int
     introspection: bool
     known_list_sizes: dict[str, int]
+    # Lexical tokens (names, punctuators, values; comments not counted): the parser's and
+    # validation's work grow with them, faster than linearly in the worst documents.
+    max_tokens: int = 1000
+    # Selections repeated within one selection set, in the whole document (limits.py).
+    max_repeats: int = 50
 
     def key(self) -> tuple[Any, ...]:
         return (
+            self.max_tokens,
+            self.max_repeats,
             self.max_depth,
             self.max_cost,
             self.max_operations,
@@ -237,15 +245,21 @@ def _check(
     if found is not None:
         return found
     try:
-        document = parse(query)
+        document = parse(query, max_lexical_tokens=limits.max_tokens)
     except GraphQLError as error:
-        checked = _Checked(None, [_formatted(error)], None)
+        checked = _Checked(None, [_parse_error(error, limits.max_tokens)], None)
     else:
         hide = not limits.introspection  # suggestions would reveal the schema
-        rules = [*specified_rules, operation_count_rule(limits.max_operations)]
+        rules = [*specified_rules]
         if not limits.introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
-        errors = [_formatted(e) for e in validate(schema, document, rules, hide_suggestions=hide)]
+        too_much = shape_errors(
+            document, max_operations=limits.max_operations, max_repeats=limits.max_repeats
+        )
+        errors = [
+            _formatted(e)
+            for e in too_much or validate(schema, document, rules, hide_suggestions=hide)
+        ]
         # The depth and the statements are the document's (and the named operation's); its
         # cost, too, unless a page size is a variable.
         fixed_cost = not errors and not page_size_variables(document)
@@ -255,6 +269,18 @@ def _check(
         checked = _Checked(document, errors, limit_errors)
     documents.put(key, query, checked)
     return checked
+
+
+def _parse_error(error: GraphQLError, max_tokens: int) -> dict[str, Any]:
+    if "tokens. Parsing aborted" not in error.message:
+        return _formatted(error)
+    return _formatted(
+        GraphQLError(
+            f"The document has more than {max_tokens} tokens (names, punctuation and values); "
+            "send a smaller one: fewer fields, or repeated parts as one fragment or variable.",
+            extensions={"limit": "tokens", "maximum": max_tokens},
+        )
+    )
 
 
 def _limit_errors(
@@ -382,6 +408,18 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
             "code": "INTERNAL_SERVER_ERROR",
             "requestId": request_id,
             "mayHaveBeenApplied": True,
+        }
+        return formatted
+    elif isinstance(original, DatabaseError) and gave_up(original):
+        logger.warning("database gave up: %s", original)
+        formatted["message"] = (
+            f"The database {gave_up(original)}, so this field changed nothing; send the "
+            f"request again in a few seconds. Request id: {request_id}"
+        )
+        formatted["extensions"] = {
+            "code": "INTERNAL_SERVER_ERROR",
+            "requestId": request_id,
+            "retryable": True,
         }
         return formatted
     elif isinstance(original, DatabaseUnavailable):

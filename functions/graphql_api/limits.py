@@ -8,6 +8,12 @@
   not multiply again; every other field has multiplier 1. The document's cost is the sum over
   its operations' root fields.
 - Operations: a document may hold only a few operations.
+- Repeats: the same response key (a field or alias) or fragment spread selected more than once
+  in one selection set. Validation compares every pair of fields that share a response key
+  (and their sub-selections, level by level), so repeats cost it quadratic time and more when
+  nested: 666 repeats of one alias in a 2 000-token document took 0.7 s of CPU. Execution
+  merges them, so a client never needs many; they are counted on the syntax tree, in linear
+  time, before validation runs (`shape_errors`, with the operation count).
 - Statements: an upper bound of the SQL statements the operation that runs makes the database
   execute (see `estimate_statements`): cost bounds the rows a document reads, not the number of
   statements, and a root field that reads no rows per page (`projects(first: 0) { totalCount }`,
@@ -256,20 +262,63 @@ def page_size_variables(document: DocumentNode, list_size_argument: str = "first
     return found
 
 
-def operation_count_rule(max_operations: int) -> type[ValidationRule]:
-    class OperationCount(ValidationRule):
-        def enter_document(self, node: Any, *_: Any) -> None:
-            count = sum(1 for d in node.definitions if isinstance(d, OperationDefinitionNode))
-            if count > max_operations:
-                self.report_error(
-                    _too_complex(
-                        f"Documents may hold at most {max_operations} operations; "
-                        f"this one holds {count}.",
-                        limit="operations",
-                    )
-                )
+def shape_errors(
+    document: DocumentNode, *, max_operations: int, max_repeats: int
+) -> list[GraphQLError]:
+    """What the syntax tree alone shows to be too much, found in time linear in its size and
+    before validation, whose cost grows faster than that: too many operations, or too many
+    repeated selections (see the module's docstring)."""
+    operations = sum(1 for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    if operations > max_operations:
+        return [
+            _too_complex(
+                f"Documents may hold at most {max_operations} operations; "
+                f"this one holds {operations}.",
+                limit="operations",
+            )
+        ]
+    repeats, worst, worst_count = 0, "", 0
+    for definition in document.definitions:
+        selection_set = getattr(definition, "selection_set", None)
+        stack = [selection_set] if selection_set is not None else []
+        while stack:
+            counts: dict[str, int] = {}
+            _count_keys(stack.pop(), counts, stack)
+            for key, count in counts.items():
+                repeats += count - 1
+                if count > worst_count:
+                    worst, worst_count = key, count
+    if repeats <= max_repeats:
+        return []
+    return [
+        _too_complex(
+            f"The document repeats selections {repeats} times (at most {max_repeats}): "
+            f"'{worst}' is selected {worst_count} times in one selection set. Select each field "
+            "or fragment once per selection set; execution would merge the copies anyway.",
+            limit="repeats",
+            repeats=repeats,
+            maximum=max_repeats,
+        )
+    ]
 
-    return OperationCount
+
+def _count_keys(
+    selection_set: SelectionSetNode, counts: dict[str, int], nested: list[SelectionSetNode]
+) -> None:
+    """Counts one selection set's response keys and fragment spreads (inline fragments merge
+    into it, as validation compares their fields with its own); the sub-selections of its
+    fields go to `nested`."""
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            key = (selection.alias or selection.name).value
+            counts[key] = counts.get(key, 0) + 1
+            if selection.selection_set is not None:
+                nested.append(selection.selection_set)
+        elif isinstance(selection, FragmentSpreadNode):
+            key = f"...{selection.name.value}"
+            counts[key] = counts.get(key, 0) + 1
+        elif isinstance(selection, InlineFragmentNode):
+            _count_keys(selection.selection_set, counts, nested)
 
 
 # --- Statements ----------------------------------------------------------------------------

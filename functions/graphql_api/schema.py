@@ -19,7 +19,7 @@ from graphql_api.resolvers.connection import country_connection, project_connect
 from graphql_api.resolvers.enums import ENUMS
 from graphql_api.resolvers.mutation import mutation
 from graphql_api.resolvers.query import query
-from graphql_api.resolvers.scalars import date_time, money
+from graphql_api.resolvers.scalars import date_time, money, money_total
 from graphql_api.resolvers.subscription import SUBSCRIPTION_TYPES
 from graphql_api.resolvers.types import TYPES
 
@@ -44,6 +44,7 @@ def executable_schema() -> GraphQLSchema:
         query,
         mutation,
         money,
+        money_total,
         date_time,
         country_connection,
         project_connection,

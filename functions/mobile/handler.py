@@ -20,10 +20,18 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pg8000.exceptions import DatabaseError
 
 from covenant import handoff, position
 from covenant.config import settings
-from covenant.db import CommitOutcomeUnknown, DatabaseUnavailable, reader, writer
+from covenant.db import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
+    gave_up,
+    reader,
+    sqlstate,
+    writer,
+)
 from covenant.handoff import PrimaryRequired
 from covenant.identity import Caller, caller_from_event
 from covenant.logs import adopt_shared_logs
@@ -215,8 +223,29 @@ def database_unavailable(error: DatabaseUnavailable) -> Response[Any]:
     )
 
 
+@app.exception_handler(DatabaseError)  # type: ignore[untyped-decorator]
+def database_gave_up(error: DatabaseError) -> Response[Any]:
+    why = gave_up(error)
+    if why is None:
+        return _internal_error()
+    _log.warning("database gave up: %s", error)
+    timeout = sqlstate(error) == "57014"
+    metrics.add_metric("DatabaseTimeouts" if timeout else "DatabaseAborts", MetricUnit.Count, 1)
+    return error_response(
+        ServiceUnavailable(
+            f"The database {why}, so nothing was changed; send the request again in a few seconds.",
+            reason="statement_timeout" if timeout else "transaction_aborted",
+            requestId=_request_id(),
+        )
+    )
+
+
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
-def internal_error(error: Exception) -> Response[Any]:
+def internal_error(_: Exception) -> Response[Any]:
+    return _internal_error()
+
+
+def _internal_error() -> Response[Any]:
     _log.exception("unhandled error")
     metrics.add_metric("Errors500", MetricUnit.Count, 1)
     return error_response(

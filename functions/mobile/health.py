@@ -1,19 +1,29 @@
-"""Health of a region as the app sees it: can its database reader answer, how fast, how stale;
-in a secondary region also whether the hop to the primary region's function answers (the
-primary's writer is never asked from here: a secondary has none)."""
+"""Health of a region as the app sees it, one check per dependency:
+
+- the database reader (every region): can it answer, how fast, how stale; down is unhealthy;
+- in the primary region, the writer (down, or read-only: writes fail everywhere) and NATS
+  (unreachable: events wait in the outbox, subscribers hear nothing); either is degraded, not
+  unhealthy: reads still work, and failing the region over would not bring them back;
+- in a secondary region, the hop to the primary region's function, and that function's
+  writer and NATS checks (what this region's writes need there): either one down, or the
+  primary unreachable, leaves this region degraded too (a secondary has no writer and never
+  talks to NATS).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from covenant import handoff
-from covenant.config import settings
-from covenant.db import DatabaseUnavailable, reader
+from covenant.config import env, settings
+from covenant.db import DatabaseUnavailable, reader, writer
 from covenant.handoff import HopFailed
 
 logger = logging.getLogger(__name__)
@@ -42,6 +52,7 @@ class HealthReport:
     replica_lag_s: float | None
     reasons: tuple[str, ...]
     primary: dict[str, Any] | None = None  # the hop's check, in a secondary region
+    dependencies: dict[str, dict[str, Any]] | None = None  # writer and NATS, in the primary
 
     @property
     def http_status(self) -> int:
@@ -59,6 +70,7 @@ class HealthReport:
         }
         if self.primary is not None:
             body["checks"]["primary"] = self.primary
+        body["checks"].update(self.dependencies or {})
         if self.reasons:
             body["reason"] = "; ".join(self.reasons)
         return body
@@ -68,14 +80,109 @@ def check_health(event: dict[str, Any]) -> HealthReport:
     """The region's health; `event` (this GET /health) is what a secondary sends the primary
     region's function to check the hop."""
     report = _check_reader()
-    if handoff.is_primary() or handoff.handed_off_from(event) is not None:
+    if handoff.is_primary():
+        checks = {"writer": _check_writer(), "nats": _check_nats()}
+        problems = [check["problem"] for check in checks.values() if "problem" in check]
+        return _with_problems(report, problems, dependencies=checks)
+    if handoff.handed_off_from(event) is not None:
         return report
     primary, problem = _check_primary(event)
-    reasons = (*report.reasons, problem) if problem else report.reasons
-    status = "degraded" if report.status == "healthy" and problem else report.status
+    return _with_problems(report, [problem] if problem else [], primary=primary)
+
+
+def _with_problems(report: HealthReport, problems: list[str], **checks: Any) -> HealthReport:
+    status = "degraded" if report.status == "healthy" and problems else report.status
     return HealthReport(
-        status, report.latency_ms, report.region, report.replica_lag_s, reasons, primary
+        status,
+        report.latency_ms,
+        report.region,
+        report.replica_lag_s,
+        (*report.reasons, *problems),
+        **checks,
     )
+
+
+def _check_writer() -> dict[str, Any]:
+    """The primary's writer: reachable, and writable (a writer that came back as a standby,
+    or is still in recovery, refuses every write)."""
+    started = time.perf_counter()
+    try:
+        with writer().session() as session:
+            in_recovery = bool(session.scalar("SELECT pg_is_in_recovery()"))
+    except Exception as exc:  # unreachable, or it answered with an error: writes fail either way
+        logger.warning("health: database writer unavailable: %s", exc)
+        return {
+            "reachable": False,
+            "latency": _since(started),
+            "problem": "database writer unreachable",
+        }
+    check: dict[str, Any] = {
+        "reachable": True,
+        "latency": _since(started),
+        "writable": not in_recovery,
+    }
+    if in_recovery:
+        check["problem"] = "database writer is read-only (in recovery)"
+    return check
+
+
+_NATS_PROBE_TIMEOUT_S = 1.0
+
+
+def _check_nats() -> dict[str, Any]:
+    """Whether a NATS server answers with its greeting (INFO, sent before any credentials: this
+    function holds none) and has JetStream on. NATS_URL may list a cluster's servers: the first
+    that answers counts. Without NATS_URL (a deployment that gives this function none) the
+    check is absent rather than guessed."""
+    url = env("NATS_URL")
+    if not url:
+        return {"configured": False}
+    started = time.perf_counter()
+    failures = []
+    for server in [part.strip() for part in url.split(",") if part.strip()]:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            info = _nats_info(parts.hostname or "127.0.0.1", parts.port or 4222)
+        except (OSError, ValueError) as exc:
+            failures.append(f"{parts.hostname}:{parts.port or 4222}: {exc or type(exc).__name__}")
+            continue
+        check: dict[str, Any] = {
+            "reachable": True,
+            "latency": _since(started),
+            "jetstream": bool(info.get("jetstream")),
+        }
+        if not check["jetstream"]:
+            check["problem"] = "NATS answers without JetStream: events wait in the outbox"
+        return check
+    logger.warning("health: NATS unreachable: %s", "; ".join(failures))
+    return {
+        "reachable": False,
+        "latency": _since(started),
+        "problem": "NATS unreachable: events wait in the outbox",
+    }
+
+
+def _nats_info(host: str, port: int) -> dict[str, Any]:
+    """The INFO a NATS server greets every connection with (`INFO {json}\\r\\n`)."""
+    with socket.create_connection((host, port), timeout=_NATS_PROBE_TIMEOUT_S) as connection:
+        connection.settimeout(_NATS_PROBE_TIMEOUT_S)
+        greeting = b""
+        while b"\r\n" not in greeting and len(greeting) < 64 * 1024:
+            chunk = connection.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed before its greeting")
+            greeting += chunk
+    line = greeting.split(b"\r\n", 1)[0]
+    if not line.startswith(b"INFO "):
+        raise ValueError("not a NATS server's greeting")
+    info = json.loads(line[5:])
+    if not isinstance(info, dict):
+        raise ValueError("not a NATS server's greeting")
+    return info
+
+
+def _since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def _check_primary(event: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -94,10 +201,19 @@ def _check_primary(event: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         }, f"hop to the primary region failed ({failure.kind})"
     latency = round((time.perf_counter() - started) * 1000, 2)
     try:
-        status = json.loads(answer.get("body") or "{}").get("status")
+        report = json.loads(answer.get("body") or "{}")
+        status, checks = report.get("status"), report.get("checks") or {}
+        # What this region's writes need there: the writer, and NATS for their events (the
+        # primary's own reader, slow or lagging, is not this region's concern).
+        problems = [
+            str(checks[name]["problem"])
+            for name in ("writer", "nats")
+            if isinstance(checks.get(name), dict) and checks[name].get("problem")
+        ]
     except (ValueError, AttributeError):
-        status = None
-    return {"reachable": True, "latency": latency, "status": status}, None
+        status, problems = None, []
+    check = {"reachable": True, "latency": latency, "status": status}
+    return check, ("primary region: " + "; ".join(problems)) if problems else None
 
 
 def _check_reader() -> HealthReport:

@@ -300,6 +300,10 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         assert not any(k.startswith("AWS_") for k in env)  # reserved by Lambda
         # Both write outbox events (mutations, sync push) and wake the bridge after commit.
         assert "covenant-outbox-wakeup" in json.dumps(env["OUTBOX_WAKEUP_QUEUE_URL"])
+        # The primary's /health probes NATS (its greeting, no credentials); no one else's.
+        probes_nats = name == "mobile" and code == PRIMARY.code
+        assert ("NATS_URL" in env) is probes_nats, (name, code)
+        assert not any(k.startswith("NATS_") and k != "NATS_URL" for k in env)
     graphql = _function(template, "graphql_api.handler.handler")
     assert graphql["SnapStart"] == {"ApplyOn": "PublishedVersions"}
     # Introspection and the explorer stay off in AWS unless covenant:graphql turns them on.

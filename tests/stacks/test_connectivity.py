@@ -58,6 +58,7 @@ def test_the_derived_workloads_cover_every_kind_the_app_deploys(model: Model) ->
     targets = {(n.workload.split(" ")[-1], n.target.split(" ")[0], n.port) for n in model.needs()}
     assert ("(bridge.handler.handler)", "NATS", 4222) in targets
     assert ("(jetstream.handler.handler)", "NATS", 4222) in targets
+    assert ("(mobile.handler.handler)", "NATS", 4222) in targets  # the primary's /health
     assert ("(migrator.handler.handler)", "database", 5432) in targets
     assert ("rotation)", "database", 5432) in targets
     assert ("external-secrets/external-secrets)", "secretsmanager", 443) in targets

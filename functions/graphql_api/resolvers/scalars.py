@@ -1,4 +1,5 @@
-"""Money (whole dollars, exact as JSON numbers) and DateTime (ISO-8601, UTC)."""
+"""Money (whole dollars, exact as JSON numbers), MoneyTotal (sums of them, exact as decimal
+strings) and DateTime (ISO-8601, UTC)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from graphql_api.executor import serialised_as_itself
 MAX_SAFE_INTEGER = 2**53 - 1
 
 money = ScalarType("Money")
+money_total = ScalarType("MoneyTotal")
 date_time = ScalarType("DateTime")
 
 
@@ -21,6 +23,20 @@ def serialize_money(value: Any) -> int:
     if isinstance(value, Decimal) and value != value.to_integral_value():
         raise TypeError(f"Money must be whole dollars, got {value}")
     return int(value)
+
+
+def serialize_money_total(value: Any) -> str:
+    """A sum from the database (numeric or bigint) as its decimal digits: no float on the way,
+    so no sum loses a dollar."""
+    if isinstance(value, Decimal) and value != value.to_integral_value():
+        raise TypeError(f"MoneyTotal must be whole dollars, got {value}")
+    if isinstance(value, float | bool):
+        raise TypeError(f"MoneyTotal must be an exact whole number, got {value!r}")
+    return str(int(value))
+
+
+def parse_money_total(value: Any, variables: dict[str, Any] | None = None) -> int:
+    raise ValueError("MoneyTotal is a computed sum: it is never an input")
 
 
 def parse_money(value: Any) -> int:
@@ -69,6 +85,9 @@ money.set_serializer(serialize_money)
 serialised_as_itself("Money", int)  # serialize_money(n) is n for an int
 money.set_value_parser(parse_money)
 money.set_literal_parser(parse_money_literal)
+money_total.set_serializer(serialize_money_total)
+money_total.set_value_parser(parse_money_total)
+money_total.set_literal_parser(parse_money_total)
 date_time.set_serializer(serialize_date_time)
 date_time.set_value_parser(parse_date_time)
 date_time.set_literal_parser(parse_date_time_literal)

@@ -13,7 +13,9 @@ Order of work inside the transaction:
    be checked: below the tombstone horizon (deletes since then are forgotten) or above the
    primary's cursor (not handed out by this database, e.g. before a restore). The horizon is
    read after the tombstones, so a prune committing in between is seen.
-3. The writes, set-based: one INSERT, one UPDATE, one DELETE, then the events.
+3. The writes, set-based: INSERT, UPDATE, DELETE, then the events, each statement taking at
+   most ROWS_PER_STATEMENT records (a 1 000-record push runs four of each, none near the
+   statement timeout even on a loaded writer; one statement per kind grew with the push).
 
 Per the protocol: a `created` record that already exists updates it; an `updated` record that
 does not exist is created, unless it was deleted after last_pulled_at (conflict); a delete of
@@ -31,7 +33,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pg8000.exceptions import DatabaseError
 
@@ -84,7 +86,22 @@ _UPDATE = (
 )
 _DELETE = f"DELETE FROM projects AS p WHERE p.id = ANY(CAST(:ids AS uuid[])) RETURNING {_COLUMNS}"  # noqa: S608
 _HORIZON = "SELECT sync_cursor() AS cursor, pruned_through FROM sync_horizon"
+# The change-ordering lock that COMMIT's deferred stamping takes (migration 0001), taken as the
+# last statement instead: PostgreSQL's statement timeout does not bound a COMMIT waiting for it
+# (the client's socket timeout did, and the outcome was then unknown). As a statement it is
+# bounded, the timeout rolls the push back, and COMMIT finds the lock already held.
+_ORDER_COMMIT = "SELECT pg_advisory_xact_lock(change_seq_lock_key())"
 _DUPLICATE_ID = re.compile(r"\(id\)=\(([0-9a-f-]{36})\)")
+# Records per statement: each of a push's statements stays a small, bounded piece of work, so
+# the largest push never nears the statement timeout, while a push of a few records still runs
+# one statement of each kind.
+ROWS_PER_STATEMENT = 250
+T = TypeVar("T")
+
+
+def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), ROWS_PER_STATEMENT):
+        yield items[start : start + ROWS_PER_STATEMENT]
 
 
 @dataclass(frozen=True)
@@ -231,12 +248,17 @@ def push(request: PushRequest) -> PushResult:
             stored = uow.scalar("SELECT response FROM sync_push_receipts WHERE id = :id", id=key)
             return PushResult(_as_dict(stored), replayed=True)
         ids = changes.ids
-        existing = {row["id"]: row for row in uow.rows(_LOCK, ids=ids)} if ids else {}
-        deleted_at = (
-            {row[0]: int(row[1]) for row in uow.run(_TOMBSTONES, ids=ids) if row[1] is not None}
-            if ids
-            else {}
-        )
+        # Locked in id order across the batches too (two pushes never wait on each other in a
+        # cycle); the ids are lower-case UUIDs, whose text order is PostgreSQL's uuid order.
+        existing = {
+            row["id"]: row for batch in _batches(sorted(ids)) for row in uow.rows(_LOCK, ids=batch)
+        }
+        deleted_at = {
+            row[0]: int(row[1])
+            for batch in _batches(ids)
+            for row in uow.run(_TOMBSTONES, ids=batch)
+            if row[1] is not None
+        }
         horizon = uow.one(_HORIZON)
         assert horizon is not None  # sync_horizon has its one row from migration 0006
         uncheckable = _uncheckable_cursor(since, horizon, ids)
@@ -258,19 +280,25 @@ def push(request: PushRequest) -> PushResult:
                 }
             }
         }
-        uow.run(
-            "UPDATE sync_push_receipts SET response = CAST(:body AS jsonb) WHERE id = :id",
-            body=json.dumps(body),
-            id=key,
+        # The answer as the receipt keeps it (jsonb orders keys its own way): a replay then
+        # answers the same bytes as the first answer.
+        body = _as_dict(
+            uow.scalar(
+                "UPDATE sync_push_receipts SET response = CAST(:body AS jsonb) WHERE id = :id "
+                "RETURNING response",
+                body=json.dumps(body),
+                id=key,
+            )
         )
         if uow.events:
             wake_bridge_after_commit(uow, request.region)
+        uow.run(_ORDER_COMMIT)
     _maintain()
     return PushResult(body, replayed=False)
 
 
 def _apply(uow: UnitOfWork, request: PushRequest, plan: _Plan, existing: Mapping[str, Row]) -> None:
-    """The writes, then every event of the push in one outbox INSERT (however many records)."""
+    """The writes, then the push's events, ROWS_PER_STATEMENT records at a time."""
     events: list[ChangeEvents] = []
 
     def emit(action: str, row: Row, diff: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -288,18 +316,19 @@ def _apply(uow: UnitOfWork, request: PushRequest, plan: _Plan, existing: Mapping
             )
         )
 
-    if plan.inserts:
-        for row in uow.rows(_INSERT, **_columns(plan.inserts)):
+    for inserts in _batches(plan.inserts):
+        for row in uow.rows(_INSERT, **_columns(inserts)):
             emit("created", row)
-    if plan.updates:
-        diffs = {values["id"]: diff for values, diff in plan.updates}
-        for row in uow.rows(_UPDATE, **_columns([values for values, _ in plan.updates])):
+    diffs = {values["id"]: diff for values, diff in plan.updates}
+    for updates in _batches([values for values, _ in plan.updates]):
+        for row in uow.rows(_UPDATE, **_columns(updates)):
             emit("updated", row, diffs[row["id"]])
-    if plan.deletes:
-        uow.run(_DELETE, ids=plan.deletes)
-        for record_id in plan.deletes:
+    for deletes in _batches(plan.deletes):
+        uow.run(_DELETE, ids=list(deletes))
+        for record_id in deletes:
             emit("deleted", existing[record_id])
-    add_change_events(uow, events)
+    for batch in _batches(events):
+        add_change_events(uow, batch)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class StoredMessage:
     subject: str
     msg_id: str
     data: bytes
+    content_type: str | None = None
 
 
 async def _stream_messages(url: str, stream: str) -> list[StoredMessage]:
@@ -90,6 +91,7 @@ async def _stream_messages(url: str, stream: str) -> list[StoredMessage]:
                     message.subject or "",
                     (message.headers or {}).get("Nats-Msg-Id", ""),
                     message.data or b"",
+                    (message.headers or {}).get("Content-Type"),
                 )
             )
         return found

@@ -183,3 +183,20 @@ def test_an_event_rejected_on_acknowledgement_holds_back_its_project(bridge_env)
     assert bridge_env.sweep(BRIDGE_MAX_ATTEMPTS="2")["published"] == len(after)
     assert bridge_env.stream_ids() == Counter(held + others + after)
     assert bridge_env.order_violations(bridge_env.events_of([project])) == []
+
+
+def test_events_are_structured_mode_cloudevents_on_nats(bridge_env, gql) -> None:
+    """The CloudEvents NATS binding reads a message without `Content-Type:
+    application/cloudevents+json` as binary mode (attributes in headers, data in the payload);
+    the payload is the whole structured envelope, so every message says so."""
+    project = gql.create_project("Structured Grid")
+    event_ids = [e["id"] for e in bridge_env.events_of([project])]
+
+    assert bridge_env.sweep()["published"] == len(event_ids)
+
+    messages = [m for m in bridge_env.all_messages() if m.msg_id in event_ids]
+    assert sorted(m.msg_id for m in messages) == sorted(event_ids)
+    for message in messages:
+        assert message.content_type == "application/cloudevents+json"
+        envelope = json.loads(message.data)
+        assert envelope["specversion"] == "1.0" and envelope["id"] == message.msg_id

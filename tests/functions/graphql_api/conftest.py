@@ -33,6 +33,7 @@ class Reply:
     headers: dict[str, str]
     body: Any
     statements: list[str]
+    text: str = ""  # the body as sent
 
     @property
     def data(self) -> Any:
@@ -115,7 +116,7 @@ def call(
         raw = base64.b64decode(raw).decode()
     content_type = response.get("headers", {}).get("Content-Type", "")
     body = json.loads(raw) if "json" in content_type and raw else raw
-    return Reply(response["statusCode"], response.get("headers", {}), body, statements)
+    return Reply(response["statusCode"], response.get("headers", {}), body, statements, raw)
 
 
 @pytest.fixture

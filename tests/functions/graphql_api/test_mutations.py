@@ -360,3 +360,57 @@ def test_the_writer_answers_a_mutation_while_the_replica_lags(gql, servers, crea
         with replica.session() as session:
             session.run("SELECT pg_wal_replay_resume()")
         replica.close()
+
+
+def test_a_mutation_that_outlasts_the_statement_timeout_says_nothing_changed(
+    gql, created, servers, monkeypatch
+) -> None:
+    """A real statement timeout (SQLSTATE 57014): the project's row is held by another
+    transaction, the update waits for it until the timeout cancels it. The field's error says
+    that nothing changed and that the same request can be sent again, never a bare internal
+    error; and nothing was written."""
+    reply = gql(CREATE, {"input": _input(name="Timeout Grid")}, claims=EDITOR, region="iad")
+    project = reply.data["createProject"]
+    created.append(project["id"])
+    monkeypatch.setattr(db, "_databases", {})  # a writer connection with the short timeout
+    blocker = Database(
+        Role.WRITER, servers.writer_url, statement_timeout_ms=10000, connect_timeout_s=3
+    )
+    with blocker.session() as session:
+        session.run("BEGIN")
+        session.run(
+            "SELECT 1 FROM projects WHERE id = CAST(:id AS uuid) FOR UPDATE", id=project["id"]
+        )
+        try:
+            timed_out = gql(
+                UPDATE,
+                {"id": project["id"], "input": {"progress": 40}, "v": 1},
+                claims=EDITOR,
+                region="iad",
+                environment={"DB_STATEMENT_TIMEOUT_MS": "300"},
+            )
+        finally:
+            session.run("ROLLBACK")
+            blocker.close()
+    db.close_all()
+    monkeypatch.setattr(db, "_databases", {})
+    assert timed_out.data == {"updateProject": None}
+    (error,) = timed_out.errors
+    assert error["message"].startswith(
+        "The database did not finish in time (statement timeout), so this field changed "
+        "nothing; send the request again in a few seconds."
+    )
+    assert error["extensions"]["retryable"] is True
+    assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+    assert [row["subject"] for row in _outbox(project["id"])] == [
+        "covenant.projects.created",
+        "audit.projects.created",
+    ]
+    again = gql(
+        UPDATE,
+        {"id": project["id"], "input": {"progress": 40}, "v": 1},
+        claims=EDITOR,
+        region="iad",
+    )
+    db.close_all()  # this test's connections, before monkeypatch restores the usual ones
+    assert again.data["updateProject"]["version"] == 2, again.body

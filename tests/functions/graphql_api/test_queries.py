@@ -3,11 +3,14 @@ with the data, big numbers stay exact."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from covenant import db
 from covenant.project_rules import SECTOR_IDS
 from covenant.reference import countries as reference_countries
+from covenant.uow import UnitOfWork
 
 COUNTRY_PAGE = """
 query ($first: Int, $after: String, $filter: CountryFilter, $orderBy: CountryOrder) {
@@ -243,15 +246,16 @@ def test_stats_agree_with_the_data(gql) -> None:
         )[0]
         projects, budget = session.run("SELECT count(*), sum(budget_usd) FROM projects")[0]
     stats = data["globalStats"]
+    # Totals are MoneyTotal: decimal strings, exact for any sum.
     assert (stats["countryCount"], stats["totalGdpUsd"], stats["totalContributionUsd"]) == (
         195,
-        int(gdp),
-        int(contribution),
+        str(gdp),
+        str(contribution),
     )
-    assert (stats["projectCount"], stats["totalBudgetUsd"]) == (projects, int(budget))
+    assert (stats["projectCount"], stats["totalBudgetUsd"]) == (projects, str(budget))
     assert sum(s["count"] for s in stats["projectsByStatus"]) == projects
     assert sum(r["countryCount"] for r in data["regionalStats"]) == 195
-    assert sum(r["totalGdpUsd"] for r in data["regionalStats"]) == int(gdp)
+    assert sum(int(r["totalGdpUsd"]) for r in data["regionalStats"]) == int(gdp)
     assert sum(r["projectCount"] for r in data["regionalStats"]) == projects
     assert sum(s["projectCount"] for s in data["sectoralStats"]) == projects
     assert len(data["sectoralStats"]) == 6
@@ -284,3 +288,41 @@ def test_the_same_stats_asked_again_under_aliases_run_once(gql) -> None:
     assert data["g1"]["projectCount"] == sum(s["projectCount"] for s in data["a"])
     # sectoral (all), sectoral (energy), global, regional (ams): four, not seven.
     assert len(reply.statements) == 4, reply.statements
+
+
+def test_money_totals_stay_exact_beyond_2_to_the_53(gql, wait_for_replica) -> None:
+    """Two valid budgets of 2^53 - 1 sum past 2^53, where a JSON number is no longer exact
+    in JavaScript (the audit read 18014437192426947 as ...948): totals are decimal strings."""
+    biggest = 2**53 - 1
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    with UnitOfWork() as uow:
+        for project_id in ids:
+            uow.run(
+                "INSERT INTO projects (id, name, sector_id, country_code, status, budget_usd, "
+                "progress) VALUES (CAST(:id AS uuid), 'Exact Totals', 'minerals', 'NZL', "
+                "'active', :budget, 0)",
+                id=project_id,
+                budget=biggest,
+            )
+    try:
+        wait_for_replica()
+        reply = gql(
+            """{ globalStats { totalBudgetUsd }
+                 regionalStats(region: "syd") { totalBudgetUsd }
+                 sectoralStats(sector: "minerals") { totalBudgetUsd } }"""
+        )
+        assert not reply.errors, reply.body
+        with db.reader().session() as session:
+            total, regional, sectoral = session.run(
+                "SELECT sum(budget_usd)::text, "
+                "sum(budget_usd) FILTER (WHERE region = 'syd')::text, "
+                "sum(budget_usd) FILTER (WHERE sector_id = 'minerals')::text FROM projects"
+            )[0]
+        assert int(total) > 2 * biggest - 1 > 2**53
+        assert reply.data["globalStats"]["totalBudgetUsd"] == total
+        assert reply.data["regionalStats"] == [{"totalBudgetUsd": regional}]
+        assert reply.data["sectoralStats"] == [{"totalBudgetUsd": sectoral}]
+        assert f'"totalBudgetUsd":"{total}"' in reply.text  # a string on the wire
+    finally:
+        with db.writer().session() as session:
+            session.run("DELETE FROM projects WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids)

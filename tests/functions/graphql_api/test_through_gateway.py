@@ -105,6 +105,25 @@ def test_no_token_reads_but_cannot_write(gateway) -> None:
     assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAUTHENTICATED"]
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_another_method_is_a_405_through_the_gateway_not_a_404(gateway, method) -> None:
+    """GraphQL over HTTP: the endpoint exists, only the method is wrong (the graphql-http
+    audit expected 405; the gateway, like API Gateway with no route for the method, said 404)."""
+    request = urllib.request.Request(
+        f"{gateway.url}/syd/graphql",
+        data=json.dumps({"query": "{ sectors { id } }"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=10)
+    assert raised.value.code == 405
+    assert raised.value.headers["Allow"] == "GET, POST"
+    assert json.loads(raised.value.read())["errors"][0]["message"] == (
+        f"{method} is not allowed: use POST, or GET for queries"
+    )
+
+
 def test_a_forged_token_never_reaches_the_function(gateway, cognito) -> None:
     header, payload, signature = _token(cognito, "viewer").split(".")
     forged = ".".join([header, payload[:-4] + "AAAA", signature])

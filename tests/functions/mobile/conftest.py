@@ -40,6 +40,7 @@ class Reply:
     headers: dict[str, str]
     body: Any
     wire_bytes: int  # the body as it left the function (compressed when gzip)
+    text: bytes = b""  # the body, uncompressed
 
     @property
     def code(self) -> str | None:
@@ -54,7 +55,7 @@ def decode_reply(response: dict[str, Any]) -> Reply:
     if headers.get("Content-Encoding") == "gzip":
         payload = gzip.decompress(payload)
     body = json.loads(payload) if payload else None
-    return Reply(int(response["statusCode"]), headers, body, wire)
+    return Reply(int(response["statusCode"]), headers, body, wire, payload)
 
 
 def make_event(

@@ -49,11 +49,15 @@ def test_healthy_in_every_region(servers, region: str) -> None:
     assert 0 <= body["checks"]["database"]["replicaLagSeconds"] < 5
     assert "reason" not in body
     if get_region(region).primary:
-        assert "primary" not in body["checks"]  # no hop to check, and no writer asked
+        assert "primary" not in body["checks"]  # no hop to check: the writer and NATS instead
+        writer, nats = body["checks"]["writer"], body["checks"]["nats"]
+        assert writer["reachable"] is True and writer["writable"] is True, writer
+        assert nats["reachable"] is True and nats["jetstream"] is True, nats
     else:
         primary = body["checks"]["primary"]
         assert primary["reachable"] is True and primary["status"] == "healthy", primary
         assert primary["latency"] >= 0
+        assert "writer" not in body["checks"] and "nats" not in body["checks"]
 
 
 def test_a_secondary_whose_primary_is_unreachable_is_degraded_not_unhealthy(
@@ -67,6 +71,70 @@ def test_a_secondary_whose_primary_is_unreachable_is_degraded_not_unhealthy(
     assert body["reason"] == "hop to the primary region failed (unreachable)"
     assert body["checks"]["primary"]["reachable"] is False
     assert 0 <= body["checks"]["database"]["replicaLagSeconds"] < 5
+
+
+def _primary_region() -> str:
+    return next(code for code in region_codes() if get_region(code).primary)
+
+
+def test_the_primary_with_nats_down_is_degraded_and_says_so(servers) -> None:
+    """Events wait in the outbox and subscribers hear nothing; reads and writes still work, so
+    degraded (200), not unhealthy: failing the region over would not bring NATS back."""
+    status, body = _health(servers, _primary_region(), NATS_URL=f"nats://127.0.0.1:{free_port()}")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["reason"] == "NATS unreachable: events wait in the outbox"
+    assert body["checks"]["nats"]["reachable"] is False
+    assert body["checks"]["nats"]["problem"] == body["reason"]
+    assert body["checks"]["writer"]["reachable"] is True
+
+
+def test_nats_counts_as_up_when_any_server_of_its_cluster_answers(servers) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    status, body = _health(servers, _primary_region(), NATS_URL=f"{dead},{servers.nats.url}")
+    assert (status, body["status"]) == (200, "healthy"), body
+    assert body["checks"]["nats"]["reachable"] is True
+
+
+def test_the_primary_with_its_writer_down_is_degraded_and_says_so(servers) -> None:
+    status, body = _health(
+        servers,
+        _primary_region(),
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/covenant",
+        DB_CONNECT_TIMEOUT_S="1",
+    )
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["reason"] == "database writer unreachable"
+    assert body["checks"]["writer"]["reachable"] is False
+    assert body["checks"]["nats"]["reachable"] is True
+
+
+def test_a_secondary_whose_primary_is_degraded_is_degraded_too(
+    servers, primary_lambda: PrimaryLambda
+) -> None:
+    """A secondary hands every write to the primary region: the primary's writer or NATS
+    being down is this region's problem too, and its answer says whose. (The primary's own
+    reader, slow or lagging, is not: this region reads its own.)"""
+    with primary_lambda.configured({"NATS_URL": f"nats://127.0.0.1:{free_port()}"}):
+        status, body = _health(servers, "sin")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["reason"] == "primary region: NATS unreachable: events wait in the outbox"
+    assert body["checks"]["primary"] == {
+        "reachable": True,
+        "latency": body["checks"]["primary"]["latency"],
+        "status": "degraded",
+    }
+
+
+def test_a_secondary_is_not_degraded_by_its_primarys_slow_reader(
+    servers, primary_lambda: PrimaryLambda
+) -> None:
+    with primary_lambda.configured({"HEALTH_LATENCY_BUDGET_MS": "-1"}):
+        status, body = _health(servers, "sin")
+    assert (status, body["status"]) == (200, "healthy"), body
+    assert body["checks"]["primary"]["status"] == "degraded"
 
 
 def test_unhealthy_with_503_when_the_reader_is_down(servers) -> None:

@@ -375,7 +375,7 @@ def test_the_same_push_twice_is_applied_once(push, projects, claims_of) -> None:
     first = push(changes, since)
     second = push(changes, since)
     assert first.status == second.status == 200
-    assert second.body == first.body
+    assert second.text == first.text  # byte for byte, key order included
     assert "Idempotent-Replayed" not in first.headers
     assert second.headers["Idempotent-Replayed"] == "true"
     assert _row(target)["version"] == 2
@@ -627,3 +627,92 @@ def test_a_push_whose_commit_outcome_is_unknown_says_it_may_have_been_applied(
     assert lost.headers["Retry-After"]
     again = push(_changes(created=[_record(new_id)]), since, region="iad")
     assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.parametrize("held", ["row", "commit order"])
+def test_a_push_that_outlasts_the_statement_timeout_is_a_503_that_changed_nothing(
+    push, projects, servers, monkeypatch, held: str
+) -> None:
+    """A statement timeout (SQLSTATE 57014) while the push waits on a record another
+    transaction holds, or at COMMIT for the change-ordering lock: the database rolled the push
+    back, so the answer is a 503 with Retry-After saying nothing was changed (never a 500),
+    and the same push succeeds once the way is clear."""
+    target = _existing(projects, "Sync timeout target")
+    new_id = str(uuid.uuid4())
+    projects.append(new_id)
+    since = _cursor()
+    changes = _changes(
+        created=[_record(new_id, name="Sync timeout create")],
+        updated=[_record(target, name="Sync timeout target", progress=77, _status="updated")],
+    )
+    before = _row(target)
+    # A writer connection of its own, with a short statement timeout: the push's statement
+    # waits for the held lock until the timeout cancels it.
+    monkeypatch.setattr(db, "_databases", {})
+    blocker = db.Database(
+        db.Role.WRITER, servers.writer_url, statement_timeout_ms=10000, connect_timeout_s=3
+    )
+    with blocker.session() as session:
+        session.run("BEGIN")
+        if held == "row":
+            session.run("SELECT 1 FROM projects WHERE id = CAST(:id AS uuid) FOR UPDATE", id=target)
+        else:
+            session.run("SELECT pg_advisory_xact_lock(change_seq_lock_key())")
+        try:
+            reply = push(changes, since, region="iad", env={"DB_STATEMENT_TIMEOUT_MS": "300"})
+        finally:
+            session.run("ROLLBACK")
+            blocker.close()
+    db.close_all()
+
+    assert reply.status == 503, reply.body
+    assert reply.body["code"] == "SERVICE_UNAVAILABLE"
+    assert reply.body["reason"] == "statement_timeout"
+    assert "nothing was changed" in reply.body["message"]
+    assert int(reply.headers["Retry-After"]) > 0
+    assert _row(target) == before and _row(new_id) is None
+    assert _events(target) == [] and _events(new_id) == []
+
+    monkeypatch.setattr(db, "_databases", {})
+    again = push(changes, since, region="iad")
+    db.close_all()  # this test's connections, before monkeypatch restores the usual ones
+    assert again.status == 200, again.body
+    assert "Idempotent-Replayed" not in again.headers  # the timed-out push left no receipt
+    assert again.body["applied"]["projects"] == {
+        "created": 1,
+        "updated": 1,
+        "deleted": 0,
+        "unchanged": 0,
+    }
+
+
+def test_a_1000_record_push_runs_each_statement_on_at_most_250_records(push, projects) -> None:
+    """The documented maximum push: its writes and events go in bounded statements (a single
+    1 000-row INSERT, and its 2 000-event outbox INSERT, timed out on a loaded writer)."""
+    from covenant.db import record_statements
+
+    ids = [str(uuid.uuid4()) for _ in range(1000)]
+    projects.extend(ids)
+    with record_statements() as statements:
+        reply = push(
+            _changes(created=[_record(i, name="Sync max push") for i in ids]),
+            _cursor(),
+            region="iad",
+        )
+    assert reply.status == 200, reply.body
+    assert reply.body["applied"]["projects"]["created"] == 1000
+    assert sum("INSERT INTO projects" in s for s in statements) == 4
+    assert sum("INSERT INTO outbox" in s for s in statements) == 4
+    with db.writer().session() as session:
+        assert (
+            session.scalar("SELECT count(*) FROM outbox WHERE aggregate_id = ANY(:ids)", ids=ids)
+            == 2000
+        )
+        assert (
+            session.scalar(
+                "SELECT count(*) FROM projects WHERE id = ANY(CAST(:ids AS uuid[])) "
+                "AND change_seq IS NOT NULL",
+                ids=ids,
+            )
+            == 1000
+        )

@@ -223,6 +223,23 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+# The database gave up on a transaction and rolled it back: the same request later can succeed.
+# A statement timeout fires before COMMIT's point of no return; a deadlock's victim and a
+# serialisation failure are aborted whole.
+_GAVE_UP = {
+    "57014": "did not finish in time (statement timeout)",
+    "40P01": "ended a deadlock by cancelling this request's work",
+    "40001": "could not serialise this request with a concurrent one",
+}
+
+
+def gave_up(exc: BaseException) -> str | None:
+    """Why the database gave up on `exc`'s transaction (rolled back: retrying is safe), or
+    None when `exc` is not such a failure."""
+    state = sqlstate(exc)
+    return _GAVE_UP.get(state) if state is not None else None
+
+
 _statements: ContextVar[list[str] | None] = ContextVar("covenant_sql_statements", default=None)
 
 

@@ -14,6 +14,11 @@ when the attempt does not: an attempt that died, or whose COMMIT lost its connec
 the record to a retry only if nothing was applied. Otherwise running the request again would
 write twice, and the retry gets `lost_answer` instead (the request was applied; its answer is
 gone), as does every later retry of the key.
+
+A replay answers the first answer byte for byte: Powertools stores a result as JSON with its
+keys sorted, which reorders a GraphQL answer (whose fields follow the query's selection), so
+the answer travels as its own JSON text inside the record (`ANSWERS`, the decorator's
+`output_serializer`), and the lost answer is stored the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+from aws_lambda_powertools.utilities.idempotency.serialization.base import (
+    BaseIdempotencySerializer,
+)
 
 from covenant.db import Database, Session, writer
 from covenant.uow import UnitOfWork
@@ -99,13 +107,29 @@ def mark_applied(uow: UnitOfWork) -> None:
     uow.after_commit(lambda: setattr(attempt, "applied", True))
 
 
+class OrderedAnswers(BaseIdempotencySerializer):
+    """An answer (a JSON object) kept as its JSON text, so that its keys keep their order."""
+
+    def to_dict(self, data: Any) -> dict[str, Any]:
+        return {"answer": json.dumps(data, ensure_ascii=False, separators=(",", ":"))}
+
+    def from_dict(self, data: dict[str, Any]) -> Any:
+        if set(data) != {"answer"}:
+            return data  # a record stored before answers kept their order: the same answer
+        return json.loads(data["answer"])
+
+
+ANSWERS = OrderedAnswers()
+
+
 class PostgresPersistenceLayer(BasePersistenceLayer):
     def __init__(self, *, lost_answer: dict[str, Any], database: Database | None = None) -> None:
         """`lost_answer`: the response replayed for a request that was applied but whose
-        attempt ended without recording its answer."""
+        attempt ended without recording its answer (its decorator's output_serializer must
+        be ANSWERS, as this layer stores it so)."""
         super().__init__()  # type: ignore[no-untyped-call]
         self._database = database
-        self._lost_answer = json.dumps(lost_answer)
+        self._lost_answer = json.dumps(ANSWERS.to_dict(lost_answer))
 
     @property
     def database(self) -> Database:
