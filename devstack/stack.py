@@ -328,7 +328,11 @@ class DevStack:
         writer and reaches the primary's functions through its hop."""
         assert self.gateway is not None
         return region_environment(
-            config.spec, region, self.endpoints, self.gateway.hop_url(region.code)
+            config.spec,
+            region,
+            self.endpoints,
+            self.gateway.hop_url(region.code),
+            self.gateway.url,
         )
 
     @staticmethod

@@ -13,6 +13,7 @@ from covenant.regions import cdk_context
 
 CONTEXT_KEY = "covenant:functions"
 AUTH_MODES = ("none", "jwt", "jwt-optional")  # see Route
+WEBSOCKET_ROUTES = ("$connect", "$default", "$disconnect")
 
 
 class TopologyError(RuntimeError):
@@ -72,11 +73,24 @@ def _compiled(path: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
+class WebSocketApi:
+    """A function behind a region's API Gateway WebSocket API: the path it is served at (the
+    API's stage URL), the routes it integrates (WEBSOCKET_ROUTES), and the routes with a route
+    response ("two-way": the Lambda's answer is sent back to the client; only `$default` can
+    have one)."""
+
+    path: str
+    routes: tuple[str, ...]
+    return_response: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     name: str
     handler: str  # module.function, relative to functions/ (the deployed code root)
     description: str
     routes: tuple[Route, ...]
+    websocket: WebSocketApi | None = None
 
 
 def parse_functions(raw: Mapping[str, Any]) -> dict[str, FunctionSpec]:
@@ -91,9 +105,35 @@ def parse_functions(raw: Mapping[str, Any]) -> dict[str, FunctionSpec]:
         if "handler" not in entry:
             raise TopologyError(f"function {name}: no handler")
         functions[name] = FunctionSpec(
-            name, entry["handler"], entry.get("description", ""), tuple(routes)
+            name,
+            entry["handler"],
+            entry.get("description", ""),
+            tuple(routes),
+            _websocket_api(name, entry.get("websocket")),
         )
     return functions
+
+
+def _websocket_api(function: str, raw: Mapping[str, Any] | None) -> WebSocketApi | None:
+    """`"websocket": {"path": "/graphql", "routes": [...], "returnResponse": ["$default"]}`."""
+    if raw is None:
+        return None
+    path = raw.get("path", "")
+    routes = tuple(raw.get("routes", ()))
+    two_way = tuple(raw.get("returnResponse", ()))
+    if not (isinstance(path, str) and path.startswith("/")):
+        raise TopologyError(f"function {function}: websocket path {path!r} must start with /")
+    unknown = [r for r in routes if r not in WEBSOCKET_ROUTES]
+    if unknown or not routes:
+        raise TopologyError(
+            f"function {function}: websocket routes must be some of {WEBSOCKET_ROUTES}, "
+            f"got {list(routes)}"
+        )
+    if any(r != "$default" or r not in routes for r in two_way):
+        raise TopologyError(
+            f"function {function}: only an integrated $default route can return a response"
+        )
+    return WebSocketApi(path, routes, two_way)
 
 
 @cache
