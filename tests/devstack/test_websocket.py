@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from covenant.topology import FunctionSpec, Route, WebSocketApi
+from covenant.topology import FunctionSpec, Route, WebSocketSpec
 from devstack.gateway import Gateway
 from devstack.runtime import FunctionConfig
 from devstack.websocket import FRAME_LIMIT_BYTES, MESSAGE_LIMIT_BYTES
@@ -37,7 +37,7 @@ def _functions(routes: tuple[str, ...] = ROUTES) -> dict[str, FunctionConfig]:
             "websocket_probe.handler",
             "the WebSocket API's probe",
             (),
-            WebSocketApi("/graphql", routes, ("$default",)),
+            WebSocketSpec("/graphql", routes, ("$default",)),
         ),
         timeout_s=10,
         code_path=(HANDLERS,),

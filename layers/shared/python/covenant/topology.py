@@ -73,14 +73,14 @@ def _compiled(path: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
-class WebSocketApi:
-    """A function behind a region's API Gateway WebSocket API: the path it is served at (the
-    API's stage URL), the routes it integrates (WEBSOCKET_ROUTES), and the routes with a route
-    response ("two-way": the Lambda's answer is sent back to the client; only `$default` can
-    have one)."""
+class WebSocketSpec:
+    """The function serves a WebSocket API (API Gateway's) at `path` of every region, for the
+    route keys `routes` (docs/realtime.md, "The contract"). `return_response` lists the routes
+    with a route response ("two-way": the Lambda's answer is sent back to the client; API
+    Gateway allows it on `$default` only): `"returnResponse": ["$default"]`, none by default."""
 
-    path: str
-    routes: tuple[str, ...]
+    path: str  # /graphql: the same path as the HTTP API's, as graphql-ws clients expect
+    routes: tuple[str, ...]  # of WEBSOCKET_ROUTES
     return_response: tuple[str, ...] = ()
 
 
@@ -90,7 +90,24 @@ class FunctionSpec:
     handler: str  # module.function, relative to functions/ (the deployed code root)
     description: str
     routes: tuple[Route, ...]
-    websocket: WebSocketApi | None = None
+    websocket: WebSocketSpec | None = None
+
+
+def _websocket(name: str, raw: Any) -> WebSocketSpec | None:
+    if raw is None:
+        return None
+    path = raw.get("path") if isinstance(raw, Mapping) else None
+    routes = raw.get("routes") if isinstance(raw, Mapping) else None
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise TopologyError(f"function {name}: websocket path must start with '/', got {path!r}")
+    if not isinstance(routes, list) or not routes or any(r not in WEBSOCKET_ROUTES for r in routes):
+        raise TopologyError(
+            f"function {name}: websocket routes must be some of {', '.join(WEBSOCKET_ROUTES)}"
+        )
+    two_way = raw.get("returnResponse", [])
+    if not isinstance(two_way, list) or any(r != "$default" or r not in routes for r in two_way):
+        raise TopologyError(f"function {name}: only an integrated $default can return a response")
+    return WebSocketSpec(path, tuple(routes), tuple(two_way))
 
 
 def parse_functions(raw: Mapping[str, Any]) -> dict[str, FunctionSpec]:
@@ -109,31 +126,9 @@ def parse_functions(raw: Mapping[str, Any]) -> dict[str, FunctionSpec]:
             entry["handler"],
             entry.get("description", ""),
             tuple(routes),
-            _websocket_api(name, entry.get("websocket")),
+            _websocket(name, entry.get("websocket")),
         )
     return functions
-
-
-def _websocket_api(function: str, raw: Mapping[str, Any] | None) -> WebSocketApi | None:
-    """`"websocket": {"path": "/graphql", "routes": [...], "returnResponse": ["$default"]}`."""
-    if raw is None:
-        return None
-    path = raw.get("path", "")
-    routes = tuple(raw.get("routes", ()))
-    two_way = tuple(raw.get("returnResponse", ()))
-    if not (isinstance(path, str) and path.startswith("/")):
-        raise TopologyError(f"function {function}: websocket path {path!r} must start with /")
-    unknown = [r for r in routes if r not in WEBSOCKET_ROUTES]
-    if unknown or not routes:
-        raise TopologyError(
-            f"function {function}: websocket routes must be some of {WEBSOCKET_ROUTES}, "
-            f"got {list(routes)}"
-        )
-    if any(r != "$default" or r not in routes for r in two_way):
-        raise TopologyError(
-            f"function {function}: only an integrated $default route can return a response"
-        )
-    return WebSocketApi(path, routes, two_way)
 
 
 @cache
