@@ -334,9 +334,8 @@ def _frame(payload: bytes, *, opcode: int, fin: bool) -> bytes:
     return head + mask + masked
 
 
-async def _raw_fragments(gateway: Gateway, parts: list[bytes]) -> bytes:
-    """Sends one text message in `parts` frames over a hand-made connection; what the server
-    sends back (until it closes or goes quiet)."""
+async def _raw_connection(gateway: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket connection made by hand, for what aiohttp's client will not send."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
@@ -347,6 +346,42 @@ async def _raw_fragments(gateway: Gateway, parts: list[bytes]) -> bytes:
     )
     response = await reader.readuntil(b"\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 101"), response
+    return reader, writer
+
+
+async def _raw_connection_id(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    writer.write(_frame(b"id:", opcode=0x1, fin=True))
+    head = await asyncio.wait_for(reader.readexactly(2), 15)
+    assert head[0] == 0x81 and head[1] == 16, head  # an unmasked text frame of 16 bytes
+    return (await reader.readexactly(16)).decode()
+
+
+def test_closes_without_status_or_without_frame_are_reported(gateway: Gateway, log: Path) -> None:
+    async def session() -> tuple[str, str]:
+        reader, writer = await _raw_connection(gateway)
+        no_status = await _raw_connection_id(reader, writer)
+        writer.write(_frame(b"", opcode=0x8, fin=True))  # a close frame without a status
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+        reader, writer = await _raw_connection(gateway)
+        dropped = await _raw_connection_id(reader, writer)
+        writer.transport.abort()  # TCP gone, no close frame
+        return no_status, dropped
+
+    no_status, dropped = asyncio.run(session())
+    closing = _wait_for_disconnect(log, no_status)["requestContext"]
+    assert (closing["disconnectStatusCode"], closing["disconnectReason"]) == (
+        1005,
+        "Client-side close frame status not set",
+    )
+    assert _wait_for_disconnect(log, dropped)["requestContext"]["disconnectStatusCode"] == 1006
+
+
+async def _raw_fragments(gateway: Gateway, parts: list[bytes]) -> bytes:
+    """Sends one text message in `parts` frames over a hand-made connection; what the server
+    sends back (until it closes or goes quiet)."""
+    reader, writer = await _raw_connection(gateway)
     frames = [
         _frame(part, opcode=0x1 if i == 0 else 0x0, fin=i == len(parts) - 1)
         for i, part in enumerate(parts)
