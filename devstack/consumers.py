@@ -40,17 +40,30 @@ def provision(endpoints: Mapping[str, str], moto_url: str, region: Region) -> di
 
 
 class ConsumerLoops:
-    def __init__(self, functions: list[FunctionSpec], region: Region, invoker: Invoker) -> None:
+    """`event`: what each run is invoked with (an EventBridge rule's constant input, as the
+    fan-out's rule per served region has), else a scheduled event."""
+
+    def __init__(
+        self,
+        functions: list[FunctionSpec],
+        region: Region,
+        invoker: Invoker,
+        event: dict[str, Any] | None = None,
+    ) -> None:
         self.functions = functions
         self.region = region
         self.invoker = invoker
+        self.event = event
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         for function in self.functions:
             thread = threading.Thread(
-                target=self._loop, args=(function,), name=f"consumer-{function.name}", daemon=True
+                target=self._loop,
+                args=(function,),
+                name=f"consumer-{function.name}",
+                daemon=True,
             )
             thread.start()
             self._threads.append(thread)
@@ -62,7 +75,8 @@ class ConsumerLoops:
     def _loop(self, function: FunctionSpec) -> None:
         while not self._stop.is_set():
             try:
-                self.invoker(function, self.region, scheduled_event(self.region.aws_region))
+                event = self.event or scheduled_event(self.region.aws_region)
+                self.invoker(function, self.region, event)
             except Exception:
                 if self._stop.is_set():
                     return

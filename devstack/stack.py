@@ -24,7 +24,7 @@ from covenant.db import Database, Role
 from covenant.migrate import migrate
 from covenant.regions import Region, load_regions, primary_region
 from covenant.seed import seed
-from devstack import assets, consumers
+from devstack import assets, consumers, realtime
 from devstack.errors import DevStackError
 from devstack.event_sources import (
     BackgroundTriggers,
@@ -197,6 +197,7 @@ class DevStack:
         self.endpoints: dict[str, str] = {}
         self.triggers: BackgroundTriggers | None = None
         self.consumers: consumers.ConsumerLoops | None = None
+        self.fanouts: list[consumers.ConsumerLoops] = []
         self.runtime: LambdaRuntime | None = None
         self._sqs: Any = None
 
@@ -298,6 +299,7 @@ class DevStack:
             hops=self._hop_round_trips(),
         )
         self.gateway.serve_in_thread()
+        self.endpoints.update(realtime.provision(self.endpoints, self.gateway.url))
         self._start_bridge_triggers(queues)
         self._start_consumers()
         self._warm_up()
@@ -429,6 +431,10 @@ class DevStack:
             thread_invoker(self.runtime),
         )
         self.consumers.start()
+        # The real-time fan-out: one loop per served region (devstack.realtime).
+        self.fanouts = realtime.fanout_loops(thread_invoker(self.runtime))
+        for loop in self.fanouts:
+            loop.start()
 
     def _explorer_assets(self) -> Path | None:
         """GraphiQL served locally (no internet needed); without npm the explorer page falls
@@ -448,6 +454,9 @@ class DevStack:
         if self.consumers is not None:
             self.consumers.stop()
             self.consumers = None
+        for loop in self.fanouts:
+            loop.stop()
+        self.fanouts = []
         if self.gateway is not None:
             self.gateway.shutdown()  # and every Lambda environment
             self.gateway = None

@@ -84,6 +84,9 @@ def consumers_nats_permissions() -> dict[str, Any]:
     publish = [f"$JS.API.CONSUMER.MSG.NEXT.{c.stream}.{c.durable_name}" for c in CONSUMERS]
     publish += [f"$JS.API.CONSUMER.INFO.{c.stream}.{c.durable_name}" for c in CONSUMERS]
     publish += [f"$JS.ACK.{c.stream}.{c.durable_name}.>" for c in CONSUMERS]
+    # The real-time fan-out serves a subscriber that resumes (`since`) from the stream itself:
+    # read-only gets of COVENANT's messages and its first sequence.
+    publish += ["$JS.API.DIRECT.GET.COVENANT", "$JS.API.STREAM.INFO.COVENANT"]
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"{CONSUMER_INBOX_PREFIX}.>"]},

@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from graphql import OperationType
 from pg8000.exceptions import DatabaseError
 
 from covenant import handoff, idempotency, position
@@ -221,6 +222,12 @@ def _execute(
     except engine.RequestErrors as failure:
         metrics.add_metric("RequestErrors", MetricUnit.Count, 1)
         return request_error_status, {"errors": failure.errors}
+    if prepared.operation.operation == OperationType.SUBSCRIPTION:
+        metrics.add_metric("RequestErrors", MetricUnit.Count, 1)
+        return request_error_status, transport.error_body(
+            "Subscriptions are served over WebSocket (graphql-transport-ws) at this same path, "
+            "not over HTTP: see docs/realtime.md."
+        )
     if prepared.is_mutation and request.method == "GET":
         return 405, transport.error_body("Mutations need POST: GET may only run queries.")
     read_primary = False

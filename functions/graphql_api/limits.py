@@ -297,6 +297,11 @@ STATEMENTS: Mapping[str, int] = {
     "Query.sectoralStats": 1,
     # The ANALYTICS series: one statement over analytics_hourly, at most 1 000 points.
     "Query.statsHistory": 1,
+    # A subscription's figures, read once per change delivered (shared by every subscriber
+    # of that change asking the same).
+    "StatsChange.global": 1,
+    "StatsChange.regional": 1,
+    "StatsChange.sectoral": 1,
     # Nested lists and many-to-one fields: one statement per level.
     "Country.projects": 1,
     "Sector.projects": 1,
@@ -335,6 +340,12 @@ NO_STATEMENTS: frozenset[str] = frozenset(
         "Query.regions",
         # The audit trail is DynamoDB (a bounded page, admins only), not SQL.
         "Query.auditLog",
+        # A subscription's root field and its change's actor come from the event itself.
+        "Subscription.projectChanged",
+        "Subscription.countryChanged",
+        "Subscription.statsChanged",
+        "ProjectChange.changedBy",
+        "CountryChange.changedBy",
         "Country.region",
         "Project.region",
         "RegionalStats.region",

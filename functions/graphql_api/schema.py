@@ -20,6 +20,7 @@ from graphql_api.resolvers.enums import ENUMS
 from graphql_api.resolvers.mutation import mutation
 from graphql_api.resolvers.query import query
 from graphql_api.resolvers.scalars import date_time, money
+from graphql_api.resolvers.subscription import SUBSCRIPTION_TYPES
 from graphql_api.resolvers.types import TYPES
 
 SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
@@ -48,6 +49,7 @@ def executable_schema() -> GraphQLSchema:
         project_connection,
         *ENUMS,
         *TYPES,
+        *SUBSCRIPTION_TYPES,
         convert_names_case=snake_case,
     )
     bind_row_keys(schema, row_key)

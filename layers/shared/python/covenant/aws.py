@@ -20,7 +20,12 @@ _clients: dict[tuple[str, str, str | None], Any] = {}
 _lock = threading.Lock()
 
 
-def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
+def client(
+    service: str, region: str, endpoint_url: str | None = None, *, local: bool | None = None
+) -> Any:
+    """`local` (default: whether an endpoint is given) signs with the dummy credentials; an
+    AWS endpoint given explicitly (API Gateway's `@connections` URL) passes `local=False`."""
+    local = endpoint_url is not None if local is None else local
     key = (service, region, endpoint_url)
     with _lock:
         if key not in _clients:
@@ -33,7 +38,7 @@ def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
                     read_timeout=5,
                     retries={"max_attempts": 2, "mode": "standard"},
                 ),
-                **(_LOCAL_CREDENTIALS if endpoint_url else {}),
+                **(_LOCAL_CREDENTIALS if local else {}),
             )
         return _clients[key]
 

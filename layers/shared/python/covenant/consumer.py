@@ -120,7 +120,9 @@ def connection_options() -> dict[str, Any]:
     return options
 
 
-async def _connect() -> Client:
+async def connect() -> Client:
+    """A client of the consumers' NATS user (connection_options)."""
+
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS connection error: %s", type(exc).__name__)
 
@@ -217,7 +219,7 @@ def run(
         return context.get_remaining_time_in_millis() < reserve_ms
 
     async def go() -> RunStats:
-        client = await _connect()
+        client = await connect()
         try:
             return await consume(
                 client,

@@ -80,7 +80,12 @@ def change_events(
         type=f"covenant.{collection}.{action}",
         source=source,
         subject=subject,
-        data={aggregate_type: snapshot(row)},
+        # Who changed it, without personal details (sub and roles): subscribers who may see
+        # it (admins, as in the audit log) get it with the change (docs/realtime.md).
+        data={
+            aggregate_type: snapshot(row),
+            "actor": {"sub": actor.get("sub"), "roles": list(actor.get("roles") or [])},
+        },
     )
     audit: dict[str, Any] = {
         "actor": dict(actor),

@@ -57,6 +57,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from covenant.config import env
+from covenant.regions import load_regions
 
 NS_PER_S = 10**9
 MINUTE_S = 60
@@ -191,6 +192,13 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     # No CACHE_INVALIDATOR: there is no cache to invalidate, and the one worth having (short
     # max-age on anonymous GraphQL GETs) needs none (docs/deploy.md, "CACHE_INVALIDATOR").
     ConsumerSpec("COVENANT", "MOBILE_PUSH", "Pushes country and project changes to devices"),
+    # One per region: the fan-out of that region's GraphQL subscribers (functions/realtime).
+    *(
+        ConsumerSpec(
+            "COVENANT", f"REALTIME_{region.code.upper()}", f"Real-time fan-out to {region.code}"
+        )
+        for region in load_regions()
+    ),
     ConsumerSpec("AUDIT", "AUDIT_LOGGER", "Records every audit event"),
     ConsumerSpec("ALERTS", "ALERT_ROUTER", "Routes alerts to whoever must act on them"),
     # A work-queue stream allows one unfiltered consumer: NOTIFIER is it.

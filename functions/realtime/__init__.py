@@ -1,0 +1,1 @@
+"""GraphQL subscriptions over API Gateway WebSocket APIs (docs/realtime.md)."""
