@@ -108,10 +108,7 @@ class Figures:
         p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
         rate = self.deliveries / self.busy_s if self.busy_s else 0.0
         lost = f", {self.missing} not delivered" if self.missing else ""
-        return (
-            f"  {name:<26} p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   "
-            f"{rate:9.0f} messages/s{lost}"
-        )
+        return f"  {name:<26} p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   {rate:9.0f} messages/s{lost}"
 
 
 class Subscribers:
