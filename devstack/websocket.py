@@ -346,7 +346,15 @@ class WebSocketApis:
             compress=False,  # API Gateway negotiates no permessage-deflate
             autoping=True,
         )
-        await socket.prepare(request)
+        try:
+            await socket.prepare(request)
+        except ConnectionResetError:
+            # The client left while $connect ran: the handler may have stored it already.
+            logger.info("%s in %s: client gone during $connect", function.name, region.code)
+            if "$disconnect" in api.routes:
+                gone = disconnect_event(connection, 1006, "Connection was closed abnormally")
+                self._spawn(self._invoke(connection, "$disconnect", gone))
+            return socket
         protocol_handler = request.protocol
         protocol_handler._payload_parser = _FrameLimit(  # see _FrameLimit
             protocol_handler._payload_parser,

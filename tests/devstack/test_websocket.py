@@ -10,6 +10,7 @@ import json
 import os
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -376,6 +377,42 @@ def test_closes_without_status_or_without_frame_are_reported(gateway: Gateway, l
         "Client-side close frame status not set",
     )
     assert _wait_for_disconnect(log, dropped)["requestContext"]["disconnectStatusCode"] == 1006
+
+
+def test_a_client_gone_during_connect_gets_its_disconnect(gateway: Gateway, log: Path) -> None:
+    marker = uuid.uuid4().hex
+
+    async def leave_early() -> None:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /ams/graphql?sleep=1&marker={marker} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # $connect is still running
+        writer.transport.abort()
+
+    asyncio.run(leave_early())
+    deadline = time.monotonic() + 15
+    connection = None
+    while connection is None and time.monotonic() < deadline:
+        lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        connection = next(
+            (
+                event["requestContext"]["connectionId"]
+                for event in map(json.loads, lines)
+                if (event.get("queryStringParameters") or {}).get("marker") == marker
+            ),
+            None,
+        )
+        time.sleep(0.05)
+    assert connection is not None
+    closing = _wait_for_disconnect(log, connection)["requestContext"]
+    assert closing["disconnectStatusCode"] == 1006
 
 
 async def _raw_fragments(gateway: Gateway, parts: list[bytes]) -> bytes:

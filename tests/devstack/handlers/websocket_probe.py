@@ -54,6 +54,7 @@ def _connect(event: dict[str, Any]) -> dict[str, Any]:
         return {"statusCode": int(query["refuse"]), "body": "refused"}
     if "fail" in query:
         raise RuntimeError("connect fails")
+    time.sleep(float(query.get("sleep", "0")))
     offered = (event["headers"].get("Sec-WebSocket-Protocol") or "").split(",")
     if "graphql-transport-ws" in [p.strip() for p in offered]:
         return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "graphql-transport-ws"}}
