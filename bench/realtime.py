@@ -129,7 +129,13 @@ class Subscribers:
         async def one(n: int) -> aiohttp.ClientWebSocketResponse:
             url = f"{self.base_ws}/{regions[n % len(regions)]}/graphql"
             for _attempt in range(5):
-                socket = await self.session.ws_connect(url, protocols=(SUBPROTOCOL,))
+                try:
+                    socket = await self.session.ws_connect(url, protocols=(SUBPROTOCOL,))
+                except aiohttp.WSServerHandshakeError:
+                    # $connect failed (a cold start past Lambda's init limit under load).
+                    self.retries += 1
+                    await asyncio.sleep(1)
+                    continue
                 await socket.send_str(json.dumps({"type": "connection_init", "payload": {}}))
                 ack = await socket.receive(timeout=120)
                 if ack.type == aiohttp.WSMsgType.TEXT and json.loads(ack.data)["type"] == (
