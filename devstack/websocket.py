@@ -403,8 +403,10 @@ class WebSocketApis:
                     return code, "Client-side close frame status not set"
                 return code, message.extra or ""
             elif message.type == WSMsgType.ERROR:
-                # aiohttp closed it already: a message over max_msg_size (1009), bad UTF-8.
-                return socket.close_code or int(WSCloseCode.MESSAGE_TOO_BIG), _TOO_BIG[1]
+                # aiohttp closed it already: a message over max_msg_size (1009), text that is
+                # not UTF-8 (1007), a protocol error (1002).
+                code = socket.close_code or int(WSCloseCode.PROTOCOL_ERROR)
+                return code, _TOO_BIG[1] if code == _TOO_BIG[0] else str(message.data)
             else:  # CLOSING / CLOSED: closed by the gateway, or the client vanished
                 return socket.close_code or 1006, "Connection was closed abnormally"
 
