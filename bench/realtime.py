@@ -69,6 +69,10 @@ def say(message: str = "") -> None:
     print(message, flush=True)
 
 
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Round:
     """Arrivals of one message at every subscriber."""
@@ -259,8 +263,10 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
             project = created["data"]["createProject"]["id"]
             subscribers = Subscribers(session, base_ws)
             started = time.perf_counter()
+            progress(f"{count}: connecting")
             await subscribers.open(count, mark)
             opened_s = time.perf_counter() - started
+            progress(f"{count}: subscribed in {opened_s:.1f} s")
             # Until every subscription is served (the fan-out sees a new one on its next batch).
             for attempt in range(30):
                 warm = await bench.full(subscribers, project, attempt % 100, timeout_s=5)
@@ -268,6 +274,7 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
                     break
             full, floor = Figures(), Figures()
             for n in range(messages):
+                progress(f"{count}: message {n + 1}/{messages}")
                 delivered = await bench.full(subscribers, project, (n + 31) % 100)
                 full.add(delivered)
                 if delivered.texts:
