@@ -1,5 +1,5 @@
-"""The real-time benchmark: `.venv/bin/python -m bench.realtime 2>/dev/null` from the repository
-root.
+"""Subscriptions end to end: `.venv/bin/python -m bench.realtime_e2e 2>/dev/null` from the
+repository root.
 
 It starts the local stack as `make dev` does (PostgreSQL primary + replica, nats-server with
 JetStream, moto, the gateway with its WebSocket APIs, the bridge's wake-up queue and schedule,
@@ -17,10 +17,12 @@ project), it measures, message after message, alternating:
   `POST /<region>/@connections/{id}`, all at once from this process, timed from the first post
   to each arrival: the last hop alone, without the stream and the fan-out.
 
-p50 and p99 over every delivery, and messages delivered per second (deliveries divided by the
-time from the first send to the last arrival, summed over the messages). The clients, the
-gateway and the stack share this process and the machine's cores; the figures are for
-comparing, on one machine, in one run. Nothing here asserts on time.
+(bench.realtime measures the fan-out alone, published -> `@connections`, without the sockets or
+the outbox; this one is the path a user sees.) p50 and p99 over every delivery, and messages
+delivered per second (deliveries divided by the time from the first send to the last arrival,
+summed over the messages). The clients, the gateway and the stack share this process and the
+machine's cores; the figures are for comparing, on one machine, in one run. Nothing here
+asserts on time.
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.realtime", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.realtime_e2e", description=__doc__)
     parser.add_argument("--subscribers", type=int, nargs="+", default=list(SUBSCRIBERS))
     parser.add_argument("--messages", type=int, default=MESSAGES)
     args = parser.parse_args(argv)
