@@ -20,7 +20,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from covenant.topology import FunctionSpec, Route, WebSocketSpec
+from covenant.topology import (
+    FunctionSpec,
+    Route,
+    TopologyError,
+    WebSocketSpec,
+    parse_functions,
+)
 from devstack.gateway import Gateway
 from devstack.runtime import FunctionConfig
 from devstack.websocket import FRAME_LIMIT_BYTES, MESSAGE_LIMIT_BYTES
@@ -528,3 +534,21 @@ def test_many_connections_at_once_leave_http_answering(gateway: Gateway) -> None
     assert statuses == [200] * 5
     with urllib.request.urlopen(f"{gateway.url}/jnb/health", timeout=5) as response:
         assert response.status == 200
+
+
+def test_only_an_integrated_default_route_can_return_a_response() -> None:
+    entry = {"handler": "h.handler", "websocket": {"path": "/graphql", "routes": ["$default"]}}
+    two_way = {**entry, "websocket": {**entry["websocket"], "returnResponse": ["$default"]}}
+    assert parse_functions({"f": two_way})["f"].websocket == WebSocketSpec(
+        "/graphql", ("$default",), ("$default",)
+    )
+    for wrong in (["$connect"], "$default"):
+        bad = {**entry, "websocket": {**entry["websocket"], "returnResponse": wrong}}
+        with pytest.raises(TopologyError, match="only an integrated"):
+            parse_functions({"f": bad})
+    without_default = {
+        **entry,
+        "websocket": {"path": "/graphql", "routes": ["$connect"], "returnResponse": ["$default"]},
+    }
+    with pytest.raises(TopologyError, match="only an integrated"):
+        parse_functions({"f": without_default})
