@@ -181,6 +181,10 @@ class Subscribers:
             if '"type":"next"' in message.data.replace(" ", "") and self.current is not None:
                 self.current.arrived(at, message.data)
 
+    def open_count(self) -> int:
+        """Subscribers still connected (the server may close one: docs/realtime.md)."""
+        return sum(not socket.closed for socket in self.sockets)
+
     async def close(self) -> None:
         for task in self.readers:
             task.cancel()
@@ -211,7 +215,7 @@ class Bench:
     async def full(
         self, subscribers: Subscribers, project: str, progress: int, timeout_s: float = 60
     ) -> Round:
-        round_ = Round(len(subscribers.sockets))
+        round_ = Round(subscribers.open_count())
         subscribers.current = round_
         round_.started = time.perf_counter()
         await self.graphql(UPDATE, {"id": project, "input": {"progress": progress}})
@@ -220,7 +224,7 @@ class Bench:
 
     async def floor(self, subscribers: Subscribers, text: str) -> Round:
         """The same bytes to every open connection through `@connections`, at once."""
-        round_ = Round(len(subscribers.sockets))
+        round_ = Round(subscribers.open_count())
         subscribers.current = round_
         connections = list(self.gateway.websockets.connections.values())
         data = text.encode()
@@ -281,11 +285,12 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
                 full.add(delivered)
                 if delivered.texts:
                     floor.add(await bench.floor(subscribers, delivered.texts[0]))
+            closed = len(subscribers.sockets) - subscribers.open_count()
             await subscribers.close()
             say(
                 f"{count} subscriber(s) over six regions "
                 f"({messages} messages; connected and subscribed in {opened_s:.1f} s, "
-                f"{subscribers.retries} reconnect(s))"
+                f"{subscribers.retries} reconnect(s), {closed} closed by the server during the run)"
             )
             say(full.line("commit -> delivered"))
             say(floor.line("floor: @connections push"))
