@@ -24,6 +24,7 @@ from stacks.events import BridgeStack, EventsStack
 from stacks.monitoring import EventsMonitoring, MonitoringStack
 from stacks.nag import enable_nag
 from stacks.network import NetworkStack
+from stacks.realtime import FanOutStack
 from stacks.regional_api import DatabaseEndpoints, RegionalApiStack, UserPoolRef
 from stacks.settings import AppSettings
 
@@ -123,6 +124,7 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
         client_id=auth.user_pool.client.user_pool_client_id,
         region=primary.aws_region,
     )
+    apis: dict[str, RegionalApiStack] = {}
     for r in settings.regions:
         regional = data[r.code]
         api = RegionalApiStack(
@@ -143,6 +145,27 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
         )
         api.add_stack_dependency(primary_data, "the schema is migrated before new code serves")
         api.add_stack_dependency(events, "the wake-up queue exists")
+        apis[r.code] = api
+    fanout = FanOutStack(
+        app,
+        f"Covenant-{primary.code}-Realtime",
+        region=primary,
+        settings=settings,
+        network=networks[primary.code],
+        events_stack=events,
+        writer_host=primary_data.writer_host,
+        cluster_resource_id=primary_data.cluster_resource_id,
+        apis={code: api.realtime for code, api in apis.items() if api.realtime is not None},
+        env=env(primary.aws_region),
+        cross_region_references=True,
+        description="Covenant real-time fan-out: COVENANT events to every region's subscribers",
+    )
+    fanout.add_stack_dependency(events, "NATS, its consumers' user and the topology exist")
+    for api in apis.values():
+        fanout.add_stack_dependency(api, "the WebSocket APIs it posts to exist")
+    for r in settings.regions:
+        regional = data[r.code]
+        api = apis[r.code]
         MonitoringStack(
             app,
             f"Covenant-{r.code}-Monitoring",
@@ -157,7 +180,10 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
                     dead_letters=events.wakeup.dead_letters,
                     bridge=bridge.bridge.function,
                     jetstream=bridge.jetstream.function,
-                    consumers={n: f.function for n, f in consumers.functions.items()},
+                    consumers={
+                        **{n: f.function for n, f in consumers.functions.items()},
+                        "fanout": fanout.fanout.function,
+                    },
                 )
                 if r.primary
                 else None

@@ -25,7 +25,9 @@ from stacks.settings import AppSettings, SettingsError
 # The functions behind the API that connect to the database (writer in the primary, reader
 # everywhere), and the primary-only function that connects to the writer.
 API_DATABASE_FUNCTIONS = ("graphql", "mobile")
-WRITER_ONLY_FUNCTIONS = ("bridge", "analytics")
+WRITER_ONLY_FUNCTIONS = ("bridge", "analytics", "fanout")
+# Behind the API but reading only (the WebSocket handler: sign-out checks, queries).
+READER_ONLY_FUNCTIONS = ("realtime",)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ def budgets(settings: AppSettings) -> list[InstanceBudget]:
     if settings.database.primary_readers:
         found.append(
             InstanceBudget(
-                "primary reader", limit, {n: reserved(n, True) for n in API_DATABASE_FUNCTIONS}
+                "primary reader",
+                limit,
+                {n: reserved(n, True) for n in (*API_DATABASE_FUNCTIONS, *READER_ONLY_FUNCTIONS)},
             )
         )
     if settings.secondaries:
@@ -76,7 +80,7 @@ def budgets(settings: AppSettings) -> list[InstanceBudget]:
             InstanceBudget(
                 "secondary reader",
                 limit,
-                {n: reserved(n, False) for n in API_DATABASE_FUNCTIONS},
+                {n: reserved(n, False) for n in (*API_DATABASE_FUNCTIONS, *READER_ONLY_FUNCTIONS)},
             )
         )
     return found

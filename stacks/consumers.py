@@ -112,7 +112,7 @@ class ConsumersStack(Stack):
                 region=region,
                 function_name=function_name(region, name),
             )
-            _grant_secret_read(
+            grant_secret_read(
                 function.role, events_stack.consumers_secret, events_stack.key, self.region
             )
             events.Rule(
@@ -175,7 +175,7 @@ class ConsumersStack(Stack):
         )
 
 
-def _grant_secret_read(
+def grant_secret_read(
     role: iam.IRole, secret: secretsmanager.ISecret, key: kms.IKey, region: str
 ) -> None:
     """The role's side only (the secret and its key live in the Events stack): see

@@ -51,7 +51,7 @@ from stacks.settings import (
 )
 
 # The Lambda functions that use the database, each as its own IAM-authenticated login role.
-DATABASE_FUNCTIONS = ("graphql", "mobile", "bridge", "analytics")
+DATABASE_FUNCTIONS = ("graphql", "mobile", "bridge", "analytics", "realtime", "fanout")
 
 
 def database_user(function: str) -> str:

@@ -114,10 +114,12 @@ class CovenantFunction(Construct):
         log_key: kms.IKey,
         region: Region | None = None,
         function_name: str | None = None,
+        extra_packages: Sequence[str] = (),
     ) -> None:
-        """`region`: the region whose reserved concurrency applies (by its role, primary or
-        secondary); without it, the primary's. `function_name`: a fixed name, for functions
-        another region invokes."""
+        """`extra_packages`: other function packages the code imports (the realtime functions
+        run the GraphQL contract's code). `region`: the region whose reserved concurrency
+        applies (by its role, primary or secondary); without it, the primary's.
+        `function_name`: a fixed name, for functions another region invokes."""
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(
             self,
@@ -160,7 +162,15 @@ class CovenantFunction(Construct):
             # The function's own package only; shared code and libraries come from the layers.
             code=lambda_.Code.from_asset(
                 str(REPO_ROOT / "functions"),
-                exclude=["*", f"!{package}", f"!{package}/**", "**/__pycache__"],
+                exclude=[
+                    "*",
+                    *(
+                        f"!{p}{suffix}"
+                        for p in (package, *extra_packages)
+                        for suffix in ("", "/**")
+                    ),
+                    "**/__pycache__",
+                ],
             ),
             layers=list(layers),
             memory_size=deploy.memory_mb,

@@ -34,6 +34,7 @@ API_P99_LATENCY_MS = 2000
 FUNCTION_ERRORS = 5  # per 5 minutes
 OUTBOX_LAG_S = 120
 CONSUMER_LAG_MESSAGES = 1000
+FANOUT_DELIVERY_ERRORS = 10  # failed @connections posts per 5 minutes (410 is not one)
 REPLICA_LAG_MS = 5000  # HEALTH_MAX_REPLICA_LAG_S: /health reports degraded beyond it
 # Minutes in a row: a leader election or a node restart lasts seconds, a quorum loss or an
 # unreachable cluster longer; the bridge runs at least every minute (its schedule).
@@ -221,6 +222,17 @@ class MonitoringStack(Stack):
                     missing=cloudwatch.TreatMissingData.BREACHING,
                 )
                 consumer_lags.append(lag)
+            if "fanout" in events.consumers:
+                self._alarm(
+                    "FanoutDeliveryErrors",
+                    _metric("Covenant", "DeliveryErrors", {"service": "fanout"}, "Sum"),
+                    FANOUT_DELIVERY_ERRORS,
+                    "The real-time fan-out's posts to @connections failed (throttled, too "
+                    "large, unavailable; a gone connection is not an error) more than "
+                    f"{FANOUT_DELIVERY_ERRORS} times in 5 minutes, twice in a row: see "
+                    "docs/realtime.md",
+                    periods=2,
+                )
             nats_unavailable = _metric(
                 "Covenant", "NatsUnavailable", {"service": "bridge"}, "Sum", minutes=1
             )

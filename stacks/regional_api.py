@@ -47,6 +47,7 @@ from stacks.functions import (
 from stacks.layers import SharedLayers
 from stacks.nag import acknowledge
 from stacks.network import RegionalNetwork
+from stacks.realtime import RealtimeApi
 from stacks.settings import AppSettings, DomainSettings
 
 # Cognito calls that need IAM (the others are authorized by the user's own token or none).
@@ -79,6 +80,10 @@ COGNITO_ADMIN_ACTIONS = {
 # The functions whose writes add outbox events (GraphQL mutations, the sync push) and then
 # send a wake-up to the bridge's queue (covenant.domain_events.wake_bridge_after_commit).
 OUTBOX_WRITERS = ("graphql", "mobile")
+# Behind the API but never writing: no writer URL, no hand-off to the primary.
+READ_ONLY_FUNCTIONS = ("realtime",)
+# Function packages a function's code imports besides its own.
+EXTRA_PACKAGES = {"realtime": ("graphql_api",)}
 AUTH_ROUTES_THROTTLED = ("POST /auth/login", "POST /auth/register", "POST /auth/refresh")
 CORS_HEADERS = [
     "authorization",
@@ -239,6 +244,28 @@ class RegionalApiStack(Stack):
             for route in spec.routes:
                 routes[route.key] = self._route(route, integration)
         self._throttle_auth_routes(settings, routes)
+        realtime_spec = settings.functions.get("realtime")
+        self.realtime: RealtimeApi | None = None
+        if realtime_spec is not None and realtime_spec.websocket is not None:
+            function = self._function(
+                "realtime",
+                realtime_spec,
+                region,
+                settings,
+                network,
+                database,
+                user_pool,
+                layers.layers,
+            )
+            self.functions["realtime"] = function
+            self.realtime = RealtimeApi(
+                self,
+                "Realtime",
+                region=region,
+                settings=settings,
+                function=function,
+                log_key=network.data_key,
+            )
         if settings.domain is not None:
             RegionalDomain(self, "Domain", region=region, domain=settings.domain, stage=self.stage)
 
@@ -271,7 +298,9 @@ class RegionalApiStack(Stack):
             "sqs", settings.primary.aws_region, settings.events.wakeup_queue_name
         )
         primary_function: str | None = None
-        if region.primary:
+        if name in READ_ONLY_FUNCTIONS:
+            pass
+        elif region.primary:
             assert database.writer_host is not None
             environment["DATABASE_URL"] = database.url(
                 host=database.writer_host, user=user, database=db_name, tls=tls
@@ -312,6 +341,7 @@ class RegionalApiStack(Stack):
             log_key=network.data_key,
             region=region,
             function_name=function_name(region, name),
+            extra_packages=EXTRA_PACKAGES.get(name, ()),
         )
         if primary_function is not None:
             function.role.add_to_policy(

@@ -64,7 +64,7 @@ def _reserved(settings: AppSettings, region: Region) -> int:
     total = 0
     for name, spec in settings.functions.items():
         deploy = settings.deploy.get(name)
-        if deploy is None or (not spec.routes and not region.primary):
+        if deploy is None or (not (spec.routes or spec.websocket) and not region.primary):
             continue  # primary-only functions (the bridge) exist in the primary only
         total += deploy.reserved_for(region) or 0
     return total

@@ -40,7 +40,7 @@ from graphql_api.schema import executable_schema, row_key
 SUBJECTS: Mapping[str, str] = {
     "projectChanged": "covenant.projects.*",
     "countryChanged": "covenant.countries.*",
-    "statsChanged": "covenant.projects.*",
+    "statsChanged": "covenant.*.*",  # a country's GDP and status move the figures too
 }
 _ACTIONS = {"created": "CREATED", "updated": "UPDATED", "deleted": "DELETED"}
 _TIMES = ("created_at", "updated_at", "joined_at")
@@ -192,6 +192,11 @@ def change_of(
         country = _row(data["country"])
         if subscribed.field == "countryChanged" and country_matches(subscribed.filter, country):
             return {**change, "country": country}
+        if subscribed.field == "statsChanged" and subscribed.region in (
+            None,
+            country.get("region"),
+        ):
+            return {**change, "region_filter": subscribed.region}
     return None
 
 

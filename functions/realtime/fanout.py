@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ BACKFILL_PER_PASS = 500
 INIT_TIMEOUT_S = 10  # graphql-ws servers wait 3 s by default; API Gateway adds a cold start
 HOUSEKEEPING_EVERY_S = 5.0
 REVOCATION_EVERY_S = 30.0
+# With no new event, a pass (a subscriber resuming from `since`, housekeeping) at most this
+# often: an idle region costs one index query per IDLE_PASS_EVERY_S, not one per fetch.
+IDLE_PASS_EVERY_S = 2.0
 
 logger = Logger(service="fanout")
 metrics = Metrics(namespace="Covenant", service="fanout")
@@ -96,6 +100,7 @@ class FanOut:
     stats: PassStats = field(default_factory=PassStats)
     _housekept_at: float = 0.0
     _revocation_checked: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def serve(self, batch: Sequence[consumer.Delivery]) -> None:
         """Serves every subscription of the shard up to the batch's last event (or, with no
@@ -107,16 +112,29 @@ class FanOut:
         limits = GraphQLSettings.load().limits
         shared: dict[int, subscriptions.Shared] = {}
         dead: set[str] = set()
-        for sub in subs:
+        # Subscriptions are served side by side (their posts and cursor writes are network
+        # waits), each by one task: its own events stay in stream order.
+        slots = asyncio.Semaphore(max(1, env_int("REALTIME_POST_CONCURRENCY", 16)))
+
+        async def serve_one(sub: store.Subscription) -> None:
             connection = connections.get(sub.connection_id)
-            if connection is None or connection.state != "ready" or sub.connection_id in dead:
-                continue
-            try:
-                await self._serve_one(sub, connection, batch, first, upper, limits, shared)
-            except _Gone:
-                dead.add(sub.connection_id)
-                self.stats.gone += 1
-                self.table.forget_connection(sub.connection_id)
+            if connection is None or connection.state != "ready":
+                return
+            async with slots:
+                if sub.connection_id in dead:
+                    return
+                try:
+                    await self._serve_one(sub, connection, batch, first, upper, limits, shared)
+                except _Gone:
+                    if sub.connection_id not in dead:
+                        dead.add(sub.connection_id)
+                        self.stats.gone += 1
+                        await asyncio.to_thread(self.table.forget_connection, sub.connection_id)
+
+        results = await asyncio.gather(*(serve_one(sub) for sub in subs), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]  # the batch is served again; the cursors keep it from doubling
         if upper > self.checkpoint:
             self.table.save_checkpoint(self.shard, upper)
             self.checkpoint = upper
@@ -132,7 +150,6 @@ class FanOut:
         shared: dict[int, subscriptions.Shared],
     ) -> None:
         subscribed = subscriptions.Subscribed.from_json(sub.subscribed, sub.since)
-        new = sub.cursor is None
         if sub.cursor is not None:
             served = max(sub.cursor, self.checkpoint) if sub.caught_up else sub.cursor
         elif sub.since is not None:
@@ -158,6 +175,33 @@ class FanOut:
         if caught_up:
             events.extend(d for d in batch if d.stream_seq > served)
             examined = max(examined, upper)
+        await asyncio.to_thread(
+            self._post,
+            sub,
+            connection,
+            subscribed,
+            events,
+            first,
+            examined,
+            caught_up,
+            limits,
+            shared,
+        )
+
+    def _post(
+        self,
+        sub: store.Subscription,
+        connection: store.Connection,
+        subscribed: subscriptions.Subscribed,
+        events: Sequence[consumer.Delivery],
+        first: int,
+        examined: int,
+        caught_up: bool,
+        limits: Any,
+        shared: dict[int, subscriptions.Shared],
+    ) -> None:
+        """Posts the subscription's events in order, its cursor moved after each (a thread)."""
+        new = sub.cursor is None
         actor = protocol.actor_of(connection.actor)
         posted = 0
         for delivery in events:
@@ -180,8 +224,10 @@ class FanOut:
             # At once: a restart from here on never posts this message again.
             self.table.advance(sub, delivery.stream_seq, caught_up and delivery.stream_seq >= first)
             posted += 1
-            self.stats.latencies_ms.append(time.time() * 1000 - _stored_ms(delivery))
-        self.stats.posted += posted
+            with self._lock:
+                self.stats.latencies_ms.append(time.time() * 1000 - _stored_ms(delivery))
+        with self._lock:
+            self.stats.posted += posted
         if posted or new or not caught_up or not sub.caught_up:
             self.table.advance(sub, examined, caught_up)
 
@@ -191,7 +237,8 @@ class FanOut:
         try:
             delivered = self.connections.send(connection.connection_id, message)
         except ManagementError:
-            self.stats.failed += 1
+            with self._lock:
+                self.stats.failed += 1
             raise
         if not delivered:
             raise _Gone
@@ -316,13 +363,15 @@ async def run_fanout(
     js = client.jetstream()
     pull = await js.pull_subscribe_bind(durable=durable, stream=STREAM)
     fanout.checkpoint = fanout.table.checkpoint(fanout.shard)
-    idle_since = time.monotonic()
+    idle_since, passed_at = time.monotonic(), float("-inf")  # the first idle pass at once
     try:
         while not should_stop():
             try:
                 messages = await pull.fetch(batch_size, timeout=fetch_wait_s)
             except (FetchTimeoutError, nats.errors.TimeoutError, TimeoutError):
-                await fanout.serve([])  # catch up those behind; housekeeping
+                if time.monotonic() - passed_at >= IDLE_PASS_EVERY_S:
+                    await fanout.serve([])  # catch up those behind; housekeeping
+                    passed_at = time.monotonic()
                 if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                     break
                 continue
@@ -337,6 +386,7 @@ async def run_fanout(
             batch.sort(key=lambda d: d.stream_seq)
             try:
                 await fanout.serve(batch)
+                passed_at = time.monotonic()
             except Exception:
                 log.exception("serving a batch failed; it will be redelivered")
                 for msg in messages:

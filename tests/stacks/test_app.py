@@ -50,6 +50,7 @@ def test_every_region_has_its_stacks_in_its_own_aws_region(stacks) -> None:
     expected[f"Covenant-{PRIMARY.code}-Events"] = PRIMARY.aws_region
     expected[f"Covenant-{PRIMARY.code}-Bridge"] = PRIMARY.aws_region
     expected[f"Covenant-{PRIMARY.code}-Consumers"] = PRIMARY.aws_region
+    expected[f"Covenant-{PRIMARY.code}-Realtime"] = PRIMARY.aws_region
     assert {name: s.environment.region for name, s in stacks.items()} == expected
 
 
@@ -185,7 +186,8 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     assert len(resource["Properties"]["Digest"]) == 64
     # A change to the login roles or the TLS setting runs the migrator again, too.
     assert resource["Properties"]["LoginUsers"] == (
-        "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
+        "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics,"
+        "covenant_realtime,covenant_fanout"
     )
     assert resource["Properties"]["Tls"] == VERIFIED_TLS
     assert "Run" not in resource["Properties"]  # only with -c covenant:migrationsRun=<id>
@@ -193,7 +195,8 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
     env = migrator["Environment"]["Variables"]
     assert (
         env["DATABASE_LOGIN_USERS"]
-        == "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics"
+        == "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics,"
+        "covenant_realtime,covenant_fanout"
     )
     assert env["DATABASE_TLS"] == VERIFIED_TLS
     assert len(migrator["Layers"]) == 2  # dependencies, shared code (the CA is in SSM)
@@ -218,6 +221,7 @@ def test_every_route_has_the_authorizer_its_table_entry_asks_for(templates, code
     routes = {
         r["Properties"]["RouteKey"]: r["Properties"]
         for r in resources(template, "AWS::ApiGatewayV2::Route").values()
+        if not r["Properties"]["RouteKey"].startswith("$")  # the WebSocket API's: test_realtime
     }
     expected = {
         route.key: route.auth for spec in load_functions().values() for route in spec.routes
@@ -678,7 +682,11 @@ def test_each_function_reads_only_its_own_secret_and_connects_as_its_own_user(te
                 continue
             text = json.dumps(resource["Properties"]["PolicyDocument"])
             if "rds-db:connect" in text:
-                user = "covenant_graphql" if logical.startswith("Graphql") else "covenant_mobile"
+                user = next(
+                    f"covenant_{name}"
+                    for name in ("graphql", "mobile", "realtime")
+                    if logical.lower().startswith(name)
+                )
                 assert f"/{user}" in text and text.count("dbuser") == 1, logical
 
 

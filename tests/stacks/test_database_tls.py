@@ -52,8 +52,9 @@ def test_every_database_url_of_every_template_verifies_the_server(templates) -> 
                     assert SSM_TLS in json.dumps(variables[key]), (name, logical, key)
                     assert "sslmode=require" not in json.dumps(variables[key])
     # GraphQL and mobile: writer and reader URLs in the primary, the reader's in the five
-    # secondaries; the bridge (two), the analytics consumer (two), the migrator (DATABASE_TLS)
-    assert seen == 2 * 2 + 5 * 2 + 2 + 2 + 1
+    # secondaries; the bridge (two), the analytics consumer (two), the migrator (DATABASE_TLS);
+    # the realtime handler's reader URL in all six, the fan-out's writer (two)
+    assert seen == 2 * 2 + 5 * 2 + 2 + 2 + 1 + 6 + 2
 
 
 @pytest.mark.parametrize("region", REGIONS, ids=lambda r: r.code)

@@ -17,7 +17,7 @@ CFN_LINT_IGNORED = ["W3005"]
 
 def test_cdk_nag_reports_no_finding_anyone_left_unacknowledged(cloud_assembly) -> None:
     # The session's synth ran the AwsSolutions pack on every stack; it fails on any finding.
-    assert len(cloud_assembly.stacks) == 28
+    assert len(cloud_assembly.stacks) == 29
 
 
 def test_cdk_nag_is_wired_to_fail_the_synth_on_a_finding(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_cfn_lint_passes_on_every_template(cloud_assembly) -> None:
     for stack in cloud_assembly.stacks:
         path = Path(cloud_assembly.directory) / stack.template_file
         by_region.setdefault(stack.environment.region, []).append(str(path))
-    assert sum(len(paths) for paths in by_region.values()) == 28
+    assert sum(len(paths) for paths in by_region.values()) == 29
     problems = [
         str(match)
         for region, paths in by_region.items()

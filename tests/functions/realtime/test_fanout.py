@@ -128,7 +128,7 @@ def test_a_position_the_stream_no_longer_keeps_is_refused(
     assert nexts(connections_api, socket) == []
 
 
-def test_stats_move_with_each_project_change(
+def test_stats_move_with_each_project_or_country_change_in_the_region(
     endpoints: dict[str, str], connections_api: ConnectionsApi
 ) -> None:
     socket = Socket("sin", endpoints).open()
@@ -137,19 +137,22 @@ def test_stats_move_with_each_project_change(
         'subscription { statsChanged(region: "jnb") { eventId global { projectCount } '
         "regional { region { code } projectCount } } }",
     )
+    kenya = {"code": "KEN", "name": "Kenya", "region": "jnb", "covenant_status": "active"}
+    ireland = {"code": "IRL", "name": "Ireland", "region": "ams", "covenant_status": "active"}
     ids = publish_changes(
         endpoints["NATS_URL"],
         [
             ("projects", "updated", project_row()),
             ("projects", "updated", project_row(region="ams", country_code="IRL")),
+            ("countries", "updated", ireland),
+            ("countries", "updated", kenya),
         ],
     )
     run_fanout(endpoints, "sin")
-    (only,) = nexts(connections_api, socket)
-    stats = only["data"]["statsChanged"]
-    assert stats["eventId"] == ids[0]
-    assert stats["global"]["projectCount"] >= 300
-    assert [r["region"]["code"] for r in stats["regional"]] == ["jnb"]
+    got = [p["data"]["statsChanged"] for p in nexts(connections_api, socket)]
+    assert [g["eventId"] for g in got] == [ids[0], ids[3]]
+    assert got[0]["global"]["projectCount"] >= 300
+    assert [r["region"]["code"] for r in got[0]["regional"]] == ["jnb"]
 
 
 def _items(endpoints: dict[str, str], region: str) -> list[dict[str, Any]]:
@@ -247,3 +250,26 @@ region = primary_region()
 with environment({**dict(os.environ), **function_environment(spec, region, dict(os.environ))}):
     load_handler(spec)({"region": "ams"}, LocalContext(spec, region, 60))
 """
+
+
+def test_a_session_signed_out_everywhere_is_closed(
+    endpoints: dict[str, str],
+    connections_api: ConnectionsApi,
+    aws_server: Any,
+    wait_for_replica: Any,
+) -> None:
+    from covenant.revocation import record_sign_out
+
+    from .conftest import token_claims_sub
+
+    access = token(aws_server[1], "editor")
+    signed_in = Socket("ams", endpoints).open(access)
+    signed_in.subscribe("s", PROJECTS)
+    anonymous = Socket("ams", endpoints).open()
+    assert run_fanout(endpoints, "ams", idle_exit_s=0.5)["closed"] == 0
+    record_sign_out(token_claims_sub(access))
+    wait_for_replica()
+    # The fan-out checks each session every REVOCATION_EVERY_S: a new run checks at once.
+    assert run_fanout(endpoints, "ams", idle_exit_s=0.5)["closed"] == 1
+    assert connections_api.closed == [("ams", signed_in.connection_id)]
+    assert {i["connectionId"]["S"] for i in _items(endpoints, "ams")} == {anonymous.connection_id}

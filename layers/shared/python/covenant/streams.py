@@ -193,9 +193,16 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     # max-age on anonymous GraphQL GETs) needs none (docs/deploy.md, "CACHE_INVALIDATOR").
     ConsumerSpec("COVENANT", "MOBILE_PUSH", "Pushes country and project changes to devices"),
     # One per region: the fan-out of that region's GraphQL subscribers (functions/realtime).
+    # One batch in flight (max_ack_pending = the fan-out's batch) and an ack wait longer than
+    # a run lives (60 s): a run that overlaps the next one of its region cannot be handed
+    # later events than the batch it holds, so subscribers see the stream in order.
     *(
         ConsumerSpec(
-            "COVENANT", f"REALTIME_{region.code.upper()}", f"Real-time fan-out to {region.code}"
+            "COVENANT",
+            f"REALTIME_{region.code.upper()}",
+            f"Real-time fan-out to {region.code}",
+            ack_wait_s=65,
+            max_ack_pending=100,
         )
         for region in load_regions()
     ),
