@@ -144,7 +144,7 @@ class Subscribers:
                     continue
                 await socket.send_str(json.dumps({"type": "connection_init", "payload": {}}))
                 ack = await socket.receive(timeout=120)
-                if ack.type == aiohttp.WSMsgType.TEXT and json.loads(ack.data)["type"] == (
+                if ack.type == aiohttp.WSMsgType.TEXT and json.loads(ack.data).get("type") == (
                     "connection_ack"
                 ):
                     break
