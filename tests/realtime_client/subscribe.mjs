@@ -8,8 +8,8 @@
 // node subscribe.mjs <ws url> <subscriptions JSON> [token]
 //   subscriptions: [{"query": "...", "variables": {...}}, ...]
 //   token: sent as {"authorization": "Bearer <token>"} in connection_init
-// Closes after stdin ends (or at once with --until-closed absent and no stdin), so the test
-// that runs it decides how long it listens.
+// It listens until its stdin ends (the test that runs it decides how long) or the server
+// closes the socket; it never reconnects (retryAttempts 0), so a close is seen as it happened.
 import { createClient } from "graphql-ws";
 import WebSocket from "ws";
 
