@@ -77,15 +77,21 @@ def progress(message: str) -> None:
 
 @dataclass
 class Round:
-    """Arrivals of one message at every subscriber."""
+    """Arrivals of one message (the one whose text contains `key`) at every subscriber, each
+    counted once: a late message of an earlier round is not this round's."""
 
     expected: int
+    key: str
     started: float = 0.0
     arrivals: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def arrived(self, at: float, text: str) -> None:
+    def arrived(self, at: float, text: str, subscriber: int) -> None:
+        if self.key not in text or subscriber in self.seen:
+            return
+        self.seen.add(subscriber)
         self.arrivals.append(at)
         if not self.texts:
             self.texts.append(text)
@@ -178,8 +184,8 @@ class Subscribers:
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
             at = time.perf_counter()
-            if '"type":"next"' in message.data.replace(" ", "") and self.current is not None:
-                self.current.arrived(at, message.data)
+            if self.current is not None:
+                self.current.arrived(at, message.data, id(socket))
 
     def open_count(self) -> int:
         """Subscribers still connected (the server may close one: docs/realtime.md)."""
@@ -215,7 +221,8 @@ class Bench:
     async def full(
         self, subscribers: Subscribers, project: str, progress: int, timeout_s: float = 60
     ) -> Round:
-        round_ = Round(subscribers.open_count())
+        # Each message of a run has a progress of its own: its key.
+        round_ = Round(subscribers.open_count(), f'"progress":{progress}}}')
         subscribers.current = round_
         round_.started = time.perf_counter()
         await self.graphql(UPDATE, {"id": project, "input": {"progress": progress}})
@@ -224,10 +231,13 @@ class Bench:
 
     async def floor(self, subscribers: Subscribers, text: str) -> Round:
         """The same bytes to every open connection through `@connections`, at once."""
-        round_ = Round(subscribers.open_count())
+        # The same bytes, but for a fresh event id (as long as the other): this round's key.
+        event_id = json.loads(text)["payload"]["data"]["projectChanged"]["eventId"]
+        key = str(uuid.uuid4())[: len(event_id)].ljust(len(event_id), "0")
+        round_ = Round(subscribers.open_count(), key)
         subscribers.current = round_
         connections = list(self.gateway.websockets.connections.values())
-        data = text.encode()
+        data = text.replace(event_id, key).encode()
         round_.started = time.perf_counter()
 
         async def post(region: str, connection_id: str) -> None:
