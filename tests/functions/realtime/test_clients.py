@@ -425,5 +425,20 @@ def test_the_fan_out_killed_mid_stream_delivers_each_change_once_in_order(stack:
         node.wait_for(lambda _: expected[-1] in names(node.changes()), 120)
         time.sleep(3)  # anything doubled would follow within a redelivery
     assert kills >= 1
-    got = [n for n in names(node.changes()) if "warm-up" not in n]
-    assert got == expected
+    changes = [
+        c["data"]["projectChanged"]
+        for c in node.changes()
+        if "warm-up" not in c["data"]["projectChanged"]["project"]["name"]
+    ]
+    # docs/realtime.md, "What is guaranteed": nothing lost, stream order, and a message posted
+    # again only when the kill fell between its post and its cursor write, with the same
+    # position, which a client that keeps its last position drops, as this one does.
+    kept, doubled, last = [], 0, -1
+    for change in changes:
+        if int(change["position"]) <= last:
+            doubled += 1
+            continue
+        last = int(change["position"])
+        kept.append(change["project"]["name"])
+    assert kept == expected
+    assert doubled <= kills
