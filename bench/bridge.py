@@ -123,19 +123,7 @@ class BenchStack(DevStack):
 def local_stack(nats_nodes: int = 1) -> Iterator[BenchStack]:
     data_dir = Path(tempfile.mkdtemp(prefix="covenant-bench-bridge-"))
     data_dir.chmod(0o755)  # the servers run as an unprivileged user when this runs as root
-    options = StackOptions(
-        data_dir=data_dir,
-        port=free_port(),
-        pg_port=free_port(),
-        pg_replica_port=free_port(),
-        nats_port=free_port(),
-        nats_monitor_port=free_port(),
-        database_url=None,
-        database_reader_url=None,
-        nats_url=None,
-        moto_port=free_port(),
-        nats_nodes=nats_nodes,
-    )
+    options = StackOptions.isolated(data_dir, nats_nodes=nats_nodes)
     stack = BenchStack(options)
     try:
         stack.start()

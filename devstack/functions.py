@@ -71,11 +71,18 @@ def region_environment(
     region: Region,
     endpoints: Mapping[str, str],
     hop_url: str | None = None,
+    gateway_url: str | None = None,
 ) -> dict[str, str]:
     """`function_environment`, and for a secondary region that reaches the primary through
     `hop_url` (devstack.hop) what the CDK app gives it there: no writer (DATABASE_URL), the
-    primary region's same function to hand writes to, and the Lambda endpoint to reach it."""
+    primary region's same function to hand writes to, and the Lambda endpoint to reach it.
+    With `gateway_url`, the region's `@connections` endpoint (devstack.websocket) in
+    WEBSOCKET_MANAGEMENT_URL, for boto3's `apigatewaymanagementapi` client."""
     values = function_environment(function, region, endpoints)
+    if gateway_url is not None:
+        values["WEBSOCKET_MANAGEMENT_URL"] = f"{gateway_url}/{region.code}"
+        values.setdefault("AWS_ACCESS_KEY_ID", "local")  # boto3 signs; the local API ignores it
+        values.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     if hop_url is None or region.primary:
         return values
     primary = next(r for r in load_regions() if r.primary)

@@ -22,6 +22,9 @@ TCP_NODELAY in one write. What API Gateway does that is reproduced here:
 - an `apigw-requestid` header on every answer.
 
 Not reproduced: API Gateway's stage throttling (429) and its access log format.
+
+A WebSocket upgrade of a path that a function's WebSocket API serves, and `@connections`
+calls, are handed to devstack.websocket (the regions' WebSocket APIs, on the same port).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from devstack.runtime import (
     LambdaRuntime,
     function_configs,
 )
+from devstack.websocket import WebSocketApis
 
 logger = logging.getLogger("devstack.gateway")
 
@@ -258,9 +262,11 @@ class Gateway:
         self.runtime = runtime or LambdaRuntime(
             configs,
             lambda config, region: region_environment(
-                config.spec, region, shared, self.hop_url(region.code)
+                config.spec, region, shared, self.hop_url(region.code), self.url
             ),
         )
+        # The WebSocket APIs (devstack.websocket) share the port, the paths and the runtime.
+        self.websockets = WebSocketApis(self.functions, self.runtime)
         self.integration_timeout_s = integration_timeout_s
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -298,6 +304,7 @@ class Gateway:
         return proxy.url if proxy is not None else None
 
     async def stop(self) -> None:
+        await self.websockets.close()
         for proxy in self.hops.values():
             await proxy.stop()
         if self._runner is not None:
@@ -387,6 +394,9 @@ class Gateway:
                 },
             )
         route_path = "/" + rest.rstrip("/") if rest.strip("/") else "/"
+        websocket = await self.websockets.respond(request, region, route_path)
+        if websocket is not None:
+            return websocket
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return _json(413, {"message": "Request Entity Too Large"})
         body = await request.read()

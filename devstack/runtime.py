@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from covenant.regions import Region, cdk_context, get_region
 from covenant.topology import FunctionSpec, load_functions
@@ -53,6 +53,7 @@ from devstack import wire
 from devstack.errors import DevStackError
 
 logger = logging.getLogger("devstack.lambda")
+N = TypeVar("N", int, float)
 
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # synchronous Invoke: request and response
 INIT_TIMEOUT_S = 10.0  # Lambda's limit on the init phase of an on-demand environment
@@ -65,6 +66,7 @@ ENDPOINT_VARIABLES = (
     "COVENANT_REGION",
     "COVENANT_PRIMARY_FUNCTION",
     "AWS_ENDPOINT_URL_LAMBDA",
+    "WEBSOCKET_MANAGEMENT_URL",
 )
 
 
@@ -386,9 +388,9 @@ class LambdaRuntime:
     ) -> None:
         self.functions = dict(functions)
         self._environment = environment
-        self.max_total = max_total or _positive_env("COVENANT_LAMBDA_MAX_ENVIRONMENTS", 32)
-        self.max_per_function = max_per_function or _positive_env(
-            "COVENANT_LAMBDA_MAX_PER_FUNCTION", 8
+        self.max_total = max_total or positive_env("COVENANT_LAMBDA_MAX_ENVIRONMENTS", 32, int)
+        self.max_per_function = max_per_function or positive_env(
+            "COVENANT_LAMBDA_MAX_PER_FUNCTION", 8, int
         )
         self.idle_timeout_s = idle_timeout_s
         self._pools: dict[tuple[str, str], FunctionPool] = {}
@@ -715,14 +717,16 @@ def thread_invoker(
     return call
 
 
-def _positive_env(name: str, default: int) -> int:
+def positive_env(name: str, default: N, kind: type[N]) -> N:
+    """A positive number from the environment variable `name`, `default` when unset."""
     raw = os.environ.get(name) or ""
     try:
-        value = int(raw) if raw else default
+        value = kind(raw) if raw else default
     except ValueError:
-        raise DevStackError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise DevStackError(f"{name} must be at least 1, got {value}")
+        unit = "a whole number" if kind is int else "a number"
+        raise DevStackError(f"{name} must be {unit}, got {raw!r}") from None
+    if value <= 0:
+        raise DevStackError(f"{name} must be positive, got {value}")
     return value
 
 

@@ -39,7 +39,7 @@ from devstack.hop import round_trip_ms, rtt_enabled
 from devstack.jwt_auth import JwtVerifier
 from devstack.nats import NatsCluster, NatsServer
 from devstack.postgres import PostgresCluster
-from devstack.processes import require_free_ports, wait_until
+from devstack.processes import free_port, require_free_ports, wait_until
 from devstack.runtime import (
     FunctionConfig,
     LambdaRuntime,
@@ -113,6 +113,23 @@ class StackOptions:
             nats_nodes=_nats_nodes(),
             nats_cluster_port=number("COVENANT_NATS_CLUSTER_PORT", 6222),
         )
+
+    @classmethod
+    def isolated(cls, data_dir: Path, **overrides: Any) -> StackOptions:
+        """A stack of its own (tests, benchmarks): `data_dir`, free ports, no outside server."""
+        values: dict[str, Any] = {
+            "data_dir": data_dir,
+            "port": free_port(),
+            "pg_port": free_port(),
+            "pg_replica_port": free_port(),
+            "nats_port": free_port(),
+            "nats_monitor_port": free_port(),
+            "database_url": None,
+            "database_reader_url": None,
+            "nats_url": None,
+            "moto_port": free_port(),
+        }
+        return cls(**(values | overrides))
 
 
 def _nats_nodes() -> int:
@@ -330,7 +347,11 @@ class DevStack:
         writer and reaches the primary's functions through its hop."""
         assert self.gateway is not None
         return region_environment(
-            config.spec, region, self.endpoints, self.gateway.hop_url(region.code)
+            config.spec,
+            region,
+            self.endpoints,
+            self.gateway.hop_url(region.code),
+            self.gateway.url,
         )
 
     @staticmethod

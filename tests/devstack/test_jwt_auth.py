@@ -600,19 +600,7 @@ def test_without_a_verifier_the_gateway_fails_closed(tokens) -> None:
 
 
 def _options(tmp_path: Path, **overrides: Any) -> StackOptions:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path,
-        "port": free_port(),
-        "pg_port": free_port(),
-        "pg_replica_port": free_port(),
-        "nats_port": free_port(),
-        "nats_monitor_port": free_port(),
-        "database_url": None,
-        "database_reader_url": None,
-        "nats_url": None,
-        "moto_port": free_port(),
-    }
-    return StackOptions(**(values | overrides))
+    return StackOptions.isolated(tmp_path, **overrides)
 
 
 def test_the_stack_starts_the_local_pool_and_hands_its_settings_on(tmp_path: Path) -> None:

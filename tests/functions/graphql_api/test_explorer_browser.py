@@ -17,6 +17,8 @@ from devstack import assets
 from devstack.gateway import Gateway
 from devstack.processes import free_port
 
+from ...node_client import npm_ci
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BROWSER_TESTS = REPO_ROOT / "tests" / "browser"
 BUILD_DIR = REPO_ROOT / ".local" / "build"
@@ -42,17 +44,7 @@ def _ensure_chromium() -> str:
 
 
 def _ensure_playwright() -> Path:
-    lock = BROWSER_TESTS / "package-lock.json"
-    stamp = BROWSER_TESTS / "node_modules" / ".lock-copy"
-    if not stamp.exists() or stamp.read_bytes() != lock.read_bytes():
-        subprocess.run(
-            ["npm", "ci", "--silent", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=BROWSER_TESTS,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        stamp.write_bytes(lock.read_bytes())
+    npm_ci(BROWSER_TESTS)
     return BROWSER_TESTS / "explorer.mjs"
 
 

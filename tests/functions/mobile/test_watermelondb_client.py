@@ -18,6 +18,7 @@ from devstack.cognito import LocalCognito
 from devstack.gateway import Gateway
 from devstack.jwt_auth import JwtVerifier
 
+from ...node_client import npm_ci
 from .conftest import seeded
 from .watermelon import http
 
@@ -27,20 +28,7 @@ pytestmark = pytest.mark.usefixtures("clean_auth_failures")
 
 
 def _install() -> Path:
-    """npm ci of the pinned client, redone when package-lock.json changes."""
-    npm = shutil.which("npm")
-    assert npm is not None, "Node.js and npm are needed for the WatermelonDB client tests"
-    lock = CLIENT / "package-lock.json"
-    stamp = CLIENT / "node_modules" / ".lock-copy"
-    if not stamp.exists() or stamp.read_bytes() != lock.read_bytes():
-        subprocess.run(
-            [npm, "ci", "--silent", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=CLIENT,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        stamp.write_bytes(lock.read_bytes())
+    npm_ci(CLIENT)
     return CLIENT / "sync_scenarios.mjs"
 
 

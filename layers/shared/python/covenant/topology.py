@@ -75,10 +75,13 @@ def _compiled(path: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
 @dataclass(frozen=True)
 class WebSocketSpec:
     """The function serves a WebSocket API (API Gateway's) at `path` of every region, for the
-    route keys `routes` (docs/realtime.md, "The contract")."""
+    route keys `routes` (docs/realtime.md, "The contract"). `return_response` lists the routes
+    with a route response ("two-way": the Lambda's answer is sent back to the client; API
+    Gateway allows it on `$default` only): `"returnResponse": ["$default"]`, none by default."""
 
     path: str  # /graphql: the same path as the HTTP API's, as graphql-ws clients expect
     routes: tuple[str, ...]  # of WEBSOCKET_ROUTES
+    return_response: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,10 @@ def _websocket(name: str, raw: Any) -> WebSocketSpec | None:
         raise TopologyError(
             f"function {name}: websocket routes must be some of {', '.join(WEBSOCKET_ROUTES)}"
         )
-    return WebSocketSpec(path, tuple(routes))
+    two_way = raw.get("returnResponse", [])
+    if not isinstance(two_way, list) or any(r != "$default" or r not in routes for r in two_way):
+        raise TopologyError(f"function {name}: only an integrated $default can return a response")
+    return WebSocketSpec(path, tuple(routes), tuple(two_way))
 
 
 def parse_functions(raw: Mapping[str, Any]) -> dict[str, FunctionSpec]:
