@@ -171,7 +171,10 @@ def test_a_region_change_moves_the_projects_and_writes_their_events(
         assert change["id"] and change["id"] != created["id"]
         assert change["time"] >= created["time"]
         snapshot = change["data"]["project"]
-        assert set(change["data"]) == {"project"}
+        # The change names who made it (subscriptions' admin-only changedBy), nothing more.
+        assert set(change["data"]) == {"project", "actor"}
+        assert set(change["data"]["actor"]) == {"sub", "roles"}
+        assert change["data"]["actor"]["sub"] == "sub-admin"
         assert set(snapshot) == set(created["data"]["project"])
         assert snapshot["region"] == "sin"
         assert snapshot["version"] == after[project_id]["version"]
