@@ -130,6 +130,23 @@ def _object_or_none(value: Any, name: str, media_type: str) -> dict[str, Any] | 
     return value
 
 
+def _json_parameter(params: dict[str, Any], name: str, media_type: str) -> dict[str, Any] | None:
+    """A GET request's `variables` or `extensions`: a JSON-encoded object, as GraphQL over
+    HTTP has them in the query string."""
+    text = params.get(name)
+    if not text:
+        return None
+    try:
+        value = loads(text)
+    except JsonTooDeep:
+        raise TransportError(
+            400, f"'{name}' must be JSON-encoded: {TOO_DEEP}", media_type=media_type
+        ) from None
+    except ValueError:
+        raise TransportError(400, f"'{name}' must be JSON-encoded", media_type=media_type) from None
+    return _object_or_none(value, name, media_type)
+
+
 def _string_or_none(value: Any, name: str, media_type: str) -> str | None:
     if value is None:
         return None
@@ -203,25 +220,14 @@ def parse_event(event: dict[str, Any], *, max_body_bytes: int, explorer: bool) -
             raise TransportError(
                 400, "GET requests need a 'query' parameter", media_type=media_type
             )
-        variables = None
-        if params.get("variables"):
-            try:
-                variables = loads(params["variables"])
-            except JsonTooDeep:
-                raise TransportError(
-                    400, f"'variables' must be JSON-encoded: {TOO_DEEP}", media_type=media_type
-                ) from None
-            except ValueError:
-                raise TransportError(
-                    400, "'variables' must be JSON-encoded", media_type=media_type
-                ) from None
         return GraphQLRequest(
             query=query,
-            variables=_object_or_none(variables, "variables", media_type),
+            variables=_json_parameter(params, "variables", media_type),
             operation_name=params.get("operationName") or None,
             method=method,
             media_type=media_type,
             headers=headers,
+            extensions=_json_parameter(params, "extensions", media_type),
         )
     if method != "POST":
         raise TransportError(

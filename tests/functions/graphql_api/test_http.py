@@ -108,6 +108,24 @@ def test_get_with_variables_that_are_not_json_is_400(gql) -> None:
     assert reply.body == request_error("'variables' must be a JSON object")
 
 
+def test_get_takes_extensions_as_a_json_encoded_object(gql) -> None:
+    # GraphQL over HTTP: `extensions` in the query string is JSON, as `variables` is; the one
+    # this API reads (minPosition) is served from it as from a POST body.
+    reply = gql(method="GET", query_params={"query": SECTORS, "extensions": '{"x": 1}'})
+    assert reply.status == 200
+    reply = gql(method="GET", query_params={"query": SECTORS, "extensions": "{x"})
+    assert reply.status == 400
+    assert reply.body == request_error("'extensions' must be JSON-encoded")
+    reply = gql(method="GET", query_params={"query": SECTORS, "extensions": '"text"'})
+    assert reply.status == 400
+    assert reply.body == request_error("'extensions' must be a JSON object")
+    reply = gql(
+        method="GET",
+        query_params={"query": SECTORS, "extensions": json.dumps({"minPosition": "nonsense"})},
+    )
+    assert reply.status == 400  # read, not ignored: an unreadable position is refused
+
+
 def test_get_may_not_run_a_mutation(gql, servers) -> None:
     reply = gql(
         method="GET",
