@@ -14,6 +14,8 @@ dependencies below; stacks of different regions deploy in parallel with `--concu
 
 from __future__ import annotations
 
+from typing import Any
+
 import aws_cdk as cdk
 
 from stacks.auth import AuthStack
@@ -87,15 +89,19 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
         termination_protection=True,
         description="Covenant events: NATS JetStream on EKS, NATS secrets, wake-up queue",
     )
+    # What the primary region's event-path stacks (bridge, consumers, fan-out) all take.
+    event_path: dict[str, Any] = {
+        "region": primary,
+        "settings": settings,
+        "network": networks[primary.code],
+        "events_stack": events,
+        "writer_host": primary_data.writer_host,
+        "cluster_resource_id": primary_data.cluster_resource_id,
+    }
     bridge = BridgeStack(
         app,
         f"Covenant-{primary.code}-Bridge",
-        region=primary,
-        settings=settings,
-        network=networks[primary.code],
-        events_stack=events,
-        writer_host=primary_data.writer_host,
-        cluster_resource_id=primary_data.cluster_resource_id,
+        **event_path,
         env=env(primary.aws_region),
         description="Covenant outbox bridge and JetStream topology functions",
     )
@@ -104,16 +110,11 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
     consumers = ConsumersStack(
         app,
         f"Covenant-{primary.code}-Consumers",
-        region=primary,
-        settings=settings,
-        network=networks[primary.code],
-        events_stack=events,
-        writer_host=primary_data.writer_host,
-        cluster_resource_id=primary_data.cluster_resource_id,
+        **event_path,
         env=env(primary.aws_region),
         # It holds the audit trail (a retained table besides): never deleted by accident.
         termination_protection=True,
-        description="Covenant JetStream consumers (audit logger, analytics) and the audit trail",
+        description="Covenant JetStream consumers (audit, analytics, push, notifications, alerts)",
     )
     consumers.add_stack_dependency(events, "NATS, its consumers' user and the topology exist")
     consumers.add_stack_dependency(primary_data, "migrations (analytics tables) before it runs")
@@ -150,12 +151,7 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
     fanout = FanOutStack(
         app,
         f"Covenant-{primary.code}-Realtime",
-        region=primary,
-        settings=settings,
-        network=networks[primary.code],
-        events_stack=events,
-        writer_host=primary_data.writer_host,
-        cluster_resource_id=primary_data.cluster_resource_id,
+        **event_path,
         apis={code: api.realtime for code, api in apis.items() if api.realtime is not None},
         env=env(primary.aws_region),
         cross_region_references=True,
