@@ -14,9 +14,9 @@ One function, `replica_lags`, picks the source the database has:
   stuck replay shows a lag that grows with each of the standby's status messages.
 
 Both need the monitoring privileges the migrator grants the bridge's role
-(`migrator.handler.MONITOR_GRANTS`): without them PostgreSQL hides the other sessions'
-replication figures (each column NULL), which is reported as `MonitoringNotAllowed` rather than
-read as "no lag".
+(`migrator.handler._grant_monitoring`, for DATABASE_MONITOR_USERS): without them PostgreSQL
+hides the other sessions' replication figures (each column NULL), which is reported as
+`MonitoringNotAllowed` rather than read as "no lag".
 """
 
 from __future__ import annotations

@@ -177,7 +177,8 @@ def _login_role(session: Session, user: str, *, iam: bool) -> None:
         session.run(f"GRANT rds_iam TO {user}")
 
 
-# The functions AWS documents for a global database's lag (bridge.replica_lag); absent elsewhere.
+# The functions AWS documents for a global database's lag, which bridge.replica_lag reads
+# (its AURORA_FUNCTIONS: the two packages share no module); absent outside Aurora.
 AURORA_LAG_FUNCTIONS = ("aurora_global_db_instance_status()", "aurora_global_db_status()")
 
 

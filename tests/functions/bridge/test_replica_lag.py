@@ -11,6 +11,7 @@ from bridge.replica_lag import replica_lags
 from covenant import db
 from covenant.alerts import PRODUCER_WINDOW_S
 from devstack.processes import wait_until
+from migrator import handler as migrator
 
 from ...replica import replay_paused
 
@@ -88,3 +89,19 @@ def test_a_lagging_replica_raises_one_alert_per_window_warning_then_critical(
     raised = len(_replica_lag_alerts(bridge_env))
     bridge_env.sweep(**CRITICAL)
     assert len(_replica_lag_alerts(bridge_env)) == raised
+
+
+def test_a_role_without_the_grant_reports_the_lag_unreadable(bridge_env, servers, capsys) -> None:
+    """The bridge signed in as a login role the migrator gave the data privileges but not the
+    monitoring ones: its run goes on, says so and counts it, and raises no alert."""
+    user = "covenant_ci_bridge_unmonitored"
+    migrator.ensure_login_roles(db.writer(), [user])
+    url = servers.writer_url.replace("postgres@", f"{user}@", 1)
+    capsys.readouterr()
+    response = bridge_env.sweep(DATABASE_URL=url, DATABASE_READER_URL=url, **WARNING)
+    assert response["failed"] == 0
+    output = capsys.readouterr()
+    assert bridge_env.metric_values(output.out, "ReplicaLagUnreadable") == [1.0]
+    assert bridge_env.metric_values(output.out, "ReplicaLagSeconds") == []
+    assert "grant it pg_read_all_stats" in output.out + output.err
+    assert _replica_lag_alerts(bridge_env) == []
