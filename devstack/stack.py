@@ -299,8 +299,14 @@ class DevStack:
         self._start_cognito()
         queues = self._create_wakeup_queue()
         self._provision_consumers()
-        self._migrate(writer_url)
-        self._apply_streams(nats_url)
+        # Two custom resources, each a cold start of its own: the database's and NATS's, at once.
+        with ThreadPoolExecutor(max_workers=2) as deploy:
+            resources = [
+                deploy.submit(self._migrate, writer_url),
+                deploy.submit(self._apply_streams, nats_url),
+            ]
+        for resource in resources:
+            resource.result()
         self._wait_for_replica(writer_url, reader_url)
         explorer_assets = self._explorer_assets()
         self.runtime = LambdaRuntime(function_configs(), self._function_environment)
