@@ -399,7 +399,7 @@ class DevStack:
                 secret = self.postgres.master_secret(front.port)
                 tls = f"sslmode=verify-full&sslrootcert={self.postgres.ca_file}"
             else:
-                secret, tls = _outside_master(writer_url)
+                secret, tls = master_secret_from_url(writer_url)
             self._run_migrator(region, secret, tls)
 
     def _run_migrator(self, region: Region, secret: dict[str, Any], tls: str) -> None:
@@ -595,7 +595,7 @@ class DevStack:
         replica.close()
 
 
-def _outside_master(writer_url: str) -> tuple[dict[str, Any], str]:
+def master_secret_from_url(writer_url: str) -> tuple[dict[str, Any], str]:
     """The master secret and TLS setting for a database given by DATABASE_URL: its own
     credentials, and its TLS, which the migrator requires as in AWS."""
     spec = ConnectionSpec.from_url(writer_url)

@@ -9,7 +9,9 @@ from typing import Any
 import pg8000.native
 import pytest
 
+from devstack.errors import DevStackError
 from devstack.postgres import MASTER_USER
+from devstack.stack import master_secret_from_url
 
 
 def _verifying(ca_file: str) -> ssl.SSLContext:
@@ -73,3 +75,24 @@ def test_the_master_needs_its_password_even_on_the_trusted_loopback(servers) -> 
     )
     assert connection.run("SELECT 1") == [[1]]
     connection.close()
+
+
+def test_an_outside_database_gives_the_migrator_its_own_credentials_and_tls() -> None:
+    secret, tls = master_secret_from_url(
+        "postgresql://admin:s%40cret@db.example.internal:6432/covenant"
+        "?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem"
+    )
+    assert secret == {
+        "engine": "postgres",
+        "host": "db.example.internal",
+        "port": 6432,
+        "username": "admin",
+        "password": "s@cret",
+        "dbname": "covenant",
+    }
+    assert tls == "sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem"
+
+
+def test_an_outside_database_without_tls_stops_the_start() -> None:
+    with pytest.raises(DevStackError, match="add sslmode=require"):
+        master_secret_from_url("postgresql://admin:secret@127.0.0.1:5432/covenant")
