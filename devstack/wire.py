@@ -19,7 +19,6 @@ values never do.
 from __future__ import annotations
 
 import json
-import re
 import struct
 from typing import Any
 
@@ -29,8 +28,6 @@ PREFIX = struct.Struct(">II")  # header length, payload length
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 # orjson reads an integer past 64 bits as a float: any float this large may have been one.
 _HUGE = float(2**63)
-# Such an integer has 19 digits or more: without a run of 19 digits, the text has none.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -62,8 +59,6 @@ def loads(data: bytes) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)  # json reads NaN and Infinity; real errors raise from here
-    if _LONG_DIGITS.search(data) is None:
-        return value  # a search of the bytes is cheaper than a walk of the value
     return json.loads(data) if _has_huge_float(value) else value
 
 
