@@ -46,8 +46,13 @@ class Queues:
 
 
 def sqs_client(endpoint_url: str, region: str) -> Any:
+    return moto_client("sqs", endpoint_url, region)
+
+
+def moto_client(service: str, endpoint_url: str, region: str) -> Any:
+    """A boto3 client of `service` served by moto at `endpoint_url`."""
     return boto3.client(
-        "sqs",
+        service,
         endpoint_url=endpoint_url,
         region_name=region,
         aws_access_key_id="local",

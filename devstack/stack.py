@@ -19,11 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from covenant.config import environment
-from covenant.db import Database, Role
-from covenant.migrate import migrate
+from covenant.db import ConnectionSpec, Database, Role
 from covenant.regions import Region, load_regions, primary_region
-from covenant.seed import seed
 from devstack import assets, consumers, realtime
 from devstack.errors import DevStackError
 from devstack.event_sources import (
@@ -31,6 +28,7 @@ from devstack.event_sources import (
     Queues,
     SqsEventSource,
     create_queues,
+    moto_client,
     sqs_client,
 )
 from devstack.functions import function_environment, get_function, region_environment
@@ -301,10 +299,14 @@ class DevStack:
         self._start_cognito()
         queues = self._create_wakeup_queue()
         self._provision_consumers()
-        with environment(self.endpoints):
-            migrate()
-            seed()
-        self._apply_streams(nats_url)
+        # Two custom resources, each a cold start of its own: the database's and NATS's, at once.
+        with ThreadPoolExecutor(max_workers=2) as deploy:
+            resources = [
+                deploy.submit(self._migrate, writer_url),
+                deploy.submit(self._apply_streams, nats_url),
+            ]
+        for resource in resources:
+            resource.result()
         self._wait_for_replica(writer_url, reader_url)
         explorer_assets = self._explorer_assets()
         self.runtime = LambdaRuntime(function_configs(), self._function_environment)
@@ -385,6 +387,48 @@ class DevStack:
         unhealthy = {code: status for code, status in answers.items() if status != 200}
         if unhealthy:
             raise DevStackError(f"/health did not answer 200 in every region: {unhealthy}")
+
+    def _migrate(self, writer_url: str) -> None:
+        """Migrations and seed data, by the `migrator` function in an environment of its own,
+        as the deploy's custom resource runs it: the master user's credentials from a secret in
+        (moto's) Secrets Manager, over TLS that verifies the server's certificate."""
+        region = primary_region()
+        with contextlib.ExitStack() as running:
+            if self.postgres is not None:
+                front = running.enter_context(self.postgres.tls_front())
+                secret = self.postgres.master_secret(front.port)
+                tls = f"sslmode=verify-full&sslrootcert={self.postgres.ca_file}"
+            else:
+                secret, tls = master_secret_from_url(writer_url)
+            self._run_migrator(region, secret, tls)
+
+    def _run_migrator(self, region: Region, secret: dict[str, Any], tls: str) -> None:
+        assert self.moto is not None
+        config = function_configs()["migrator"]
+        secret_arn = _store_secret(
+            self.moto.endpoint_url, region.aws_region, "covenant-local/database-master", secret
+        )
+        environment = {
+            **function_environment(config.spec, region, {}),
+            "DATABASE_SECRET_ARN": secret_arn,
+            "DATABASE_TLS": tls,
+            # The functions sign in as the local superuser (no IAM authentication here), so
+            # no login roles are made for them: DATABASE_LOGIN_USERS is empty.
+            "DATABASE_LOGIN_USERS": "",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.moto.endpoint_url,
+            "AWS_DEFAULT_REGION": region.aws_region,  # Lambda sets it in every environment
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+        }
+        result = invoke_once(
+            config, region, custom_resource_event("Custom::CovenantMigrations", {}), environment
+        )
+        if result.function_error is not None:
+            document = result.error_document
+            raise DevStackError(
+                "the migrator failed: "
+                f"{document.get('errorType', 'error')}: {document.get('errorMessage', document)}"
+            )
 
     def _apply_streams(self, nats_url: str) -> None:
         """The JetStream streams and consumers, with one replica per node (the deploy applies
@@ -549,6 +593,36 @@ class DevStack:
 
         wait_until(caught_up, 30, "the replica to replay the seed data")
         replica.close()
+
+
+def master_secret_from_url(writer_url: str) -> tuple[dict[str, Any], str]:
+    """The master secret and TLS setting for a database given by DATABASE_URL: its own
+    credentials, and its TLS, which the migrator requires as in AWS."""
+    spec = ConnectionSpec.from_url(writer_url)
+    if spec.sslmode == "disable" or spec.iam_auth:
+        raise DevStackError(
+            "the migrator signs in to DATABASE_URL with a password over TLS, as in AWS: add "
+            "sslmode=require (or verify-full&sslrootcert=<CA file>) to DATABASE_URL"
+        )
+    tls = f"sslmode={spec.sslmode}" + (
+        f"&sslrootcert={spec.sslrootcert}" if spec.sslrootcert else ""
+    )
+    secret = {
+        "engine": "postgres",
+        "host": spec.host,
+        "port": spec.port,
+        "username": spec.user,
+        "password": spec.password or "",
+        "dbname": spec.database,
+    }
+    return secret, tls
+
+
+def _store_secret(endpoint_url: str, aws_region: str, name: str, value: dict[str, Any]) -> str:
+    """`value` as a JSON secret in (moto's) Secrets Manager; returns its ARN."""
+    client = moto_client("secretsmanager", endpoint_url, aws_region)
+    created = client.create_secret(Name=name, SecretString=json.dumps(value))
+    return str(created["ARN"])
 
 
 def run(options: StackOptions) -> None:

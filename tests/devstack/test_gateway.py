@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -59,6 +60,28 @@ def test_unknown_region_and_route_get_404(gateway: Gateway) -> None:
 def test_method_not_routed_gets_404(gateway: Gateway) -> None:
     status, _, _ = _get(f"{gateway.url}/ams/health", data=b"{}")
     assert status == 404
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+    gateway: Gateway,
+) -> None:
+    """curl sends `Expect: 100-continue` with bodies over 1 KB and waits for the interim
+    answer (a second, else it sends anyway); the gateway answers at once, as API Gateway does."""
+    body = json.dumps({"query": "{ regions { code } }", "pad": "x" * 2000}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+        client.sendall(
+            b"POST /ams/graphql HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        client.settimeout(0.5)  # well under curl's one-second wait
+        assert client.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client.settimeout(10)
+        client.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
 def test_event_has_the_http_api_v2_shape() -> None:

@@ -114,6 +114,15 @@ def _start(env: dict[str, str]) -> DevRun:
     return DevRun(process, output, env)
 
 
+def _migrated_through_an_environment(run: DevRun) -> None:
+    """The migrator ran as the deploy's custom resource runs it: in an execution environment
+    of its own (a cold start: Lambda's REPORT line with its init duration), and succeeded."""
+    reports = [line for line in run.output if "[covenant-iad-migrator] REPORT RequestId:" in line]
+    assert len(reports) == 1, "".join(run.output)
+    assert "Init Duration:" in reports[0] and "Status:" not in reports[0], reports[0]
+    assert any('"database ready"' in line for line in run.output), "".join(run.output)
+
+
 def _get_json(url: str) -> tuple[int, dict]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.status, json.loads(response.read())
@@ -245,6 +254,7 @@ def test_make_dev_serves_six_healthy_regions_and_stops_cleanly(stack_env) -> Non
     run = _start(stack_env)
     try:
         run.wait_for("Press Ctrl-C to stop.")
+        _migrated_through_an_environment(run)
         base = f"http://127.0.0.1:{stack_env['COVENANT_PORT']}"
         for code in region_codes():
             assert f"{base}/{code}/health" in "".join(run.output)
@@ -332,6 +342,7 @@ def test_data_survives_a_restart(stack_env) -> None:
     run = _start(stack_env)
     try:
         run.wait_for("Press Ctrl-C to stop.")
+        _migrated_through_an_environment(run)  # again, applying nothing
         reader = Database(
             Role.READER,
             f"postgresql://postgres@127.0.0.1:{stack_env['COVENANT_PG_REPLICA_PORT']}/covenant",

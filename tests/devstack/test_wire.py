@@ -72,6 +72,10 @@ def test_other_values_encode_or_fail_as_json_does(value: Any) -> None:
     [
         b'{"a": [1, 2.5, "x", null, true]}',
         b"[123456789012345678901234567890, -98765432109876543210987]",
+        # Just past 64 bits either way (19 and 20 digits), inside an object, and a float.
+        b'{"a": {"b": [9223372036854775807, 18446744073709551616]}, "c": 1.5e300}',
+        b"[-9223372036854775809, 9999999999999999999.5]",
+        b'{"digits in a string": "12345678901234567890", "n": 1}',
         b'{"n": NaN, "i": -Infinity}',
         b'"\\u00e9"',
     ],
