@@ -146,7 +146,7 @@ class LocalCognito:
             "COGNITO_USER_POOL_ID": self.user_pool_id,
             "COGNITO_CLIENT_ID": self.client_id,
             "COGNITO_ENDPOINT_URL": self.endpoint_url,
-            "AWS_DEFAULT_REGION": self.region,
+            "COGNITO_REGION": self.region,
         }
 
 

@@ -133,6 +133,7 @@ def lambda_environment(config: FunctionConfig, region: Region) -> dict[str, str]
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
         "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         "AWS_REGION": region.aws_region,
+        "AWS_DEFAULT_REGION": region.aws_region,
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
         "COVENANT_FUNCTION_ARN": (
             f"arn:aws:lambda:{region.aws_region}:000000000000:function:{name}"

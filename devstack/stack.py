@@ -565,7 +565,7 @@ class DevStack:
             region = pool_id.split("_", 1)[0]
             jwks_url = f"{issuer_for(region, pool_id)}/.well-known/jwks.json"
             self.endpoints.update(
-                COGNITO_USER_POOL_ID=pool_id, COGNITO_CLIENT_ID=client_id, AWS_DEFAULT_REGION=region
+                COGNITO_USER_POOL_ID=pool_id, COGNITO_CLIENT_ID=client_id, COGNITO_REGION=region
             )
         else:
             return

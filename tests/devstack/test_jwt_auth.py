@@ -612,7 +612,7 @@ def test_the_stack_starts_the_local_pool_and_hands_its_settings_on(tmp_path: Pat
             "COGNITO_USER_POOL_ID": stack.cognito.user_pool_id,
             "COGNITO_CLIENT_ID": stack.cognito.client_id,
             "COGNITO_ENDPOINT_URL": stack.cognito.endpoint_url,
-            "AWS_DEFAULT_REGION": "us-east-1",
+            "COGNITO_REGION": "us-east-1",
         }
         user = SEEDED_USERS[1]
         token = stack.cognito.login(user.email, user.password)["AccessToken"]
@@ -647,7 +647,7 @@ def test_cognito_mode_comes_from_the_environment(monkeypatch, tmp_path: Path) ->
         stack.verifier.issuer == "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEf123"
     )
     assert stack.verifier.jwks_url == f"{stack.verifier.issuer}/.well-known/jwks.json"
-    assert stack.endpoints["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert stack.endpoints["COGNITO_REGION"] == "eu-west-1"
     assert "COGNITO_ENDPOINT_URL" not in stack.endpoints
 
 

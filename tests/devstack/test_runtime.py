@@ -19,7 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from covenant.regions import load_regions
 from devstack.gateway import Gateway
+from devstack.runtime import function_configs, lambda_environment
 
 from .probes import probe_function
 
@@ -228,3 +230,12 @@ def test_500_concurrent_requests_get_500_answers_and_health_stays_fast(gateway: 
     # Another function's environments are not the flooded one's: health is answered while the
     # burst queues for its own (a loose bound: this is not a benchmark).
     assert max(health_waits) < 5, health_waits
+
+
+def test_every_environment_has_its_own_region_in_both_of_lambdas_region_variables() -> None:
+    """Lambda sets AWS_REGION and AWS_DEFAULT_REGION to the function's region; the Cognito
+    pool's region reaches the functions as COGNITO_REGION, as the CDK app sets it."""
+    for region in load_regions():
+        config = next(iter(function_configs().values()))
+        values = lambda_environment(config, region)
+        assert values["AWS_REGION"] == values["AWS_DEFAULT_REGION"] == region.aws_region
