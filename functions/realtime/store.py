@@ -356,7 +356,7 @@ class Store:
                         int(item["cursor"]["N"]),
                         item["caughtUp"]["BOOL"],
                     )
-                else:
+                elif kind.startswith("sub#"):
                     subscriptions.append(_subscription(item))
         for n, sub in enumerate(subscriptions):
             key = (sub.connection_id, sub.subscription_id)
