@@ -51,10 +51,11 @@ from bench.bridge import local_stack
 from covenant.regions import load_regions, primary_region
 from devstack.cognito import SEEDED_USERS
 from devstack.stack import DevStack
+from realtime import store
 
 SUBSCRIBERS = (1, 100, 1000)
 MESSAGES = 20
-WAVE = 25  # clients connecting at once
+PARALLEL = 24  # clients connecting at once
 SUBPROTOCOL = "graphql-transport-ws"
 SUBSCRIPTION = (
     "subscription ($filter: ProjectFilter) { projectChanged(filter: $filter) {"
@@ -134,57 +135,65 @@ class Subscribers:
         self.readers: list[asyncio.Task[None]] = []
         self.current: Round | None = None
         self.retries = 0
+        # What the server answered instead of serving: graphql-transport-ws `error`s, and
+        # API Gateway's integration errors ({"message": "Internal server error"}, a timeout).
+        self.errors: list[str] = []
 
-    async def open(self, count: int, mark: str) -> None:
+    async def open(self, count: int, mark: str, parallel: int) -> None:
+        """`parallel` clients at a time, each connecting, initialising and subscribing in
+        turn as a graphql-ws client does: the realtime function's environments are busy
+        with at most that many conversations (a connection_init queued past 10 s behind
+        a thousand others would be closed, 4408)."""
         regions = [r.code for r in load_regions()]
+        slots = asyncio.Semaphore(parallel)
 
         async def one(n: int) -> aiohttp.ClientWebSocketResponse:
             url = f"{self.base_ws}/{regions[n % len(regions)]}/graphql"
-            for _attempt in range(5):
-                try:
-                    socket = await self.session.ws_connect(url, protocols=(SUBPROTOCOL,))
-                except aiohttp.WSServerHandshakeError:
-                    # $connect failed (a cold start past Lambda's init limit under load).
+            async with slots:
+                for _attempt in range(5):
+                    try:
+                        socket = await self.session.ws_connect(url, protocols=(SUBPROTOCOL,))
+                    except aiohttp.WSServerHandshakeError:
+                        # $connect failed (a cold start past Lambda's init limit under load).
+                        self.retries += 1
+                        await asyncio.sleep(1)
+                        continue
+                    await socket.send_str(json.dumps({"type": "connection_init", "payload": {}}))
+                    ack = await socket.receive(timeout=120)
+                    if ack.type == aiohttp.WSMsgType.TEXT and json.loads(ack.data).get("type") == (
+                        "connection_ack"
+                    ):
+                        break
+                    # Closed before the ack, or an integration error: connect again, as
+                    # graphql-ws clients retry.
                     self.retries += 1
-                    await asyncio.sleep(1)
-                    continue
-                await socket.send_str(json.dumps({"type": "connection_init", "payload": {}}))
-                ack = await socket.receive(timeout=120)
-                if ack.type == aiohttp.WSMsgType.TEXT and json.loads(ack.data).get("type") == (
-                    "connection_ack"
-                ):
-                    break
-                # Closed before the ack (the init waited past the server's 10 s under load):
-                # connect again, as graphql-ws clients retry.
-                self.retries += 1
-                await socket.close()
-            else:
-                raise RuntimeError(f"subscriber {n} was never acknowledged")
-            await socket.send_json(
-                {
-                    "id": "1",
-                    "type": "subscribe",
-                    "payload": {
-                        "query": SUBSCRIPTION,
-                        "variables": {"filter": {"nameContains": mark}},
-                    },
-                }
-            )
-            return socket
+                    await socket.close()
+                else:
+                    raise RuntimeError(f"subscriber {n} was never acknowledged")
+                await self.subscribe(socket, "1", mark)
+                return socket
 
-        # Connections in waves, as clients arrive: the $connect and subscribe invocations of
-        # a thousand at once would only queue for the regions' environments.
-        for start in range(0, count, WAVE):
-            wave = await asyncio.gather(*(one(n) for n in range(start, min(count, start + WAVE))))
-            self.sockets += wave
+        self.sockets = list(await asyncio.gather(*(one(n) for n in range(count))))
         self.readers = [asyncio.create_task(self._read(s)) for s in self.sockets]
+
+    @staticmethod
+    async def subscribe(socket: aiohttp.ClientWebSocketResponse, sub_id: str, mark: str) -> None:
+        await socket.send_json(
+            {
+                "id": sub_id,
+                "type": "subscribe",
+                "payload": {"query": SUBSCRIPTION, "variables": {"filter": {"nameContains": mark}}},
+            }
+        )
 
     async def _read(self, socket: aiohttp.ClientWebSocketResponse) -> None:
         async for message in socket:
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
             at = time.perf_counter()
-            if self.current is not None:
+            if '"next"' not in message.data:
+                self.errors.append(message.data[:200])
+            elif self.current is not None:
                 self.current.arrived(at, message.data, id(socket))
 
     def open_count(self) -> int:
@@ -255,7 +264,18 @@ async def _wait(round_: Round, timeout_s: float = 60) -> None:
         await asyncio.wait_for(round_.done.wait(), timeout_s)
 
 
-async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> None:
+def stored_subscriptions() -> int:
+    """Subscriptions in the six regions' stores (moto): did every subscribe land?"""
+    return sum(
+        item["item"]["S"].startswith("sub#")
+        for region in load_regions()
+        for item in store.Store(store.client(region.aws_region)).all_items()
+    )
+
+
+async def measure(
+    stack: DevStack, counts: tuple[int, ...], messages: int, parallel: int = PARALLEL
+) -> None:
     editor = next(u for u in SEEDED_USERS if u.group == "editor")
     assert stack.cognito is not None and stack.gateway is not None
     token = str(stack.cognito.login(editor.email, editor.password)["AccessToken"])
@@ -280,14 +300,24 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
             subscribers = Subscribers(session, base_ws)
             started = time.perf_counter()
             progress(f"{count}: connecting")
-            await subscribers.open(count, mark)
+            await subscribers.open(count, mark, parallel)
             opened_s = time.perf_counter() - started
-            progress(f"{count}: subscribed in {opened_s:.1f} s")
-            # Until every subscription is served (the fan-out sees a new one on its next batch).
+            stored = await asyncio.to_thread(stored_subscriptions)
+            progress(f"{count}: subscribed in {opened_s:.1f} s, {stored} stored")
+            # Until every subscription is served (the fan-out sees a new one on its next
+            # batch); a subscriber still silent after a few changes subscribes once more (its
+            # subscribe was lost: an integration error), as an application would.
+            resubscribed = 0
             for attempt in range(30):
                 warm = await bench.full(subscribers, project, attempt % 100, timeout_s=5)
-                if len(warm.arrivals) == count:
+                if len(warm.arrivals) == subscribers.open_count():
                     break
+                if attempt == 3:
+                    silent = [s for s in subscribers.sockets if id(s) not in warm.seen]
+                    for socket in silent:
+                        if not socket.closed:
+                            await subscribers.subscribe(socket, "2", mark)
+                    resubscribed = len(silent)
             full, floor = Figures(), Figures()
             for n in range(messages):
                 progress(f"{count}: message {n + 1}/{messages}")
@@ -298,10 +328,14 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
             closed = len(subscribers.sockets) - subscribers.open_count()
             await subscribers.close()
             say(
-                f"{count} subscriber(s) over six regions "
-                f"({messages} messages; connected and subscribed in {opened_s:.1f} s, "
-                f"{subscribers.retries} reconnect(s), {closed} closed by the server during the run)"
+                f"{count} subscriber(s) over six regions ({messages} messages; connected and "
+                f"subscribed in {opened_s:.1f} s, {parallel} at a time: {subscribers.retries} "
+                f"reconnect(s), {stored} of {count} subscriptions stored, {resubscribed} "
+                f"subscribed again, {len(subscribers.errors)} error message(s); {closed} closed "
+                "by the server during the run)"
             )
+            for text in sorted(set(subscribers.errors))[:5]:
+                progress(f"  server said: {text}")
             say(full.line("commit -> delivered"))
             say(floor.line("floor: @connections push"))
 
@@ -310,11 +344,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.realtime_e2e", description=__doc__)
     parser.add_argument("--subscribers", type=int, nargs="+", default=list(SUBSCRIBERS))
     parser.add_argument("--messages", type=int, default=MESSAGES)
+    parser.add_argument(
+        "--parallel", type=int, default=PARALLEL, help="clients connecting at a time"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     say(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     with local_stack() as stack:
-        asyncio.run(measure(stack, tuple(args.subscribers), args.messages))
+        asyncio.run(measure(stack, tuple(args.subscribers), args.messages, args.parallel))
 
 
 if __name__ == "__main__":

@@ -2,27 +2,29 @@
 default the function's own), through that region's `@connections` API.
 
 Each run pulls the durable consumer `REALTIME_<REGION>` (explicit ack) for about a minute, as
-the other consumers do (covenant.consumer). For every batch it reads the region's
-subscriptions (store.members) and serves each one the events after its own cursor, in stream
-order:
+the other consumers do (covenant.consumer). For every batch it knows the shard's
+subscriptions (store.members, read again only when the shard's membership version moved) and
+serves each one the events after its own cursor, in stream order:
 
-- a subscription's cursor is the last stream sequence examined for it. After posting its
-  events of the batch the fan-out moves the cursor (conditionally: never back, never for a
-  subscription that is gone); a subscription with nothing to post keeps its cursor and rides on
-  the shard's checkpoint, written once per batch after every subscription was served and before
-  the batch is acknowledged. A restart (a kill, a timeout) redelivers the unacknowledged batch:
-  every subscription whose cursor (or the checkpoint) is past an event skips it.
+- a subscription's cursor is the last stream sequence served to it. After each accepted post
+  the cursor is recorded before that subscription's next post (the records of the
+  subscriptions served side by side grouped into BatchWriteItem requests); a caught-up
+  subscription with nothing to post keeps its cursor and rides on the shard's checkpoint,
+  written once per batch after every subscription was served and before the batch is
+  acknowledged. A restart (a kill, a timeout) redelivers the unacknowledged batch: every
+  subscription whose cursor (or the checkpoint) is past an event skips it.
 - a subscription behind the batch (it asked `since`, or the checkpoint is older than its
   cursor) is first served from the stream itself (JetStream direct get, next message of its
   subjects), at most BACKFILL_PER_PASS events per batch, so a far-behind subscriber catches up
   over a few batches without stalling the others.
-- a subscription without `since` starts with the first batch after it was created (events
+- a subscription without `since` starts with the first batch after it was seen (events
   stored before its `createdAt` are not its).
 
 Delivery is exactly once per subscription except in one window: the fan-out dies after
-`@connections` accepted a message and before that subscription's cursor write that follows
-it (milliseconds). That one message is then posted again after the restart, with the same
-`eventId` and `position` (docs/realtime.md, "What is guaranteed").
+`@connections` accepted a message and before that message's cursor record. That one message
+(the last the subscription got) is then posted again after the restart, right after it, with
+the same `eventId` and `position`: at most one per subscription per crash, which a client
+keeping its last position drops (docs/realtime.md, "What is guaranteed").
 
 Each pass also closes what must end: connections that sent no `connection_init` within
 INIT_TIMEOUT_S (4408), whose token expired or whose user signed out everywhere (4403).
