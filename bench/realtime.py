@@ -7,14 +7,18 @@ in for the six regions' `@connections` APIs (it timestamps every message it rece
 the realtime handler, as API Gateway invokes it):
 
 - subject: `--events` project changes published to COVENANT as the bridge publishes them
-  (`Nats-Msg-Id`), and the six regions' fan-outs (one thread each, the deployed handler) until
-  idle: per message, published -> received by `@connections`, p50 and p99, and messages
-  received per second from the first publish to the last message.
+  (`Nats-Msg-Id`), and the six regions' fan-outs (one thread each, the deployed handler, in a
+  process of their own started for the round) until idle: per message, published -> received
+  by `@connections`, p50 and p99, and messages received per second from the first publish to
+  the last message.
+- with `--compare CHECKOUT` (e.g. `git worktree add /tmp/base main`), the same with that
+  checkout's fan-out (its `functions/` and shared layer first on PYTHONPATH), right after this
+  tree's, on the same subscriptions.
 - floor: the same number of messages, of the same size, posted to the same server by six
   threads (one per region) with the same boto3 client, without the fan-out (no JetStream, no
   store, no GraphQL execution): what pushing over already-open connections costs here.
 
-Floor and subject alternate (`--rounds` times each) so that the machine's load hits both
+Floor and subjects alternate (`--rounds` times each) so that the machine's load hits both
 alike. The connection from `@connections` to the client's socket (API Gateway's, or the local
 gateway's emulation) is not in either figure, nor the outbox -> JetStream hop (bench.bridge
 measures that). It measures only; nothing here asserts on time.
