@@ -162,6 +162,8 @@ class FanOut:
     shard: str = "0"
     checkpoint: int = 0
     stats: PassStats = field(default_factory=PassStats)
+    # True when the run must end (its time is nearly up): a pass stops before its next post.
+    should_stop: Callable[[], bool] = lambda: False
     # The blocking calls (posts, store writes, GraphQL execution) of the subscriptions
     # served side by side.
     pool: ThreadPoolExecutor = field(
@@ -285,6 +287,8 @@ class FanOut:
             )
             if change is None:
                 continue
+            if self.should_stop():
+                raise _OutOfTime  # a clean end: every accepted post is recorded
             await self._blocking(self._post, sub, connection, delivery, change, serving)
             # Before the next post: a restart from here on never posts this message again.
             cursor, riding = delivery.stream_seq, caught_up and delivery.stream_seq >= serving.first
@@ -420,6 +424,11 @@ class _Gone(Exception):
     """The subscriber's connection is gone (410)."""
 
 
+class _OutOfTime(Exception):
+    """The run's time is nearly up in the middle of a pass: it stops there rather than be
+    killed mid-post (the one window of a repeated message, docs/realtime.md)."""
+
+
 def _stored_ms(delivery: consumer.Delivery) -> float:
     return delivery.stored_at.astimezone(UTC).timestamp() * 1000
 
@@ -468,6 +477,7 @@ async def run_fanout(
     """Pulls and serves batches until `should_stop()`; a batch is acknowledged only once
     served. Returns the consumer's lag at the end."""
     js = client.jetstream()
+    fanout.should_stop = should_stop
     pull = await js.pull_subscribe_bind(durable=durable, stream=STREAM)
     fanout.checkpoint = fanout.table.checkpoint(fanout.shard)
     idle_since, passed_at = time.monotonic(), float("-inf")  # the first idle pass at once
@@ -494,8 +504,11 @@ async def run_fanout(
             try:
                 await fanout.serve(batch)
                 passed_at = time.monotonic()
-            except Exception:
-                log.exception("serving a batch failed; it will be redelivered")
+            except Exception as failed:
+                if isinstance(failed, _OutOfTime):
+                    log.info("out of time in a batch; the rest of it will be redelivered")
+                else:
+                    log.exception("serving a batch failed; it will be redelivered")
                 for msg in messages:
                     await msg.nak(delay=consumer.NAK_DELAY_S)
                 break

@@ -3,6 +3,7 @@ a real HTTP `@connections` server, with the connection store in moto."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,10 +13,15 @@ import time
 from typing import Any
 
 import boto3
+import nats
 import pytest
 
+from covenant.config import environment
 from covenant.regions import get_region
 from realtime import store
+from realtime.fanout import FanOut, durable_name
+from realtime.fanout import run_fanout as serve_stream
+from realtime.management import Connections
 
 from .conftest import ConnectionsApi, Socket, project_row, publish_changes, run_fanout, token
 
@@ -110,9 +116,6 @@ def test_a_position_the_stream_no_longer_keeps_is_refused(
     endpoints: dict[str, str], connections_api: ConnectionsApi
 ) -> None:
     publish_changes(endpoints["NATS_URL"], [("projects", "updated", project_row())] * 2)
-    import asyncio
-
-    import nats
 
     async def purge() -> None:
         client = await nats.connect(endpoints["NATS_URL"])
@@ -243,6 +246,44 @@ def test_a_fanout_killed_mid_stream_loses_nothing_and_repeats_at_most_the_messag
         kept = [c for n, c in enumerate(got) if n == 0 or c != got[n - 1]]
         assert [c["eventId"] for c in kept] == ids, socket.connection_id
         assert len(got) - len(kept) <= 1, f"{socket.connection_id}: repeated {len(got) - len(kept)}"
+
+
+def test_a_run_out_of_time_stops_mid_batch_and_the_next_repeats_nothing(
+    endpoints: dict[str, str], connections_api: ConnectionsApi
+) -> None:
+    sockets = [Socket("ams", endpoints).open() for _ in range(3)]
+    for socket in sockets:
+        socket.subscribe("s", PROJECTS)
+    ids = publish_changes(
+        endpoints["NATS_URL"],
+        [("projects", "updated", project_row(name=f"p{i}")) for i in range(10)],
+    )
+    stop_at = len(connections_api.posted) + 7  # the run's time is up after 7 of 30 posts
+
+    async def short_run() -> None:
+        client = await nats.connect(endpoints["NATS_URL"])
+        ams = get_region("ams")
+        fanout = FanOut(
+            store.Store(store.client(ams.aws_region)), Connections(ams), client.jetstream(), "ams"
+        )
+        try:
+            await serve_stream(
+                client,
+                fanout,
+                durable_name("ams"),
+                should_stop=lambda: len(connections_api.posted) >= stop_at,
+            )
+        finally:
+            fanout.pool.shutdown()
+            await client.close()
+
+    with environment(endpoints):
+        asyncio.run(short_run())
+    assert stop_at <= len(connections_api.posted) < stop_at + 3  # the posts already going
+    run_fanout(endpoints, "ams", idle_exit_s=4)  # the rest of the batch, back after 2 s
+    for socket in sockets:
+        got = [p["data"]["projectChanged"]["eventId"] for p in nexts(connections_api, socket)]
+        assert got == ids, socket.connection_id
 
 
 def test_subscriptions_added_and_completed_during_a_run_are_seen_at_the_next_batch(
