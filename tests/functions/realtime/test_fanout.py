@@ -211,16 +211,23 @@ def test_expired_sessions_and_connections_that_never_initialise_are_closed(
     assert {i["connectionId"]["S"] for i in _items(endpoints, "ams")} == {fresh_one.connection_id}
 
 
-def test_a_fanout_killed_mid_stream_loses_nothing_and_repeats_at_most_the_message_in_flight(
-    endpoints: dict[str, str], connections_api: ConnectionsApi
-) -> None:
+def _three_subscribers_then_changes(
+    endpoints: dict[str, str], changes: int
+) -> tuple[list[Socket], list[str]]:
     sockets = [Socket("ams", endpoints).open() for _ in range(3)]
     for socket in sockets:
         socket.subscribe("s", PROJECTS)
     ids = publish_changes(
         endpoints["NATS_URL"],
-        [("projects", "updated", project_row(name=f"p{i}")) for i in range(40)],
+        [("projects", "updated", project_row(name=f"p{i}")) for i in range(changes)],
     )
+    return sockets, ids
+
+
+def test_a_fanout_killed_mid_stream_loses_nothing_and_repeats_at_most_the_message_in_flight(
+    endpoints: dict[str, str], connections_api: ConnectionsApi
+) -> None:
+    sockets, ids = _three_subscribers_then_changes(endpoints, 40)
     connections_api.hold_after = 50  # the 51st post waits: kill the fan-out then
     worker = subprocess.Popen(
         [sys.executable, "-c", _WORKER],
@@ -251,13 +258,7 @@ def test_a_fanout_killed_mid_stream_loses_nothing_and_repeats_at_most_the_messag
 def test_a_run_out_of_time_stops_mid_batch_and_the_next_repeats_nothing(
     endpoints: dict[str, str], connections_api: ConnectionsApi
 ) -> None:
-    sockets = [Socket("ams", endpoints).open() for _ in range(3)]
-    for socket in sockets:
-        socket.subscribe("s", PROJECTS)
-    ids = publish_changes(
-        endpoints["NATS_URL"],
-        [("projects", "updated", project_row(name=f"p{i}")) for i in range(10)],
-    )
+    sockets, ids = _three_subscribers_then_changes(endpoints, 10)
     stop_at = len(connections_api.posted) + 7  # the run's time is up after 7 of 30 posts
 
     async def short_run() -> None:
