@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import boto3
+from botocore.config import Config
 
 from bench.bridge import local_stack
 from covenant.regions import load_regions, primary_region
@@ -272,10 +274,20 @@ async def stored_subscriptions(expected: int, settle_s: float = 30) -> int:
     (a `subscribe` is answered only by its first `next`): did every subscribe land?"""
 
     def count() -> int:
+        # Its own clients: moto, busy with a thousand subscribers, may answer a scan slowly.
         return sum(
             item["item"]["S"].startswith("sub#")
             for region in load_regions()
-            for item in store.Store(store.client(region.aws_region)).all_items()
+            for item in store.Store(
+                boto3.client(
+                    "dynamodb",
+                    region_name=region.aws_region,
+                    endpoint_url=os.environ["DYNAMODB_ENDPOINT_URL"],
+                    aws_access_key_id="local",
+                    aws_secret_access_key="local",
+                    config=Config(read_timeout=120, retries={"max_attempts": 5}),
+                )
+            ).all_items()
         )
 
     deadline = time.monotonic() + settle_s
