@@ -50,6 +50,7 @@ import boto3
 from botocore.config import Config
 
 from bench.bridge import local_stack
+from covenant.config import env
 from covenant.regions import load_regions, primary_region
 from devstack.cognito import SEEDED_USERS
 from devstack.stack import DevStack
@@ -282,7 +283,7 @@ async def stored_subscriptions(expected: int, settle_s: float = 30) -> int:
                 boto3.client(
                     "dynamodb",
                     region_name=region.aws_region,
-                    endpoint_url=os.environ["DYNAMODB_ENDPOINT_URL"],
+                    endpoint_url=env("DYNAMODB_ENDPOINT_URL"),
                     aws_access_key_id="local",
                     aws_secret_access_key="local",
                     config=Config(read_timeout=120, retries={"max_attempts": 5}),
