@@ -7,14 +7,18 @@ in for the six regions' `@connections` APIs (it timestamps every message it rece
 the realtime handler, as API Gateway invokes it):
 
 - subject: `--events` project changes published to COVENANT as the bridge publishes them
-  (`Nats-Msg-Id`), and the six regions' fan-outs (one thread each, the deployed handler) until
-  idle: per message, published -> received by `@connections`, p50 and p99, and messages
-  received per second from the first publish to the last message.
+  (`Nats-Msg-Id`), and the six regions' fan-outs (one thread each, the deployed handler, in a
+  process of their own started for the round) until idle: per message, published -> received
+  by `@connections`, p50 and p99, and messages received per second from the first publish to
+  the last message.
+- with `--compare CHECKOUT` (e.g. `git worktree add /tmp/base main`), the same with that
+  checkout's fan-out (its `functions/` and shared layer first on PYTHONPATH), right after this
+  tree's, on the same subscriptions.
 - floor: the same number of messages, of the same size, posted to the same server by six
   threads (one per region) with the same boto3 client, without the fan-out (no JetStream, no
   store, no GraphQL execution): what pushing over already-open connections costs here.
 
-Floor and subject alternate (`--rounds` times each) so that the machine's load hits both
+Floor and subjects alternate (`--rounds` times each) so that the machine's load hits both
 alike. The connection from `@connections` to the client's socket (API Gateway's, or the local
 gateway's emulation) is not in either figure, nor the outbox -> JetStream hop (bench.bridge
 measures that). It measures only; nothing here asserts on time.
@@ -29,6 +33,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -195,34 +200,82 @@ def publish(nats_url: str, events: int) -> dict[str, float]:
     return sent
 
 
-def fan_out(endpoints: dict[str, str]) -> None:
-    env = {**endpoints, "CONSUMER_IDLE_EXIT_S": "3"}
-    threads = [
-        threading.Thread(target=invoke, args=("fanout", "iad", {"region": r.code}, env))
-        for r in load_regions()
-    ]
+# The six regions' fan-outs, as `make dev` runs them, in a process of their own (its
+# PYTHONPATH picks the checkout whose code runs); "ready" once the handler is imported.
+_FAN_OUTS = """
+import os, threading
+from covenant.config import environment
+from covenant.regions import load_regions, primary_region
+from devstack.functions import LocalContext, function_environment, get_function, load_handler
+spec, region = get_function("fanout"), primary_region()
+with environment(function_environment(spec, region, dict(os.environ))):
+    handler = load_handler(spec)
+print("ready", flush=True)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+def run(code):
+    handler({"region": code}, LocalContext(spec, region, 300))
+with environment(function_environment(spec, region, dict(os.environ))):
+    threads = [threading.Thread(target=run, args=(r.code,)) for r in load_regions()]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+"""
+
+
+def code_path(checkout: str | None) -> str:
+    """PYTHONPATH running another checkout's functions, shared layer and devstack (this
+    tree's editable install comes after it)."""
+    if checkout is None:
+        return ""
+    root = Path(checkout).resolve()
+    return os.pathsep.join(
+        str(p) for p in (root / "functions", root / "layers/shared/python", root)
+    )
+
+
+def fan_out(endpoints: dict[str, str], checkout: str | None) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        **endpoints,
+        "CONSUMER_IDLE_EXIT_S": "3",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (code_path(checkout), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FAN_OUTS],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        raise RuntimeError("the fan-outs did not start")
+    return process
 
 
 def subject(
-    endpoints: dict[str, str], receiver: Receiver, events: int, subscribers: int
+    endpoints: dict[str, str],
+    receiver: Receiver,
+    events: int,
+    subscribers: int,
+    checkout: str | None = None,
 ) -> dict[str, float]:
     receiver.take()
-    fanout = threading.Thread(target=fan_out, args=(endpoints,))
-    fanout.start()
+    fanouts = fan_out(endpoints, checkout)
     time.sleep(1)  # the six runs connected and pulling, as under make dev
     sent = publish(endpoints["NATS_URL"], events)
-    fanout.join()
+    fanouts.wait()
     # A run that ended on a failed batch (a store call timed out on a loaded machine) is
     # followed by the next, as make dev's loop and AWS's schedule do: count what they post.
     for _ in range(3):
         with receiver.lock:
             if len(receiver.received) >= events * subscribers:
                 break
-        fan_out(endpoints)
+        fan_out(endpoints, checkout).wait()
     latencies, last = [], 0.0
     for at, _, body in receiver.take():
         event_id = json.loads(body)["payload"]["data"]["projectChanged"]["eventId"]
@@ -269,11 +322,13 @@ def _figures(latencies: list[float], first: float, last: float) -> dict[str, flo
     }
 
 
-def clear_tables(endpoints: dict[str, str]) -> None:
+def clear_tables(endpoints: dict[str, str], only: str = "") -> None:
     with environment(endpoints):
         for region in load_regions():
             table = store.Store(store.client(region.aws_region))
             for item in list(table.all_items()):
+                if not item["item"]["S"].startswith(only):
+                    continue
                 key = {"connectionId": item["connectionId"], "item": item["item"]}
                 table.dynamodb.delete_item(TableName=table.name, Key=key)
 
@@ -287,6 +342,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=20, help="changes per round (20 a second)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--subscribers", default="1,100,1000", help="comma-separated counts")
+    parser.add_argument(
+        "--compare",
+        metavar="CHECKOUT",
+        help="also run the fan-out of another checkout (git worktree add), alternating",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave through the finally blocks
     warnings.filterwarnings("ignore", message="No application metrics to publish")
@@ -302,9 +362,13 @@ def main(argv: list[str] | None = None) -> None:
             reset_stream(endpoints["NATS_URL"])
             subscribe(count, endpoints)
             for round_ in range(1, args.rounds + 1):
-                base = floor(endpoints, receiver, count * args.events)
-                found = subject(endpoints, receiver, args.events, count)
-                for what, figures in (("floor", base), ("fan-out", found)):
+                sides = [("floor", floor(endpoints, receiver, count * args.events))]
+                sides.append(("fan-out", subject(endpoints, receiver, args.events, count)))
+                if args.compare:
+                    clear_tables(endpoints, only="cur#")  # cursor items the older code trips on
+                    compared = subject(endpoints, receiver, args.events, count, args.compare)
+                    sides.append(("compared", compared))
+                for what, figures in sides:
                     say(
                         f"{count:>11}{round_:>6}{what:>9}{int(figures['messages']):>9}"
                         f"{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}"

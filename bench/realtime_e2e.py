@@ -46,15 +46,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import boto3
+from botocore.config import Config
 
 from bench.bridge import local_stack
+from covenant.config import env
 from covenant.regions import load_regions, primary_region
 from devstack.cognito import SEEDED_USERS
 from devstack.stack import DevStack
+from realtime import store
 
 SUBSCRIBERS = (1, 100, 1000)
 MESSAGES = 20
-WAVE = 25  # clients connecting at once
+# Clients connecting at once: one per region keeps each region's realtime function at one or
+# two warm environments; more make the local runtime start (and evict) environments, whose
+# cold starts under load pass Lambda's 10 s init limit.
+PARALLEL = 6
 SUBPROTOCOL = "graphql-transport-ws"
 SUBSCRIPTION = (
     "subscription ($filter: ProjectFilter) { projectChanged(filter: $filter) {"
@@ -134,57 +141,65 @@ class Subscribers:
         self.readers: list[asyncio.Task[None]] = []
         self.current: Round | None = None
         self.retries = 0
+        # What the server answered instead of serving: graphql-transport-ws `error`s, and
+        # API Gateway's integration errors ({"message": "Internal server error"}, a timeout).
+        self.errors: list[str] = []
 
-    async def open(self, count: int, mark: str) -> None:
+    async def open(self, count: int, mark: str, parallel: int) -> None:
+        """`parallel` clients at a time, each connecting, initialising and subscribing in
+        turn as a graphql-ws client does: the realtime function's environments are busy
+        with at most that many conversations (a connection_init queued past 10 s behind
+        a thousand others would be closed, 4408)."""
         regions = [r.code for r in load_regions()]
+        slots = asyncio.Semaphore(parallel)
 
         async def one(n: int) -> aiohttp.ClientWebSocketResponse:
             url = f"{self.base_ws}/{regions[n % len(regions)]}/graphql"
-            for _attempt in range(5):
-                try:
-                    socket = await self.session.ws_connect(url, protocols=(SUBPROTOCOL,))
-                except aiohttp.WSServerHandshakeError:
-                    # $connect failed (a cold start past Lambda's init limit under load).
+            async with slots:
+                for _attempt in range(5):
+                    try:
+                        socket = await self.session.ws_connect(url, protocols=(SUBPROTOCOL,))
+                    except aiohttp.WSServerHandshakeError:
+                        # $connect failed (a cold start past Lambda's init limit under load).
+                        self.retries += 1
+                        await asyncio.sleep(1)
+                        continue
+                    await socket.send_str(json.dumps({"type": "connection_init", "payload": {}}))
+                    ack = await socket.receive(timeout=120)
+                    if ack.type == aiohttp.WSMsgType.TEXT and json.loads(ack.data).get("type") == (
+                        "connection_ack"
+                    ):
+                        break
+                    # Closed before the ack, or an integration error: connect again, as
+                    # graphql-ws clients retry.
                     self.retries += 1
-                    await asyncio.sleep(1)
-                    continue
-                await socket.send_str(json.dumps({"type": "connection_init", "payload": {}}))
-                ack = await socket.receive(timeout=120)
-                if ack.type == aiohttp.WSMsgType.TEXT and json.loads(ack.data).get("type") == (
-                    "connection_ack"
-                ):
-                    break
-                # Closed before the ack (the init waited past the server's 10 s under load):
-                # connect again, as graphql-ws clients retry.
-                self.retries += 1
-                await socket.close()
-            else:
-                raise RuntimeError(f"subscriber {n} was never acknowledged")
-            await socket.send_json(
-                {
-                    "id": "1",
-                    "type": "subscribe",
-                    "payload": {
-                        "query": SUBSCRIPTION,
-                        "variables": {"filter": {"nameContains": mark}},
-                    },
-                }
-            )
-            return socket
+                    await socket.close()
+                else:
+                    raise RuntimeError(f"subscriber {n} was never acknowledged")
+                await self.subscribe(socket, "1", mark)
+                return socket
 
-        # Connections in waves, as clients arrive: the $connect and subscribe invocations of
-        # a thousand at once would only queue for the regions' environments.
-        for start in range(0, count, WAVE):
-            wave = await asyncio.gather(*(one(n) for n in range(start, min(count, start + WAVE))))
-            self.sockets += wave
+        self.sockets = list(await asyncio.gather(*(one(n) for n in range(count))))
         self.readers = [asyncio.create_task(self._read(s)) for s in self.sockets]
+
+    @staticmethod
+    async def subscribe(socket: aiohttp.ClientWebSocketResponse, sub_id: str, mark: str) -> None:
+        await socket.send_json(
+            {
+                "id": sub_id,
+                "type": "subscribe",
+                "payload": {"query": SUBSCRIPTION, "variables": {"filter": {"nameContains": mark}}},
+            }
+        )
 
     async def _read(self, socket: aiohttp.ClientWebSocketResponse) -> None:
         async for message in socket:
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
             at = time.perf_counter()
-            if self.current is not None:
+            if '"next"' not in message.data:
+                self.errors.append(message.data[:200])
+            elif self.current is not None:
                 self.current.arrived(at, message.data, id(socket))
 
     def open_count(self) -> int:
@@ -255,7 +270,38 @@ async def _wait(round_: Round, timeout_s: float = 60) -> None:
         await asyncio.wait_for(round_.done.wait(), timeout_s)
 
 
-async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> None:
+async def stored_subscriptions(expected: int, settle_s: float = 30) -> int:
+    """Subscriptions in the six regions' stores (moto) once the last subscribes were handled
+    (a `subscribe` is answered only by its first `next`): did every subscribe land?"""
+
+    def count() -> int:
+        # Its own clients: moto, busy with a thousand subscribers, may answer a scan slowly.
+        return sum(
+            item["item"]["S"].startswith("sub#")
+            for region in load_regions()
+            for item in store.Store(
+                boto3.client(
+                    "dynamodb",
+                    region_name=region.aws_region,
+                    endpoint_url=env("DYNAMODB_ENDPOINT_URL"),
+                    aws_access_key_id="local",
+                    aws_secret_access_key="local",
+                    config=Config(read_timeout=120, retries={"max_attempts": 5}),
+                )
+            ).all_items()
+        )
+
+    deadline = time.monotonic() + settle_s
+    found = await asyncio.to_thread(count)
+    while found < expected and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        found = await asyncio.to_thread(count)
+    return found
+
+
+async def measure(
+    stack: DevStack, counts: tuple[int, ...], messages: int, parallel: int = PARALLEL
+) -> None:
     editor = next(u for u in SEEDED_USERS if u.group == "editor")
     assert stack.cognito is not None and stack.gateway is not None
     token = str(stack.cognito.login(editor.email, editor.password)["AccessToken"])
@@ -280,14 +326,24 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
             subscribers = Subscribers(session, base_ws)
             started = time.perf_counter()
             progress(f"{count}: connecting")
-            await subscribers.open(count, mark)
+            await subscribers.open(count, mark, parallel)
             opened_s = time.perf_counter() - started
-            progress(f"{count}: subscribed in {opened_s:.1f} s")
-            # Until every subscription is served (the fan-out sees a new one on its next batch).
+            stored = await stored_subscriptions(count)
+            progress(f"{count}: subscribed in {opened_s:.1f} s, {stored} stored")
+            # Until every subscription is served (the fan-out sees a new one on its next
+            # batch); a subscriber still silent after a few changes subscribes once more (its
+            # subscribe was lost: an integration error), as an application would.
+            resubscribed = 0
             for attempt in range(30):
                 warm = await bench.full(subscribers, project, attempt % 100, timeout_s=5)
-                if len(warm.arrivals) == count:
+                if len(warm.arrivals) == subscribers.open_count():
                     break
+                if attempt == 3:
+                    silent = [s for s in subscribers.sockets if id(s) not in warm.seen]
+                    for socket in silent:
+                        if not socket.closed:
+                            await subscribers.subscribe(socket, "2", mark)
+                    resubscribed = len(silent)
             full, floor = Figures(), Figures()
             for n in range(messages):
                 progress(f"{count}: message {n + 1}/{messages}")
@@ -298,10 +354,14 @@ async def measure(stack: DevStack, counts: tuple[int, ...], messages: int) -> No
             closed = len(subscribers.sockets) - subscribers.open_count()
             await subscribers.close()
             say(
-                f"{count} subscriber(s) over six regions "
-                f"({messages} messages; connected and subscribed in {opened_s:.1f} s, "
-                f"{subscribers.retries} reconnect(s), {closed} closed by the server during the run)"
+                f"{count} subscriber(s) over six regions ({messages} messages; connected and "
+                f"subscribed in {opened_s:.1f} s, {parallel} at a time: {subscribers.retries} "
+                f"reconnect(s), {stored} of {count} subscriptions stored, {resubscribed} "
+                f"subscribed again, {len(subscribers.errors)} error message(s); {closed} closed "
+                "by the server during the run)"
             )
+            for text in sorted(set(subscribers.errors))[:5]:
+                progress(f"  server said: {text}")
             say(full.line("commit -> delivered"))
             say(floor.line("floor: @connections push"))
 
@@ -310,11 +370,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.realtime_e2e", description=__doc__)
     parser.add_argument("--subscribers", type=int, nargs="+", default=list(SUBSCRIBERS))
     parser.add_argument("--messages", type=int, default=MESSAGES)
+    parser.add_argument(
+        "--parallel", type=int, default=PARALLEL, help="clients connecting at a time"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     say(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     with local_stack() as stack:
-        asyncio.run(measure(stack, tuple(args.subscribers), args.messages))
+        asyncio.run(measure(stack, tuple(args.subscribers), args.messages, args.parallel))
 
 
 if __name__ == "__main__":

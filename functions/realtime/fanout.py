@@ -2,27 +2,29 @@
 default the function's own), through that region's `@connections` API.
 
 Each run pulls the durable consumer `REALTIME_<REGION>` (explicit ack) for about a minute, as
-the other consumers do (covenant.consumer). For every batch it reads the region's
-subscriptions (store.members) and serves each one the events after its own cursor, in stream
-order:
+the other consumers do (covenant.consumer). For every batch it knows the shard's
+subscriptions (store.members, read again only when the shard's membership version moved) and
+serves each one the events after its own cursor, in stream order:
 
-- a subscription's cursor is the last stream sequence examined for it. After posting its
-  events of the batch the fan-out moves the cursor (conditionally: never back, never for a
-  subscription that is gone); a subscription with nothing to post keeps its cursor and rides on
-  the shard's checkpoint, written once per batch after every subscription was served and before
-  the batch is acknowledged. A restart (a kill, a timeout) redelivers the unacknowledged batch:
-  every subscription whose cursor (or the checkpoint) is past an event skips it.
+- a subscription's cursor is the last stream sequence served to it. After each accepted post
+  the cursor is recorded before that subscription's next post (the records of the
+  subscriptions served side by side grouped into BatchWriteItem requests); a caught-up
+  subscription with nothing to post keeps its cursor and rides on the shard's checkpoint,
+  written once per batch after every subscription was served and before the batch is
+  acknowledged. A restart (a kill, a timeout) redelivers the unacknowledged batch: every
+  subscription whose cursor (or the checkpoint) is past an event skips it.
 - a subscription behind the batch (it asked `since`, or the checkpoint is older than its
   cursor) is first served from the stream itself (JetStream direct get, next message of its
   subjects), at most BACKFILL_PER_PASS events per batch, so a far-behind subscriber catches up
   over a few batches without stalling the others.
-- a subscription without `since` starts with the first batch after it was created (events
+- a subscription without `since` starts with the first batch after it was seen (events
   stored before its `createdAt` are not its).
 
 Delivery is exactly once per subscription except in one window: the fan-out dies after
-`@connections` accepted a message and before that subscription's cursor write that follows
-it (milliseconds). That one message is then posted again after the restart, with the same
-`eventId` and `position` (docs/realtime.md, "What is guaranteed").
+`@connections` accepted a message and before that message's cursor record. That one message
+(the last the subscription got) is then posted again after the restart, right after it, with
+the same `eventId` and `position`: at most one per subscription per crash, which a client
+keeping its last position drops (docs/realtime.md, "What is guaranteed").
 
 Each pass also closes what must end: connections that sent no `connection_init` within
 INIT_TIMEOUT_S (4408), whose token expired or whose user signed out everywhere (4403).
@@ -37,9 +39,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from aws_lambda_powertools import Logger, Metrics
@@ -67,10 +70,18 @@ REVOCATION_EVERY_S = 30.0
 # With no new event, a pass (a subscriber resuming from `since`, housekeeping) at most this
 # often: an idle region costs one index query per IDLE_PASS_EVERY_S, not one per fetch.
 IDLE_PASS_EVERY_S = 2.0
+# After the shard's membership moved, the index (eventually consistent) is read on every pass
+# for this long, so a subscription it shows late is still seen at once.
+INDEX_SETTLE_S = 2.0
 
 logger = Logger(service="fanout")
 metrics = Metrics(namespace="Covenant", service="fanout")
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+def _concurrency() -> int:
+    return max(1, env_int("REALTIME_POST_CONCURRENCY", 16))
 
 
 def durable_name(region_code: str, shard: str = "0") -> str:
@@ -90,6 +101,59 @@ class PassStats:
 
 
 @dataclass
+class _Pass:
+    """One pass over the shard: the batch, and what its subscriptions share."""
+
+    batch: Sequence[consumer.Delivery]
+    first: int
+    upper: int
+    limits: Any
+    recorder: _Recorder
+    shared: dict[int, subscriptions.Shared] = field(default_factory=dict)
+    payloads: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+
+
+class _Recorder:
+    """The cursor writes of the subscriptions served side by side, grouped (BatchWriteItem, 25
+    to a request, the writes of one round in flight together). Each subscription waits for its
+    own write before its next post, so none has more than one accepted post unrecorded."""
+
+    def __init__(self, fanout: FanOut) -> None:
+        self.fanout = fanout
+        self.pending: list[tuple[store.Cursor, tuple[str, str, int], asyncio.Future[None]]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def record(self, cursor: store.Cursor, key: tuple[str, str, int]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.pending.append((cursor, key, done))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self.pending:
+            taken, self.pending = self.pending, []
+            chunks = [
+                taken[n : n + store.BATCH_WRITE_MAX]
+                for n in range(0, len(taken), store.BATCH_WRITE_MAX)
+            ]
+            results = await asyncio.gather(
+                *(
+                    self.fanout._blocking(self.fanout.table.save_cursors, [c for c, _, _ in chunk])
+                    for chunk in chunks
+                ),
+                return_exceptions=True,
+            )
+            for chunk, result in zip(chunks, results, strict=True):
+                for cursor, key, done in chunk:
+                    if isinstance(result, BaseException):
+                        done.set_exception(result)
+                    else:
+                        self.fanout._served[key] = (cursor.seq, cursor.caught_up)
+                        done.set_result(None)
+
+
+@dataclass
 class FanOut:
     table: store.Store
     connections: Connections
@@ -98,23 +162,36 @@ class FanOut:
     shard: str = "0"
     checkpoint: int = 0
     stats: PassStats = field(default_factory=PassStats)
+    # True when the run must end (its time is nearly up): a pass stops before its next post.
+    should_stop: Callable[[], bool] = lambda: False
+    # The blocking calls (posts, store writes, GraphQL execution) of the subscriptions
+    # served side by side.
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(_concurrency() + 4, "fanout")
+    )
     _housekept_at: float = 0.0
     _revocation_checked: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _members: tuple[dict[str, store.Connection], list[store.Subscription]] | None = None
+    _members_version: int = -1
+    _members_read_at: float = float("-inf")
+    _members_moved_at: float = float("-inf")
+    # What this run recorded per subscription (connection, id, createdAt): (cursor, caught
+    # up); the index read between passes may not show it yet.
+    _served: dict[tuple[str, str, int], tuple[int, bool]] = field(default_factory=dict)
 
     async def serve(self, batch: Sequence[consumer.Delivery]) -> None:
         """Serves every subscription of the shard up to the batch's last event (or, with no
         batch, up to the checkpoint); durable when it returns."""
-        connections, subs = self.table.members(self.shard)
+        connections, subs = await self._current_members()
         self._housekeeping(connections)
         first = batch[0].stream_seq if batch else self.checkpoint + 1
         upper = batch[-1].stream_seq if batch else self.checkpoint
-        limits = GraphQLSettings.load().limits
-        shared: dict[int, subscriptions.Shared] = {}
+        serving = _Pass(batch, first, upper, GraphQLSettings.load().limits, _Recorder(self))
         dead: set[str] = set()
         # Subscriptions are served side by side (their posts and cursor writes are network
         # waits), each by one task: its own events stay in stream order.
-        slots = asyncio.Semaphore(max(1, env_int("REALTIME_POST_CONCURRENCY", 16)))
+        slots = asyncio.Semaphore(_concurrency())
 
         async def serve_one(sub: store.Subscription) -> None:
             connection = connections.get(sub.connection_id)
@@ -124,85 +201,83 @@ class FanOut:
                 if sub.connection_id in dead:
                     return
                 try:
-                    await self._serve_one(sub, connection, batch, first, upper, limits, shared)
+                    await self._serve_one(sub, connection, serving)
                 except _Gone:
                     if sub.connection_id not in dead:
                         dead.add(sub.connection_id)
                         self.stats.gone += 1
-                        await asyncio.to_thread(self.table.forget_connection, sub.connection_id)
+                        await self._blocking(self.table.forget_connection, sub.connection_id)
 
         results = await asyncio.gather(*(serve_one(sub) for sub in subs), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise failures[0]  # the batch is served again; the cursors keep it from doubling
         if upper > self.checkpoint:
-            self.table.save_checkpoint(self.shard, upper)
+            await self._blocking(self.table.save_checkpoint, self.shard, upper)
             self.checkpoint = upper
 
-    async def _serve_one(
+    async def _blocking(self, call: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
+
+    async def _current_members(
         self,
-        sub: store.Subscription,
-        connection: store.Connection,
-        batch: Sequence[consumer.Delivery],
-        first: int,
-        upper: int,
-        limits: Any,
-        shared: dict[int, subscriptions.Shared],
+    ) -> tuple[dict[str, store.Connection], list[store.Subscription]]:
+        """The shard's connections and subscriptions: the index is read again only when the
+        shard's membership version moved (and for INDEX_SETTLE_S after, the index being
+        eventually consistent), or every HOUSEKEEPING_EVERY_S (connections opened, tokens)."""
+        version = await self._blocking(self.table.members_version, self.shard)
+        now = time.monotonic()
+        if version != self._members_version:
+            self._members_moved_at = now
+        if (
+            self._members is None
+            or version != self._members_version
+            or now - self._members_moved_at < INDEX_SETTLE_S
+            or now - self._members_read_at >= HOUSEKEEPING_EVERY_S
+        ):
+            self._members = await self._blocking(self.table.members, self.shard)
+            self._members_version, self._members_read_at = version, now
+            current = {
+                (s.connection_id, s.subscription_id, s.created_at_ms) for s in self._members[1]
+            }
+            self._served = {k: v for k, v in self._served.items() if k in current}
+        return self._members
+
+    async def _serve_one(
+        self, sub: store.Subscription, connection: store.Connection, serving: _Pass
     ) -> None:
         subscribed = subscriptions.Subscribed.from_json(sub.subscribed, sub.since)
-        if sub.cursor is not None:
-            served = max(sub.cursor, self.checkpoint) if sub.caught_up else sub.cursor
+        key = (sub.connection_id, sub.subscription_id, sub.created_at_ms)
+        recorded = self._served.get(key)
+        cursor, riding = recorded if recorded else (sub.cursor, sub.caught_up)
+        if cursor is not None:
+            served = max(cursor, self.checkpoint) if riding else cursor
         elif sub.since is not None:
             served = sub.since
         else:
-            served = first - 1  # live from the first batch after it was created
+            served = serving.first - 1  # live from the first batch after it was created
         events: list[consumer.Delivery] = []
         caught_up = True
-        if served < first - 1:
+        if served < serving.first - 1:
             # Only a subscriber who asked for a position hears that it is gone; one served up
             # to the checkpoint goes on from the oldest event kept (a stream purged by hand).
-            asked = sub.cursor is None and sub.since is not None
+            asked = cursor is None and sub.since is not None
             events, caught_up, reached = await self._backfill(
-                subscribed.subject, served, first - 1, clamp=not asked
+                subscribed.subject, served, serving.first - 1, clamp=not asked
             )
             if reached is None:
-                self._send(connection, sub, _expired_position(sub))
-                self.table.remove_subscription(sub.connection_id, sub.subscription_id)
+                await self._blocking(self._send, connection, sub, _expired_position(sub))
+                await self._blocking(
+                    self.table.remove_subscription, sub.connection_id, sub.subscription_id
+                )
                 return
             examined = reached
         else:
             examined = served
         if caught_up:
-            events.extend(d for d in batch if d.stream_seq > served)
-            examined = max(examined, upper)
-        await asyncio.to_thread(
-            self._post,
-            sub,
-            connection,
-            subscribed,
-            events,
-            first,
-            examined,
-            caught_up,
-            limits,
-            shared,
-        )
-
-    def _post(
-        self,
-        sub: store.Subscription,
-        connection: store.Connection,
-        subscribed: subscriptions.Subscribed,
-        events: Sequence[consumer.Delivery],
-        first: int,
-        examined: int,
-        caught_up: bool,
-        limits: Any,
-        shared: dict[int, subscriptions.Shared],
-    ) -> None:
-        """Posts the subscription's events in order, its cursor moved after each (a thread)."""
-        new = sub.cursor is None
-        actor = protocol.actor_of(connection.actor)
+            events.extend(d for d in serving.batch if d.stream_seq > served)
+            examined = max(examined, serving.upper)
+        new = cursor is None
         posted = 0
         for delivery in events:
             if new and sub.since is None and _stored_ms(delivery) < sub.created_at_ms:
@@ -212,24 +287,59 @@ class FanOut:
             )
             if change is None:
                 continue
-            context = shared.setdefault(
+            if self.should_stop():
+                raise _OutOfTime  # a clean end: every accepted post is recorded
+            await self._blocking(self._post, sub, connection, delivery, change, serving)
+            # Before the next post: a restart from here on never posts this message again.
+            cursor, riding = delivery.stream_seq, caught_up and delivery.stream_seq >= serving.first
+            await serving.recorder.record(store.Cursor(sub, connection, cursor, riding), key)
+            posted += 1
+        with self._lock:
+            self.stats.posted += posted
+        # What it was served up to beyond its last post. A live subscription rides on the
+        # shard's checkpoint (written after every subscription was served): nothing to write.
+        # One catching up records how far it was examined, so a restart does not look again.
+        if caught_up and (riding or (new and sub.since is None)):
+            self._served[key] = (cursor if cursor is not None else examined, True)
+        elif caught_up or cursor is None or examined > cursor:
+            await serving.recorder.record(store.Cursor(sub, connection, examined, caught_up), key)
+
+    def _post(
+        self,
+        sub: store.Subscription,
+        connection: store.Connection,
+        delivery: consumer.Delivery,
+        change: dict[str, Any],
+        serving: _Pass,
+    ) -> None:
+        """One `next` message; subscribers asking the same document with the same identity
+        share its execution."""
+        key = (
+            delivery.stream_seq,
+            sub.query,
+            json.dumps(sub.variables, sort_keys=True),
+            sub.operation_name,
+            json.dumps(connection.actor, sort_keys=True),
+        )
+        payload = serving.payloads.get(key)
+        if payload is None:
+            context = serving.shared.setdefault(
                 delivery.stream_seq,
                 subscriptions.Shared(delivery.event_id, load_regions(), self.region),
             )
             payload = subscriptions.deliver(
-                sub.query, sub.variables, sub.operation_name, limits, change, actor, context
+                sub.query,
+                sub.variables,
+                sub.operation_name,
+                serving.limits,
+                change,
+                protocol.actor_of(connection.actor),
+                context,
             )
-            message = {"id": sub.subscription_id, "type": "next", "payload": payload}
-            self._send(connection, sub, message)
-            # At once: a restart from here on never posts this message again.
-            self.table.advance(sub, delivery.stream_seq, caught_up and delivery.stream_seq >= first)
-            posted += 1
-            with self._lock:
-                self.stats.latencies_ms.append(time.time() * 1000 - _stored_ms(delivery))
+            serving.payloads[key] = payload
+        self._send(connection, sub, {"id": sub.subscription_id, "type": "next", "payload": payload})
         with self._lock:
-            self.stats.posted += posted
-        if posted or new or not caught_up or not sub.caught_up:
-            self.table.advance(sub, examined, caught_up)
+            self.stats.latencies_ms.append(time.time() * 1000 - _stored_ms(delivery))
 
     def _send(
         self, connection: store.Connection, sub: store.Subscription, message: dict[str, Any]
@@ -278,7 +388,7 @@ class FanOut:
         if now - self._housekept_at < HOUSEKEEPING_EVERY_S:
             return
         self._housekept_at = now
-        for connection in connections.values():
+        for connection in list(connections.values()):
             close = self._must_close(connection, now)
             if close is None:
                 continue
@@ -289,6 +399,7 @@ class FanOut:
             with contextlib.suppress(ManagementError):
                 self.connections.close(connection.connection_id)
             self.table.forget_connection(connection.connection_id)
+            del connections[connection.connection_id]
             self.stats.closed += 1
 
     def _must_close(self, connection: store.Connection, now: float) -> protocol.Close | None:
@@ -311,6 +422,11 @@ class FanOut:
 
 class _Gone(Exception):
     """The subscriber's connection is gone (410)."""
+
+
+class _OutOfTime(Exception):
+    """The run's time is nearly up in the middle of a pass: it stops there rather than be
+    killed mid-post (the one window of a repeated message, docs/realtime.md)."""
 
 
 def _stored_ms(delivery: consumer.Delivery) -> float:
@@ -361,6 +477,7 @@ async def run_fanout(
     """Pulls and serves batches until `should_stop()`; a batch is acknowledged only once
     served. Returns the consumer's lag at the end."""
     js = client.jetstream()
+    fanout.should_stop = should_stop
     pull = await js.pull_subscribe_bind(durable=durable, stream=STREAM)
     fanout.checkpoint = fanout.table.checkpoint(fanout.shard)
     idle_since, passed_at = time.monotonic(), float("-inf")  # the first idle pass at once
@@ -387,8 +504,11 @@ async def run_fanout(
             try:
                 await fanout.serve(batch)
                 passed_at = time.monotonic()
-            except Exception:
-                log.exception("serving a batch failed; it will be redelivered")
+            except Exception as failed:
+                if isinstance(failed, _OutOfTime):
+                    log.info("out of time in a batch; the rest of it will be redelivered")
+                else:
+                    log.exception("serving a batch failed; it will be redelivered")
                 for msg in messages:
                     await msg.nak(delay=consumer.NAK_DELAY_S)
                 break
@@ -433,13 +553,16 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
                 region.code,
                 shard,
             )
-            lag = await run_fanout(
-                client,
-                fanout,
-                durable_name(region.code, shard),
-                should_stop=lambda: context.get_remaining_time_in_millis() < reserve_ms,
-                idle_exit_s=float(idle) if idle else None,
-            )
+            try:
+                lag = await run_fanout(
+                    client,
+                    fanout,
+                    durable_name(region.code, shard),
+                    should_stop=lambda: context.get_remaining_time_in_millis() < reserve_ms,
+                    idle_exit_s=float(idle) if idle else None,
+                )
+            finally:
+                fanout.pool.shutdown()
             return fanout, lag
         finally:
             with contextlib.suppress(Exception):

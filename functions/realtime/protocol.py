@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from covenant import db
-from covenant.config import env_int, settings
+from covenant.config import settings
 from covenant.regions import load_regions
 from covenant.revocation import is_revoked
 from graphql_api import engine, subscriptions
@@ -29,7 +28,7 @@ from graphql_api.context import RequestContext
 from graphql_api.errors import ApiError
 from graphql_api.schema import executable_schema
 from realtime.management import Connections
-from realtime.store import Store, Subscription
+from realtime.store import Store, Subscription, shard_of
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +49,6 @@ def offered_subprotocols(headers: Mapping[str, Any] | None) -> list[str]:
         if str(name).lower() == "sec-websocket-protocol":
             return [part.strip() for part in str(value).split(",") if part.strip()]
     return []
-
-
-def shard_of(connection_id: str) -> str:
-    """The fan-out shard serving a connection (REALTIME_SHARDS, default 1: docs/deploy.md)."""
-    shards = max(1, env_int("REALTIME_SHARDS", 1))
-    return str(zlib.crc32(connection_id.encode()) % shards)
 
 
 def connect(store: Store, context: Mapping[str, Any], headers: Mapping[str, Any] | None) -> bool:

@@ -5,9 +5,15 @@ region (`covenant-realtime`), next to the region's API Gateway WebSocket API
     connectionId (HASH)  item (RANGE)       what
     <connection id>      connection         state (open | ready), the actor, token expiry
     <connection id>      sub#<id>           the subscription: document, variables, what it
-                                            listens to, `cursor` = last stream sequence delivered
+                                            listens to
+    <connection id>      cur#<id>           its cursor: the last stream sequence served to it
+                                            (written by the fan-out, `of` = the subscription's
+                                            createdAt, so a reused id never inherits it)
     #shard/<n>           checkpoint         the last stream sequence the fan-out of shard n
                                             finished (every subscription examined)
+    #shard/<n>           members            `version`, bumped by every subscribe, complete and
+                                            disconnect: the fan-out rereads the index only
+                                            when it moved
 
     GSI byShard: shard (HASH) + member (RANGE, "<connection id>#<item>"), all attributes: the
     fan-out's one read, "every connection and subscription of my shard".
@@ -21,17 +27,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from covenant import aws
-from covenant.config import env
+from covenant.config import env, env_int
 
 DEFAULT_TABLE = "covenant-realtime"
 INDEX = "byShard"
 CONNECTION = "connection"
 CHECKPOINT = "checkpoint"
+MEMBERS = "members"
+BATCH_WRITE_MAX = 25  # DynamoDB's BatchWriteItem limit
 MAX_CONNECTION_S = 2 * 3600  # API Gateway's maximum connection duration
 EXPIRY_SLACK_S = 600
 
@@ -84,8 +93,22 @@ def ensure_table(dynamodb: Any, name: str | None = None) -> None:
     )
 
 
+def shard_of(connection_id: str) -> str:
+    """The fan-out shard serving a connection (REALTIME_SHARDS, default 1: docs/deploy.md)."""
+    shards = max(1, env_int("REALTIME_SHARDS", 1))
+    return str(zlib.crc32(connection_id.encode()) % shards)
+
+
 def subscription_item(subscription_id: str) -> str:
     return f"sub#{subscription_id}"
+
+
+def cursor_item(subscription_id: str) -> str:
+    return f"cur#{subscription_id}"
+
+
+def _shard_key(shard: str) -> dict[str, str]:
+    return _s(f"#shard/{shard}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +137,16 @@ class Subscription:
     caught_up: bool = False
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """What the fan-out records after serving a subscription: served up to `seq`."""
+
+    subscription: Subscription
+    connection: Connection
+    seq: int
+    caught_up: bool
+
+
 def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
@@ -138,7 +171,6 @@ def _connection(item: dict[str, Any]) -> Connection:
 def _subscription(item: dict[str, Any]) -> Subscription:
     variables = item.get("variables", {}).get("S")
     since = item.get("since", {}).get("N")
-    cursor = item.get("cursor", {}).get("N")
     return Subscription(
         connection_id=item["connectionId"]["S"],
         subscription_id=item["item"]["S"].removeprefix("sub#"),
@@ -147,9 +179,8 @@ def _subscription(item: dict[str, Any]) -> Subscription:
         operation_name=item.get("operationName", {}).get("S"),
         subscribed=item["subscribed"]["S"],
         since=int(since) if since else None,
-        cursor=int(cursor) if cursor else None,
+        cursor=None,
         created_at_ms=int(item["createdAt"]["N"]),
-        caught_up=bool(item.get("caughtUp", {}).get("BOOL", False)),
     )
 
 
@@ -171,12 +202,12 @@ class Store:
                 "connectedAt": _n(connected_at_ms),
                 "shard": _s(shard),
                 "member": _s(f"{connection_id}#{CONNECTION}"),
-                "expiresAt": _n(self._expiry(connected_at_ms)),
+                "expiresAt": _n(self.expiry(connected_at_ms)),
             },
         )
 
     @staticmethod
-    def _expiry(connected_at_ms: int) -> int:
+    def expiry(connected_at_ms: int) -> int:
         return connected_at_ms // 1000 + MAX_CONNECTION_S + EXPIRY_SLACK_S
 
     def connection(self, connection_id: str) -> Connection | None:
@@ -235,7 +266,7 @@ class Store:
             "member": _s(
                 f"{connection.connection_id}#{subscription_item(subscription.subscription_id)}"
             ),
-            "expiresAt": _n(self._expiry(connection.connected_at_ms)),
+            "expiresAt": _n(self.expiry(connection.connected_at_ms)),
         }
         if subscription.variables:
             item["variables"] = _s(json.dumps(subscription.variables))
@@ -251,12 +282,24 @@ class Store:
             )
         except self.dynamodb.exceptions.ConditionalCheckFailedException:
             return False
+        self._members_changed(connection.shard)
         return True
 
     def remove_subscription(self, connection_id: str, subscription_id: str) -> None:
-        self.dynamodb.delete_item(
+        self._delete(
+            [
+                {"connectionId": _s(connection_id), "item": _s(item)}
+                for item in (subscription_item(subscription_id), cursor_item(subscription_id))
+            ]
+        )
+        self._members_changed(shard_of(connection_id))
+
+    def _members_changed(self, shard: str) -> None:
+        self.dynamodb.update_item(
             TableName=self.name,
-            Key={"connectionId": _s(connection_id), "item": _s(subscription_item(subscription_id))},
+            Key={"connectionId": _shard_key(shard), "item": _s(MEMBERS)},
+            UpdateExpression="ADD version :one",
+            ExpressionAttributeValues={":one": _n(1)},
         )
 
     def forget_connection(self, connection_id: str) -> int:
@@ -271,14 +314,21 @@ class Store:
             ConsistentRead=True,
         ):
             keys.extend(page["Items"])
-        for start in range(0, len(keys), 25):
-            requests = [{"DeleteRequest": {"Key": key}} for key in keys[start : start + 25]]
-            pending: dict[str, Any] = {self.name: requests}
+        self._delete(keys)
+        if keys:
+            self._members_changed(shard_of(connection_id))
+        return len(keys)
+
+    def _delete(self, keys: Sequence[dict[str, Any]]) -> None:
+        self._batch_write([{"DeleteRequest": {"Key": key}} for key in keys])
+
+    def _batch_write(self, requests: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(requests), BATCH_WRITE_MAX):
+            pending: dict[str, Any] = {self.name: list(requests[start : start + BATCH_WRITE_MAX])}
             while pending:
                 pending = self.dynamodb.batch_write_item(RequestItems=pending).get(
                     "UnprocessedItems", {}
                 )
-        return len(keys)
 
     # -- the fan-out's side -------------------------------------------------------------
 
@@ -287,6 +337,7 @@ class Store:
         so one written a moment ago may show up at the next read)."""
         connections: dict[str, Connection] = {}
         subscriptions: list[Subscription] = []
+        cursors: dict[tuple[str, str], tuple[int, int, bool]] = {}  # (conn, id) -> of, seq, ..
         for page in self.dynamodb.get_paginator("query").paginate(
             TableName=self.name,
             IndexName=INDEX,
@@ -294,40 +345,70 @@ class Store:
             ExpressionAttributeValues={":s": _s(shard)},
         ):
             for item in page["Items"]:
-                if item["item"]["S"] == CONNECTION:
+                kind = item["item"]["S"]
+                if kind == CONNECTION:
                     connection = _connection(item)
                     connections[connection.connection_id] = connection
-                else:
+                elif kind.startswith("cur#"):
+                    key = (item["connectionId"]["S"], kind.removeprefix("cur#"))
+                    cursors[key] = (
+                        int(item["of"]["N"]),
+                        int(item["cursor"]["N"]),
+                        item["caughtUp"]["BOOL"],
+                    )
+                elif kind.startswith("sub#"):
                     subscriptions.append(_subscription(item))
+        for n, sub in enumerate(subscriptions):
+            key = (sub.connection_id, sub.subscription_id)
+            of, seq, caught_up = cursors.get(key, (0, 0, False))
+            if of == sub.created_at_ms:  # else a cursor left by an earlier subscription's id
+                subscriptions[n] = replace(sub, cursor=seq, caught_up=caught_up)
         subscriptions.sort(key=lambda s: (s.connection_id, s.created_at_ms, s.subscription_id))
         return connections, subscriptions
 
-    def advance(self, subscription: Subscription, cursor: int, caught_up: bool) -> bool:
-        """Records that the subscription has been served up to `cursor` (a stream
-        sequence); never moves it back. False when it is gone (completed, disconnected)."""
-        try:
-            self.dynamodb.update_item(
-                TableName=self.name,
-                Key={
-                    "connectionId": _s(subscription.connection_id),
-                    "item": _s(subscription_item(subscription.subscription_id)),
-                },
-                UpdateExpression="SET #cursor = :seq, caughtUp = :caught_up",
-                ConditionExpression=(
-                    "attribute_exists(connectionId) AND "
-                    "(attribute_not_exists(#cursor) OR #cursor <= :seq)"
-                ),
-                ExpressionAttributeNames={"#cursor": "cursor"},
-                ExpressionAttributeValues={":seq": _n(cursor), ":caught_up": {"BOOL": caught_up}},
-            )
-        except self.dynamodb.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+    def members_version(self, shard: str) -> int:
+        """Moves whenever a subscription of the shard is added or removed (consistent read:
+        one small item instead of the index)."""
+        found = self.dynamodb.get_item(
+            TableName=self.name,
+            Key={"connectionId": _shard_key(shard), "item": _s(MEMBERS)},
+            ConsistentRead=True,
+        ).get("Item")
+        return int(found["version"]["N"]) if found else 0
+
+    def save_cursors(self, cursors: Sequence[Cursor]) -> None:
+        """Records where each subscription was served up to, 25 to a request. Unconditional
+        puts of items of their own (BatchWriteItem takes no condition): the fan-out never
+        moves a cursor back (one run per shard at a time, docs/realtime.md), a cursor of a
+        subscription removed meanwhile expires with its connection or goes with it, and one
+        left under a reused subscription id is not the new one's (`of`)."""
+        self._batch_write(
+            [
+                {
+                    "PutRequest": {
+                        "Item": {
+                            "connectionId": _s(c.subscription.connection_id),
+                            "item": _s(cursor_item(c.subscription.subscription_id)),
+                            "of": _n(c.subscription.created_at_ms),
+                            "cursor": _n(c.seq),
+                            "caughtUp": {"BOOL": c.caught_up},
+                            "shard": _s(c.connection.shard),
+                            "member": _s(
+                                f"{c.subscription.connection_id}#"
+                                f"{cursor_item(c.subscription.subscription_id)}"
+                            ),
+                            "expiresAt": _n(self.expiry(c.connection.connected_at_ms)),
+                        }
+                    }
+                }
+                for c in cursors
+            ]
+        )
 
     def checkpoint(self, shard: str) -> int:
         found = self.dynamodb.get_item(
             TableName=self.name,
-            Key={"connectionId": _s(f"#shard/{shard}"), "item": _s(CHECKPOINT)},
+            Key={"connectionId": _shard_key(shard), "item": _s(CHECKPOINT)},
             ConsistentRead=True,
         ).get("Item")
         return int(found["seq"]["N"]) if found else 0
@@ -337,7 +418,7 @@ class Store:
             self.dynamodb.put_item(
                 TableName=self.name,
                 Item={
-                    "connectionId": _s(f"#shard/{shard}"),
+                    "connectionId": _shard_key(shard),
                     "item": _s(CHECKPOINT),
                     "seq": _n(seq),
                     "at": _n(int(time.time())),

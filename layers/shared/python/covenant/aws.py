@@ -36,6 +36,7 @@ def client(
                 config=Config(
                     connect_timeout=3,
                     read_timeout=5,
+                    max_pool_connections=32,  # the fan-out posts side by side (16 by default)
                     retries={"max_attempts": 2, "mode": "standard"},
                 ),
                 **(_LOCAL_CREDENTIALS if local else {}),
