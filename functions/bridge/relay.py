@@ -18,14 +18,16 @@ before marking leaves the rows unpublished: the next pass publishes them again a
 duplicate window drops the copies.
 
 Order: the events of one aggregate (a project, a country) reach their streams in commit order.
-Batches are published one after the other, and within a batch every aggregate is a chain: its
-next event is published only once the previous one is acknowledged, so a failure known only at
-acknowledgement time (the stream rejects the event, JetStream is briefly unavailable, the
-connection drops) stops the chain before any later event of that aggregate is sent. The
-aggregate then waits, for the rest of the pass, behind its failed event. Chains of different
-aggregates are pipelined together: a batch costs about one round trip per event of its longest
-chain, not one per event. (Two events of one aggregate are never visible out of order: the
-second one's transaction waits for the first's row lock on the aggregate, so it commits later.)
+Every aggregate is a chain across the pass's batches: its next event is published only once
+the previous one is acknowledged, so a failure known only at acknowledgement time (the stream
+rejects the event, JetStream is briefly unavailable, the connection drops) stops the chain
+before any later event of that aggregate is sent. The aggregate then waits, for the rest of
+the pass, behind its failed event. Chains of different aggregates are pipelined together, and
+the next batch is published as soon as it is read, while this one's last acknowledgements are
+on their way (`_Publishing`): a batch is marked once its own events have all settled, and the
+stream is never left idle between batches. (Two events of one aggregate are never visible out
+of order: the second one's transaction waits for the first's row lock on the aggregate, so it
+commits later.)
 
 Failures are of two kinds. The event's own (the stream or the server refuses it: too large, a
 4xx reply) counts an attempt; after `max_attempts` the event is set aside (`dead_at`) and its
