@@ -716,8 +716,11 @@ def report(section: Section) -> None:
             f"{name:<50}{statistics.median(runs):>18,.0f}{', '.join(f'{r:,.0f}' for r in runs):>28}"
         )
     say("")
-    per_round = ", ".join(f"{r / c:.2f}" for r, c in zip(rates.relay, rates.ceiling, strict=True))
-    say(f"bridge / ceiling per round: {per_round}")
+    ratios = [r / c for r, c in zip(rates.relay, rates.ceiling, strict=True)]
+    say(
+        f"bridge / ceiling per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+        f"(median {statistics.median(ratios):.2f})"
+    )
     for size, runs in rates.other_batches.items():
         per_round = ", ".join(f"{r / c:.2f}" for r, c in zip(runs, rates.ceiling, strict=True))
         median = statistics.median(r / c for r, c in zip(runs, rates.ceiling, strict=True))
