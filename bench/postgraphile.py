@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -202,11 +203,23 @@ def _number(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
+# The handler answers sums of money as MoneyTotal (a decimal string, exact past 2^53).
+_MONEY = {"totalGdpUsd", "totalContributionUsd", "totalBudgetUsd"}
+
+
+def _money(value: Any) -> str:
+    amount = Decimal(str(value))
+    return str(int(amount)) if amount == amount.to_integral_value() else str(amount)
+
+
 def _stats(rows: list[dict[str, Any]], keys: dict[str, str]) -> list[dict[str, Any]]:
     """PostGraphile's stats rows in the handler's shape."""
     shaped = []
     for row in rows:
-        item: dict[str, Any] = {ours: _number(row[theirs]) for ours, theirs in keys.items()}
+        item: dict[str, Any] = {
+            ours: _money(row[theirs]) if ours in _MONEY else _number(row[theirs])
+            for ours, theirs in keys.items()
+        }
         item["projectsByStatus"] = [
             {"status": status.upper(), "count": _number(row[status]) or 0}
             for status in mix.STATUSES

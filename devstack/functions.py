@@ -77,10 +77,16 @@ def region_environment(
     `hop_url` (devstack.hop) what the CDK app gives it there: no writer (DATABASE_URL), the
     primary region's same function to hand writes to, and the Lambda endpoint to reach it.
     With `gateway_url`, the region's `@connections` endpoint (devstack.websocket) in
-    WEBSOCKET_MANAGEMENT_URL, for boto3's `apigatewaymanagementapi` client."""
+    WEBSOCKET_MANAGEMENT_URL, for boto3's `apigatewaymanagementapi` client, and for the
+    GraphQL function the region's WebSocket API in GRAPHQL_SUBSCRIPTIONS_URL (its explorer's
+    subscriptions), as the CDK app gives it the WebSocket stage's URL."""
     values = function_environment(function, region, endpoints)
     if gateway_url is not None:
         values["WEBSOCKET_MANAGEMENT_URL"] = f"{gateway_url}/{region.code}"
+        subscriptions = _websocket_path()
+        if function.name == "graphql" and subscriptions is not None:
+            ws_gateway = gateway_url.replace("http", "ws", 1)
+            values["GRAPHQL_SUBSCRIPTIONS_URL"] = f"{ws_gateway}/{region.code}{subscriptions}"
         values.setdefault("AWS_ACCESS_KEY_ID", "local")  # boto3 signs; the local API ignores it
         values.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     if hop_url is None or region.primary:
@@ -92,6 +98,11 @@ def region_environment(
     values.setdefault("AWS_ACCESS_KEY_ID", "local")  # boto3 signs; the local API ignores it
     values.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     return values
+
+
+def _websocket_path() -> str | None:
+    """The path the gateway serves the function table's WebSocket API at, if it has one."""
+    return next((f.websocket.path for f in load_functions().values() if f.websocket), None)
 
 
 def invoke(

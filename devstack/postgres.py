@@ -24,6 +24,10 @@ def _bin_path() -> Path:
 DATABASE = "covenant"
 SUPERUSER = "postgres"
 REPLICATION_SLOT = "covenant_replica"
+# The replica reports its positions every second (PostgreSQL's default: every 10 s), so the
+# primary's pg_stat_replication.replay_lag, which the bridge alerts on, moves by the second
+# while replay is stuck, as Aurora's per-instance lag does.
+_REPLICA_OPTIONS = "-c wal_receiver_status_interval=1"
 
 _PRIMARY_CONF = """
 # Written by devstack: a local primary that a streaming replica follows.
@@ -83,7 +87,7 @@ class PostgresCluster:
             self._create_database()
         if not (self._replica_dir / "PG_VERSION").exists():
             self._base_backup()
-        self._pg_ctl(self._replica_dir, self.replica.port, "replica")
+        self._pg_ctl(self._replica_dir, self.replica.port, "replica", _REPLICA_OPTIONS)
 
     def stop_leftovers(self) -> list[str]:
         """Stops servers still running from this folder after a stack that could not stop them
@@ -112,7 +116,7 @@ class PostgresCluster:
     def restart_replica(self) -> None:
         """Restarts the replica alone, as a reader instance reboots while its writer runs on."""
         self._run("pg_ctl", "-D", str(self._replica_dir), "-m", "fast", "-w", "stop")
-        self._pg_ctl(self._replica_dir, self.replica.port, "replica")
+        self._pg_ctl(self._replica_dir, self.replica.port, "replica", _REPLICA_OPTIONS)
 
     def stop(self) -> None:
         for folder in (self._replica_dir, self._primary_dir):
@@ -171,7 +175,7 @@ class PostgresCluster:
     def _to_primary(self) -> tuple[str, ...]:
         return ("-h", "127.0.0.1", "-p", str(self.primary.port), "-U", SUPERUSER)
 
-    def _pg_ctl(self, folder: Path, port: int, what: str) -> None:
+    def _pg_ctl(self, folder: Path, port: int, what: str, options: str = "") -> None:
         log = folder.parent / f"{folder.name}.log"
         if not log.exists():
             log.touch()
@@ -182,7 +186,7 @@ class PostgresCluster:
                 "-D",
                 str(folder),
                 "-o",
-                f"-p {port}",
+                f"-p {port} {options}".strip(),
                 "-l",
                 str(log),
                 "-w",

@@ -63,6 +63,11 @@ DATABASE_FUNCTIONS = (
 )
 
 
+# The functions whose login role may also read the replicas' status (migrator.handler): the
+# bridge, whose scheduled run alerts on replica lag.
+MONITORING_FUNCTIONS = ("bridge",)
+
+
 def database_user(function: str) -> str:
     return f"covenant_{function}"
 
@@ -347,6 +352,7 @@ class Migrations(Construct):
         assert groups.migrator is not None
         layers = SharedLayers(self, "Layers", ca_bundle=settings.database.ca_bundle)
         login_users = ",".join(database_user(f) for f in DATABASE_FUNCTIONS)
+        monitor_users = ",".join(database_user(f) for f in MONITORING_FUNCTIONS)
         self.function = CovenantFunction(
             self,
             "Migrator",
@@ -360,6 +366,7 @@ class Migrations(Construct):
                 **base_environment(service="migrator", region=region, settings=settings),
                 "DATABASE_SECRET_ARN": database.secret.secret_arn,
                 "DATABASE_LOGIN_USERS": login_users,
+                "DATABASE_MONITOR_USERS": monitor_users,
                 "DATABASE_TLS": settings.database.tls_query,
             },
             vpc=network.vpc,
@@ -409,6 +416,7 @@ class Migrations(Construct):
             properties={
                 "Digest": migrations_digest(regions_as_json(settings.regions)),
                 "LoginUsers": login_users,
+                "MonitorUsers": monitor_users,
                 "Tls": settings.database.tls_query,
                 **({"Run": settings.migrations_run} if settings.migrations_run else {}),
             },

@@ -778,6 +778,8 @@ class BridgeStack(Stack):
                 **self.nats.tls_environment,
                 "NATS_SECRET_ARN": self.bridge_secret.secret_arn,
                 "OUTBOX_RETENTION_S": str(settings.events.outbox_retention_days * DAY_S),
+                "BRIDGE_ALERT_REPLICA_LAG_WARNING_S": str(settings.events.replica_lag_warning_s),
+                "BRIDGE_ALERT_REPLICA_LAG_CRITICAL_S": str(settings.events.replica_lag_critical_s),
             },
             vpc=network.vpc,
             subnets=network.function_subnets,

@@ -268,6 +268,11 @@ class RegionalApiStack(Stack):
                 function=function,
                 log_key=network.data_key,
             )
+            # The explorer's subscriptions go to this region's own WebSocket stage (same
+            # stack, so no cross-stack reference).
+            self.functions["graphql"].function.add_environment(
+                "GRAPHQL_SUBSCRIPTIONS_URL", self.realtime.stage.url
+            )
         if settings.domain is not None:
             RegionalDomain(self, "Domain", region=region, domain=settings.domain, stage=self.stage)
 

@@ -144,6 +144,11 @@ class EventsSettings:
     # from its first enqueue in the wake-up queue, so the DLQ must keep messages longer.
     wakeup_retention_days: int = 4
     dead_letter_retention_days: int = 14
+    # Replica lag (seconds, the worst replica as the writer sees it) past which the bridge's
+    # scheduled run raises `replica_lag` on ALERTS: warning (the /health and CloudWatch alarm
+    # threshold too), critical.
+    replica_lag_warning_s: int = 5
+    replica_lag_critical_s: int = 30
 
     wakeup_queue_name: str = "covenant-outbox-wakeup"
     wakeup_dlq_name: str = "covenant-outbox-wakeup-dlq"
@@ -164,7 +169,15 @@ class EventsSettings:
             outbox_retention_days=int(raw.get("outboxRetentionDays", 7)),
             wakeup_retention_days=int(raw.get("wakeupRetentionDays", 4)),
             dead_letter_retention_days=int(raw.get("deadLetterRetentionDays", 14)),
+            replica_lag_warning_s=int(raw.get("replicaLagWarningSeconds", 5)),
+            replica_lag_critical_s=int(raw.get("replicaLagCriticalSeconds", 30)),
         )
+        if not 0 < settings.replica_lag_warning_s < settings.replica_lag_critical_s:
+            raise SettingsError(
+                "covenant:events.replicaLagWarningSeconds "
+                f"({settings.replica_lag_warning_s}) must be above 0 and below "
+                f"replicaLagCriticalSeconds ({settings.replica_lag_critical_s})"
+            )
         if settings.outbox_retention_days < 1:
             raise SettingsError(
                 "covenant:events.outboxRetentionDays must be at least 1, got "

@@ -28,6 +28,7 @@ from bridge.relay import (
     relay_pass,
     unpublished,
 )
+from bridge.replica_lag import MonitoringNotAllowed, replica_lags
 from covenant import alerts, config, db
 from covenant.config import env
 from covenant.events import event_source
@@ -46,6 +47,8 @@ class BridgeSettings:
     time_reserve_ms: int
     alert_lag_s: float  # outbox lag above which the bridge raises an alert
     alert_sign_in_failures: int  # failed sign-ins in 5 minutes above which it raises one
+    alert_replica_lag_warning_s: float  # replica lag above which the schedule warns
+    alert_replica_lag_critical_s: float  # and above which the alert is critical
 
     @classmethod
     def load(cls) -> BridgeSettings:
@@ -65,6 +68,8 @@ class BridgeSettings:
             time_reserve_ms=int(number("BRIDGE_TIME_RESERVE_MS", 3000)),
             alert_lag_s=number("BRIDGE_ALERT_LAG_S", 120),
             alert_sign_in_failures=int(number("BRIDGE_ALERT_SIGN_IN_FAILURES", 200)),
+            alert_replica_lag_warning_s=number("BRIDGE_ALERT_REPLICA_LAG_WARNING_S", 5),
+            alert_replica_lag_critical_s=number("BRIDGE_ALERT_REPLICA_LAG_CRITICAL_S", 30),
         )
 
 
@@ -87,11 +92,12 @@ def run_bridge(event: dict[str, Any], context: LambdaContext, metrics: Metrics) 
     lag_s = outbox_lag_seconds(database)
     metrics.add_metric("OutboxLagSeconds", MetricUnit.Seconds, lag_s)
     raised = raised_alerts(result, lag_s, settings.alert_lag_s)
-    if not is_batch:  # the scheduled run watches sign-in failures once a minute
+    if not is_batch:  # the scheduled run watches sign-in failures and replica lag
         with database.session() as session:
             failures = alerts.recent_sign_in_failures(session)
         if failures > settings.alert_sign_in_failures:
             raised.append(alerts.sign_in_failures(failures, settings.alert_sign_in_failures))
+        raised.extend(replica_lag_alerts(database, settings, metrics))
     if raised:
         connection.event_loop().run_until_complete(publish_alerts(raised, settings))
     if not is_batch:
@@ -153,6 +159,27 @@ def raised_alerts(result: RelayResult, lag_s: float, threshold_s: float) -> list
     if lag_s > threshold_s:
         raised.append(alerts.outbox_lag(lag_s, threshold_s))
     return raised
+
+
+def replica_lag_alerts(
+    database: db.Database, settings: BridgeSettings, metrics: Metrics
+) -> list[alerts.Alert]:
+    """The replica-lag alert of this scheduled run, if a replica is past the warning."""
+    try:
+        with database.session() as session:
+            lags = replica_lags(session)
+    except MonitoringNotAllowed as exc:
+        metrics.add_metric("ReplicaLagUnreadable", MetricUnit.Count, 1)
+        logger.error("replica lag not read: %s", exc)
+        return []
+    if lags:
+        metrics.add_metric("ReplicaLagSeconds", MetricUnit.Seconds, max(r.lag_s for r in lags))
+    alert = alerts.replica_lag(
+        {r.name: r.lag_s for r in lags},
+        settings.alert_replica_lag_warning_s,
+        settings.alert_replica_lag_critical_s,
+    )
+    return [alert] if alert else []
 
 
 async def publish_alerts(raised: list[alerts.Alert], settings: BridgeSettings) -> None:

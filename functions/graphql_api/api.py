@@ -33,7 +33,7 @@ from covenant.revocation import is_revoked
 from graphql_api import engine, transport
 from graphql_api.auth import Actor, InvalidToken, actor_from_event
 from graphql_api.context import RequestContext
-from graphql_api.explorer import CovenantExplorer
+from graphql_api.explorer import CovenantExplorer, page_origin
 from graphql_api.schema import executable_schema
 
 logger = logging.getLogger(__name__)
@@ -147,13 +147,20 @@ def serve(event: dict[str, Any], context: LambdaContext, metrics: Metrics) -> di
         )
     except transport.ExplorerRequested:
         region = settings().region
-        html = CovenantExplorer(
-            f"Covenant GraphQL ({region})", env("GRAPHQL_EXPLORER_ASSETS_URL")
-        ).html(None)
+        explorer = CovenantExplorer(
+            f"Covenant GraphQL ({region})",
+            env("GRAPHQL_EXPLORER_ASSETS_URL"),
+            env("GRAPHQL_SUBSCRIPTIONS_URL"),
+            page_origin(event.get("headers") or {}),
+        )
         return {
             "statusCode": 200,
-            "headers": {"Content-Type": "text/html; charset=utf-8", **cors},
-            "body": html,
+            "headers": {
+                "Content-Type": "text/html; charset=utf-8",
+                "Content-Security-Policy": explorer.content_security_policy,
+                **cors,
+            },
+            "body": explorer.html(None),
         }
     except transport.TransportError as error:
         metrics.add_metric("RequestErrors", MetricUnit.Count, 1)

@@ -4,13 +4,18 @@ Create and Update apply the pending migrations and the seed data with the one mi
 (`covenant.migrate`, `covenant.seed`), as the master user whose credentials Secrets Manager
 holds, then make sure every function's login role exists: NOLOGIN group `covenant_app` with
 the data privileges, and one LOGIN role per function granted `rds_iam`, so the functions sign
-in with IAM tokens only. Everything is idempotent; a failure fails the deploy, which rolls back.
+in with IAM tokens only. The roles of DATABASE_MONITOR_USERS (the bridge's: it alerts on replica
+lag) may also read the replicas' status, and nothing more: `pg_read_all_stats` (the walsenders'
+figures in `pg_stat_replication`, which PostgreSQL otherwise hides) and, on Aurora, EXECUTE on
+`aurora_global_db_instance_status()` and `aurora_global_db_status()` should PUBLIC not hold it.
+Everything is idempotent; a failure fails the deploy, which rolls back.
 Delete never touches the database.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -45,7 +50,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return {"PhysicalResourceId": event.get("PhysicalResourceId", PHYSICAL_ID)}
     database = master_database()
     try:
-        data = apply(database, login_users())
+        data = apply(database, login_users(), monitor_users())
     finally:
         database.close()
     logger.info("database ready", extra=data)
@@ -57,6 +62,16 @@ def login_users() -> list[str]:
     for user in users:
         if not _IDENTIFIER.match(user):
             raise MigratorError(f"DATABASE_LOGIN_USERS: {user!r} is not a plain role name")
+    return users
+
+
+def monitor_users() -> list[str]:
+    """The login roles that may also read the replicas' status; each must be a login user."""
+    users = [u.strip() for u in (env("DATABASE_MONITOR_USERS") or "").split(",") if u.strip()]
+    logins = set(login_users())
+    for user in users:
+        if user not in logins:
+            raise MigratorError(f"DATABASE_MONITOR_USERS: {user!r} is not in DATABASE_LOGIN_USERS")
     return users
 
 
@@ -89,20 +104,21 @@ def master_database() -> Database:
     )
 
 
-def apply(database: Database, users: list[str]) -> dict[str, str]:
+def apply(database: Database, users: list[str], monitors: Sequence[str] = ()) -> dict[str, str]:
     """Migrations, seed data, login roles; returns what the custom resource reports."""
     applied = migrate(database)
     seeded = seed(database)
-    ensure_login_roles(database, users)
+    ensure_login_roles(database, users, monitors)
     return {
         "Applied": ",".join(f"{m.version:04d}_{m.name}" for m in applied) or "none",
         "Countries": str(seeded.countries),
         "Projects": str(seeded.projects),
         "LoginRoles": ",".join(users),
+        "MonitorRoles": ",".join(monitors),
     }
 
 
-def ensure_login_roles(database: Database, users: list[str]) -> None:
+def ensure_login_roles(database: Database, users: list[str], monitors: Sequence[str] = ()) -> None:
     with database.session() as session:
         session.run("BEGIN")
         try:
@@ -110,6 +126,8 @@ def ensure_login_roles(database: Database, users: list[str]) -> None:
             iam_role = session.scalar("SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'")
             for user in users:
                 _login_role(session, user, iam=bool(iam_role))
+            for user in monitors:
+                _grant_monitoring(session, user)
             session.run("COMMIT")
         except BaseException:
             session.run("ROLLBACK")
@@ -157,3 +175,48 @@ def _login_role(session: Session, user: str, *, iam: bool) -> None:
     session.run(f"GRANT {APP_ROLE} TO {user}")
     if iam:
         session.run(f"GRANT rds_iam TO {user}")
+
+
+# The functions AWS documents for a global database's lag, which bridge.replica_lag reads
+# (its AURORA_FUNCTIONS: the two packages share no module); absent outside Aurora.
+AURORA_LAG_FUNCTIONS = ("aurora_global_db_instance_status()", "aurora_global_db_status()")
+
+
+def _grant_monitoring(session: Session, user: str) -> None:
+    """What reading the replicas' lag takes, and no more: pg_read_all_stats, not pg_monitor (it
+    adds every setting and the table-scanning statistics functions) unless the master user may
+    grant only that (a grantor needs ADMIN on the very role it grants, and AWS documents what
+    rds_superuser may grant only loosely). A lag function the master may not grant EXECUTE on
+    leaves a warning here, not a failed deploy: the bridge then reports ReplicaLagUnreadable
+    every minute, and the CloudWatch replica-lag alarm still watches."""
+    if not _IDENTIFIER.match(user):
+        raise MigratorError(f"{user!r} is not a plain role name")
+    functions = ", ".join(f"'{f}'" for f in AURORA_LAG_FUNCTIONS)
+    session.run(
+        f"""
+        DO $$
+        DECLARE
+            signature text;
+        BEGIN
+            BEGIN
+                GRANT pg_read_all_stats TO {user};
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE WARNING 'may not grant pg_read_all_stats; granting pg_monitor to {user}';
+                GRANT pg_monitor TO {user};
+            END;
+            FOREACH signature IN ARRAY ARRAY[{functions}] LOOP
+                IF to_regprocedure(signature) IS NOT NULL
+                   AND NOT has_function_privilege('{user}', to_regprocedure(signature), 'EXECUTE')
+                THEN
+                    BEGIN
+                        EXECUTE format(
+                            'GRANT EXECUTE ON FUNCTION %s TO {user}', to_regprocedure(signature)
+                        );
+                    EXCEPTION WHEN insufficient_privilege THEN
+                        RAISE WARNING 'may not grant EXECUTE on % to {user}', signature;
+                    END;
+                END IF;
+            END LOOP;
+        END $$
+        """
+    )

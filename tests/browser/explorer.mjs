@@ -1,20 +1,9 @@
 // Opens the GraphQL explorer in headless Chromium, runs its query, prints what it shows.
 // Usage: node explorer.mjs <explorer url> <text the result must contain>
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, expected] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage();
   const failed = [];

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from covenant.regions import load_regions
+from covenant.regions import cdk_context, load_regions
 from covenant.streams import DAY_S, STREAMS
 from covenant.topology import load_functions
 from stacks.events import BRIDGE_NATS_PERMISSIONS, consumers_nats_permissions
 from stacks.layers import build_dependencies, locked_versions, runtime_requirements
-from stacks.settings import DATABASE_CA_PARAMETER_PATH
+from stacks.settings import DATABASE_CA_PARAMETER_PATH, EventsSettings, SettingsError
 
 from .conftest import DOMAIN, resources
 
@@ -198,6 +198,9 @@ def test_migrations_run_on_deploy_as_a_custom_resource(templates) -> None:
         == "covenant_graphql,covenant_mobile,covenant_bridge,covenant_analytics,"
         "covenant_mobile_push,covenant_notifier,covenant_realtime,covenant_fanout"
     )
+    # The bridge's role alone may also read the replicas' status (its replica-lag alert).
+    assert env["DATABASE_MONITOR_USERS"] == "covenant_bridge"
+    assert resource["Properties"]["MonitorUsers"] == "covenant_bridge"
     assert env["DATABASE_TLS"] == VERIFIED_TLS
     assert len(migrator["Layers"]) == 2  # dependencies, shared code (the CA is in SSM)
     assert "VpcConfig" in migrator
@@ -597,6 +600,9 @@ def test_wakeup_queue_has_a_dead_letter_queue_and_the_bridge_reports_item_failur
     assert {"NATS_URL", "NATS_SECRET_ARN", "DATABASE_URL"} <= set(env)
     assert f"?{VERIFIED_TLS}&auth=iam" in json.dumps(env["DATABASE_URL"])
     assert env["OUTBOX_RETENTION_S"] == str(7 * DAY_S)  # covenant:events.outboxRetentionDays
+    # covenant:events.replicaLagWarningSeconds / replicaLagCriticalSeconds
+    assert env["BRIDGE_ALERT_REPLICA_LAG_WARNING_S"] == "5"
+    assert env["BRIDGE_ALERT_REPLICA_LAG_CRITICAL_S"] == "30"
 
 
 def test_schedules_sweep_the_outbox_and_probe_jetstream(templates) -> None:
@@ -745,3 +751,14 @@ def test_the_dependencies_layer_holds_the_pinned_packages_for_arm64() -> None:
         assert (folder / package).is_dir()
     assert any(p.name == "pg8000-1.31.6.dist-info" for p in folder.iterdir())
     assert any("aarch64" in p.name for p in folder.rglob("*.so"))
+
+
+@pytest.mark.parametrize(("warning", "critical"), [(30, 5), (5, 5), (0, 30)])
+def test_replica_lag_thresholds_rise_from_warning_to_critical(warning, critical) -> None:
+    raw = {
+        **cdk_context()["covenant:events"],
+        "replicaLagWarningSeconds": warning,
+        "replicaLagCriticalSeconds": critical,
+    }
+    with pytest.raises(SettingsError, match="replicaLagWarningSeconds"):
+        EventsSettings.parse(raw)

@@ -128,3 +128,29 @@ def test_an_alert_without_a_severity_is_dropped_and_acknowledged(
     assert stats.processed == 1
     assert all(received(url, moto_url) == [] for url in queues.values())
     assert jet.pending("ALERTS", "ALERT_ROUTER") == 0
+
+
+def test_replica_lag_is_sent_once_per_window_and_again_when_it_turns_critical(
+    routed: Any, jet: Jet, moto_url: str
+) -> None:
+    """The bridge's replica-lag alert, raised in three producer windows (15 minutes of a
+    lagging replica) as a warning, then critical: one message on each topic."""
+
+    def raised(lag_s: float) -> tuple[str, dict[str, Any]]:
+        found = alerts.replica_lag({"eu-west-1/ams-reader-1": lag_s}, 5, 30)
+        assert found is not None
+        event = found.event("/covenant/iad/bridge", now=uuid.uuid4().int % 10**9 * 300)
+        return event.type, event.envelope()
+
+    _, queues = routed
+    jet.publish([raised(6.5), raised(8.0), raised(12.0)])
+    jet.consume("ALERTS", "ALERT_ROUTER", alert_router.effect)
+    (warning,) = received(queues["warning"], moto_url)
+    assert warning["Subject"] == "[warning] replica_lag"
+    assert "eu-west-1/ams-reader-1 is 6.5 s behind the writer" in warning["Message"]
+    jet.publish([raised(45.0)])
+    jet.consume("ALERTS", "ALERT_ROUTER", alert_router.effect)
+    (critical,) = received(queues["critical"], moto_url)
+    assert critical["Subject"] == "[critical] replica_lag"
+    assert received(queues["warning"], moto_url) == []
+    assert alerts.replica_lag({"eu-west-1/ams-reader-1": 4.9}, 5, 30) is None

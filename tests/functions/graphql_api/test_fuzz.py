@@ -153,8 +153,10 @@ BUILT = st.lists(st.one_of(_create(), _update(), _delete(), _OTHERS), min_size=1
 
 
 @pytest.fixture(scope="module")
-def pool(servers) -> Iterator[list[str]]:
-    """Projects this test owns; and afterwards, every project the test created goes."""
+def pool(servers, primary_lambda) -> Iterator[list[str]]:
+    """Projects this test owns; and afterwards, every project the test created goes. Writes
+    from a secondary region reach the primary through `primary_lambda`, which this module may
+    be the first to need."""
     with db.writer().session() as session:
         start = int(session.scalar("SELECT coalesce(max(seq), 0) FROM outbox"))
     ids = []

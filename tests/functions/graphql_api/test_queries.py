@@ -264,6 +264,46 @@ def test_stats_agree_with_the_data(gql) -> None:
     assert bad.codes == ["BAD_USER_INPUT"]
 
 
+def test_sectoral_stats_match_one_pass_over_the_projects_in_every_digit(gql) -> None:
+    """sectoralStats folds projects into (sector, country, status) groups first; its answer is
+    what one aggregate over the projects gives, averages to the last digit."""
+    reply = gql(
+        """{ sectoralStats { sector { id } projectCount countryCount totalBudgetUsd
+             averageImpactScore averageProgress projectsByStatus { status count } } }"""
+    )
+    assert not reply.errors, reply.body
+    with db.reader().session() as session:
+        rows = session.run(
+            "SELECT s.id, count(p.id), count(DISTINCT p.country_code), "
+            "COALESCE(sum(p.budget_usd), 0)::text, avg(p.impact_score)::float8, "
+            "avg(p.progress)::float8, "
+            "count(p.id) FILTER (WHERE p.status = 'planning'), "
+            "count(p.id) FILTER (WHERE p.status = 'active'), "
+            "count(p.id) FILTER (WHERE p.status = 'completed'), "
+            "count(p.id) FILTER (WHERE p.status = 'cancelled') "
+            "FROM sectors s LEFT JOIN projects p ON p.sector_id = s.id GROUP BY s.id"
+        )
+    expected = {
+        sector: {
+            "sector": {"id": sector},
+            "projectCount": n,
+            "countryCount": countries,
+            "totalBudgetUsd": budget,
+            "averageImpactScore": impact,
+            "averageProgress": progress,
+            "projectsByStatus": [
+                {"status": status, "count": count}
+                for status, count in zip(
+                    ("PLANNING", "ACTIVE", "COMPLETED", "CANCELLED"), counts, strict=True
+                )
+            ],
+        }
+        for sector, n, countries, budget, impact, progress, *counts in rows
+    }
+    assert sum(s["projectCount"] for s in expected.values()) > 0
+    assert {s["sector"]["id"]: s for s in reply.data["sectoralStats"]} == expected
+
+
 def test_the_same_stats_asked_again_under_aliases_run_once(gql) -> None:
     """Aliases asking for the same aggregate share its one statement (and its answer);
     other arguments are other statements."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from covenant import db
 from covenant.regions import get_region, region_codes
 from devstack.functions import get_function, invoke
 from devstack.processes import free_port, wait_until
+from mobile import health
 
 from ...handoff_fixture import PrimaryLambda, secondary_environment
 
@@ -94,6 +96,51 @@ def test_nats_counts_as_up_when_any_server_of_its_cluster_answers(servers) -> No
     status, body = _health(servers, _primary_region(), NATS_URL=f"{dead},{servers.nats.url}")
     assert (status, body["status"]) == (200, "healthy"), body
     assert body["checks"]["nats"]["reachable"] is True
+
+
+def _nats_connections_ever(servers) -> int:
+    """How many client connections the nats-server has accepted since it started."""
+    varz = f"http://127.0.0.1:{servers.nats.monitor_port}/varz"
+    with urllib.request.urlopen(varz, timeout=5) as answer:
+        return int(json.load(answer)["total_connections"])
+
+
+def test_a_storm_of_health_checks_opens_one_nats_connection_per_second(
+    servers, monkeypatch
+) -> None:
+    """The primary's NATS check greets NATS at most once a NATS_CHECK_TTL_S (1 s) per
+    execution environment; the requests in between reuse its answer and say how old it is."""
+    health._nats_checks.clear()
+    # A loaded machine may take longer than a second for the whole storm: the count is about
+    # reuse, so the answer stands for the storm's length here, and for 1 s below.
+    monkeypatch.setattr(health, "NATS_CHECK_TTL_S", 60.0)
+    before = _nats_connections_ever(servers)
+    storm = [_health(servers, _primary_region())[1]["checks"]["nats"] for _ in range(25)]
+    assert _nats_connections_ever(servers) - before == 1
+    assert all(check["reachable"] and check["jetstream"] for check in storm)
+    assert storm[0]["ageMs"] == 0.0
+    assert all(check["ageMs"] > 0 for check in storm[1:])
+    assert {check["latency"] for check in storm} == {storm[0]["latency"]}  # the probe's own
+
+    monkeypatch.setattr(health, "NATS_CHECK_TTL_S", 1.0)
+    time.sleep(1.05)  # past the answer's time: the next request greets NATS again
+    again = _health(servers, _primary_region())[1]["checks"]["nats"]
+    assert again["ageMs"] == 0.0
+    assert _nats_connections_ever(servers) - before == 2
+
+
+def test_an_unreachable_nats_is_remembered_as_briefly(servers) -> None:
+    """A storm against a NATS that is down does not wait out a probe per request either, and
+    another NATS_URL (a new configuration) is probed at once."""
+    health._nats_checks.clear()
+    dead = f"nats://127.0.0.1:{free_port()}"
+    first, second = (
+        _health(servers, _primary_region(), NATS_URL=dead)[1]["checks"]["nats"] for _ in range(2)
+    )
+    assert first["reachable"] is second["reachable"] is False
+    assert (first["ageMs"], second["ageMs"] > 0) == (0.0, True)
+    fresh = _health(servers, _primary_region())[1]["checks"]["nats"]
+    assert fresh["reachable"] is True and fresh["ageMs"] == 0.0
 
 
 def test_the_primary_with_its_writer_down_is_degraded_and_says_so(servers) -> None:

@@ -7,7 +7,10 @@ Raised (published to the ALERTS stream as `alerts.<severity>.<kind>` CloudEvents
   than BRIDGE_ALERT_LAG_S, 120 s);
 - by the bridge's scheduled run: `sign_in_failures` (warning: more failed sign-in attempts
   in the last 5 minutes than BRIDGE_ALERT_SIGN_IN_FAILURES, 200, all regions together: the
-  failure throttle's own table, `auth_failures`, which every region writes on the primary).
+  failure throttle's own table, `auth_failures`, which every region writes on the primary),
+  and `replica_lag` (warning past BRIDGE_ALERT_REPLICA_LAG_WARNING_S, 5 s; critical past
+  BRIDGE_ALERT_REPLICA_LAG_CRITICAL_S, 30 s: the worst replica of any region, as the writer
+  sees it, bridge.replica_lag).
 
 An alert's id is uuid5(its dedup key, the window it falls in), and it is published with that
 id as `Nats-Msg-Id`: every producer raising the same condition in one window (several bridge
@@ -117,6 +120,31 @@ def sign_in_failures(failures: int, threshold: int) -> Alert:
         f"{failures} failed sign-in attempts in the last {SIGN_IN_WINDOW_S // 60} minutes "
         f"(threshold {threshold}): credential stuffing, or a broken client",
         {"failures": failures, "threshold": threshold, "windowSeconds": SIGN_IN_WINDOW_S},
+    )
+
+
+def replica_lag(lags: Mapping[str, float], warning_s: float, critical_s: float) -> Alert | None:
+    """The alert for these replicas' lags (seconds by replica name), or None when none is past
+    the warning threshold. One key per severity: a lag that grows from warning to critical is
+    sent again at once, not held back by the warning's dedup window."""
+    if not lags:
+        return None
+    worst, lag_s = max(lags.items(), key=lambda item: item[1])
+    severity: Severity
+    if lag_s > critical_s:
+        severity, threshold_s = "critical", critical_s
+    elif lag_s > warning_s:
+        severity, threshold_s = "warning", warning_s
+    else:
+        return None
+    behind = {name: round(lag, 3) for name, lag in lags.items() if lag > warning_s}
+    return Alert(
+        "replica_lag",
+        severity,
+        f"database replica {worst} is {lag_s:.1f} s behind the writer (threshold "
+        f"{threshold_s:g} s); {len(behind)} replica(s) past {warning_s:g} s",
+        {"lagSeconds": behind, "worst": worst, "thresholdSeconds": threshold_s},
+        dedup_key=f"replica_lag.{severity}",
     )
 
 
