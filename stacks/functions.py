@@ -18,6 +18,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from covenant.regions import Region, regions_as_json
+from graphql_api import schema_cache
 from stacks.layers import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from stacks.nag import acknowledge, nag_partition
 from stacks.settings import DATABASE_CA_PARAMETER_PATH, REPO_ROOT, AppSettings, DeploySettings
@@ -152,6 +153,8 @@ class CovenantFunction(Construct):
                 ],
             )
         )
+        if "graphql_api" in (package, *extra_packages):
+            schema_cache.write()  # packaged with the code: init loads the SDL parsed
         self.function = lambda_.Function(
             self,
             "Function",

@@ -18,14 +18,16 @@ before marking leaves the rows unpublished: the next pass publishes them again a
 duplicate window drops the copies.
 
 Order: the events of one aggregate (a project, a country) reach their streams in commit order.
-Batches are published one after the other, and within a batch every aggregate is a chain: its
-next event is published only once the previous one is acknowledged, so a failure known only at
-acknowledgement time (the stream rejects the event, JetStream is briefly unavailable, the
-connection drops) stops the chain before any later event of that aggregate is sent. The
-aggregate then waits, for the rest of the pass, behind its failed event. Chains of different
-aggregates are pipelined together: a batch costs about one round trip per event of its longest
-chain, not one per event. (Two events of one aggregate are never visible out of order: the
-second one's transaction waits for the first's row lock on the aggregate, so it commits later.)
+Every aggregate is a chain across the pass's batches: its next event is published only once
+the previous one is acknowledged, so a failure known only at acknowledgement time (the stream
+rejects the event, JetStream is briefly unavailable, the connection drops) stops the chain
+before any later event of that aggregate is sent. The aggregate then waits, for the rest of
+the pass, behind its failed event. Chains of different aggregates are pipelined together, and
+the next batch is published as soon as it is read, while this one's last acknowledgements are
+on their way (`_Publishing`): a batch is marked once its own events have all settled, and the
+stream is never left idle between batches. (Two events of one aggregate are never visible out
+of order: the second one's transaction waits for the first's row lock on the aggregate, so it
+commits later.)
 
 Failures are of two kinds. The event's own (the stream or the server refuses it: too large, a
 4xx reply) counts an attempt; after `max_attempts` the event is set aside (`dead_at`) and its
@@ -52,7 +54,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -340,12 +342,18 @@ async def relay_pass(
             return result
         claim = functools.partial(reader.claim, min_age_s, settings.batch_size)
         claimed = read(functools.partial(claim, []))
+        publishing = _Publishing(publisher, settings.ack_timeout_s, result, blocked)
+        published: _Batch | None = None  # its acknowledgements may still be arriving
+
+        def finish(batch: _Batch) -> Awaitable[None]:
+            return _finish(batch, publishing, database, settings, result, marks, marking)
+
         for number in range(1, settings.batches_per_pass + 1):
             events = await claimed
             out_of_time = deadline is not None and time.monotonic() >= deadline
             if number > 1 and out_of_time:
-                # Read ahead while the batch before waited for its acknowledgements; publishing
-                # it now could outlast the invocation. Its events stay for the next pass.
+                # Read ahead while the batch before was published; publishing it now could
+                # outlast the invocation. Its events stay for the next pass.
                 result.more = True
                 break
             seen.extend(event.seq for event in events)
@@ -353,22 +361,15 @@ async def relay_pass(
             last = not full or number == settings.batches_per_pass or out_of_time
             if not last:  # read the next batch while this one is published
                 claimed = read(functools.partial(claim, list(seen)))
-            acknowledged = await publish_in_order(
-                events, publisher, settings.ack_timeout_s, result, blocked
-            )
-            result.published.extend(event.id for event in acknowledged)
-            rejected = {e.id: result.failed[e.id] for e in events if e.id in result.rejected}
-            result.dead.extend(
-                e.id for e in events if e.id in rejected and e.attempts + 1 >= settings.max_attempts
-            )
-            mark = functools.partial(
-                _mark, database, [e.seq for e in acknowledged], rejected, settings.max_attempts
-            )
-            marks.append(loop.run_in_executor(marking, mark))
-            _raise_failed(marks)  # a failed mark ends the pass: its events go again
+            batch = await publishing.add(events)
+            if published is not None:  # its acknowledgements arrived while this one was sent
+                await finish(published)
+            published = batch
             if last:
                 result.more = full
                 break
+        if published is not None:
+            await finish(published)
         await _settled(marks)  # every mark committed before the lock is released
         await _settled(reads)
         await read(reader.commit)
@@ -377,6 +378,30 @@ async def relay_pass(
         await asyncio.shield(loop.run_in_executor(reading, reader.rollback))
         raise
     return result
+
+
+async def _finish(
+    batch: _Batch,
+    publishing: _Publishing,
+    database: Database,
+    settings: RelaySettings,
+    result: RelayResult,
+    marks: list[asyncio.Future[Any]],
+    marking: ThreadPoolExecutor,
+) -> None:
+    """Waits for the batch's acknowledgements, then marks it on the marking thread."""
+    acknowledged = await publishing.settle(batch)
+    result.published.extend(event.id for event in acknowledged)
+    events = batch.events
+    rejected = {e.id: result.failed[e.id] for e in events if e.id in result.rejected}
+    result.dead.extend(
+        e.id for e in events if e.id in rejected and e.attempts + 1 >= settings.max_attempts
+    )
+    mark = functools.partial(
+        _mark, database, [e.seq for e in acknowledged], rejected, settings.max_attempts
+    )
+    marks.append(asyncio.get_running_loop().run_in_executor(marking, mark))
+    _raise_failed(marks)  # a failed mark ends the pass: its events go again
 
 
 def _raise_failed(futures: list[asyncio.Future[Any]]) -> None:
@@ -425,79 +450,149 @@ async def publish_in_order(
     returns the acknowledged ones and records every failure in `result`. An aggregate in
     `blocked` publishes nothing; one whose event fails is added to it. Gives up on what is
     still unacknowledged when no acknowledgement arrived for `ack_timeout_s`."""
-    chains: dict[str, deque[OutboxEvent]] = {}
-    for event in events:
-        if event.aggregate not in blocked:
-            chains.setdefault(event.aggregate, deque()).append(event)
-    acknowledged: list[OutboxEvent] = []
-    in_flight: dict[str, OutboxEvent] = {}
-    settled: deque[tuple[OutboxEvent, BaseException | None]] = deque()
-    arrived = asyncio.Event()
-    max_size = publisher.max_payload
-    unanswered: dict[str | None, list[OutboxEvent]] = {}  # "no responders", by stream
+    publishing = _Publishing(publisher, ack_timeout_s, result, blocked)
+    return await publishing.settle(await publishing.add(events))
 
-    def fail(event: OutboxEvent, reason: str, *, rejected: bool = False) -> None:
-        result.failed[event.id] = reason
-        if rejected:
-            result.rejected.add(event.id)
-        blocked.add(event.aggregate)
 
-    def on_settled(event: OutboxEvent, error: BaseException | None) -> None:
-        settled.append((event, error))
-        arrived.set()
+@dataclass(eq=False)
+class _Batch:
+    events: list[OutboxEvent]
+    outstanding: set[str] = field(default_factory=set)  # sent or queued, not yet settled
+    acknowledged: list[OutboxEvent] = field(default_factory=list)
+    unanswered: dict[str | None, list[OutboxEvent]] = field(default_factory=dict)  # by stream
 
-    async def send(event: OutboxEvent) -> None:
+
+class _Publishing:
+    """A pass's publishing. Every aggregate is a chain that runs across the pass's batches:
+    its next event is sent once the previous one is acknowledged, whichever batch either is
+    in. So the next batch can be published while this one's last acknowledgements are on
+    their way (`add` before `settle`): a batch no longer ends with the stream idle for a round
+    trip, and the order within an aggregate is the same. Invariant: an aggregate has a chain
+    exactly when the chain's first event is in flight."""
+
+    def __init__(
+        self, publisher: Publisher, ack_timeout_s: float, result: RelayResult, blocked: set[str]
+    ) -> None:
+        self._publisher = publisher
+        self._ack_timeout_s = ack_timeout_s
+        self._result = result
+        self._blocked = blocked
+        self._chains: dict[str, deque[OutboxEvent]] = {}
+        self._batch_of: dict[str, _Batch] = {}  # event id -> its batch, until settled
+        self._in_flight: dict[str, OutboxEvent] = {}
+        self._settled: deque[tuple[OutboxEvent, BaseException | None]] = deque()
+        self._arrived = asyncio.Event()
+        self._max_size = publisher.max_payload
+
+    async def add(self, events: list[OutboxEvent]) -> _Batch:
+        """Queues `events` behind their aggregates' chains and sends the first event of each
+        new chain. A blocked aggregate's events are left out (they stay in the outbox)."""
+        batch = _Batch(events)
+        heads: list[OutboxEvent] = []
+        for event in events:
+            if event.aggregate in self._blocked:
+                continue
+            batch.outstanding.add(event.id)
+            self._batch_of[event.id] = batch
+            chain = self._chains.get(event.aggregate)
+            if chain is None:
+                self._chains[event.aggregate] = deque((event,))
+                heads.append(event)
+            else:
+                chain.append(event)
+        for event in heads:
+            await self._send(event)
+        return batch
+
+    async def settle(self, batch: _Batch) -> list[OutboxEvent]:
+        """Waits until every event of `batch` is acknowledged, failed, or left behind a
+        failure (meanwhile later batches' events flow); returns the acknowledged ones."""
+        while batch.outstanding:
+            if not self._settled:
+                if not self._in_flight:
+                    raise RuntimeError("relay: events queued behind no publish in flight")
+                self._arrived.clear()
+                try:
+                    async with asyncio.timeout(self._ack_timeout_s):
+                        await self._arrived.wait()
+                except TimeoutError:
+                    silent = TimeoutError(f"no acknowledgement within {self._ack_timeout_s:g} s")
+                    self._publisher.fail_pending(silent)
+                    self._settled.extend(
+                        (e, silent)
+                        for e in self._in_flight.values()
+                        if (e, silent) not in self._settled
+                    )
+            while self._settled:
+                await self._on_settled(*self._settled.popleft())
+        for stream, unheard in batch.unanswered.items():
+            await _no_responders(stream, unheard, self._publisher, self._result)
+        return batch.acknowledged
+
+    def _arrive(self, event: OutboxEvent, error: BaseException | None) -> None:
+        self._settled.append((event, error))
+        self._arrived.set()
+
+    async def _on_settled(self, event: OutboxEvent, error: BaseException | None) -> None:
+        if self._in_flight.pop(event.id, None) is None:
+            return  # settled twice (a publish timed out here, then failed there)
+        batch = self._batch_of[event.id]
+        if isinstance(error, NoStreamResponseError | NoRespondersError):
+            batch.unanswered.setdefault(_stream_of(event.subject), []).append(event)
+            self._block(event.aggregate)
+            return
+        failure = _failure(event, error, self._result)
+        if failure is not None:
+            self._fail(event, failure, rejected=event.id in self._result.rejected)
+            return
+        batch.acknowledged.append(event)
+        self._done(event)
+        chain = self._chains[event.aggregate]
+        chain.popleft()
+        if chain:
+            await self._send(chain[0])
+        else:
+            del self._chains[event.aggregate]
+
+    async def _send(self, event: OutboxEvent) -> None:
         payload = event.payload.encode("utf-8")
         size = message_size(payload, event.id)
-        if size > max_size:
-            fail(event, f"event of {size} bytes exceeds the {max_size}-byte limit", rejected=True)
+        if size > self._max_size:
+            self._fail(
+                event,
+                f"event of {size} bytes exceeds the {self._max_size}-byte limit",
+                rejected=True,
+            )
             return
-        in_flight[event.id] = event
+        self._in_flight[event.id] = event
         try:
-            await publisher.publish(
-                event.subject, payload, event.id, functools.partial(on_settled, event)
+            await self._publisher.publish(
+                event.subject, payload, event.id, functools.partial(self._arrive, event)
             )
         except MaxPayloadError as exc:
-            del in_flight[event.id]
-            fail(event, f"rejected by the server: {exc}", rejected=True)
+            del self._in_flight[event.id]
+            self._fail(event, f"rejected by the server: {exc}", rejected=True)
         except Exception as exc:  # not connected: the chain waits for the next pass
-            del in_flight[event.id]
-            fail(event, f"{type(exc).__name__}: {exc}")
+            del self._in_flight[event.id]
+            self._fail(event, f"{type(exc).__name__}: {exc}")
 
-    for chain in chains.values():
-        await send(chain[0])
-    while in_flight:
-        if not settled:
-            arrived.clear()
-            try:
-                async with asyncio.timeout(ack_timeout_s):
-                    await arrived.wait()
-            except TimeoutError:
-                silent = TimeoutError(f"no acknowledgement within {ack_timeout_s:g} s")
-                publisher.fail_pending(silent)
-                settled.extend(
-                    (e, silent) for e in in_flight.values() if (e, silent) not in settled
-                )
-        while settled:
-            event, error = settled.popleft()
-            if in_flight.pop(event.id, None) is None:
-                continue  # settled twice (a publish timed out here, then failed there)
-            if isinstance(error, NoStreamResponseError | NoRespondersError):
-                unanswered.setdefault(_stream_of(event.subject), []).append(event)
-                blocked.add(event.aggregate)
-                continue
-            failure = _failure(event, error, result)
-            if failure is not None:
-                fail(event, failure, rejected=event.id in result.rejected)
-                continue
-            acknowledged.append(event)
-            chain = chains[event.aggregate]
-            chain.popleft()
-            if chain:
-                await send(chain[0])
-    for stream, unheard in unanswered.items():
-        await _no_responders(stream, unheard, publisher, result)
-    return acknowledged
+    def _fail(self, event: OutboxEvent, reason: str, *, rejected: bool = False) -> None:
+        self._result.failed[event.id] = reason
+        if rejected:
+            self._result.rejected.add(event.id)
+        self._block(event.aggregate)
+
+    def _block(self, aggregate: str) -> None:
+        """The aggregate waits, for the rest of the pass, behind its event that failed (the
+        chain's first): its queued events are left in the outbox."""
+        self._blocked.add(aggregate)
+        for event in self._chains.pop(aggregate, ()):
+            self._done(event)
+
+    def _done(self, event: OutboxEvent) -> None:
+        batch = self._batch_of.pop(event.id, None)
+        if batch is not None:
+            batch.outstanding.discard(event.id)
 
 
 async def _no_responders(

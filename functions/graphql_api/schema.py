@@ -1,16 +1,28 @@
-"""The executable schema: schema.graphql with its resolvers bound, names mapped to snake_case."""
+"""The executable schema: schema.graphql with its resolvers bound, names mapped to snake_case.
+
+Built once per execution environment, at init. `_make_executable_schema` is ariadne's
+`make_executable_schema` (ariadne 1.1.1, pinned) less the parsing and validating of the SDL at
+every cold start: the document comes parsed from packaging (`schema_cache`, which validated
+it), and ariadne's `load_schema_from_path` no longer parses the file a first time only to
+check its syntax. test_schema.py checks that this schema equals ariadne's own; the schema
+validation proper (`assert_valid_schema`) still runs here, as in ariadne.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from functools import cache, wraps
-from pathlib import Path
 from typing import Any
 
-from ariadne import load_schema_from_path, make_executable_schema
+from ariadne.enums_default_values import (
+    repair_schema_default_enum_values,
+    validate_schema_default_enum_values,
+)
+from ariadne.executable_schema import SchemaBindables, normalize_bindables
+from ariadne.schema_names import SchemaNameConverter, convert_schema_names
 from aws_lambda_powertools import Tracer
-from graphql import GraphQLSchema
+from graphql import DocumentNode, GraphQLSchema, assert_valid_schema, build_ast_schema
 
 from graphql_api.executor import bind_row_keys
 from graphql_api.resolvers import audit as _audit  # noqa: F401 - registers Query.auditLog
@@ -22,8 +34,8 @@ from graphql_api.resolvers.query import query
 from graphql_api.resolvers.scalars import date_time, money, money_total
 from graphql_api.resolvers.subscription import SUBSCRIPTION_TYPES
 from graphql_api.resolvers.types import TYPES
+from graphql_api.schema_cache import SCHEMA_FILE, parsed_schema
 
-SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
 tracer = Tracer()
 _CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -37,24 +49,42 @@ def snake_case(name: str, schema: GraphQLSchema, path: tuple[str, ...]) -> str:
     return row_key(name)
 
 
+# What is bound to schema.graphql, in this order (as make_executable_schema takes them).
+BINDABLES: tuple[SchemaBindables, ...] = (
+    query,
+    mutation,
+    money,
+    money_total,
+    date_time,
+    country_connection,
+    project_connection,
+    *ENUMS,
+    *TYPES,
+    *SUBSCRIPTION_TYPES,
+)
+
+
 @cache
 def executable_schema() -> GraphQLSchema:
-    schema = make_executable_schema(
-        load_schema_from_path(str(SCHEMA_FILE)),
-        query,
-        mutation,
-        money,
-        money_total,
-        date_time,
-        country_connection,
-        project_connection,
-        *ENUMS,
-        *TYPES,
-        *SUBSCRIPTION_TYPES,
-        convert_names_case=snake_case,
-    )
+    document = parsed_schema(SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema = _make_executable_schema(document, *BINDABLES, convert_names_case=snake_case)
     bind_row_keys(schema, row_key)
     _trace_root_fields(schema)
+    return schema
+
+
+def _make_executable_schema(
+    document: DocumentNode, *bindables: SchemaBindables, convert_names_case: SchemaNameConverter
+) -> GraphQLSchema:
+    """ariadne.make_executable_schema(sdl, *bindables, convert_names_case=...) from the SDL's
+    document, parsed and validated at packaging (see the module's docstring)."""
+    schema = build_ast_schema(document, assume_valid_sdl=True)
+    for bindable in normalize_bindables(*bindables):
+        bindable.bind_to_schema(schema)
+    convert_schema_names(schema, convert_names_case)
+    validate_schema_default_enum_values(schema)
+    assert_valid_schema(schema)
+    repair_schema_default_enum_values(schema)
     return schema
 
 
