@@ -296,8 +296,13 @@ def run(env: dict[str, str], cwd: str) -> None:
     packages = sorted({m.split(".")[0] for m in modules})
     say(f"third-party modules the handler loads: {len(modules)} in {len(packages)} packages:")
     say("  " + " ".join(packages))
+    # The handler pauses the cyclic collector during its init (functions/graphql_api/
+    # handler.py), which speeds its third-party imports too: the floor is measured both as the
+    # issue defines it and with the collector paused the same way, so the project's own part
+    # is read against a floor that had the same help.
     children = {
         "floor": FLOOR_BODY.format(modules=modules),
+        "floor_gc": "import gc\ngc.disable()\n" + FLOOR_BODY.format(modules=modules),
         "handler": HANDLER_BODY,
     }
     for _ in range(WARMUP):
@@ -318,10 +323,11 @@ def run(env: dict[str, str], cwd: str) -> None:
         "wall_ms": "whole process (spawn -> exit)",
     }
     for key, label in measures.items():
-        for name in ("floor", "handler"):
+        for name in children:
             say(f"{name:<8} {label:<44} {summary([r[key] for r in reports[name]])}")
+    say("(floor_gc: the floor with the cyclic collector paused, as the handler's init runs)")
     say()
-    for name in ("floor", "handler"):
+    for name in children:
         last = reports[name][-1]
         attempts = sorted({a for r in reports[name] for a in r["network_attempts"]})
         sockets = sorted({s for r in reports[name] for s in r["open_sockets"]})
@@ -338,16 +344,21 @@ def run(env: dict[str, str], cwd: str) -> None:
 
     say()
     say("== Target: the project's own init adds at most 10 % to the floor ==")
-    for key, label in measures.items():
-        floor = statistics.median(r[key] for r in reports["floor"])
-        handler = statistics.median(r[key] for r in reports["handler"])
-        added = handler / floor - 1
-        # The target is the init's; the other measures are context, with no verdict.
-        verdict = (": met" if added <= TARGET else ": NOT met") if key == "init_ms" else ""
-        say(
-            f"  {label:<46} floor {floor:7.1f}  handler {handler:7.1f}  "
-            f"added {handler - floor:6.1f} ms = {added:+6.1%}{verdict}"
-        )
+    for baseline, title in (
+        ("floor", "against the floor as the issue defines it (the collector running)"),
+        ("floor_gc", "against the floor with the collector paused too (the project's own part)"),
+    ):
+        say(f"  {title}:")
+        for key, label in measures.items():
+            floor = statistics.median(r[key] for r in reports[baseline])
+            handler = statistics.median(r[key] for r in reports["handler"])
+            added = handler / floor - 1
+            # The target is the init's; the other measures are context, with no verdict.
+            verdict = (": met" if added <= TARGET else ": NOT met") if key == "init_ms" else ""
+            say(
+                f"    {label:<46} floor {floor:7.1f}  handler {handler:7.1f}  "
+                f"added {handler - floor:6.1f} ms = {added:+6.1%}{verdict}"
+            )
     floor_creators = {c for r in reports["floor"] for c in r["sockets_created_by"]}
     clean = all(
         not r["network_attempts"]
