@@ -619,9 +619,15 @@ def master_secret_from_url(writer_url: str) -> tuple[dict[str, Any], str]:
 
 
 def _store_secret(endpoint_url: str, aws_region: str, name: str, value: dict[str, Any]) -> str:
-    """`value` as a JSON secret in (moto's) Secrets Manager; returns its ARN."""
+    """`value` as a JSON secret in (moto's) Secrets Manager; returns its ARN. A secret of that
+    name already there (moto's state is per process: a second stack started in the same process,
+    as bench.bridge does) gets the value as its new version, as a rotation would."""
     client = moto_client("secretsmanager", endpoint_url, aws_region)
-    created = client.create_secret(Name=name, SecretString=json.dumps(value))
+    try:
+        created = client.create_secret(Name=name, SecretString=json.dumps(value))
+    except client.exceptions.ResourceExistsException:
+        updated = client.put_secret_value(SecretId=name, SecretString=json.dumps(value))
+        return str(updated["ARN"])
     return str(created["ARN"])
 
 

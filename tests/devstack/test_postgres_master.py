@@ -96,3 +96,25 @@ def test_an_outside_database_gives_the_migrator_its_own_credentials_and_tls() ->
 def test_an_outside_database_without_tls_stops_the_start() -> None:
     with pytest.raises(DevStackError, match="add sslmode=require"):
         master_secret_from_url("postgresql://admin:secret@127.0.0.1:5432/covenant")
+
+
+def test_a_second_stack_in_the_same_process_gets_the_master_secret_again() -> None:
+    """moto's state outlives its server within a process: a stack started after another (as
+    bench.bridge starts one per topology) finds the secret there and writes the new password
+    as its next version instead of failing."""
+    from devstack.cognito import MotoServer
+    from devstack.event_sources import moto_client
+    from devstack.processes import free_port
+    from devstack.stack import _store_secret
+
+    server = MotoServer(free_port())
+    server.start()
+    try:
+        name = "covenant-test/database-master"
+        first = _store_secret(server.endpoint_url, "us-east-1", name, {"password": "one"})
+        again = _store_secret(server.endpoint_url, "us-east-1", name, {"password": "two"})
+        assert again == first
+        client = moto_client("secretsmanager", server.endpoint_url, "us-east-1")
+        assert client.get_secret_value(SecretId=first)["SecretString"] == '{"password": "two"}'
+    finally:
+        server.stop()
