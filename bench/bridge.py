@@ -130,11 +130,14 @@ class BenchStack(DevStack):
 
 
 @contextlib.contextmanager
-def local_stack(nats_nodes: int = 1) -> Iterator[BenchStack]:
+def local_stack(
+    nats_nodes: int = 1, stack_class: type[BenchStack] = BenchStack
+) -> Iterator[BenchStack]:
+    """A stack of `stack_class` (BenchStack, or a subclass that starts what its bench needs)."""
     data_dir = Path(tempfile.mkdtemp(prefix="covenant-bench-bridge-"))
     data_dir.chmod(0o755)  # the servers run as an unprivileged user when this runs as root
     options = StackOptions.isolated(data_dir, nats_nodes=nats_nodes)
-    stack = BenchStack(options)
+    stack = stack_class(options)
     try:
         stack.start()
         with environment(stack.endpoints):

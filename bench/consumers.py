@@ -256,14 +256,9 @@ class HeldStack(bench_bridge.BenchStack):
 
 @contextlib.contextmanager
 def held_stack() -> Iterator[HeldStack]:
-    original = bench_bridge.BenchStack
-    bench_bridge.BenchStack = HeldStack  # type: ignore[misc]
-    try:
-        with bench_bridge.local_stack() as stack:
-            assert isinstance(stack, HeldStack)
-            yield stack
-    finally:
-        bench_bridge.BenchStack = original  # type: ignore[misc]
+    with bench_bridge.local_stack(stack_class=HeldStack) as stack:
+        assert isinstance(stack, HeldStack)
+        yield stack
 
 
 async def _drain(url: str, consumer: Consumer) -> tuple[int, float]:

@@ -49,10 +49,12 @@ import aiohttp
 import boto3
 from botocore.config import Config
 
-from bench.bridge import local_stack
+from bench.bridge import BenchStack, local_stack
 from covenant.config import env
 from covenant.regions import load_regions, primary_region
 from devstack.cognito import SEEDED_USERS
+from devstack.realtime import fanout_loops
+from devstack.runtime import thread_invoker
 from devstack.stack import DevStack
 from realtime import store
 
@@ -366,6 +368,17 @@ async def measure(
             say(floor.line("floor: @connections push"))
 
 
+class FanOutStack(BenchStack):
+    """The bench's stack with the real-time fan-out running, as `make dev` runs it (the other
+    JetStream consumers stay off: they would take the cores from the path measured)."""
+
+    def _start_consumers(self) -> None:
+        assert self.runtime is not None
+        self.fanouts = fanout_loops(thread_invoker(self.runtime))
+        for loop in self.fanouts:
+            loop.start()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.realtime_e2e", description=__doc__)
     parser.add_argument("--subscribers", type=int, nargs="+", default=list(SUBSCRIBERS))
@@ -376,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     say(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
-    with local_stack() as stack:
+    with local_stack(stack_class=FanOutStack) as stack:
         asyncio.run(measure(stack, tuple(args.subscribers), args.messages, args.parallel))
 
 
