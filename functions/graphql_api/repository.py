@@ -495,11 +495,6 @@ _STATUS_COUNTS = (
     "count(*) FILTER (WHERE status = 'completed') AS completed, "
     "count(*) FILTER (WHERE status = 'cancelled') AS cancelled"
 )
-# The same counts over groups of projects that share a status (`n` projects each).
-_GROUPED_STATUS_COUNTS = ", ".join(
-    f"COALESCE(sum(n) FILTER (WHERE status = '{status}'), 0)::bigint AS {status}"
-    for status in ("planning", "active", "completed", "cancelled")
-)
 
 
 @tracer.capture_method(capture_response=False)
@@ -559,10 +554,11 @@ def global_stats(session: Session) -> Row:
 
 @tracer.capture_method(capture_response=False)
 def sectoral_stats(session: Session, sector: str | None) -> list[Row]:
-    # Two steps: projects folded into (sector, country, status) groups by hashing, then the
-    # groups into sectors. One `count(DISTINCT country_code)` over the projects would sort
-    # every project instead (spilling to disk at 100 000 projects: 2.4 times slower). The
-    # averages are the same numeric divisions `avg` makes (sum / count of the non-null
+    # Two steps: projects folded into (sector, country) groups by hashing (1 170 at most),
+    # then the groups into sectors, where each group is one country. One
+    # `count(DISTINCT country_code)` over the projects would sort every project instead
+    # (spilling to disk at 100 000 projects): 0.5x its time at 10 000 projects, 0.26x at
+    # 100 000. The averages are the numeric divisions `avg` makes (sum / count of the non-null
     # values), so the answers do not change in any digit.
     return session.rows(
         f"""
@@ -575,18 +571,19 @@ def sectoral_stats(session: Session, sector: str | None) -> list[Row]:
                COALESCE(p.completed, 0) AS completed, COALESCE(p.cancelled, 0) AS cancelled
         FROM sectors s
         LEFT JOIN (
-            SELECT sector_id, sum(n)::bigint AS projects,
-                   count(DISTINCT country_code) AS countries, sum(budget) AS budget,
+            SELECT sector_id, sum(n)::bigint AS projects, count(*) AS countries,
+                   sum(budget) AS budget,
                    (sum(impact_sum) / sum(impact_n))::float8 AS impact,
                    (sum(progress_sum)::numeric / sum(progress_n))::float8 AS progress,
-                   {_GROUPED_STATUS_COUNTS}
-            FROM (SELECT sector_id, country_code, status, count(*) AS n,
+                   sum(planning)::bigint AS planning, sum(active)::bigint AS active,
+                   sum(completed)::bigint AS completed, sum(cancelled)::bigint AS cancelled
+            FROM (SELECT sector_id, country_code, count(*) AS n,
                          sum(budget_usd) AS budget, sum(impact_score) AS impact_sum,
                          count(impact_score) AS impact_n, sum(progress) AS progress_sum,
-                         count(progress) AS progress_n
+                         count(progress) AS progress_n, {_STATUS_COUNTS}
                   FROM projects
                   WHERE CAST(:sector AS text) IS NULL OR sector_id = CAST(:sector AS text)
-                  GROUP BY sector_id, country_code, status) AS groups
+                  GROUP BY sector_id, country_code) AS countries
             GROUP BY sector_id) AS p ON p.sector_id = s.id
         WHERE CAST(:sector AS text) IS NULL OR s.id = CAST(:sector AS text)
         ORDER BY s.name
