@@ -319,9 +319,13 @@ class DevStack:
         )
         self.gateway.serve_in_thread()
         self.endpoints.update(realtime.provision(self.endpoints, self.gateway.url))
+        # The API's environments first: /health in every region starts them (cold starts),
+        # then the bridge's triggers, the consumers and the fan-outs start theirs in the
+        # background of a stack that already answers (eleven cold starts at once would hold
+        # the two cores for several seconds before any region could answer).
+        self._warm_up()
         self._start_bridge_triggers(queues)
         self._start_consumers()
-        self._warm_up()
         state_file(o.data_dir).write_text(
             json.dumps(
                 {
