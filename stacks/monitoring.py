@@ -35,7 +35,6 @@ FUNCTION_ERRORS = 5  # per 5 minutes
 OUTBOX_LAG_S = 120
 CONSUMER_LAG_MESSAGES = 1000
 FANOUT_DELIVERY_ERRORS = 10  # failed @connections posts per 5 minutes (410 is not one)
-REPLICA_LAG_MS = 5000  # HEALTH_MAX_REPLICA_LAG_S: /health reports degraded beyond it
 # Minutes in a row: a leader election or a node restart lasts seconds, a quorum loss or an
 # unreachable cluster longer; the bridge runs at least every minute (its schedule).
 NATS_UNAVAILABLE_MINUTES = 3
@@ -168,7 +167,10 @@ class MonitoringStack(Stack):
                 "Maximum",
             )
             lag_title = "Aurora global replication lag from the primary (ms)"
-        self._alarm("ReplicaLag", replica_lag, REPLICA_LAG_MS, lag_title, periods=3)
+        # The same threshold as the bridge's replica-lag warning and /health's "degraded"
+        # (covenant:events.replicaLagWarningSeconds), in the metric's milliseconds.
+        lag_threshold_ms = settings.events.replica_lag_warning_s * 1000
+        self._alarm("ReplicaLag", replica_lag, lag_threshold_ms, lag_title, periods=3)
         dashboard.add_widgets(cloudwatch.GraphWidget(title=lag_title, left=[replica_lag]))
 
         if events is not None:

@@ -301,6 +301,9 @@ class RegionalApiStack(Stack):
             "COGNITO_REGION": user_pool.region,
             "CORS_ALLOWED_ORIGINS": ",".join(settings.cors_allowed_origins),
         }
+        if name == "mobile":
+            # /health reports "degraded" beyond the lag the bridge warns about.
+            environment["HEALTH_MAX_REPLICA_LAG_S"] = str(settings.events.replica_lag_warning_s)
         queue_arn = account_arn(
             "sqs", settings.primary.aws_region, settings.events.wakeup_queue_name
         )

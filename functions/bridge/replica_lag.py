@@ -25,11 +25,9 @@ from dataclasses import dataclass
 
 from pg8000.exceptions import DatabaseError
 
-from covenant.db import Session, sqlstate
+from covenant.db import AURORA_LAG_FUNCTIONS, Session, sqlstate
 
-AURORA_FUNCTIONS = ("aurora_global_db_instance_status()", "aurora_global_db_status()")
-
-_HAS_AURORA = "SELECT to_regprocedure('aurora_global_db_instance_status()') IS NOT NULL"
+_HAS_AURORA = f"SELECT to_regprocedure('{AURORA_LAG_FUNCTIONS[0]}') IS NOT NULL"
 
 _AURORA = """
 SELECT i.server_id AS replica,
@@ -79,7 +77,7 @@ def replica_lags(session: Session) -> list[ReplicaLag]:
             if sqlstate(exc) != _INSUFFICIENT_PRIVILEGE:
                 raise
             raise MonitoringNotAllowed(
-                f"this role may not execute {' or '.join(AURORA_FUNCTIONS)}: grant it EXECUTE "
+                f"this role may not execute {' or '.join(AURORA_LAG_FUNCTIONS)}: grant it EXECUTE "
                 "(the migrator does, for DATABASE_MONITOR_USERS)"
             ) from exc
         return [

@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from covenant.config import env
-from covenant.db import Database, Role, Session
+from covenant.db import AURORA_LAG_FUNCTIONS, Database, Role, Session
 from covenant.logs import adopt_shared_logs
 from covenant.migrate import migrate
 from covenant.seed import seed
@@ -175,11 +175,6 @@ def _login_role(session: Session, user: str, *, iam: bool) -> None:
     session.run(f"GRANT {APP_ROLE} TO {user}")
     if iam:
         session.run(f"GRANT rds_iam TO {user}")
-
-
-# The functions AWS documents for a global database's lag, which bridge.replica_lag reads
-# (its AURORA_FUNCTIONS: the two packages share no module); absent outside Aurora.
-AURORA_LAG_FUNCTIONS = ("aurora_global_db_instance_status()", "aurora_global_db_status()")
 
 
 def _grant_monitoring(session: Session, user: str) -> None:

@@ -307,6 +307,9 @@ def test_api_functions_run_in_the_vpc_with_this_regions_database(templates, code
         probes_nats = name == "mobile" and code == PRIMARY.code
         assert ("NATS_URL" in env) is probes_nats, (name, code)
         assert not any(k.startswith("NATS_") and k != "NATS_URL" for k in env)
+        # /health's "degraded" is the bridge's replica-lag warning, from one setting.
+        warning_s = str(cdk_context()["covenant:events"]["replicaLagWarningSeconds"])
+        assert env.get("HEALTH_MAX_REPLICA_LAG_S") == (warning_s if name == "mobile" else None)
     graphql = _function(template, "graphql_api.handler.handler")
     assert graphql["SnapStart"] == {"ApplyOn": "PublishedVersions"}
     # Introspection and the explorer stay off in AWS unless covenant:graphql turns them on.
@@ -719,6 +722,10 @@ def test_alarms_notify_the_regions_topic(templates, code) -> None:
     assert (
         "AuroraReplicaLagMaximum" if code == PRIMARY.code else "AuroraGlobalDBReplicationLag"
     ) in metrics
+    # The lag alarm fires where the bridge warns (covenant:events, seconds; the metric is ms).
+    lag_alarm = next(a for logical, a in alarms.items() if logical.startswith("ReplicaLag"))
+    warning_s = cdk_context()["covenant:events"]["replicaLagWarningSeconds"]
+    assert lag_alarm["Properties"]["Threshold"] == warning_s * 1000
     if code == PRIMARY.code:
         for metric in (
             "ApproximateNumberOfMessagesVisible",

@@ -263,6 +263,11 @@ def record_statements() -> Iterator[list[str]]:
 # costs one (Bind, Execute, Sync), the same as a statement without parameters. Connections plan
 # every execution for its values (plan_cache_mode=force_custom_plan, set when they open), as
 # they did unnamed, so no generic plan ever replaces a good one.
+# The functions AWS documents for an Aurora global database's replica lag (absent outside
+# Aurora): the bridge reads them (bridge.replica_lag), the migrator grants EXECUTE on them to the
+# roles that do.
+AURORA_LAG_FUNCTIONS = ("aurora_global_db_instance_status()", "aurora_global_db_status()")
+
 PREPARED_PER_CONNECTION = 256
 _prepared: weakref.WeakKeyDictionary[
     pg8000.native.Connection, OrderedDict[str, pg8000.native.PreparedStatement]
