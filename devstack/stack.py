@@ -314,36 +314,32 @@ class DevStack:
             background=(BRIDGE_FUNCTION, realtime.FANOUT_FUNCTION, *consumers.CONSUMER_FUNCTIONS),
         )
         self.runtime.start_zygote()
-        # PostgreSQL and NATS start (mostly waiting on their processes) while moto is set up
-        # in this thread; the custom resources below need all three.
-        with ThreadPoolExecutor(max_workers=2) as servers:
-            database = servers.submit(self._start_postgres)
-            messaging = servers.submit(self._start_nats)
+        # PostgreSQL and NATS start (mostly waiting on their processes) while moto starts in
+        # this thread; each custom resource (a cold start of its own environment) runs as soon
+        # as what it needs is up, while this thread sets up moto's resources.
+        with ThreadPoolExecutor(max_workers=4) as starting:
+            database = starting.submit(self._start_postgres)
+            messaging = starting.submit(self._start_nats)
             self._start_moto()
             self._phase("moto started")
+            resources = [
+                starting.submit(lambda: self._migrate(database.result()[0])),
+                starting.submit(lambda: self._apply_streams(messaging.result())),
+            ]
             self._start_cognito()
             queues = self._create_wakeup_queue()
             self._provision_consumers()
             self._phase("Cognito, queues and the consumers' tables provisioned")
+            for resource in resources:
+                resource.result()
+            self._phase("migrator and JetStream topology applied")
         writer_url, reader_url = database.result()
-        nats_url = messaging.result()
         self.endpoints |= {
             "DATABASE_URL": writer_url,
             "DATABASE_READER_URL": reader_url,
-            "NATS_URL": nats_url,  # a cluster's servers, comma-separated
-            # The jetstream function applies the topology with it; it never lowers a count a
-            # stream has (an R3 cluster given NATS_URL is refused, not scaled down to R1).
+            "NATS_URL": messaging.result(),  # a cluster's servers, comma-separated
             "NATS_REPLICAS": str(o.nats_replicas),
         }
-        # Two custom resources, each a cold start of its own: the database's and NATS's, at once.
-        with ThreadPoolExecutor(max_workers=2) as deploy:
-            resources = [
-                deploy.submit(self._migrate, writer_url),
-                deploy.submit(self._apply_streams, nats_url),
-            ]
-        for resource in resources:
-            resource.result()
-        self._phase("migrator and JetStream topology applied")
         self._wait_for_replica(writer_url, reader_url)
         self._phase("replica caught up")
         explorer_assets = self._explorer_assets()
@@ -511,7 +507,10 @@ class DevStack:
         resource runs it."""
         region = primary_region()
         config = function_configs()["jetstream"]
-        environment = function_environment(config.spec, region, {**self.endpoints})
+        # It never lowers a count a stream has (an R3 cluster given NATS_URL is refused, not
+        # scaled down to R1).
+        endpoints = {"NATS_URL": nats_url, "NATS_REPLICAS": str(self.options.nats_replicas)}
+        environment = function_environment(config.spec, region, endpoints)
         result = invoke_once(
             config,
             region,
