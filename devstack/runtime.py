@@ -411,6 +411,13 @@ class Environment:
         return transport.get_returncode() if transport is not None else None
 
     @property
+    def pid(self) -> int | None:
+        transport = self.pipe.transport if self.pipe is not None else None
+        if isinstance(transport, _ForkedProcess):
+            return transport.pid
+        return transport.get_pid() if transport is not None else None
+
+    @property
     def alive(self) -> bool:
         return not self._killed and self.pipe is not None and self.returncode is None
 
@@ -658,6 +665,17 @@ class LambdaRuntime:
             }
             for pool in self._pools.values()
         }
+
+    def environment_pids(self, function: str) -> list[int]:
+        """The processes of `function`'s live environments, in every region (for tests that
+        kill one as an operator would; forked ones show as the zygote in `ps`)."""
+        return [
+            pid
+            for pool in self._pools.values()
+            if pool.config.name == function
+            for environment in pool.live
+            if (pid := environment.pid) is not None
+        ]
 
     def invocations(self, function: str) -> int:
         """How many times `function` was invoked, in every region (for tests)."""
