@@ -367,7 +367,10 @@ class Environment:
             "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
         }
         if zygote is not None:
-            self.pipe = await _fork(zygote, environment)
+            try:
+                self.pipe = await _fork(zygote, environment)
+            except DevStackError as exc:
+                return None, _error("Runtime.InitError", f"no environment could be forked: {exc}")
         else:
             _, self.pipe = await asyncio.get_running_loop().subprocess_exec(
                 _Pipe,
@@ -519,6 +522,9 @@ class LambdaRuntime:
     def start_zygote(self) -> Zygote | None:
         """Starts the fork server now (it preloads while other work runs) rather than at the
         first cold start; None when environments are new interpreters."""
+        if self._zygote is not None and self._owns_zygote and not self._zygote.alive:
+            self._zygote.close()  # killed, or it stopped answering: a new one replaces it
+            self._zygote = None
         if self._fork_server and self._zygote is None and not self._closed:
             self._zygote = Zygote({**_inherited(), **_INTERPRETER_VARIABLES})
             self._zygote.start()

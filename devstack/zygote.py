@@ -197,6 +197,12 @@ class Zygote:
         self._reader.start()
 
     @property
+    def alive(self) -> bool:
+        return (
+            self._socket is not None and self._process is not None and self._process.poll() is None
+        )
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 

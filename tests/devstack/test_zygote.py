@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -154,3 +155,24 @@ def test_runtimes_sharing_a_zygote_each_get_their_own_environment() -> None:
     finally:
         owner.stop_zygote()
     assert len({answer["pid"] for answer in answers}) == 4
+
+
+def test_a_killed_zygote_is_replaced_at_the_next_cold_start() -> None:
+    async def scenario() -> tuple[Invocation, dict[str, Any]]:
+        runtime = _runtime(True)
+        await runtime.start()
+        try:
+            zygote = runtime.start_zygote()
+            assert zygote is not None and zygote.pid is not None
+            os.kill(zygote.pid, signal.SIGKILL)
+            while zygote.alive:
+                await asyncio.sleep(0.01)
+            # The runtime notices at the next cold start and forks from a new zygote.
+            first = await _invoke(runtime, "ams")
+            return first, _answer(await _invoke(runtime, "ams"))
+        finally:
+            await runtime.close()
+
+    first, answer = asyncio.run(scenario())
+    assert first.function_error is None, first.payload
+    assert answer["preloaded"] is True
