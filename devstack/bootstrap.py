@@ -24,6 +24,8 @@ from typing import Any, BinaryIO
 
 from devstack import wire
 
+NICE_VARIABLE = "COVENANT_LAMBDA_NICE"
+
 
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
     """The next request, or None once the runtime has closed the pipe."""
@@ -150,6 +152,11 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
 
 
 def main() -> None:
+    # The stack's CPU priority for this environment (devstack.runtime), not a variable of
+    # the function's: taken out before its init.
+    niceness = os.environ.pop(NICE_VARIABLE, "")
+    if niceness:
+        os.nice(int(niceness))
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() and the function's log lines go to the log stream
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)

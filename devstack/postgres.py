@@ -138,7 +138,13 @@ class PostgresCluster:
         if not (self._replica_dir / "PG_VERSION").exists():
             self._base_backup()
         self._write_hba(self._replica_dir)
-        self._pg_ctl(self._replica_dir, self.replica.port, "replica", _REPLICA_OPTIONS)
+        self._pg_ctl(self._replica_dir, self.replica.port, "replica", self._replica_options())
+
+    def _replica_options(self) -> str:
+        # pg_basebackup -R wrote the primary's port of that day into the replica's settings;
+        # the command line wins over them, so a start on other ports still streams.
+        conninfo = f"host=127.0.0.1 port={self.primary.port} user={SUPERUSER}"
+        return f"{_REPLICA_OPTIONS} -c 'primary_conninfo={conninfo}'"
 
     @contextlib.contextmanager
     def tls_front(self) -> Iterator[TlsFront]:
@@ -259,7 +265,7 @@ class PostgresCluster:
     def restart_replica(self) -> None:
         """Restarts the replica alone, as a reader instance reboots while its writer runs on."""
         self._run("pg_ctl", "-D", str(self._replica_dir), "-m", "fast", "-w", "stop")
-        self._pg_ctl(self._replica_dir, self.replica.port, "replica", _REPLICA_OPTIONS)
+        self._pg_ctl(self._replica_dir, self.replica.port, "replica", self._replica_options())
 
     def stop(self) -> None:
         for folder in (self._replica_dir, self._primary_dir):

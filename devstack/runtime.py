@@ -38,11 +38,12 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -50,12 +51,15 @@ from typing import Any, TypeVar, cast
 from covenant.regions import Region, cdk_context, get_region
 from covenant.topology import FunctionSpec, load_functions
 from devstack import wire
+from devstack.bootstrap import NICE_VARIABLE
 from devstack.errors import DevStackError
+from devstack.zygote import Zygote
 
 logger = logging.getLogger("devstack.lambda")
 N = TypeVar("N", int, float)
 
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # synchronous Invoke: request and response
+BACKGROUND_NICENESS = 10  # of `background` functions' environments (os.nice)
 INIT_TIMEOUT_S = 10.0  # Lambda's limit on the init phase of an on-demand environment
 # Endpoint variables the runtime sets per region: never inherited from the parent process,
 # so a region that is given none has none (a secondary has no writer, for instance).
@@ -123,6 +127,15 @@ def function_name(function: str, region: Region) -> str:
     return f"covenant-{region.code}-{function}"
 
 
+# Read by the interpreter as it starts (or by time.tzset): the same in every environment, so
+# the fork server starts with them and its environments keep them.
+_INTERPRETER_VARIABLES = {
+    "TZ": ":UTC",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
 def lambda_environment(config: FunctionConfig, region: Region) -> dict[str, str]:
     """The variables Lambda itself sets in every environment of the function in `region`."""
     name = function_name(config.name, region)
@@ -139,9 +152,7 @@ def lambda_environment(config: FunctionConfig, region: Region) -> dict[str, str]
             f"arn:aws:lambda:{region.aws_region}:000000000000:function:{name}"
         ),
         "_HANDLER": config.spec.handler,
-        "TZ": ":UTC",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
+        **_INTERPRETER_VARIABLES,
         "COVENANT_CODE_PATH": ":".join(config.code_path),
     }
 
@@ -191,7 +202,7 @@ class _Pipe(asyncio.SubprocessProtocol):
     in, read as the event loop delivers the bytes, one answer awaited at a time."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.SubprocessTransport | None = None
+        self.transport: asyncio.SubprocessTransport | _ForkedProcess | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._buffer = bytearray()
         self._needed = wire.PREFIX.size  # parse again once the buffer holds this much
@@ -265,6 +276,78 @@ def _expire(waiter: asyncio.Future[Any]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+class _ForkedProcess:
+    """An environment forked by the zygote, as the runtime uses a subprocess transport: its
+    pipes, kill, exit status (reported by the zygote, its parent)."""
+
+    def __init__(
+        self, pid: int, stdin: asyncio.WriteTransport, stdout: asyncio.ReadTransport
+    ) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._stdin = stdin
+        self._stdout = stdout
+
+    def get_returncode(self) -> int | None:
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        self._stdin.close()
+        self._stdout.close()
+
+
+class _AnswersEnd(asyncio.Protocol):
+    """The read end of a forked environment's answers, delivered to its _Pipe as stdout."""
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self.pipe = pipe
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe.pipe_data_received(1, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.pipe_connection_lost(1, exc)
+
+
+async def _fork(zygote: Zygote, environment: Mapping[str, str]) -> _Pipe:
+    loop = asyncio.get_running_loop()
+    requests_r, requests_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    try:
+        pid = await loop.run_in_executor(None, zygote.spawn, environment, requests_r, answers_w)
+    except BaseException:
+        os.close(requests_w)
+        os.close(answers_r)
+        raise
+    finally:
+        os.close(requests_r)  # the environment's ends: the fork server passed them on
+        os.close(answers_w)
+    pipe = _Pipe()
+    stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, open(requests_w, "wb", 0))  # noqa: SIM115
+    stdout, _ = await loop.connect_read_pipe(
+        lambda: _AnswersEnd(pipe),
+        open(answers_r, "rb", 0),  # noqa: SIM115 - the transport closes it
+    )
+    process = _ForkedProcess(pid, stdin, stdout)
+    pipe.transport = process
+    pipe._stdin = process._stdin
+
+    def exited(code: int) -> None:
+        process.returncode = code
+        pipe.process_exited()
+
+    def reported(code: int) -> None:  # on the zygote's reader thread
+        with contextlib.suppress(RuntimeError):  # the loop has ended: nobody waits for it
+            loop.call_soon_threadsafe(exited, code)
+
+    zygote.on_exit(pid, reported)
+    return pipe
+
+
 class Environment:
     """One execution environment: a process running devstack.bootstrap."""
 
@@ -276,23 +359,30 @@ class Environment:
         self.idle_since = time.monotonic()
         self._killed = False
 
-    async def start(self) -> tuple[float | None, bytes | None]:
-        """Starts the process and runs the init: (init ms, None) or (None, error payload)."""
+    async def start(self, zygote: Zygote | None) -> tuple[float | None, bytes | None]:
+        """Starts the process (forked from `zygote`, else a new interpreter) and runs the init:
+        (init ms, None) or (None, error payload)."""
         environment = {
             **self.pool.environment,
             "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream,
         }
-        _, self.pipe = await asyncio.get_running_loop().subprocess_exec(
-            _Pipe,
-            sys.executable,
-            "-m",
-            "devstack.bootstrap",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=None,
-            env=environment,
-            start_new_session=True,  # Ctrl-C in the terminal is the stack's to handle
-        )
+        if zygote is not None:
+            try:
+                self.pipe = await _fork(zygote, environment)
+            except DevStackError as exc:
+                return None, _error("Runtime.InitError", f"no environment could be forked: {exc}")
+        else:
+            _, self.pipe = await asyncio.get_running_loop().subprocess_exec(
+                _Pipe,
+                sys.executable,
+                "-m",
+                "devstack.bootstrap",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,
+                env=environment,
+                start_new_session=True,  # Ctrl-C in the terminal is the stack's to handle
+            )
         try:
             header, payload = await self.pipe.receive(INIT_TIMEOUT_S)
         except asyncio.CancelledError:
@@ -322,6 +412,13 @@ class Environment:
     def returncode(self) -> int | None:
         transport = self.pipe.transport if self.pipe is not None else None
         return transport.get_returncode() if transport is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        transport = self.pipe.transport if self.pipe is not None else None
+        if isinstance(transport, _ForkedProcess):
+            return transport.pid
+        return transport.get_pid() if transport is not None else None
 
     @property
     def alive(self) -> bool:
@@ -387,8 +484,23 @@ class LambdaRuntime:
         max_total: int | None = None,
         max_per_function: int | None = None,
         idle_timeout_s: float = 600.0,
+        fork_server: bool | None = None,
+        zygote: Zygote | None = None,
+        background: Collection[str] = (),
     ) -> None:
         self.functions = dict(functions)
+        # Functions only event sources invoke (pollers, schedules): their environments run at
+        # a lower CPU priority, so that on a laptop's few cores they do not starve the ones
+        # serving requests (in AWS each environment has a CPU share of its own).
+        self.background = frozenset(background)
+        # Environments fork from a zygote that has imported the common libraries (devstack.
+        # zygote), its own or `zygote` (another runtime's, left running on close), unless
+        # COVENANT_LAMBDA_ZYGOTE=off: then each is a new interpreter.
+        if fork_server is None:
+            fork_server = zygote is not None or zygote_enabled()
+        self._fork_server = fork_server
+        self._zygote = zygote if fork_server else None
+        self._owns_zygote = zygote is None
         self._environment = environment
         self.max_total = max_total or positive_env("COVENANT_LAMBDA_MAX_ENVIRONMENTS", 32, int)
         self.max_per_function = max_per_function or positive_env(
@@ -406,6 +518,17 @@ class LambdaRuntime:
         """Binds the runtime to the running event loop (invocations from other threads go
         through `invoke_from_thread`)."""
         self._bind()
+
+    def start_zygote(self) -> Zygote | None:
+        """Starts the fork server now (it preloads while other work runs) rather than at the
+        first cold start; None when environments are new interpreters."""
+        if self._zygote is not None and self._owns_zygote and not self._zygote.alive:
+            self._zygote.close()  # killed, or it stopped answering: a new one replaces it
+            self._zygote = None
+        if self._fork_server and self._zygote is None and not self._closed:
+            self._zygote = Zygote({**_inherited(), **_INTERPRETER_VARIABLES})
+            self._zygote.start()
+        return self._zygote
 
     # --- the Invoke operation ------------------------------------------------------------
 
@@ -431,7 +554,7 @@ class LambdaRuntime:
         init_ms: float | None = None
         try:
             if cold:
-                init_ms, failure = await environment.start()
+                init_ms, failure = await environment.start(self.start_zygote())
                 if failure is not None:
                     self._report(pool, request_id, 0.0, None, init_ms, "init error")
                     return Invocation(request_id, failure, "Unhandled", init_ms)
@@ -532,6 +655,8 @@ class LambdaRuntime:
                 **self._environment(config, region),
                 **lambda_environment(config, region),
             }
+            if config.name in self.background:
+                environment[NICE_VARIABLE] = str(BACKGROUND_NICENESS)
             pool = self._pools[key] = FunctionPool(config, region, environment)
         return pool
 
@@ -546,6 +671,17 @@ class LambdaRuntime:
             }
             for pool in self._pools.values()
         }
+
+    def environment_pids(self, function: str) -> list[int]:
+        """The processes of `function`'s live environments, in every region (for tests that
+        kill one as an operator would; forked ones show as the zygote in `ps`)."""
+        return [
+            pid
+            for pool in self._pools.values()
+            if pool.config.name == function
+            for environment in pool.live
+            if (pid := environment.pid) is not None
+        ]
 
     def invocations(self, function: str) -> int:
         """How many times `function` was invoked, in every region (for tests)."""
@@ -657,6 +793,14 @@ class LambdaRuntime:
             pool.live.clear()
         await asyncio.gather(*(e.close() for e in live), return_exceptions=True)
         self._wake()
+        await asyncio.get_running_loop().run_in_executor(None, self.stop_zygote)
+
+    def stop_zygote(self) -> None:
+        """Ends the fork server if it is this runtime's (any environment left with it)."""
+        zygote, self._zygote = self._zygote, None
+        self._fork_server = False
+        if zygote is not None and self._owns_zygote:
+            zygote.close()
 
 
 def invoke_once(
@@ -664,10 +808,17 @@ def invoke_once(
     region: Region,
     event: dict[str, Any],
     environment: Mapping[str, str],
+    zygote: Zygote | None = None,
 ) -> Invocation:
     """One invocation in a fresh environment that is stopped afterwards (`devstack invoke`,
-    and the custom resources `make dev` runs as a deploy would)."""
-    runtime = LambdaRuntime({config.name: config}, lambda _config, _region: environment)
+    and the custom resources `make dev` runs as a deploy would), forked from `zygote` if
+    given (a fork server of its own would import its libraries for this one environment)."""
+    runtime = LambdaRuntime(
+        {config.name: config},
+        lambda _config, _region: environment,
+        fork_server=zygote is not None,
+        zygote=zygote,
+    )
 
     async def once() -> Invocation:
         await runtime.start()
@@ -717,6 +868,11 @@ def thread_invoker(
         return json.loads(result.payload)
 
     return call
+
+
+def zygote_enabled() -> bool:
+    """COVENANT_LAMBDA_ZYGOTE: `off` starts every environment as a new interpreter."""
+    return (os.environ.get("COVENANT_LAMBDA_ZYGOTE") or "on").lower() != "off"
 
 
 def positive_env(name: str, default: N, kind: type[N]) -> N:

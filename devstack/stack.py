@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -46,12 +48,16 @@ from devstack.runtime import (
     invoke_once,
     thread_invoker,
 )
+from devstack.zygote import Zygote
+
+logger = logging.getLogger("devstack.start")
 
 if TYPE_CHECKING:  # devstack.cognito imports moto: only `make dev` needs it, not `make invoke`
     from devstack.cognito import LocalCognito, MotoServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".local"
+BRIDGE_FUNCTION = "bridge"
 BUILD_DIR = REPO_ROOT / ".local" / "build"  # caches shared by every data folder
 
 
@@ -128,6 +134,28 @@ class StackOptions:
             "moto_port": free_port(),
         }
         return cls(**(values | overrides))
+
+
+def isolated_environment(data_dir: Path) -> dict[str, str]:
+    """This process's variables for a `make dev` of its own (tests, benchmarks): `data_dir`,
+    free ports, no outside database or NATS."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "DATABASE_READER_URL", "NATS_URL")
+    }
+    environment.update(
+        COVENANT_DATA_DIR=str(data_dir),
+        COVENANT_PORT=str(free_port()),
+        COVENANT_PG_PORT=str(free_port()),
+        COVENANT_PG_REPLICA_PORT=str(free_port()),
+        COVENANT_NATS_PORT=str(free_port()),
+        COVENANT_NATS_MONITOR_PORT=str(free_port()),
+        COVENANT_NATS_CLUSTER_PORT=str(free_port()),
+        COVENANT_MOTO_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    return environment
 
 
 def _nats_nodes() -> int:
@@ -215,6 +243,11 @@ class DevStack:
         self.fanouts: list[consumers.ConsumerLoops] = []
         self.runtime: LambdaRuntime | None = None
         self._sqs: Any = None
+        self._started_at = time.monotonic()
+
+    def _phase(self, what: str) -> None:
+        """A line of the start's timeline (bench/dev_start.py reads them)."""
+        logger.info("%s at %.2f s", what, time.monotonic() - self._started_at)
 
     def stop_leftovers(self, *, even_replaced: bool = False) -> None:
         """Servers of this data folder that a killed stack (SIGKILL, a crash) left running would
@@ -272,44 +305,44 @@ class DevStack:
 
     def start(self) -> None:
         o = self.options
-        if o.database_url is None:
-            self.postgres = PostgresCluster(o.data_dir / "postgres", o.pg_port, o.pg_replica_port)
-            self.postgres.start()
-            writer_url, reader_url = self.postgres.primary.url, self.postgres.replica.url
-        else:
-            writer_url, reader_url = o.database_url, o.database_reader_url or o.database_url
-        if o.nats_url is None:
-            if o.nats_nodes > 1:
-                self.nats = self._nats_cluster(o.nats_nodes)
-            else:
-                self.nats = NatsServer(o.data_dir / "nats", o.nats_port, o.nats_monitor_port)
-            self.nats.start()
-            nats_url = self.nats.url
-        else:
-            nats_url = o.nats_url
-        self.endpoints = {
+        self._started_at = time.monotonic()
+        # The environments' fork server imports the functions' libraries while the servers
+        # start; the custom resources' environments fork from it too.
+        self.runtime = LambdaRuntime(
+            function_configs(),
+            self._function_environment,
+            background=(BRIDGE_FUNCTION, realtime.FANOUT_FUNCTION, *consumers.CONSUMER_FUNCTIONS),
+        )
+        self.runtime.start_zygote()
+        # PostgreSQL and NATS start (mostly waiting on their processes) while moto starts in
+        # this thread; each custom resource (a cold start of its own environment) runs as soon
+        # as what it needs is up, while this thread sets up moto's resources.
+        with ThreadPoolExecutor(max_workers=4) as starting:
+            database = starting.submit(self._start_postgres)
+            messaging = starting.submit(self._start_nats)
+            self._start_moto()
+            self._phase("moto started")
+            resources = [
+                starting.submit(lambda: self._migrate(database.result()[0])),
+                starting.submit(lambda: self._apply_streams(messaging.result())),
+            ]
+            self._start_cognito()
+            queues = self._create_wakeup_queue()
+            self._provision_consumers()
+            self._phase("Cognito, queues and the consumers' tables provisioned")
+            for resource in resources:
+                resource.result()
+            self._phase("migrator and JetStream topology applied")
+        writer_url, reader_url = database.result()
+        self.endpoints |= {
             "DATABASE_URL": writer_url,
             "DATABASE_READER_URL": reader_url,
-            "NATS_URL": nats_url,  # a cluster's servers, comma-separated
-            # The jetstream function applies the topology with it; it never lowers a count a
-            # stream has (an R3 cluster given NATS_URL is refused, not scaled down to R1).
+            "NATS_URL": messaging.result(),  # a cluster's servers, comma-separated
             "NATS_REPLICAS": str(o.nats_replicas),
         }
-        self._start_moto()
-        self._start_cognito()
-        queues = self._create_wakeup_queue()
-        self._provision_consumers()
-        # Two custom resources, each a cold start of its own: the database's and NATS's, at once.
-        with ThreadPoolExecutor(max_workers=2) as deploy:
-            resources = [
-                deploy.submit(self._migrate, writer_url),
-                deploy.submit(self._apply_streams, nats_url),
-            ]
-        for resource in resources:
-            resource.result()
         self._wait_for_replica(writer_url, reader_url)
+        self._phase("replica caught up")
         explorer_assets = self._explorer_assets()
-        self.runtime = LambdaRuntime(function_configs(), self._function_environment)
         self.gateway = Gateway(
             o.port,
             verifier=self.verifier,
@@ -319,13 +352,16 @@ class DevStack:
         )
         self.gateway.serve_in_thread()
         self.endpoints.update(realtime.provision(self.endpoints, self.gateway.url))
+        self._phase("gateway listening")
         # The API's environments first: /health in every region starts them (cold starts),
         # then the bridge's triggers, the consumers and the fan-outs start theirs in the
         # background of a stack that already answers (eleven cold starts at once would hold
         # the two cores for several seconds before any region could answer).
         self._warm_up()
+        self._phase("every region healthy")
         self._start_bridge_triggers(queues)
         self._start_consumers()
+        self._phase("bridge, consumers and fan-outs started")
         state_file(o.data_dir).write_text(
             json.dumps(
                 {
@@ -337,6 +373,33 @@ class DevStack:
             ),
             encoding="utf-8",
         )
+
+    def _start_postgres(self) -> tuple[str, str]:
+        """The writer's and the reader's URLs: the local primary and replica, started, or
+        DATABASE_URL / DATABASE_READER_URL."""
+        o = self.options
+        if o.database_url is not None:
+            return o.database_url, o.database_reader_url or o.database_url
+        self.postgres = PostgresCluster(o.data_dir / "postgres", o.pg_port, o.pg_replica_port)
+        self.postgres.start()
+        self._phase("PostgreSQL primary and replica started")
+        return self.postgres.primary.url, self.postgres.replica.url
+
+    def _start_nats(self) -> str:
+        """The NATS URL: the local server (or cluster), started, or NATS_URL."""
+        o = self.options
+        if o.nats_url is not None:
+            return o.nats_url
+        if o.nats_nodes > 1:
+            self.nats = self._nats_cluster(o.nats_nodes)
+        else:
+            self.nats = NatsServer(o.data_dir / "nats", o.nats_port, o.nats_monitor_port)
+        self.nats.start()
+        self._phase("nats-server started")
+        return self.nats.url
+
+    def _zygote(self) -> Zygote | None:
+        return self.runtime.start_zygote() if self.runtime is not None else None
 
     def _nats_cluster(self, nodes: int) -> NatsCluster:
         o = self.options
@@ -425,7 +488,11 @@ class DevStack:
             "AWS_SECRET_ACCESS_KEY": "local",
         }
         result = invoke_once(
-            config, region, custom_resource_event("Custom::CovenantMigrations", {}), environment
+            config,
+            region,
+            custom_resource_event("Custom::CovenantMigrations", {}),
+            environment,
+            self._zygote(),
         )
         if result.function_error is not None:
             document = result.error_document
@@ -440,9 +507,16 @@ class DevStack:
         resource runs it."""
         region = primary_region()
         config = function_configs()["jetstream"]
-        environment = function_environment(config.spec, region, {**self.endpoints})
+        # It never lowers a count a stream has (an R3 cluster given NATS_URL is refused, not
+        # scaled down to R1).
+        endpoints = {"NATS_URL": nats_url, "NATS_REPLICAS": str(self.options.nats_replicas)}
+        environment = function_environment(config.spec, region, endpoints)
         result = invoke_once(
-            config, region, custom_resource_event("Custom::JetStreamTopology", {}), environment
+            config,
+            region,
+            custom_resource_event("Custom::JetStreamTopology", {}),
+            environment,
+            self._zygote(),
         )
         if result.function_error is not None:
             document = result.error_document
@@ -472,7 +546,7 @@ class DevStack:
         source = SqsEventSource(
             self._sqs,
             queues,
-            get_function("bridge"),
+            get_function(BRIDGE_FUNCTION),
             primary_region(),
             self.endpoints,
             invoker=thread_invoker(self.runtime),
@@ -525,6 +599,8 @@ class DevStack:
         if self.gateway is not None:
             self.gateway.shutdown()  # and every Lambda environment
             self.gateway = None
+        if self.runtime is not None:
+            self.runtime.stop_zygote()  # a start that failed before the gateway ran
             self.runtime = None
         with contextlib.suppress(FileNotFoundError):
             state_file(self.options.data_dir).unlink()
@@ -584,7 +660,9 @@ class DevStack:
         primary = Database(Role.WRITER, writer_url, statement_timeout_ms=5000, connect_timeout_s=3)
         replica = Database(Role.READER, reader_url, statement_timeout_ms=5000, connect_timeout_s=3)
         with primary.session() as session:
-            target = session.scalar("SELECT pg_current_wal_insert_lsn()::text")
+            # Flushed, not inserted: WAL past the last flush (a background record) is not
+            # streamed until something flushes it, which on an idle primary can take long.
+            target = session.scalar("SELECT pg_current_wal_flush_lsn()::text")
         primary.close()
 
         def caught_up() -> bool:
@@ -641,15 +719,17 @@ def run(options: StackOptions) -> None:
         stack = DevStack(options)
         stack.stop_leftovers()
         stack.check_ports()
-        stopping = threading.Event()
+        # Plain flags, not threading.Event: Event.set() in a signal handler takes the lock that
+        # Event.wait() in the main thread may hold at that instant, and never returns.
+        stopping: list[int] = []
         started = threading.Event()
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
-            if not started.is_set() and not stopping.is_set():
+            if not started.is_set() and not stopping:
                 # Not interrupted midway: an initdb or base backup cut short would leave a data
                 # folder that never starts again.
                 print("\nStopping once the start completes ...", flush=True)
-            stopping.set()
+            stopping.append(signum)
 
         previous = {
             sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -658,9 +738,10 @@ def run(options: StackOptions) -> None:
             print("Starting the Covenant local stack ...", flush=True)
             stack.start()
             started.set()
-            if not stopping.is_set():
+            if not stopping:
                 _print_banner(stack)
-            stopping.wait()
+            while not stopping:
+                time.sleep(0.2)  # a signal ends the sleep at once; its handler runs here
             print("\nStopping ...", flush=True)
         finally:
             stack.stop()

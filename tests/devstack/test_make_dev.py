@@ -21,7 +21,8 @@ import pytest
 
 from covenant.db import Database, Role
 from covenant.regions import region_codes
-from devstack.processes import free_port, port_in_use, wait_until
+from devstack.processes import port_in_use, wait_until
+from devstack.stack import isolated_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -63,22 +64,8 @@ class DevRun:
 def stack_env() -> Iterator[dict[str, str]]:
     data_dir = Path(tempfile.mkdtemp(prefix="covenant-dev-"))
     data_dir.chmod(0o755)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "DATABASE_READER_URL", "NATS_URL")
-    }
-    env.update(
-        COVENANT_DATA_DIR=str(data_dir),
-        COVENANT_PORT=str(free_port()),
-        COVENANT_PG_PORT=str(free_port()),
-        COVENANT_PG_REPLICA_PORT=str(free_port()),
-        COVENANT_NATS_PORT=str(free_port()),
-        COVENANT_NATS_MONITOR_PORT=str(free_port()),
-        COVENANT_MOTO_PORT=str(free_port()),
-        COVENANT_SWEEP_EVERY_S="1",  # the bridge connects to NATS before the test ends
-        PYTHONUNBUFFERED="1",
-    )
+    env = isolated_environment(data_dir)
+    env["COVENANT_SWEEP_EVERY_S"] = "1"  # the bridge connects to NATS before the test ends
     yield env
     # Stops whatever a failed test left running from the folder, then deletes it.
     subprocess.run(

@@ -391,22 +391,15 @@ def test_a_signed_out_session_is_closed(stack: DevStack) -> None:
     assert closed["code"] == 1000  # API Gateway closes a deleted connection with 1000
 
 
-def kill_fanout_environments() -> int:
-    """SIGKILL to the fan-out's execution environments (processes this test process started),
-    as an operator's `kill -9` would: the next run is a cold start."""
+def kill_fanout_environments(stack: DevStack) -> int:
+    """SIGKILL to the fan-out's execution environments, as an operator's `kill -9` would: the
+    next run is a cold start."""
+    assert stack.runtime is not None
     killed = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            environ = (proc / "environ").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == os.getpid() and b"AWS_LAMBDA_FUNCTION_NAME=covenant-iad-fanout\0" in environ:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed += 1
+    for pid in stack.runtime.environment_pids("fanout"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
     return killed
 
 
@@ -421,7 +414,7 @@ def test_the_fan_out_killed_mid_stream_delivers_each_change_once_in_order(stack:
         for n, name in enumerate(expected):
             create_project(stack, "iad", editor, name=name)
             if n in (10, 25):
-                kills += kill_fanout_environments()
+                kills += kill_fanout_environments(stack)
         node.wait_for(lambda _: expected[-1] in names(node.changes()), 120)
         time.sleep(3)  # anything doubled would follow within a redelivery
     assert kills >= 1
