@@ -33,6 +33,11 @@ class RequestContext:
     _session: Session | None = None
     _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     _field_keys: dict[tuple[Any, ...], tuple[str, ...]] = field(default_factory=dict)
+    # Each row's list level, by the row's identity (the level holds the row, so the identity
+    # stays its own for the request). Kept here, not in the row: a row holding its level
+    # would be a reference cycle, and a request's 2 000 rows would then wait for the cyclic
+    # collector instead of being freed when the request ends.
+    _levels: dict[int, list[Row]] = field(default_factory=dict)
 
     @property
     def region_codes(self) -> tuple[str, ...]:
@@ -76,16 +81,17 @@ def field_key(info: Info, arguments: dict[str, Any] | None = None) -> tuple[str,
     return found
 
 
-def siblings(row: Row) -> list[Row]:
+def siblings(context: RequestContext, row: Row) -> list[Row]:
     """The rows resolved together with `row` (its list level), or just itself."""
-    group: list[Row] | None = row.get("_siblings")
+    group = context._levels.get(id(row))
     return group if group is not None else [row]
 
 
-def mark_siblings(rows: Iterable[Row]) -> list[Row]:
+def mark_siblings(context: RequestContext, rows: Iterable[Row]) -> list[Row]:
     group = list(rows)
+    levels = context._levels
     for row in group:
-        row["_siblings"] = group
+        levels[id(row)] = group
     return group
 
 

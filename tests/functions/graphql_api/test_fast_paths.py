@@ -5,6 +5,7 @@ the same page sent as rows."""
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -60,6 +61,48 @@ def test_row_executor_answers_what_graphql_core_answers(gql, monkeypatch, name: 
     assert _without_request_ids(fast.errors) == _without_request_ids(slow.errors)
     assert fast.data is not None or fast.errors
     assert bool(fast.errors) == (name == "error")
+
+
+def test_a_requests_rows_are_freed_without_the_cyclic_collector(gql) -> None:
+    """Rows are not linked to their list level (a cycle per row): when the request ends,
+    reference counting frees them, and no collection has to walk them first."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        reply = gql(QUERIES["Q1"])
+        gc.collect()
+        rows_left = [
+            o for o in gc.garbage if type(o) is dict and ("sector_id" in o or "gdp_usd" in o)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert reply.status == 200 and not reply.errors
+    assert sum(len(c["projects"]["nodes"]) for c in reply.data["countries"]["nodes"]) >= 250
+    assert rows_left == []
+
+
+def test_the_collector_is_paused_while_a_request_executes(gql, monkeypatch) -> None:
+    enabled: list[bool] = []
+    execute = engine.execute
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        enabled.append(gc.isenabled())
+        return execute(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "execute", observed)
+    assert gql("{ regions { code } }").status == 200
+    assert enabled == [False]
+    assert gc.isenabled()
+    gc.disable()  # paused by a caller: still paused after
+    try:
+        with engine.collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def _without_request_ids(errors: list[dict[str, Any]]) -> Any:
