@@ -38,7 +38,7 @@ from graphql import (
 )
 from graphql.execution import Executor
 from graphql.execution.collect_fields import FieldDetails, FieldDetailsList, GroupedFieldSet
-from graphql.execution.executor import to_nodes
+from graphql.execution.executor import StreamUsage, to_nodes
 from graphql.execution.values import get_argument_values
 from graphql.pyutils import AwaitableOrValue, Path
 
@@ -196,6 +196,8 @@ class RowExecutor(Executor[Any]):
         self._tables: dict[int, Mapping[Any, Any]] = {}
         # collect_subfields by the identity of the field group (kept alive here).
         self._collected: dict[int, tuple[GraphQLObjectType, FieldDetailsList, GroupedFieldSet]] = {}
+        # Field groups without @stream (get_stream_usage), kept alive here.
+        self._unstreamed: dict[int, FieldDetailsList] = {}
         # What compiled row functions read besides the row, by plan (_bound).
         self._bound_values: dict[int, tuple[Any, ...]] = {}
         # Argument values by field node, when they are all immutable scalars (_arguments).
@@ -325,7 +327,7 @@ class RowExecutor(Executor[Any]):
         info = self.build_resolve_info(field_def, to_nodes(field_details_list), parent_type, path)
         try:
             result = resolve_fn(source, info, **args)
-            if self.is_awaitable(result):
+            if type(result) not in _PLAIN and self.is_awaitable(result):
                 return self.complete_awaitable_value(
                     return_type, field_details_list, info, path, result, position_context
                 )
@@ -459,8 +461,9 @@ class RowExecutor(Executor[Any]):
         if type(result) is dict:
             row_type = _row_type(return_type)
             if row_type is not None:
-                return self.collect_and_execute_subfields(
-                    row_type, field_details_list, path, result, position_context
+                # collect_and_execute_subfields, its collection memoised by _subfields
+                return self.execute_fields(
+                    row_type, result, path, self._subfields(row_type, field_details_list), None
                 )
         return super().complete_value(
             return_type, field_details_list, info, path, result, position_context
@@ -639,6 +642,20 @@ class RowExecutor(Executor[Any]):
         )
         self._bound_values[id(plan)] = bound  # the plan lives as long as the execution
         return bound
+
+    def get_stream_usage(
+        self, field_details_list: FieldDetailsList, path: Path
+    ) -> StreamUsage | None:
+        """graphql-core's, with a field group found without @stream remembered as such
+        (graphql-core remembers only the streamed ones, and reads the directive again for
+        every list of every parent)."""
+        known = self._unstreamed.get(id(field_details_list))
+        if known is not None and known is field_details_list:
+            return None
+        usage = super().get_stream_usage(field_details_list, path)
+        if usage is None and not isinstance(path.key, int):
+            self._unstreamed[id(field_details_list)] = field_details_list
+        return usage
 
     def _subfields(
         self, row_type: GraphQLObjectType, field_details_list: FieldDetailsList
