@@ -165,3 +165,41 @@ def test_a_nested_page_as_json_equals_it_as_rows(reader, fields: list[str], orde
         )
         for row in json_rows:
             assert all(type(value) in (str, int, bool) for value in row.values()), row
+
+
+@pytest.mark.parametrize("with_total", [False, True])
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_page_as_json_equals_it_as_rows(reader, with_total: bool, joined: bool) -> None:
+    """A top-level page is read as one JSON array when every column is exact in JSON (its
+    joined row's too); with impact_score (a float) it comes as rows: the same rows."""
+    order = Order("budget_usd", True, "bigint")
+    join = (repository.PROJECT_COUNTRY, ["name", "gdpUsd"]) if joined else None
+    pages = []
+    with reader.session() as session:
+        for fields in (
+            ["name", "budgetUsd", "sector"],
+            ["name", "budgetUsd", "sector", "impactScore"],
+        ):
+            query = repository.project_filter({"status": "active"}, ["ams", "iad"])
+            pages.append(
+                repository.page(
+                    session,
+                    repository.PROJECTS,
+                    query,
+                    order,
+                    7,
+                    None,
+                    fields,
+                    with_total=with_total,
+                    join=join,
+                )
+            )
+    (json_rows, json_more, json_total), (plain_rows, plain_more, plain_total) = pages
+    assert len(json_rows) == 7 and (json_more, json_total) == (plain_more, plain_total)
+    assert (json_total is not None) == with_total
+    for json_row, plain_row in zip(json_rows, plain_rows, strict=True):
+        assert "impact_score" not in json_row and type(plain_row.pop("impact_score")) is float
+        assert json_row == plain_row
+        if joined:
+            assert json_row["_country"] == plain_row["_country"]
+            assert set(json_row["_country"]) == {"code", "name", "gdp_usd"}
