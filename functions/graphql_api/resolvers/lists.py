@@ -106,7 +106,7 @@ def nested(
     args: Mapping[str, Any],
 ) -> dict[str, Any]:
     context = context_of(info)
-    batch = field_key(info, dict(args))
+    batch = field_key(info, args)
     own_key = parent.key_of(row)
 
     def load(parents: list[Row]) -> _Level:
