@@ -50,7 +50,10 @@ class _GraphQLCore(Executor[Any]):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_row_executor_answers_what_graphql_core_answers(gql, monkeypatch, name: str) -> None:
+def test_row_executor_answers_what_graphql_core_answers(
+    gql, monkeypatch, wait_for_replica, name: str
+) -> None:
+    wait_for_replica()  # an earlier test's last writes (its clean-up) must not land between
     fast = gql(VARIANTS[name])
     monkeypatch.setattr(engine, "RowExecutor", _GraphQLCore)
     before = _GraphQLCore.runs
