@@ -358,7 +358,9 @@ def collector_paused() -> Iterator[None]:
     finds nothing to free. An execution environment runs one request at a time, so the
     pause is bounded by the request's own limits (page sizes, cost); what cycles a request
     leaves are collected by the first collection after it. Whoever paused the collector
-    resumes it: a caller that had paused it already finds it paused still."""
+    resumes it: a caller that had paused it already finds it paused still. The Lambda
+    handler pauses it for the whole request (resumed once the answer's tree is freed, so
+    that no collection walks it then); `run` pauses it for callers that do not."""
     paused_here = gc.isenabled()
     gc.disable()
     try:
