@@ -335,8 +335,8 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def check_same_data(handler: mix.Handler, server: PostGraphile) -> None:
-    for name in QUERIES:
+def check_same_data(handler: mix.Handler, server: PostGraphile, names: list[str]) -> None:
+    for name in names:
         expected = _rounded(ours(name, handler.query(name)[0]))
         found = _rounded(as_covenant(name, server.query(name)[0]))
         if expected != found:
@@ -345,14 +345,17 @@ def check_same_data(handler: mix.Handler, server: PostGraphile) -> None:
                 f"  handler:     {json.dumps(expected)[:400]}\n"
                 f"  PostGraphile: {json.dumps(found)[:400]}"
             )
-    say("  same data: yes (Q1-Q5, the handler's answer == PostGraphile's, in the handler's shape)")
+    say(
+        f"  same data: yes ({', '.join(names)}: the handler's answer == PostGraphile's, "
+        "in the handler's shape)"
+    )
 
 
 def measure(
-    handler: mix.Handler, server: PostGraphile, iterations: int
+    handler: mix.Handler, server: PostGraphile, iterations: int, names: list[str]
 ) -> dict[str, dict[str, mix.Series]]:
     results = {}
-    for name in QUERIES:
+    for name in names:
         results[name] = mix.run_interleaved(
             {
                 "covenant": lambda q=name: handler.query(q),
@@ -509,12 +512,21 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also measure at 100 000 projects")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument(
+        "--queries",
+        default=",".join(QUERIES),
+        help="the queries to compare, comma-separated (default: all, %(default)s)",
+    )
+    parser.add_argument(
         "--throughput-seconds",
         type=float,
         default=5.0,
         help="seconds per throughput round at 10 000 projects (0: no throughput)",
     )
     arguments = parser.parse_args()
+    names = [name.strip() for name in arguments.queries.split(",")]
+    unknown = [name for name in names if name not in QUERIES]
+    if unknown:
+        parser.error(f"unknown queries {', '.join(unknown)}: choose from {', '.join(QUERIES)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
     install()
@@ -543,8 +555,8 @@ def main() -> None:
                     f"  PostGraphile {server.version} on 127.0.0.1:{server.port}, "
                     f"Node.js {server.node}, NODE_ENV=production"
                 )
-                check_same_data(handler, server)
-                results = measure(handler, server, arguments.iterations)
+                check_same_data(handler, server, names)
+                results = measure(handler, server, arguments.iterations, names)
                 print_table(size, results, server.version)
                 for name, series in results.items():
                     ratios[(size, name)] = series["covenant"].p50 / series["postgraphile"].p50

@@ -4,11 +4,12 @@ batches that keep nested fields at one statement per list level."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 from graphql import GraphQLResolveInfo
+from graphql.pyutils import Path
 
 from covenant import db
 from covenant.db import Row, Session
@@ -33,6 +34,14 @@ class RequestContext:
     _session: Session | None = None
     _batches: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     _field_keys: dict[tuple[Any, ...], tuple[str, ...]] = field(default_factory=dict)
+    # Each row's list level, by the row's identity (the level holds the row, so the identity
+    # stays its own for the request). Kept here, not in the row: a row holding its level
+    # would be a reference cycle, and a request's 2 000 rows would then wait for the cyclic
+    # collector instead of being freed when the request ends.
+    _levels: dict[int, list[Row]] = field(default_factory=dict)
+    # Levels marked but not indexed yet: most levels (the 1 950 projects of a page of pages)
+    # have no list below them that asks for their siblings.
+    _unindexed: list[list[Row]] = field(default_factory=list)
 
     @property
     def region_codes(self) -> tuple[str, ...]:
@@ -60,10 +69,16 @@ def context_of(info: Info) -> RequestContext:
     return info.context
 
 
-def field_key(info: Info, arguments: dict[str, Any] | None = None) -> tuple[str, ...]:
+def field_key(info: Info, arguments: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """Identifies one field of the query document (list indices dropped, aliases kept) and
     its arguments: every parent resolved at this field shares one batch."""
-    path = tuple(part for part in info.path.as_list() if isinstance(part, str))
+    keys: list[str] = []
+    step: Path | None = info.path
+    while step is not None:
+        if type(step.key) is str:
+            keys.append(step.key)
+        step = step.prev
+    path = tuple(reversed(keys))
     if not arguments:
         return (*path, "{}")
     # The same field at the same path has the same arguments throughout a request (its
@@ -76,16 +91,21 @@ def field_key(info: Info, arguments: dict[str, Any] | None = None) -> tuple[str,
     return found
 
 
-def siblings(row: Row) -> list[Row]:
+def siblings(context: RequestContext, row: Row) -> list[Row]:
     """The rows resolved together with `row` (its list level), or just itself."""
-    group: list[Row] | None = row.get("_siblings")
-    return group if group is not None else [row]
+    levels = context._levels
+    if context._unindexed:
+        for group in context._unindexed:  # in marking order: a later mark wins
+            for member in group:
+                levels[id(member)] = group
+        context._unindexed.clear()
+    found = levels.get(id(row))
+    return found if found is not None else [row]
 
 
-def mark_siblings(rows: Iterable[Row]) -> list[Row]:
+def mark_siblings(context: RequestContext, rows: Iterable[Row]) -> list[Row]:
     group = list(rows)
-    for row in group:
-        row["_siblings"] = group
+    context._unindexed.append(group)
     return group
 
 

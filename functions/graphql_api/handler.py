@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext  # noqa: E402
 import covenant.snapstart  # noqa: E402, F401 - registers the SnapStart hooks: no connection in a snapshot
 from covenant.logs import adopt_shared_logs  # noqa: E402
 from graphql_api.api import serve  # noqa: E402
+from graphql_api.engine import collector_paused  # noqa: E402
 from graphql_api.schema import executable_schema  # noqa: E402
 
 logger = Logger(service="graphql")
@@ -49,4 +50,6 @@ gc.enable()
 @metrics.log_metrics(capture_cold_start_metric=not is_metrics_disabled())
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     adopt_shared_logs(logger)
-    return serve(event, context, metrics)
+    # Until the answer is written and its tree freed (docs/performance.md, item 10).
+    with collector_paused():
+        return serve(event, context, metrics)

@@ -344,13 +344,22 @@ def page(
         )
         joined = f" LEFT JOIN {spec.table.name} _j ON _j.{spec.key} = {table.alias}.{spec.column}"
     _keyset(table, order, after, query)
-    rows = session.rows(
+    statement = (
         f"SELECT {table.select(fields, order.column)}{joined_columns}{total} "
         f"FROM {table.name} {table.alias}{joined} WHERE {query.where} "
-        f"ORDER BY {_order_by(table, order)} LIMIT :limit",
-        **query.params,
-        limit=first + 1 if look_ahead else first,
+        f"ORDER BY {_order_by(table, order)} LIMIT :limit"
     )
+    params = {**query.params, "limit": first + 1 if look_ahead else first}
+    exact = table.exact_in_json.issuperset(table.selected(fields, order.column)) and (
+        join is None or join[0].table.exact_in_json.issuperset(join[0].table.selected(join[1]))
+    )
+    if exact:
+        # The page as one JSON array (see nested_pages): one value to decode instead of a
+        # row per item; the count, when asked, is an integer, exact in JSON too.
+        page_json = session.scalar(f"SELECT json_agg(x)::text FROM ({statement}) AS x", **params)
+        rows = orjson.loads(page_json) if page_json is not None else []
+    else:
+        rows = session.rows(statement, **params)
     counted = [row.pop("_total") for row in rows] if with_total else []
     if join is not None:
         _split_joined(rows, join[0])

@@ -63,7 +63,7 @@ def top_level(kind: ListKind, info: Info, args: Mapping[str, Any]) -> dict[str, 
     )
     if join is not None:  # one level of rows: nested lists under them batch over all of it
         joined = {id(row): row for row in (r[f"_{join[0].field}"] for r in rows) if row}
-        mark_siblings(joined.values())
+        mark_siblings(context, joined.values())
 
     def total() -> int:
         if counted is not None:
@@ -77,7 +77,7 @@ def top_level(kind: ListKind, info: Info, args: Mapping[str, Any]) -> dict[str, 
             ),
         )
 
-    return connection(mark_siblings(rows), has_next, order, kind.table, total)
+    return connection(mark_siblings(context, rows), has_next, order, kind.table, total)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def nested(
     args: Mapping[str, Any],
 ) -> dict[str, Any]:
     context = context_of(info)
-    batch = field_key(info, dict(args))
+    batch = field_key(info, args)
     own_key = parent.key_of(row)
 
     def load(parents: list[Row]) -> _Level:
@@ -126,10 +126,10 @@ def nested(
             node_fields(info),
             "pageInfo" in connection_fields(info),
         )
-        mark_siblings(child for rows, _ in pages.values() for child in rows)
+        mark_siblings(context, (child for rows, _ in pages.values() for child in rows))
         return _Level(order, pages, keys)
 
-    level = context.batch(("pages", *batch), lambda: load(siblings(row)))
+    level = context.batch(("pages", *batch), lambda: load(siblings(context, row)))
     if own_key not in level.pages:  # a parent outside the level that loaded first
         level = context.batch(("pages", own_key, *batch), lambda: load([row]))
     rows, has_next = level.pages[own_key]

@@ -20,7 +20,7 @@ from covenant.project_rules import PROJECT_FIELDS, PROJECT_SQL_TYPES
 from covenant.revocation import revoke_tokens, wait_out_second
 from covenant.uow import UnitOfWork
 from graphql_api import repository, users
-from graphql_api.context import Info, RequestContext, context_of, mark_siblings
+from graphql_api.context import Info, RequestContext, context_of
 from graphql_api.errors import BadUserInput, Conflict, NotFound
 from graphql_api.events import change, emit, emit_role_change
 from graphql_api.repository import COUNTRIES, PROJECTS, Table
@@ -160,7 +160,7 @@ def resolve_create_project(_: Any, info: Info, input: dict[str, Any]) -> Row:
         assert row is not None
         _writes(info, str(row["id"]))
         emit(uow, context, "projects", "created", row)
-    return mark_siblings([row])[0]
+    return row
 
 
 @mutation.field("updateProject")
@@ -189,7 +189,7 @@ def resolve_update_project(
         changes = _changed(old, row)
         if changes:  # else nothing changed: same version, no event
             emit(uow, context, "projects", "updated", row, changes)
-    return mark_siblings([row])[0]
+    return row
 
 
 @mutation.field("deleteProject")
@@ -233,7 +233,7 @@ def resolve_create_country(_: Any, info: Info, input: dict[str, Any]) -> Row:
         assert row is not None
         _writes(info, code)
         emit(uow, context, "countries", "created", row)
-    return mark_siblings([row])[0]
+    return row
 
 
 @mutation.field("updateCountry")
@@ -266,7 +266,7 @@ def resolve_update_country(
             _emit_region_move(uow, context, row, changes)
         elif changes:  # else nothing changed: same version, no event
             emit(uow, context, "countries", "updated", row, changes)
-    return mark_siblings([row])[0]
+    return row
 
 
 # The projects of a country, as the write that just moved them left them (in this transaction:

@@ -49,7 +49,7 @@ def resolve_country(_: Any, info: Info, code: str) -> Row | None:
     found = repository.countries_by_code(
         context_of(info).session, [code.upper()], object_fields(info)
     )
-    return mark_siblings(found.values())[0] if found else None
+    return next(iter(found.values()), None)  # one row: its own list level
 
 
 @query.field("countryByCode")
@@ -113,8 +113,11 @@ def resolve_sectoral_stats(_: Any, info: Info, sector: str | None = None) -> lis
         info, ("sectoral", sector), lambda: repository.sectoral_stats(session, sector)
     )
     sectors = mark_siblings(
-        {"id": r["sector_id"], "name": r["sector_name"], "description": r["sector_description"]}
-        for r in rows
+        context_of(info),
+        (
+            {"id": r["sector_id"], "name": r["sector_name"], "description": r["sector_description"]}
+            for r in rows
+        ),
     )
     for row, found in zip(rows, sectors, strict=True):
         row["sector"] = found

@@ -44,7 +44,9 @@ def region_by_code(context: RequestContext, code: str) -> dict[str, Any]:
     """Regions come from the region table (configuration): no SQL."""
     rows = context.batch(
         ("regions",),
-        lambda: {r["code"]: r for r in mark_siblings(region_row(r) for r in context.regions)},
+        lambda: {
+            r["code"]: r for r in mark_siblings(context, (region_row(r) for r in context.regions))
+        },
     )
     return rows[code]
 
@@ -52,7 +54,9 @@ def region_by_code(context: RequestContext, code: str) -> dict[str, Any]:
 def sectors_by_id(context: RequestContext) -> dict[str, Row]:
     return context.batch(
         ("sectors",),
-        lambda: {r["id"]: r for r in mark_siblings(repository.all_sectors(context.session))},
+        lambda: {
+            r["id"]: r for r in mark_siblings(context, repository.all_sectors(context.session))
+        },
     )
 
 
@@ -85,11 +89,11 @@ def resolve_project_country(row: Row, info: Info) -> Row:
     def load(parents: list[Row]) -> dict[str, Row]:
         codes = unique(r["country_code"] for r in parents)
         found = repository.countries_by_code(context.session, codes, object_fields(info))
-        mark_siblings(found.values())
+        mark_siblings(context, found.values())
         return found
 
     batch = field_key(info)
-    countries = context.batch(("country-of", *batch), lambda: load(siblings(row)))
+    countries = context.batch(("country-of", *batch), lambda: load(siblings(context, row)))
     if row["country_code"] not in countries:  # a parent outside the level that loaded first
         countries = context.batch(("country-of", row["country_code"], *batch), lambda: load([row]))
     return countries[row["country_code"]]

@@ -4,12 +4,13 @@ errors at the same paths, for plain rows and for every way a value can go wrong.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from ariadne import EnumType, ObjectType, QueryType, make_executable_schema
 from graphql import ExecutionResult, GraphQLSchema, execute, parse
 
+from graphql_api import executor
 from graphql_api.executor import RowExecutor, RowLookup, RowResolver, bind_row_keys
 from graphql_api.resolvers.scalars import money
 from graphql_api.schema import executable_schema, row_key, snake_case
@@ -17,7 +18,8 @@ from graphql_api.schema import executable_schema, row_key, snake_case
 SDL = """
 scalar Money
 enum Colour { RED GREEN }
-type Query { rows: [Row!]!  loose: [Row]  one: Row!  maybe: Row }
+type Query { rows: [Row!]!  loose: [Row]  one: Row!  maybe: Row  plain: [Row!]! }
+input Style { case: String = "upper", marks: [String!] }
 type Row {
   id: ID!
   label: String
@@ -36,6 +38,7 @@ type Row {
   kindOf: Kind
   kindOfMissingKey: Kind
   kindOfLostTable: Kind!
+  labelled(prefix: String!, style: Style, budget: Money): String
 }
 type Kind { name: String! }
 """
@@ -51,6 +54,8 @@ def _schema() -> GraphQLSchema:
     query.set_field("loose", lambda *_: [ROWS[0], None, ROWS[1]])
     query.set_field("one", lambda *_: ROWS[0])
     query.set_field("maybe", lambda *_: None)
+    query.set_field("plain", lambda *_: PLAIN)
+    row.set_field("labelled", _labelled)
     row.set_field("kind", RowResolver(lambda r, context: KINDS[r["kind_id"]]))
 
     def fail(r: dict[str, Any], context: Any) -> Any:
@@ -70,6 +75,19 @@ def _schema() -> GraphQLSchema:
     schema = make_executable_schema(SDL, query, row, money, colour, convert_names_case=snake_case)
     bind_row_keys(schema, row_key)
     return schema
+
+
+def _labelled(
+    r: dict[str, Any],
+    info: Any,
+    prefix: str,
+    style: dict[str, Any] | None = None,
+    budget: int | None = None,
+) -> str:
+    if style is None:
+        return f"{prefix}{r['id']}/{budget}"
+    marks = ",".join(style.get("marks") or ["-"])
+    return f"{prefix}{r['id']}/{style['case']}/{marks}/{sorted(style)}/{budget}"
 
 
 ROWS: list[dict[str, Any]] = [
@@ -99,6 +117,18 @@ ROWS: list[dict[str, Any]] = [
     },
 ]
 ROWS[0]["children"] = [ROWS[1]]
+# Rows whose fields are all copies and lookups (a compiled row function completes them), with
+# values that leave it: a null label, a kind whose name is null, a kind not in the table, a
+# kind id of another type, an item that is not a row.
+PLAIN: list[Any] = [
+    *({"id": f"p{n}", "label": f"plain {n}", "kind_id": "a"} for n in range(20)),
+    {"id": "p20", "label": None, "kind_id": "a"},
+    {"id": "p21", "label": "b-kind", "kind_id": "b"},
+    {"id": "p22", "label": "lost", "kind_id": "zzz"},
+    {"id": "p23", "label": "odd key", "kind_id": 7},
+    {"id": 24, "label": "odd id", "kind_id": "a"},
+    *({"id": f"p{n}", "label": f"plain {n}", "kind_id": "a"} for n in range(25, 30)),
+]
 ROWS[1]["parent"] = ROWS[0]
 SCHEMA = _schema()
 
@@ -124,6 +154,17 @@ QUERIES = [
     "{ rows { id kindOfMissingKey { name } } }",
     "{ rows { id kindOfLostTable { name } } }",
     "{ loose { id kindOf { name } kindOfLostTable { name } } }",
+    # Compiled row functions: copies and lookups, and every way of leaving them.
+    "{ plain { id kindOf { name } } }",
+    "{ plain { label id k: kindOf { name } again: kindOf { name } } }",
+    "{ plain { id label kindOfMissingKey { name } } }",
+    "{ plain { id kindOfLostTable { name } } }",
+    "{ plain { id kindOf { name } kind { name } } }",
+    # Arguments coerced once per field node: literals, input objects, defaults.
+    '{ rows { labelled(prefix: ">") } plain { labelled(prefix: "<", style: {case: "x"}) } }',
+    '{ plain { a: labelled(prefix: "a") b: labelled(prefix: "b", style: {marks: ["m"]}) } }',
+    # ... and an argument a scalar refuses: the error at each field, as graphql-core reports.
+    '{ plain { id labelled(prefix: "$", budget: 1.5) } }',
 ]
 
 
@@ -166,6 +207,57 @@ def test_the_short_path_is_taken_for_plain_leaves_and_rows() -> None:
             "children": [{"id": "2"}],
         }
     }
+
+
+def test_arguments_with_variables_answer_what_graphql_core_answers() -> None:
+    document = parse(
+        "query ($p: String!, $s: Style) { plain { labelled(prefix: $p, style: $s) } "
+        "rows { labelled(prefix: $p) } }"
+    )
+    for variables in ({"p": "v"}, {"p": "w", "s": {"marks": ["x", "y"], "case": None}}):
+        expected = execute(SCHEMA, document, variable_values=variables)
+        got = execute(SCHEMA, document, variable_values=variables, executor_class=RowExecutor)
+        assert isinstance(expected, ExecutionResult) and isinstance(got, ExecutionResult)
+        assert got.data == expected.data
+        assert _errors(got) == _errors(expected)
+        assert not got.errors
+
+
+def test_arguments_are_coerced_once_per_field_node(monkeypatch) -> None:
+    coerced: list[str] = []
+    real = executor.get_argument_values
+
+    def counted(field: Any, node: Any, *args: Any) -> Any:
+        coerced.append(node.name.value)
+        return real(field, node, *args)
+
+    monkeypatch.setattr(executor, "get_argument_values", counted)
+    result = _run('{ plain { a: labelled(prefix: "a") b: labelled(prefix: "b") } }', RowExecutor)
+    assert not result.errors
+    assert coerced == ["labelled", "labelled"]  # a and b: one each for the 30 rows
+
+
+def test_rows_of_copies_and_lookups_complete_by_their_compiled_function() -> None:
+    """Only the rows the compiled function leaves (the first, whose kind is not completed
+    yet, and those with an odd value) go through the general per-row path."""
+    result = execute(
+        SCHEMA, parse("{ plain { id label kindOf { name } } }"), executor_class=_CountingRows
+    )
+    assert isinstance(result, ExecutionResult)
+    # p0 (its kind not yet completed), p20 (null label), p21 (a new kind), p22 (no such
+    # kind), p23 (no kind for 7), 24 (an id that is not a string)
+    assert _CountingRows.general == {"p0", "p20", "p21", "p22", "p23", 24}
+    assert result.data is not None
+    assert len(result.data["plain"]) == len(PLAIN)
+
+
+class _CountingRows(RowExecutor):
+    general: ClassVar[set[Any]] = set()
+
+    def _direct(self, parent_type: Any, row: dict[str, Any], *args: Any) -> Any:
+        if parent_type.name == "Row":
+            type(self).general.add(row["id"])
+        return super()._direct(parent_type, row, *args)
 
 
 class _OnlyRootField(RowExecutor):
