@@ -278,7 +278,7 @@ def fill_outbox(count: int, templates: tuple[dict[str, Any], dict[str, Any]]) ->
                 aggregates=[r[2] for r in chunk],
                 payloads=[r[3] for r in chunk],
             )
-        session.run("VACUUM (ANALYZE) outbox")
+        session.run("VACUUM (ANALYZE) outbox, outbox_pending")
     return [r[0] for r in rows]
 
 
@@ -535,7 +535,7 @@ def throughput(
     mark_everything_published()
     # A warm bridge (its connection open), as it is between wake-ups.
     _relay_warmup(stack.endpoints)
-    rates = Rates([], [], [], [], {size: [] for size in other_batches})
+    rates = Rates([], [], [], [], other_batches={size: [] for size in other_batches})
     for n in range(1, rounds + 1):
         asyncio.run(_purge(nats_url))
         event_ids = fill_outbox(count, templates)

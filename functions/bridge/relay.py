@@ -96,6 +96,11 @@ def _stream_of(subject: str) -> str | None:
 # runs in C (and jsonb's text never holds a raw tab or newline; an aggregate id that does is
 # folded, which at worst orders two aggregates as one).
 #
+# The read walks outbox_pending in seq order and looks each seq up in outbox (`OFFSET 0` keeps
+# the lookup per seq): joined plainly, the planner merge-joins the whole outbox by seq from its
+# first row, every published row of the retention before the first pending one (measured 52 000
+# rows read for a batch of 2 000 once 100 000 were published).
+#
 # Sets of seqs travel as int8multirange text (runs of consecutive seqs: a few ranges per
 # batch) rather than bigint arrays: small parameters. pg8000 does not set TCP_NODELAY, and a
 # statement whose parameters overflow its 8 KiB write buffer leaves a small last segment that
@@ -105,13 +110,17 @@ SELECT string_agg(
     concat_ws(E'\\t', b.seq, b.id, b.subject, b.aggregate, b.attempts, b.payload::text),
     E'\\n' ORDER BY b.seq)
 FROM (
-    SELECT o.seq, o.id, o.subject, o.attempts, o.payload,
-           translate(o.aggregate_type || ':' || o.aggregate_id, E'\\t\\n', '  ') AS aggregate
+    SELECT o.*
     FROM outbox_pending AS p
-    JOIN outbox AS o ON o.seq = p.seq
-    WHERE o.dead_at IS NULL
-      AND o.created_at <= now() - make_interval(secs => CAST(:min_age AS float8))
-      AND NOT p.seq <@ CAST(:seen AS int8multirange)
+    CROSS JOIN LATERAL (
+        SELECT seq, id, subject, attempts, payload,
+               translate(aggregate_type || ':' || aggregate_id, E'\\t\\n', '  ') AS aggregate
+        FROM outbox
+        WHERE seq = p.seq AND dead_at IS NULL
+          AND created_at <= now() - make_interval(secs => CAST(:min_age AS float8))
+        OFFSET 0
+    ) AS o
+    WHERE NOT p.seq <@ CAST(:seen AS int8multirange)
     ORDER BY p.seq
     LIMIT :limit
 ) AS b
