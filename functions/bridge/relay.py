@@ -693,12 +693,14 @@ def outbox_lag_seconds(database: Database) -> float:
     """Age of the oldest unpublished event, set-aside ones apart (0 when there is none).
 
     seq and created_at are taken in the same insert, so the oldest is among the lowest seqs
-    (concurrent inserts may swap them by microseconds): the first 100 are enough."""
+    (concurrent inserts may swap them by microseconds): the first 100 are enough. Looked up
+    per seq, as in the read (_CLAIM)."""
     with database.session() as session:
         lag = session.scalar(
             "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM ("
-            "SELECT o.created_at FROM outbox_pending AS p JOIN outbox AS o ON o.seq = p.seq "
-            "WHERE o.dead_at IS NULL ORDER BY p.seq LIMIT 100) AS oldest"
+            "SELECT o.created_at FROM outbox_pending AS p CROSS JOIN LATERAL ("
+            "SELECT created_at FROM outbox WHERE seq = p.seq AND dead_at IS NULL OFFSET 0) AS o "
+            "ORDER BY p.seq LIMIT 100) AS oldest"
         )
     return float(lag or 0.0)
 
