@@ -107,13 +107,13 @@ def _stream_of(subject: str) -> str | None:
 # Nagle's algorithm holds until the server's delayed ACK, 40 ms later.
 _CLAIM = """
 SELECT string_agg(
-    concat_ws(E'\\t', b.seq, b.id, b.subject, b.aggregate, b.attempts, b.payload::text),
+    concat_ws(E'\\t', b.seq, b.id, b.subject, b.aggregate, b.attempts, b.erred, b.payload::text),
     E'\\n' ORDER BY b.seq)
 FROM (
     SELECT o.*
     FROM outbox_pending AS p
     CROSS JOIN LATERAL (
-        SELECT seq, id, subject, attempts, payload,
+        SELECT seq, id, subject, attempts, last_error IS NOT NULL AS erred, payload,
                translate(aggregate_type || ':' || aggregate_id, E'\\t\\n', '  ') AS aggregate
         FROM outbox
         WHERE seq = p.seq AND dead_at IS NULL
@@ -140,7 +140,7 @@ INSERT INTO outbox_published (seqs, events)
 SELECT range_agg(int8range(seq, seq, '[]')), count(*) FROM marked HAVING count(*) > 0
 """
 
-# Events that failed before (attempts > 0: their last_error is set) lose it once published.
+# Events that failed before (their last_error is set) lose it once published.
 _CLEAR_ERRORS = """
 UPDATE outbox SET last_error = NULL
 WHERE seq = ANY(CAST(:seqs AS bigint[])) AND last_error IS NOT NULL
@@ -184,8 +184,8 @@ class Publisher(Protocol):
 
 
 def _event(line: str) -> OutboxEvent:
-    seq, event_id, subject, aggregate, attempts, payload = line.split("\t", 5)
-    return OutboxEvent(int(seq), event_id, subject, aggregate, payload, int(attempts))
+    seq, event_id, subject, aggregate, attempts, erred, payload = line.split("\t", 6)
+    return OutboxEvent(int(seq), event_id, subject, aggregate, payload, int(attempts), erred == "t")
 
 
 class OutboxEvent(NamedTuple):
@@ -195,6 +195,7 @@ class OutboxEvent(NamedTuple):
     aggregate: str  # "project:<id>": the unit of ordering
     payload: str
     attempts: int
+    erred: bool = False  # its last_error is set (cleared when it is published)
 
 
 @dataclass
@@ -438,7 +439,7 @@ async def _finish(
         _mark,
         database,
         [e.seq for e in acknowledged],
-        [e.seq for e in acknowledged if e.attempts > 0],
+        [e.seq for e in acknowledged if e.erred],
         rejected,
         settings.max_attempts,
     )
