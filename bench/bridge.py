@@ -68,7 +68,7 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 import nats
 from nats.js import JetStreamContext
 
-from bridge import connection
+from bridge import connection, relay
 from bridge.publisher import JetStreamPublisher
 from bridge.service import BridgeSettings
 from covenant import db
@@ -221,7 +221,8 @@ def editor_gateway(stack: DevStack) -> Gateway:
 
 def mark_everything_published() -> None:
     with db.writer().session() as session:
-        session.run("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
+        seqs = [int(row[0]) for row in session.run("SELECT seq FROM outbox_pending")]
+    relay.mark_published(db.writer(), seqs)
 
 
 def event_templates(gateway: Gateway) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -277,7 +278,7 @@ def fill_outbox(count: int, templates: tuple[dict[str, Any], dict[str, Any]]) ->
                 aggregates=[r[2] for r in chunk],
                 payloads=[r[3] for r in chunk],
             )
-        session.run("VACUUM (ANALYZE) outbox")
+        session.run("VACUUM (ANALYZE) outbox, outbox_pending")
     return [r[0] for r in rows]
 
 
@@ -300,8 +301,9 @@ def with_fresh_ids(messages: list[tuple[str, bytes]]) -> list[Message]:
 def outbox_order(event_ids: list[str]) -> dict[str, tuple[int, str]]:
     with db.writer().session() as session:
         rows = session.run(
-            "SELECT id::text, seq, aggregate_id, published_at IS NOT NULL FROM outbox "
-            "WHERE id = ANY(CAST(:ids AS uuid[]))",
+            "SELECT o.id::text, o.seq, o.aggregate_id, p.seq IS NULL FROM outbox AS o "
+            "LEFT JOIN outbox_pending AS p ON p.seq = o.seq "
+            "WHERE o.id = ANY(CAST(:ids AS uuid[]))",
             ids=event_ids,
         )
     unpublished = [row[0] for row in rows if not row[3]]
@@ -450,6 +452,31 @@ async def _naive(url: str, messages: list[Message]) -> float:
         await client.close()
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_s(stack: DevStack) -> float:
+    """CPU seconds used so far by the PostgreSQL primary and its replica: each postmaster and
+    its children (backends, WAL writer, walsender, the replica's startup process replaying the
+    WAL, ...), from /proc."""
+    assert stack.postgres is not None
+    postmasters = {
+        int((stack.postgres.data_dir / server / "postmaster.pid").read_text().split()[0])
+        for server in ("primary", "replica")
+    }
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(entry.name) in postmasters or int(fields[1]) in postmasters:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / _CLOCK_TICKS
+
+
 def _relay(endpoints: dict[str, str], expected: int, batch_size: int | None = None) -> float:
     """The bridge handler, invoked as the schedule invokes it, until the outbox is drained."""
     bridge = get_function("bridge")
@@ -493,6 +520,9 @@ class Rates:
     relay: list[float]
     naive: list[float]
     publisher: list[float]
+    # PostgreSQL's CPU seconds (primary and replica) while the bridge ran, and until the
+    # replica had replayed its WAL, per 50 000 events
+    postgres_cpu: list[float] = field(default_factory=list)
     # --batch-sizes: the bridge with each other batch size, in the same rounds
     other_batches: dict[int, list[float]] = field(default_factory=dict)
 
@@ -505,7 +535,7 @@ def throughput(
     mark_everything_published()
     # A warm bridge (its connection open), as it is between wake-ups.
     _relay_warmup(stack.endpoints)
-    rates = Rates([], [], [], [], {size: [] for size in other_batches})
+    rates = Rates([], [], [], [], other_batches={size: [] for size in other_batches})
     for n in range(1, rounds + 1):
         asyncio.run(_purge(nats_url))
         event_ids = fill_outbox(count, templates)
@@ -518,7 +548,10 @@ def throughput(
         rates.ceiling.append(count / elapsed)
         asyncio.run(_purge(nats_url))
 
+        cpu = postgres_cpu_s(stack)
         elapsed = _relay(stack.endpoints, count)
+        _wait_for_replay()
+        rates.postgres_cpu.append((postgres_cpu_s(stack) - cpu) * EVENTS / count)
         _expect_stored(nats_url, count, "bridge")
         _check_relayed(nats_url, event_ids)
         rates.relay.append(count / elapsed)
@@ -544,13 +577,27 @@ def throughput(
         say(
             f"    ceiling {ceiling:>7,.0f}/s   bridge {rates.relay[-1]:>7,.0f}/s "
             f"({rates.relay[-1] / ceiling:.2f}x)   naive {rates.naive[-1]:>7,.0f}/s   "
-            f"bridge publisher alone {rates.publisher[-1]:>7,.0f}/s"
+            f"bridge publisher alone {rates.publisher[-1]:>7,.0f}/s   "
+            f"PostgreSQL during the bridge {rates.postgres_cpu[-1]:.2f} CPU-s per {EVENTS:,}"
             + "".join(
                 f"   bridge, batches of {size}: {runs[-1]:>7,.0f}/s ({runs[-1] / ceiling:.2f}x)"
                 for size, runs in rates.other_batches.items()
             )
         )
     return rates
+
+
+def _wait_for_replay(timeout_s: float = 30.0) -> None:
+    """Until the replica has replayed everything the primary wrote (its share of the marks)."""
+    deadline = time.monotonic() + timeout_s
+    with db.writer().session() as session:
+        while not session.scalar(
+            "SELECT COALESCE(bool_and(replay_lsn >= pg_current_wal_lsn()), true) "
+            "FROM pg_stat_replication"
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica is still replaying after {timeout_s:g} s")
+            time.sleep(0.05)
 
 
 def _relay_warmup(endpoints: dict[str, str]) -> None:
@@ -644,7 +691,8 @@ def _wait_until_published(timeout_s: float) -> None:
     while True:
         with db.writer().session() as session:
             waiting = session.scalar(
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL"
+                "SELECT count(*) FROM outbox_pending AS p JOIN outbox AS o ON o.seq = p.seq "
+                "WHERE o.dead_at IS NULL"
             )
         if not waiting:
             return
@@ -728,6 +776,11 @@ def report(section: Section) -> None:
         per_round = ", ".join(f"{r / c:.2f}" for r, c in zip(runs, rates.ceiling, strict=True))
         median = statistics.median(r / c for r, c in zip(runs, rates.ceiling, strict=True))
         say(f"bridge, batches of {size} / ceiling per round: {per_round} (median {median:.2f})")
+    say(
+        f"PostgreSQL CPU-s per {EVENTS:,} events relayed (primary + replica) per round: "
+        f"{', '.join(f'{c:.2f}' for c in rates.postgres_cpu)} "
+        f"(median {statistics.median(rates.postgres_cpu):.2f})"
+    )
     say(
         f"bridge / ceiling = {relay / ceiling:.2f} (target >= {TARGET_OF_CEILING}): "
         f"{'met' if relay / ceiling >= TARGET_OF_CEILING else 'NOT met'}"

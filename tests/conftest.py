@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from covenant import db
+from covenant.db import Database, Role
 from covenant.migrate import migrate
 from covenant.seed import seed
 from devstack.nats import NatsServer
@@ -65,6 +67,28 @@ def servers() -> Iterator[Servers]:
     finally:
         postgres.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch_db(servers) -> Iterator[Database]:
+    """A fresh, empty database on the primary, dropped afterwards."""
+    name = f"migrate_{uuid.uuid4().hex[:8]}"
+    admin = Database(
+        Role.WRITER, servers.writer_url, statement_timeout_ms=10000, connect_timeout_s=3
+    )
+    with admin.session() as session:
+        session.run(f"CREATE DATABASE {name}")
+    scratch = Database(
+        Role.WRITER,
+        servers.writer_url.rsplit("/", 1)[0] + f"/{name}",
+        statement_timeout_ms=10000,
+        connect_timeout_s=3,
+    )
+    yield scratch
+    scratch.close()
+    with admin.session() as session:
+        session.run(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.close()
 
 
 @pytest.fixture

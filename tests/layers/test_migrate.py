@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from covenant.db import Database, Role
+from covenant.db import Database
 from covenant.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
-
-
-@pytest.fixture
-def scratch_db(servers) -> Iterator[Database]:
-    """A fresh, empty database on the primary, dropped afterwards."""
-    name = f"migrate_{uuid.uuid4().hex[:8]}"
-    admin = Database(
-        Role.WRITER, servers.writer_url, statement_timeout_ms=10000, connect_timeout_s=3
-    )
-    with admin.session() as session:
-        session.run(f"CREATE DATABASE {name}")
-    scratch = Database(
-        Role.WRITER,
-        servers.writer_url.rsplit("/", 1)[0] + f"/{name}",
-        statement_timeout_ms=10000,
-        connect_timeout_s=3,
-    )
-    yield scratch
-    scratch.close()
-    with admin.session() as session:
-        session.run(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.close()
 
 
 def _tables(database: Database) -> set[str]:

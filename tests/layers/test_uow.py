@@ -60,12 +60,13 @@ def test_commit_writes_the_row_and_its_event(writer) -> None:
     assert _counts(writer, project_id, event.id) == (1, 1)
     with writer.session() as session:
         row = session.one(
-            "SELECT subject, payload, published_at FROM outbox WHERE id = CAST(:id AS uuid)",
+            "SELECT subject, payload, EXISTS (SELECT 1 FROM outbox_pending AS p "
+            "WHERE p.seq = o.seq) AS pending FROM outbox AS o WHERE id = CAST(:id AS uuid)",
             id=event.id,
         )
     assert row is not None
     assert row["subject"] == "covenant.projects.created"
-    assert row["published_at"] is None
+    assert row["pending"]  # waits for the bridge (migration 0013's trigger queued it)
     payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
     assert payload["specversion"] == "1.0"
     assert payload["id"] == event.id

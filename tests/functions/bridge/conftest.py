@@ -26,6 +26,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 import bridge.connection
+from bridge import relay
 from covenant import db
 from covenant.events import CloudEvent, event_source
 from covenant.regions import get_region, primary_region
@@ -124,28 +125,56 @@ async def _with_jetstream(url: str, action: Callable[[Any], Any]) -> Any:
 
 def mark_everything_published() -> None:
     with db.writer().session() as session:
-        session.run("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
+        seqs = [int(row[0]) for row in session.run("SELECT seq FROM outbox_pending")]
+    relay.mark_published(db.writer(), seqs)
+
+
+def published_ago(event_ids: list[str], age_s: float) -> None:
+    """Marks the events published as one batch, `age_s` seconds ago."""
+    seqs = [row["seq"] for row in outbox_rows(event_ids).values()]
+    relay.mark_published(db.writer(), seqs)
+    with db.writer().session() as session:
+        session.run(
+            "UPDATE outbox_published SET published_at = now() - make_interval(secs => "
+            "CAST(:age AS float8)) WHERE seqs && CAST(:seqs AS int8multirange)",
+            age=age_s,
+            seqs=relay.seq_ranges(seqs),
+        )
+
+
+# An outbox row with its publish state (migration 0013): `published_at` is its batch's in
+# outbox_published, `pending` whether outbox_pending still holds it; exactly one of the two.
+_ROWS = """
+SELECT o.id::text AS id, o.seq, o.subject, o.aggregate_id, o.dead_at, o.attempts, o.last_error,
+       (SELECT b.published_at FROM outbox_published AS b WHERE o.seq <@ b.seqs) AS published_at,
+       EXISTS (SELECT 1 FROM outbox_pending AS p WHERE p.seq = o.seq) AS pending
+FROM outbox AS o
+"""
+
+
+def _with_state(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        assert row.pop("pending") == (row["published_at"] is None), row
+    return rows
 
 
 def outbox_rows(event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The outbox rows of these events, by id."""
     with db.writer().session() as session:
         rows = session.rows(
-            "SELECT id::text AS id, seq, subject, aggregate_id, published_at, dead_at, "
-            "attempts, last_error FROM outbox WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY seq",
-            ids=list(event_ids),
+            _ROWS + "WHERE o.id = ANY(CAST(:ids AS uuid[])) ORDER BY o.seq", ids=list(event_ids)
         )
-    return {row["id"]: row for row in rows}
+    return {row["id"]: row for row in _with_state(rows)}
 
 
 def events_of(aggregate_ids: Iterable[str]) -> list[dict[str, Any]]:
     """The outbox rows of these aggregates, in seq (commit) order."""
     with db.writer().session() as session:
-        return session.rows(
-            "SELECT id::text AS id, seq, subject, aggregate_id, published_at, dead_at, attempts "
-            "FROM outbox WHERE aggregate_id = ANY(CAST(:ids AS text[])) ORDER BY seq",
+        rows = session.rows(
+            _ROWS + "WHERE o.aggregate_id = ANY(CAST(:ids AS text[])) ORDER BY o.seq",
             ids=list(aggregate_ids),
         )
+    return _with_state(rows)
 
 
 def order_violations(
@@ -345,6 +374,7 @@ class Bridge:
     outbox_rows = staticmethod(outbox_rows)
     events_of = staticmethod(events_of)
     mark_everything_published = staticmethod(mark_everything_published)
+    published_ago = staticmethod(published_ago)
     sqs_record = staticmethod(sqs_record)
     sqs_batch = staticmethod(sqs_batch)
     failed_message_ids = staticmethod(failed_message_ids)

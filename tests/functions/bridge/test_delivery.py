@@ -184,6 +184,17 @@ def test_an_event_rejected_on_acknowledgement_holds_back_its_project(bridge_env)
     assert bridge_env.stream_ids() == Counter(held + others + after)
     assert bridge_env.order_violations(bridge_env.events_of([project])) == []
 
+    # Handed back as docs/deploy.md says, once the stream takes it: published, its error gone.
+    bridge_env.jetstream(lambda js: _limit_message_size(js, "COVENANT", 64 * 1024))
+    with db.writer().session() as session:
+        session.run(
+            "UPDATE outbox SET dead_at = NULL, attempts = 0 WHERE id = CAST(:id AS uuid)",
+            id=refused,
+        )
+    assert bridge_env.sweep()["published"] == 1
+    row = bridge_env.outbox_rows([refused])[refused]
+    assert row["published_at"] is not None and row["last_error"] is None
+
 
 def test_events_are_structured_mode_cloudevents_on_nats(bridge_env, gql) -> None:
     """The CloudEvents NATS binding reads a message without `Content-Type:
