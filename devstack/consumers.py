@@ -77,7 +77,9 @@ def platform_applications(sns: Any) -> dict[str, str]:
 
 class ConsumerLoops:
     """`event`: what each run is invoked with (an EventBridge rule's constant input, as the
-    fan-out's rule per served region has), else a scheduled event."""
+    fan-out's rule per served region has), else a scheduled event. The n-th function's
+    loop (from 0) runs first after `first_run_after_s` + n * `stagger_s` (make dev staggers its
+    pollers' cold starts)."""
 
     def __init__(
         self,
@@ -85,19 +87,23 @@ class ConsumerLoops:
         region: Region,
         invoker: Invoker,
         event: dict[str, Any] | None = None,
+        first_run_after_s: float = 0.0,
+        stagger_s: float = 0.0,
     ) -> None:
         self.functions = functions
         self.region = region
         self.invoker = invoker
         self.event = event
+        self.first_run_after_s = first_run_after_s
+        self.stagger_s = stagger_s
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for function in self.functions:
+        for index, function in enumerate(self.functions):
             thread = threading.Thread(
                 target=self._loop,
-                args=(function,),
+                args=(function, self.first_run_after_s + index * self.stagger_s),
                 name=f"consumer-{function.name}",
                 daemon=True,
             )
@@ -108,7 +114,9 @@ class ConsumerLoops:
         # A run in flight ends when the runtime stops its environment; nothing waits for it.
         self._stop.set()
 
-    def _loop(self, function: FunctionSpec) -> None:
+    def _loop(self, function: FunctionSpec, first_run_after_s: float) -> None:
+        if self._stop.wait(first_run_after_s):
+            return
         while not self._stop.is_set():
             try:
                 event = self.event or scheduled_event(self.region.aws_region)

@@ -26,9 +26,19 @@ def provision(endpoints: Mapping[str, str], gateway_url: str) -> dict[str, str]:
     return {"WEBSOCKET_MANAGEMENT_BASE_URL": gateway_url}
 
 
-def fanout_loops(invoker: Invoker) -> list[ConsumerLoops]:
+def fanout_loops(
+    invoker: Invoker, first_run_after_s: float = 0.0, stagger_s: float = 0.0
+) -> list[ConsumerLoops]:
+    """One loop per served region; the n-th (from 0) runs first after `first_run_after_s` +
+    n * `stagger_s`."""
     function = get_function(FANOUT_FUNCTION)
     return [
-        ConsumerLoops([function], primary_region(), invoker, event={"region": region.code})
-        for region in load_regions()
+        ConsumerLoops(
+            [function],
+            primary_region(),
+            invoker,
+            event={"region": region.code},
+            first_run_after_s=first_run_after_s + index * stagger_s,
+        )
+        for index, region in enumerate(load_regions())
     ]

@@ -58,6 +58,11 @@ if TYPE_CHECKING:  # devstack.cognito imports moto: only `make dev` needs it, no
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".local"
 BRIDGE_FUNCTION = "bridge"
+# The stream consumers and the fan-outs (eleven pollers) start one every quarter second, not at
+# once: eleven cold starts together held the two cores (and the stack process, which serves
+# moto and the gateway) for about a second just as the first clients' requests arrive. Events
+# written meanwhile wait in their streams for at most those 2.75 s.
+POLLERS_STAGGER_S = 0.25
 BUILD_DIR = REPO_ROOT / ".local" / "build"  # caches shared by every data folder
 
 
@@ -564,14 +569,20 @@ class DevStack:
     def _start_consumers(self) -> None:
         """The JetStream consumers run in the primary region, each pulling without pause."""
         assert self.runtime is not None
+        names = consumers.CONSUMER_FUNCTIONS
         self.consumers = consumers.ConsumerLoops(
-            [get_function(name) for name in consumers.CONSUMER_FUNCTIONS],
+            [get_function(name) for name in names],
             primary_region(),
             thread_invoker(self.runtime),
+            stagger_s=POLLERS_STAGGER_S,
         )
         self.consumers.start()
         # The real-time fan-out: one loop per served region (devstack.realtime).
-        self.fanouts = realtime.fanout_loops(thread_invoker(self.runtime))
+        self.fanouts = realtime.fanout_loops(
+            thread_invoker(self.runtime),
+            first_run_after_s=len(names) * POLLERS_STAGGER_S,
+            stagger_s=POLLERS_STAGGER_S,
+        )
         for loop in self.fanouts:
             loop.start()
 
