@@ -17,6 +17,8 @@ graphql-core's own code, so results and errors are exactly graphql-core's.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from ariadne.resolvers import is_default_resolver
@@ -24,7 +26,9 @@ from graphql import (
     FieldNode,
     GraphQLBoolean,
     GraphQLField,
+    GraphQLFloat,
     GraphQLID,
+    GraphQLInt,
     GraphQLLeafType,
     GraphQLList,
     GraphQLNonNull,
@@ -89,6 +93,15 @@ class RowLookup(RowResolver):
         self.table = table
 
 
+class RowDerived(RowResolver):
+    """A RowResolver that is a pure function of the parent row (`projectsByStatus` from a
+    stats row's counts): no side effect, nothing read but the row, so that a compiled row
+    function may call it and, when the row then leaves the short path, the general path
+    calls it again."""
+
+    __slots__ = ()
+
+
 # Leaf types whose serialisation of a value of one exact Python type is that value itself.
 _ITSELF: dict[str, type] = {GraphQLString.name: str, GraphQLID.name: str, GraphQLBoolean.name: bool}
 
@@ -145,9 +158,11 @@ class _Plan(NamedTuple):
     copies: tuple[tuple[str, str, type], ...]
     found: tuple[_Found, ...]
     direct: bool  # every field is one of copies or found
-    # For a direct plan whose found rows all come from a RowLookup: the row's fields in one
-    # generated function (_compiled_row), or None.
+    # The row's fields in one generated function (_compiled_row), or None: when every field
+    # is a key read of a leaf, a RowLookup, or a row or list of rows (read by key or
+    # RowDerived) whose own selection compiles without lookups.
     compiled: Callable[..., dict[str, Any] | None] | None
+    lookups: tuple[_Found, ...]  # the compiled function's lookups, in its parameters' order
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -222,6 +237,16 @@ class RowExecutor(Executor[Any]):
             known = self._completed.get((id(source_value), id(grouped_field_set)))
             if known is not None and known[0] is source_value:
                 return known[1]
+        if plan.compiled is not None:
+            bound = self._bound(plan)
+            fast = plan.compiled(source_value, *bound) if bound is not None else None
+            if fast is not None:
+                if plan.leaves_only:
+                    self._completed[(id(source_value), id(grouped_field_set))] = (
+                        source_value,
+                        fast,
+                    )
+                return fast
         if plan.direct:
             direct = self._direct(parent_type, source_value, plan, path, None)
             if type(direct) is dict and plan.leaves_only:
@@ -271,7 +296,7 @@ class RowExecutor(Executor[Any]):
             else:
                 assert step.function is not None
                 try:
-                    value = step.function(source_value, self.context_value)
+                    value = self._resolved(step, source_value)
                 except Exception as raw_error:
                     self.handle_field_error(
                         raw_error,
@@ -578,21 +603,12 @@ class RowExecutor(Executor[Any]):
             if type(value) is not passes:
                 return None
             results[name] = value
-        context = self.context_value
         pending: list[str] = []
         for found in plan.found:
             step = found.step
             assert step.function is not None
             try:
-                value = None
-                lookup = found.lookup
-                if lookup is not None:
-                    table = self._tables.get(id(lookup))
-                    if table is None:
-                        table = self._tables[id(lookup)] = lookup.table(context)
-                    value = table.get(row.get(lookup.key))
-                if value is None:  # not found: the resolver says what that means
-                    value = step.function(row, context)
+                value = self._resolved(step, row)
             except Exception as raw_error:
                 row_path = path if index is None else path.add_key(index, None)  # type: ignore[union-attr]
                 self.handle_field_error(
@@ -619,24 +635,40 @@ class RowExecutor(Executor[Any]):
             return _awaited_fields(results, pending)
         return results
 
+    def _resolved(self, step: _Step, row: dict[str, Any]) -> Any:
+        """What a RowResolver step resolves to for this row. A RowLookup reads its mapping
+        once per request (kept for compiled row functions: _bound) and then only looks the
+        row up; a row not found there goes to the resolver, which says what that means."""
+        assert step.function is not None
+        lookup = step.field.resolve
+        if type(lookup) is RowLookup:
+            table = self._tables.get(id(lookup))
+            if table is None:
+                table = self._tables[id(lookup)] = lookup.table(self.context_value)
+            value = table.get(row.get(lookup.key))
+            if value is not None:
+                return value
+        return step.function(row, self.context_value)
+
     def _bound(self, plan: _Plan) -> tuple[Any, ...] | None:
-        """What a compiled row function reads besides the row: the mappings of its lookups
-        and the completed found rows. None until every mapping has been read (by the general
-        path, which reports a mapping's error as graphql-core would)."""
+        """What a compiled row function reads besides the row: the completed found rows, the
+        request context, the mappings of its lookups. None until every mapping has been read
+        (by the general path, which reports a mapping's error as graphql-core would)."""
         bound = self._bound_values.get(id(plan))
         if bound is not None:
             return bound
         tables = []
-        for found in plan.found:
+        for found in plan.lookups:
             table = self._tables.get(id(found.lookup))
             if table is None:
                 return None
             tables.append(table)
         bound = (
             self._completed,
+            self.context_value,
             *(
                 value
-                for found, table in zip(plan.found, tables, strict=True)
+                for found, table in zip(plan.lookups, tables, strict=True)
                 for value in (table, id(found.grouped_field_set))
             ),
         )
@@ -699,69 +731,215 @@ class RowExecutor(Executor[Any]):
             if step.function is not None and step.row_type is not None
         )
         direct = len(copies) + len(found) == len(grouped_field_set)
-        compiled = None
-        if direct and all(item.lookup is not None for item in found):
-            compiled = _compiled_row(
-                tuple(grouped_field_set),
-                copies,
-                tuple((item.name, item.lookup.key) for item in found if item.lookup is not None),
-            )
-        plan = _Plan(steps, leaves_only, tuple(grouped_field_set), copies, found, direct, compiled)
+        compiled, lookups = self._compile(grouped_field_set, steps, found)
+        plan = _Plan(
+            steps, leaves_only, tuple(grouped_field_set), copies, found, direct, compiled, lookups
+        )
         self._plans[id(grouped_field_set)] = (grouped_field_set, plan)
         return plan
+
+    def _compile(
+        self,
+        grouped_field_set: GroupedFieldSet,
+        steps: dict[str, _Step],
+        found: tuple[_Found, ...],
+    ) -> tuple[Callable[..., dict[str, Any] | None] | None, tuple[_Found, ...]]:
+        """The compiled row function of a selection and the lookups it reads, or (None, ())
+        when a field cannot be produced by one (a resolver of its own, arguments, @stream)."""
+        found_by_name = {item.name: item for item in found}
+        lookups: list[_Found] = []
+        fields: list[tuple[Any, ...]] = []
+        for name, field_details_list in grouped_field_set.items():
+            step = steps.get(name)
+            if step is None:
+                return None, ()
+            resolver = step.field.resolve
+            if step.leaf is not None:
+                if step.key is None:
+                    return None, ()
+                if step.passes is not None:
+                    fields.append(("copy", name, step.key, step.passes, step.nullable))
+                else:
+                    fields.append(("leaf", name, step.key, step.leaf, step.nullable))
+                continue
+            if type(resolver) is RowLookup and name in found_by_name:
+                found_row = found_by_name[name]
+                assert step.row_type is not None
+                sub = self._plan(step.row_type, found_row.grouped_field_set)
+                complete = sub.compiled if sub.compiled is not None and not sub.lookups else None
+                fields.append(("lookup", name, resolver.key, len(lookups), complete))
+                lookups.append(found_row)
+                continue
+            if step.key is not None:
+                source: tuple[str, Any] = ("key", step.key)
+            elif type(resolver) is RowDerived:
+                source = ("derived", resolver.function)
+            else:
+                return None, ()
+            item_type = step.row_type or step.row_items
+            row_type = _row_type(item_type) if item_type is not None else None
+            if row_type is None or any(
+                directive.name.value == "stream"
+                for details in field_details_list
+                for directive in details.node.directives or ()
+            ):
+                return None, ()
+            sub = self._plan(row_type, self._subfields(row_type, field_details_list))
+            if sub.compiled is None or sub.lookups:
+                return None, ()
+            if step.row_type is not None:
+                fields.append(("row", name, source, sub.compiled, step.nullable))
+            else:
+                items_nullable = not isinstance(item_type, GraphQLNonNull)
+                fields.append(("rows", name, source, sub.compiled, step.nullable, items_nullable))
+        return _compiled_row(tuple(fields)), tuple(lookups)
 
 
 _COMPILED: dict[tuple[Any, ...], Callable[..., dict[str, Any] | None]] = {}
 
+# The Python types a leaf value is completed from in a compiled row function; any other (a
+# callable the resolver would call, an exception) leaves the short path.
+_LEAF_VALUES = frozenset({str, int, float, bool, Decimal, datetime, date})
 
-def _compiled_row(
-    names: tuple[str, ...],
-    copies: tuple[tuple[str, str, type], ...],
-    lookups: tuple[tuple[str, str], ...],
-) -> Callable[..., dict[str, Any] | None]:
-    """A function completing a row of a direct plan whose found rows are all lookups: each
-    copy read and type-checked, each found row looked up and its completion taken from
-    `completed`, the result built in the selection's order. It returns None, having called
-    nothing and changed nothing, whenever a value is not plain (a copy of another type, a
-    found row missing or not yet completed): the general path then completes the row.
 
-    Generated once per shape (names, keys and types), not per request: a list of 2 000 rows
-    costs one call per row instead of a loop over the fields per row."""
-    key = (names, copies, lookups)
-    found = _COMPILED.get(key)
+# For Int and Float: the values graphql-core's coercion returns as they are (serialize_int
+# returns an int within 32 bits unchanged, serialize_float a finite float), tested inline.
+_ITSELF_WHEN = {
+    GraphQLInt.name: "type({v}) is int and -2147483648 <= {v} <= 2147483647",
+    GraphQLFloat.name: "type({v}) is float and {v} - {v} == 0.0",  # neither inf nor nan
+}
+
+
+def _compiled_row(fields: tuple[tuple[Any, ...], ...]) -> Callable[..., dict[str, Any] | None]:
+    """A function completing a row whose fields are all of these kinds, in the selection's
+    order:
+
+    - ("copy", name, key, type, nullable): a value of exactly `type` is its serialisation;
+    - ("leaf", name, key, leaf type, nullable): the value as the leaf type coerces it, as
+      graphql-core's complete_leaf_value does;
+    - ("lookup", name, key, index, sub): a row found in the lookup's table, its completion
+      taken from `completed`, computed once per request: by `sub`, the compiled function of
+      its selection, if it has one, else by the general path;
+    - ("row", name, source, sub, nullable) and ("rows", name, source, sub, nullable, items
+      nullable): a row, or a list of rows, read by key or from a RowDerived function
+      (source: ("key", key) or ("derived", function)), each completed by `sub`, the compiled
+      function of its own selection.
+
+    It returns None, having changed nothing but `completed` (found rows it completed, as
+    the general path would have), whenever a value is not plain (null in a
+    non-null field, a value of another type, a value its type refuses, a found row missing
+    or not yet completed, a derived function that raises): the general path then completes
+    the row, errors and all, exactly as graphql-core does.
+
+    Generated once per shape (names, keys, types), not per request: a list of 2 000 rows
+    costs one call per row instead of a loop over the fields per row. Its parameters: the
+    row, `completed`, the request context, then a (table, selection id) pair per lookup."""
+    found = _COMPILED.get(fields)
     if found is not None:
         return found
-    variables = {name: f"v{index}" for index, name in enumerate(names)}
-    parameters = ["row", "completed"]
-    lines = []
-    for name, column, _ in copies:
-        variable = variables[name]
-        lines += [
-            f"    {variable} = row.get({column!r})",
-            f"    if type({variable}) is not {variable}_type: return None",
-        ]
-    for index, (name, column) in enumerate(lookups):
-        variable = variables[name]
-        parameters += [f"table{index}", f"selection{index}"]
-        lines += [
-            f"    found{index} = table{index}.get(row.get({column!r}))",
-            f"    if type(found{index}) is not dict: return None",
-            f"    {variable} = completed.get((id(found{index}), selection{index}))",
-            f"    if {variable} is None or {variable}[0] is not found{index}: return None",
-        ]
-    found_names = {name for name, _ in lookups}
-    result = ", ".join(
-        f"{name!r}: {variables[name]}{'[1]' if name in found_names else ''}" for name in names
-    )
-    source = "\n".join(
+    namespace: dict[str, Any] = {"Undefined": Undefined, "leaf_values": _LEAF_VALUES}
+    parameters = ["row", "completed", "context"]
+    lines: list[str] = []
+
+    def null(variable: str, nullable: bool, indent: str) -> None:
+        lines.append(f"{indent}    {variable} = None" if nullable else f"{indent}    return None")
+
+    for index, spec in enumerate(fields):
+        kind = spec[0]
+        v = f"v{index}"
+        if kind == "copy":
+            _, _, key, passes, nullable = spec
+            namespace[f"{v}_type"] = passes
+            lines.append(f"    {v} = row.get({key!r})")
+            lines.append(f"    if type({v}) is not {v}_type:")
+            refused = f"if {v} is not None: return None" if nullable else "return None"
+            lines.append(f"        {refused}")
+        elif kind == "leaf":
+            _, _, key, leaf, nullable = spec
+            namespace[f"{v}_coerce"] = leaf.coerce_output_value
+            lines += [f"    {v} = row.get({key!r})", f"    if {v} is None:"]
+            null(v, nullable, "    ")
+            itself = _ITSELF_WHEN.get(leaf.name) if leaf in (GraphQLInt, GraphQLFloat) else None
+            if itself is not None:  # what graphql-core's coercion gives back unchanged
+                lines.append(f"    elif {itself.format(v=v)}: pass")
+            lines += [
+                f"    elif type({v}) not in leaf_values: return None",
+                "    else:",
+                f"        try: {v} = {v}_coerce({v})",
+                "        except Exception: return None",
+                f"        if {v} is None or {v} is Undefined: return None",
+            ]
+        elif kind == "lookup":
+            _, _, key, at, complete = spec
+            parameters += [f"table{at}", f"selection{at}"]
+            lines += [
+                f"    found{index} = table{at}.get(row.get({key!r}))",
+                f"    if type(found{index}) is not dict: return None",
+                f"    {v} = completed.get((id(found{index}), selection{at}))",
+                f"    if {v} is not None and {v}[0] is found{index}:",
+                f"        {v} = {v}[1]",
+            ]
+            if complete is None:
+                lines.append("    else: return None")
+            else:  # completed here the first time, and kept for the next rows finding it
+                namespace[f"{v}_sub"] = complete
+                lines += [
+                    "    else:",
+                    f"        {v} = {v}_sub(found{index}, completed, context)",
+                    f"        if {v} is None: return None",
+                    f"        completed[(id(found{index}), selection{at})] = (found{index}, {v})",
+                ]
+        else:
+            source, sub, nullable = spec[2], spec[3], spec[4]
+            namespace[f"{v}_sub"] = sub
+            if source[0] == "key":
+                lines.append(f"    {v} = row.get({source[1]!r})")
+            else:
+                namespace[f"{v}_derive"] = source[1]
+                lines += [
+                    f"    try: {v} = {v}_derive(row, context)",
+                    "    except Exception: return None",
+                ]
+            lines.append(f"    if {v} is None:")
+            null(v, nullable, "    ")
+            if kind == "row":
+                lines += [
+                    f"    elif type({v}) is not dict: return None",
+                    "    else:",
+                    f"        {v} = {v}_sub({v}, completed, context)",
+                    f"        if {v} is None: return None",
+                ]
+            else:
+                lines += [
+                    f"    elif type({v}) is not list: return None",
+                    "    else:",
+                    f"        items{index} = []",
+                    f"        for item in {v}:",
+                    "            if type(item) is not dict:",
+                ]
+                if spec[5]:  # a null item of a list whose items may be null
+                    lines += [
+                        "                if item is not None: return None",
+                        f"                items{index}.append(None)",
+                        "                continue",
+                    ]
+                else:
+                    lines.append("                return None")
+                lines += [
+                    f"            done = {v}_sub(item, completed, context)",
+                    "            if done is None: return None",
+                    f"            items{index}.append(done)",
+                    f"        {v} = items{index}",
+                ]
+    result = ", ".join(f"{spec[1]!r}: v{index}" for index, spec in enumerate(fields))
+    source_text = "\n".join(
         [f"def row_fields({', '.join(parameters)}):", *lines, f"    return {{{result}}}"]
     )
-    namespace: dict[str, Any] = {f"{variables[name]}_type": kind for name, _, kind in copies}
-    exec(compile(source, "<graphql_api.executor compiled row>", "exec"), namespace)  # noqa: S102
+    exec(compile(source_text, "<graphql_api.executor compiled row>", "exec"), namespace)  # noqa: S102
     function: Callable[..., dict[str, Any] | None] = namespace["row_fields"]
     if len(_COMPILED) >= 256:
         _COMPILED.clear()
-    _COMPILED[key] = function
+    _COMPILED[fields] = function
     return function
 
 

@@ -18,7 +18,7 @@ from graphql_api.context import (
     siblings,
     unique,
 )
-from graphql_api.executor import RowLookup, RowResolver
+from graphql_api.executor import RowDerived, RowLookup
 from graphql_api.resolvers.lists import COUNTRY_LIST, PROJECT_LIST, Parent, nested
 from graphql_api.selection import object_fields
 
@@ -40,15 +40,18 @@ def region_row(found: Region) -> dict[str, Any]:
     return {"code": found.code, "aws_region": found.aws_region, "primary": found.primary}
 
 
-def region_by_code(context: RequestContext, code: str) -> dict[str, Any]:
+def regions_by_code(context: RequestContext) -> dict[str, dict[str, Any]]:
     """Regions come from the region table (configuration): no SQL."""
-    rows = context.batch(
+    return context.batch(
         ("regions",),
         lambda: {
             r["code"]: r for r in mark_siblings(context, (region_row(r) for r in context.regions))
         },
     )
-    return rows[code]
+
+
+def region_by_code(context: RequestContext, code: str) -> dict[str, Any]:
+    return regions_by_code(context)[code]
 
 
 def sectors_by_id(context: RequestContext) -> dict[str, Row]:
@@ -64,13 +67,10 @@ def by_status(row: Row) -> list[dict[str, Any]]:
     return [{"status": status, "count": int(row[status])} for status in STATUSES]
 
 
-def _region_of(row: Row, context: RequestContext) -> dict[str, Any]:
-    return region_by_code(context, row["region"])
-
-
-country.set_field("region", RowResolver(_region_of))
-project.set_field("region", RowResolver(_region_of))
-regional_stats.set_field("region", RowResolver(_region_of))
+_REGION_OF = RowLookup("region", regions_by_code)
+country.set_field("region", _REGION_OF)
+project.set_field("region", _REGION_OF)
+regional_stats.set_field("region", _REGION_OF)
 project.set_field("sector", RowLookup("sector_id", sectors_by_id))
 
 
@@ -110,6 +110,6 @@ def resolve_region_countries(row: Row, info: Info, **args: Any) -> dict[str, Any
 
 
 for stats_type in (regional_stats, global_stats, sectoral_stats):
-    stats_type.set_field("projectsByStatus", lambda row, info: by_status(row))
+    stats_type.set_field("projectsByStatus", RowDerived(lambda row, context: by_status(row)))
 
 TYPES = [country, project, sector, region, regional_stats, global_stats, sectoral_stats]

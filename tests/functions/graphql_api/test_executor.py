@@ -11,14 +11,16 @@ from ariadne import EnumType, ObjectType, QueryType, make_executable_schema
 from graphql import ExecutionResult, GraphQLSchema, execute, parse
 
 from graphql_api import executor
-from graphql_api.executor import RowExecutor, RowLookup, RowResolver, bind_row_keys
+from graphql_api.executor import RowDerived, RowExecutor, RowLookup, RowResolver, bind_row_keys
 from graphql_api.resolvers.scalars import money
 from graphql_api.schema import executable_schema, row_key, snake_case
 
 SDL = """
 scalar Money
 enum Colour { RED GREEN }
-type Query { rows: [Row!]!  loose: [Row]  one: Row!  maybe: Row  plain: [Row!]! }
+type Query {
+  rows: [Row!]!  loose: [Row]  one: Row!  maybe: Row  plain: [Row!]!  derived: [Row]!
+}
 input Style { case: String = "upper", marks: [String!] }
 type Row {
   id: ID!
@@ -39,8 +41,14 @@ type Row {
   kindOfMissingKey: Kind
   kindOfLostTable: Kind!
   labelled(prefix: String!, style: Style, budget: Money): String
+  score: Float
+  stats: [Stat!]!
+  maybeStats: [Stat]
+  nested: Row
+  strictNested: Row!
 }
 type Kind { name: String! }
+type Stat { colour: Colour!  count: Int! }
 """
 
 KINDS = {"a": {"name": "Alpha"}, "b": {"name": None}}
@@ -55,6 +63,7 @@ def _schema() -> GraphQLSchema:
     query.set_field("one", lambda *_: ROWS[0])
     query.set_field("maybe", lambda *_: None)
     query.set_field("plain", lambda *_: PLAIN)
+    query.set_field("derived", lambda *_: DERIVED)
     row.set_field("labelled", _labelled)
     row.set_field("kind", RowResolver(lambda r, context: KINDS[r["kind_id"]]))
 
@@ -72,9 +81,19 @@ def _schema() -> GraphQLSchema:
 
     row.set_field("kindOfLostTable", RowLookup("kind_id", lost_table))
     row.set_field("failingStrict", RowResolver(fail))
+    row.set_field("stats", RowDerived(_stats))
     schema = make_executable_schema(SDL, query, row, money, colour, convert_names_case=snake_case)
     bind_row_keys(schema, row_key)
     return schema
+
+
+def _stats(r: dict[str, Any], context: Any) -> list[Any]:
+    if "stat_fail" in r:
+        raise ValueError(f"no stats for {r['id']}")
+    return [
+        {"colour": colour, "count": count} if colour != "gap" else None
+        for colour, count in r.get("pairs", ())
+    ]
 
 
 def _labelled(
@@ -130,6 +149,40 @@ PLAIN: list[Any] = [
     *({"id": f"p{n}", "label": f"plain {n}", "kind_id": "a"} for n in range(25, 30)),
 ]
 ROWS[1]["parent"] = ROWS[0]
+# Rows whose fields compile with leaves coerced by their type (Int, Float, enums), rows and
+# lists of rows read by key or derived from the row (RowDerived), and values that leave the
+# compiled function: each completes as graphql-core completes it.
+_PAIRS = [("red", 1), ("green", 2)]
+_NESTED = {"id": "n", "label": "inner", "count": 5, "stats": [], "pairs": []}
+DERIVED: list[Any] = [
+    *(
+        {
+            "id": f"d{n}",
+            "count": n,
+            "score": n / 4,
+            "colour": "green",
+            "pairs": _PAIRS,
+            "maybe_stats": [{"colour": "red", "count": n}, None],
+            "nested": _NESTED,
+            "strict_nested": _NESTED,
+        }
+        for n in range(12)
+    ),
+    {"id": "d12", "count": 2**40, "pairs": _PAIRS, "strict_nested": _NESTED},  # beyond Int
+    {"id": "d13", "colour": "purple", "pairs": _PAIRS, "strict_nested": _NESTED},  # no enum
+    {"id": "d14", "pairs": [("red", None)], "strict_nested": _NESTED},  # null in Int!
+    {"id": "d15", "pairs": [("blue", 1)], "strict_nested": _NESTED},  # no such colour
+    {"id": "d16", "pairs": [("gap", 0)], "strict_nested": _NESTED},  # null item of [Stat!]!
+    {"id": "d17", "stat_fail": True, "strict_nested": _NESTED},  # the derivation raises
+    {"id": "d18", "pairs": _PAIRS, "strict_nested": None},  # null in Row!
+    {"id": "d19", "pairs": _PAIRS, "nested": "not a row", "strict_nested": _NESTED},
+    {"id": "d20", "score": float("nan"), "pairs": _PAIRS, "strict_nested": _NESTED},
+    {"id": "d21", "count": True, "score": 3, "pairs": _PAIRS, "strict_nested": _NESTED},
+    {"id": "d22", "count": lambda info: 7, "pairs": _PAIRS, "strict_nested": _NESTED},
+    {"id": "d23", "pairs": _PAIRS, "maybe_stats": "odd", "strict_nested": _NESTED},
+    {"id": "d24", "pairs": _PAIRS, "strict_nested": {**_NESTED, "count": 1.5}},
+    *({"id": f"d{n}", "pairs": [], "strict_nested": _NESTED} for n in range(25, 28)),
+]
 SCHEMA = _schema()
 
 QUERIES = [
@@ -160,6 +213,12 @@ QUERIES = [
     "{ plain { id label kindOfMissingKey { name } } }",
     "{ plain { id kindOfLostTable { name } } }",
     "{ plain { id kindOf { name } kind { name } } }",
+    # Compiled row functions with coerced leaves, nested rows and derived lists.
+    "{ derived { id count score colour stats { colour count } } }",
+    "{ derived { id maybeStats { count colour } nested { id label count } } }",
+    "{ derived { strictNested { id count stats { count } } id } }",
+    "{ derived { id s: stats { count } t: stats { colour } kindOf { name } } }",
+    "{ derived { id stats { count } failing } }",
     # Arguments coerced once per field node: literals, input objects, defaults.
     '{ rows { labelled(prefix: ">") } plain { labelled(prefix: "<", style: {case: "x"}) } }',
     '{ plain { a: labelled(prefix: "a") b: labelled(prefix: "b", style: {marks: ["m"]}) } }',
@@ -244,11 +303,58 @@ def test_rows_of_copies_and_lookups_complete_by_their_compiled_function() -> Non
         SCHEMA, parse("{ plain { id label kindOf { name } } }"), executor_class=_CountingRows
     )
     assert isinstance(result, ExecutionResult)
-    # p0 (its kind not yet completed), p20 (null label), p21 (a new kind), p22 (no such
-    # kind), p23 (no kind for 7), 24 (an id that is not a string)
-    assert _CountingRows.general == {"p0", "p20", "p21", "p22", "p23", 24}
+    # p0 (its kind not yet completed), p21 (a new kind), p22 (no such kind), p23 (no kind
+    # for 7), 24 (an id that is not a string); p20's null label is a null in a nullable field
+    assert _CountingRows.general == {"p0", "p21", "p22", "p23", 24}
     assert result.data is not None
     assert len(result.data["plain"]) == len(PLAIN)
+
+
+def test_coerced_leaves_nested_rows_and_derived_lists_complete_by_their_compiled_function() -> None:
+    """Only the rows with a value the compiled function leaves go the general way (field by
+    field): the others complete in one call each, their derived lists and nested rows too."""
+    _CountingFields.general.clear()
+    result = execute(
+        SCHEMA,
+        parse(
+            "{ derived { id count score colour stats { colour count } maybeStats { count } "
+            "nested { id count } strictNested { label } } }"
+        ),
+        executor_class=_CountingFields,
+    )
+    assert isinstance(result, ExecutionResult)
+    # d12-d20, d22, d23: each with a value the general path must complete (or refuse); d21's
+    # True for an Int and 3 for a Float are coerced as graphql-core coerces them (1, 3.0),
+    # and d24's odd count is not selected here
+    assert _CountingFields.general == {f"d{n}" for n in (*range(12, 21), 22, 23)}
+    assert result.data is not None
+    assert result.data["derived"][21]["count"] == 1
+    assert result.data["derived"][0] == {
+        "id": "d0",
+        "count": 0,
+        "score": 0.0,
+        "colour": "GREEN",
+        "stats": [{"colour": "RED", "count": 1}, {"colour": "GREEN", "count": 2}],
+        "maybeStats": [{"count": 0}, None],
+        "nested": {"id": "n", "count": 5},
+        "strictNested": {"label": "inner"},
+    }
+
+
+class _CountingFields(RowExecutor):
+    """Records the rows of `derived` completed field by field (the general path)."""
+
+    general: ClassVar[set[Any]] = set()
+
+    def execute_fields(
+        self, parent_type: Any, source: Any, path: Any, grouped_field_set: Any, *args: Any
+    ) -> Any:
+        if parent_type.name == "Row" and path is not None and isinstance(path.key, int):
+            plan = self._plan(parent_type, grouped_field_set)
+            bound = self._bound(plan)
+            if plan.compiled is None or bound is None or plan.compiled(source, *bound) is None:
+                type(self).general.add(source["id"])
+        return super().execute_fields(parent_type, source, path, grouped_field_set, *args)
 
 
 class _CountingRows(RowExecutor):
