@@ -39,7 +39,7 @@ from devstack.processes import free_port, wait_until
 
 FOLDER = Path(__file__).resolve().parent / "postgraphile"
 STATS_SCHEMA = "postgraphile_bench"
-ITERATIONS = 40
+ITERATIONS = 200  # interleaved requests per query and size: p50s of 40 moved by 5-10 % run to run
 
 # The query mix in PostGraphile's schema (Amber preset: allX connections, relations named
 # after their foreign keys; BigInt as strings, compared as numbers).

@@ -664,12 +664,20 @@ async def _no_responders(
         result.failed[event.id] = reason
 
 
+def _header_block(msg_id: str) -> bytes:
+    lines = "".join(f"{key}: {value}\r\n" for key, value in message_headers(msg_id).items())
+    return f"NATS/1.0\r\n{lines}\r\n".encode()
+
+
+# The header block without the event id's characters: the id is its only part that varies.
+_HEADER_BLOCK_BYTES = len(_header_block(""))
+
+
 def message_size(payload: bytes, msg_id: str) -> int:
     """What the server counts against max_payload: the payload and the header block carrying
     Content-Type and Nats-Msg-Id (nats-py checks the payload alone, and the server closes the
-    connection of a client that sends more)."""
-    lines = "".join(f"{key}: {value}\r\n" for key, value in message_headers(msg_id).items())
-    return len(payload) + len(f"NATS/1.0\r\n{lines}\r\n".encode())
+    connection of a client that sends more). Counted, not built, once per event."""
+    return len(payload) + _HEADER_BLOCK_BYTES + len(msg_id.encode())
 
 
 def _failure(event: OutboxEvent, error: BaseException | None, result: RelayResult) -> str | None:
