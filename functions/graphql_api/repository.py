@@ -532,11 +532,17 @@ def regional_stats(session: Session, region: str | None) -> list[Row]:
         FROM regions r
         LEFT JOIN c ON c.region = r.code
         LEFT JOIN p ON p.region = r.code
-        WHERE CAST(:region AS text) IS NULL OR r.code = CAST(:region AS text)
+        {"" if region is None else "WHERE r.code = CAST(:region AS text)"}
         ORDER BY r.code
         """,
-        region=region,
+        **_only_given(region=region),
     )
+
+
+def _only_given(**filters: str | None) -> dict[str, str]:
+    """The filters a stats statement was given. Without any, its text has no parameter: it is
+    planned once per connection (covenant.db: PREPARED_PER_CONNECTION), not on every run."""
+    return {name: value for name, value in filters.items() if value is not None}
 
 
 @tracer.capture_method(capture_response=False)
@@ -591,13 +597,13 @@ def sectoral_stats(session: Session, sector: str | None) -> list[Row]:
                          count(impact_score) AS impact_n, sum(progress) AS progress_sum,
                          count(progress) AS progress_n, {_STATUS_COUNTS}
                   FROM projects
-                  WHERE CAST(:sector AS text) IS NULL OR sector_id = CAST(:sector AS text)
+                  {"" if sector is None else "WHERE sector_id = CAST(:sector AS text)"}
                   GROUP BY sector_id, country_code) AS countries
             GROUP BY sector_id) AS p ON p.sector_id = s.id
-        WHERE CAST(:sector AS text) IS NULL OR s.id = CAST(:sector AS text)
+        {"" if sector is None else "WHERE s.id = CAST(:sector AS text)"}
         ORDER BY s.name
         """,
-        sector=sector,
+        **_only_given(sector=sector),
     )
 
 

@@ -244,6 +244,29 @@ def test_a_statement_with_parameters_is_prepared_once_per_connection(writer) -> 
         assert session.scalar("SHOW plan_cache_mode") == "force_custom_plan"
 
 
+def test_a_query_without_parameters_is_prepared_and_planned_once(writer) -> None:
+    """A SELECT or WITH without parameters is prepared too (its plan, having no value to
+    depend on, is kept by the server); transaction control and several statements in one
+    string keep the simple query protocol."""
+    queries = ["SELECT 1 AS one", "  with t AS (SELECT 2 AS two) SELECT two FROM t"]
+    with writer.session() as session:
+        assert session.rows(queries[0]) == [{"one": 1}]
+        assert session.scalar(queries[1]) == 2
+        prepared = {sql: db._prepared[writer.connection()][sql] for sql in queries}
+        assert session.rows(queries[0]) == [{"one": 1}]
+        assert db._prepared[writer.connection()][queries[0]] is prepared[queries[0]]
+        for sql in ("BEGIN", "SET LOCAL lock_timeout TO '1s'", "SELECT 1; SELECT 2", "COMMIT"):
+            session.run(sql)
+            assert sql not in db._prepared[writer.connection()]
+        # The server kept one generic plan, planned at the first run and reused since.
+        plans = session.rows(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement = :text",
+            text=queries[0],
+        )
+        assert plans == [{"generic_plans": 2, "custom_plans": 0}]
+
+
 def test_a_prepared_statement_outlives_a_schema_change(writer) -> None:
     """A migration that changes a statement's result columns: the next run outside a
     transaction is prepared afresh and answers; inside one, the error stands (the

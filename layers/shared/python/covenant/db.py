@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import ssl
 import struct
@@ -258,16 +259,22 @@ def record_statements() -> Iterator[list[str]]:
             outer.extend(recorded)
 
 
-# A statement with parameters, run the way pg8000 runs it unnamed, costs three round trips
-# (Parse; Describe; Bind and Execute): prepared once per connection and then run by name, it
-# costs one (Bind, Execute, Sync), the same as a statement without parameters. Connections plan
-# every execution for its values (plan_cache_mode=force_custom_plan, set when they open), as
-# they did unnamed, so no generic plan ever replaces a good one.
 # The functions AWS documents for an Aurora global database's replica lag (absent outside
 # Aurora): the bridge reads them (bridge.replica_lag), the migrator grants EXECUTE on them to the
 # roles that do.
 AURORA_LAG_FUNCTIONS = ("aurora_global_db_instance_status()", "aurora_global_db_status()")
 
+# A statement with parameters, run the way pg8000 runs it unnamed, costs three round trips
+# (Parse; Describe; Bind and Execute): prepared once per connection and then run by name, it
+# costs one (Bind, Execute, Sync), the same as a statement without parameters. Connections plan
+# every execution for its values (plan_cache_mode=force_custom_plan, set when they open), as
+# they did unnamed, so no generic plan ever replaces a good one.
+# A query without parameters (a SELECT, or a WITH, of one statement) is prepared too: its plan
+# has no value to depend on, so PostgreSQL keeps the one it made at the first run (until a
+# schema change or an ANALYZE of a table it reads invalidates it) instead of parsing and
+# planning it again on every run, as the simple query protocol does: 0.2-0.3 ms of the 2.3-2.7
+# ms the regional stats take at 10 000 projects. Anything else without parameters (BEGIN,
+# COMMIT, SET LOCAL, several statements in one string) keeps the simple query protocol.
 PREPARED_PER_CONNECTION = 256
 _prepared: weakref.WeakKeyDictionary[
     pg8000.native.Connection, OrderedDict[str, pg8000.native.PreparedStatement]
@@ -293,6 +300,15 @@ def _statement(connection: pg8000.native.Connection, sql: str) -> pg8000.native.
     return prepared
 
 
+_QUERY = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
+
+
+def _plans_once(sql: str) -> bool:
+    """Whether a statement without parameters runs prepared (see PREPARED_PER_CONNECTION): one
+    query, not several in one string."""
+    return ";" not in sql and _QUERY.match(sql) is not None
+
+
 class Session:
     """A checked-out connection. The first statement is retried once on a fresh connection
     if the cached one turns out to be dead; later statements never are, because they may be
@@ -307,7 +323,7 @@ class Session:
         self._columns: list[dict[str, Any]] | None = None
 
     def _execute(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
-        if not params:
+        if not params and not _plans_once(sql):
             rows: list[list[Any]] = self._connection.run(sql)
             self._columns = self._connection.columns
             return rows
