@@ -258,6 +258,10 @@ def test_a_query_without_parameters_is_prepared_and_planned_once(writer) -> None
         for sql in ("BEGIN", "SET LOCAL lock_timeout TO '1s'", "SELECT 1; SELECT 2", "COMMIT"):
             session.run(sql)
             assert sql not in db._prepared[writer.connection()]
+        # pg8000 would take `:2` for a parameter: sent as it is, by the simple protocol.
+        sliced = "SELECT (ARRAY[1, 2, 3])[1:2] AS s"
+        assert session.rows(sliced) == [{"s": [1, 2]}]
+        assert sliced not in db._prepared[writer.connection()]
         # The server kept one generic plan, planned at the first run and reused since.
         plans = session.rows(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements "

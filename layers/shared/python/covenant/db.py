@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -303,10 +303,16 @@ def _statement(connection: pg8000.native.Connection, sql: str) -> pg8000.native.
 _QUERY = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
 
 
+@lru_cache(maxsize=1024)
 def _plans_once(sql: str) -> bool:
     """Whether a statement without parameters runs prepared (see PREPARED_PER_CONNECTION): one
-    query, not several in one string."""
-    return ";" not in sql and _QUERY.match(sql) is not None
+    query, not several in one string, and nothing in it that pg8000 would take for a
+    parameter (a `:name` outside quotes, as an array slice `a[1:n]` has)."""
+    return (
+        ";" not in sql
+        and _QUERY.match(sql) is not None
+        and pg8000.native.to_statement(sql)[0] == sql
+    )
 
 
 class Session:
