@@ -641,11 +641,11 @@ class RowExecutor(Executor[Any]):
         row up; a row not found there goes to the resolver, which says what that means."""
         assert step.function is not None
         lookup = step.field.resolve
-        if type(lookup) is RowLookup:
+        if type(lookup) is RowLookup and lookup.key in row:  # a missing key: the resolver's
             table = self._tables.get(id(lookup))
             if table is None:
                 table = self._tables[id(lookup)] = lookup.table(self.context_value)
-            value = table.get(row.get(lookup.key))
+            value = table.get(row[lookup.key])  # an unhashable key raises as the resolver would
             if value is not None:
                 return value
         return step.function(row, self.context_value)
@@ -826,10 +826,10 @@ def _compiled_row(fields: tuple[tuple[Any, ...], ...]) -> Callable[..., dict[str
       function of its own selection.
 
     It returns None, having changed nothing but `completed` (found rows it completed, as
-    the general path would have), whenever a value is not plain (null in a
-    non-null field, a value of another type, a value its type refuses, a found row missing
-    or not yet completed, a derived function that raises): the general path then completes
-    the row, errors and all, exactly as graphql-core does.
+    the general path would have), whenever a value is not plain (null in a non-null field, a
+    value of another type, a value its type refuses, a lookup key missing or unhashable, a
+    found row missing, a derived function that raises): the general path then completes the
+    row, errors and all, exactly as graphql-core does.
 
     Generated once per shape (names, keys, types), not per request: a list of 2 000 rows
     costs one call per row instead of a loop over the fields per row. Its parameters: the
@@ -872,8 +872,9 @@ def _compiled_row(fields: tuple[tuple[Any, ...], ...]) -> Callable[..., dict[str
         elif kind == "lookup":
             _, _, key, at, complete = spec
             parameters += [f"table{at}", f"selection{at}"]
-            lines += [
-                f"    found{index} = table{at}.get(row.get({key!r}))",
+            lines += [  # a missing or unhashable key: the general path says what it means
+                f"    try: found{index} = table{at}.get(row[{key!r}])",
+                "    except Exception: return None",
                 f"    if type(found{index}) is not dict: return None",
                 f"    {v} = completed.get((id(found{index}), selection{at}))",
                 f"    if {v} is not None and {v}[0] is found{index}:",

@@ -271,6 +271,13 @@ def test_a_query_without_parameters_is_prepared_and_planned_once(writer) -> None
         assert plans == [{"generic_plans": 2, "custom_plans": 0}]
 
 
+def test_which_queries_without_parameters_are_prepared() -> None:
+    assert db._plans_once("SELECT 1") and db._plans_once("\n  WITH a AS (SELECT 1) TABLE a")
+    assert db._plans_once("SELECT ':x'::text -- a comment: fine")
+    for sql in ("BEGIN", "SELECT 1; SELECT 2", "SELECT a[1:n] FROM t", "SELECT 1 AS x:"):
+        assert not db._plans_once(sql), sql  # the last one pg8000 cannot read: not an error
+
+
 def test_a_prepared_statement_outlives_a_schema_change(writer) -> None:
     """A migration that changes a statement's result columns: the next run outside a
     transaction is prepared afresh and answers; inside one, the error stands (the

@@ -40,6 +40,7 @@ type Row {
   kindOf: Kind
   kindOfMissingKey: Kind
   kindOfLostTable: Kind!
+  kindOrNone: Kind
   labelled(prefix: String!, style: Style, budget: Money): String
   score: Float
   stats: [Stat!]!
@@ -52,6 +53,7 @@ type Stat { colour: Colour!  count: Int! }
 """
 
 KINDS = {"a": {"name": "Alpha"}, "b": {"name": None}}
+NONE_KIND = {"name": "of None"}
 
 
 def _schema() -> GraphQLSchema:
@@ -80,6 +82,9 @@ def _schema() -> GraphQLSchema:
         raise ValueError("no table")
 
     row.set_field("kindOfLostTable", RowLookup("kind_id", lost_table))
+    # A table with a None key: a row without the key is not found there (KeyError, as the
+    # resolver says), a row whose key is None is.
+    row.set_field("kindOrNone", RowLookup("kind_id", lambda context: {**KINDS, None: NONE_KIND}))
     row.set_field("failingStrict", RowResolver(fail))
     row.set_field("stats", RowDerived(_stats))
     schema = make_executable_schema(SDL, query, row, money, colour, convert_names_case=snake_case)
@@ -147,6 +152,10 @@ PLAIN: list[Any] = [
     {"id": "p23", "label": "odd key", "kind_id": 7},
     {"id": 24, "label": "odd id", "kind_id": "a"},
     *({"id": f"p{n}", "label": f"plain {n}", "kind_id": "a"} for n in range(25, 30)),
+    {"id": "p30", "label": "a list for a key", "kind_id": ["a"]},
+    {"id": "p31", "label": "no kind id"},
+    {"id": "p32", "label": "a None kind id", "kind_id": None},
+    {"id": "p33", "label": "after them", "kind_id": "a"},
 ]
 ROWS[1]["parent"] = ROWS[0]
 # Rows whose fields compile with leaves coerced by their type (Int, Float, enums), rows and
@@ -213,6 +222,9 @@ QUERIES = [
     "{ plain { id label kindOfMissingKey { name } } }",
     "{ plain { id kindOfLostTable { name } } }",
     "{ plain { id kindOf { name } kind { name } } }",
+    "{ plain { id kindOrNone { name } } }",
+    '{ plain { id kindOrNone { name } labelled(prefix: "general") } }',
+    "{ loose { id kindOrNone { name } } one { kindOf { name } } }",
     # Compiled row functions with coerced leaves, nested rows and derived lists.
     "{ derived { id count score colour stats { colour count } } }",
     "{ derived { id maybeStats { count colour } nested { id label count } } }",
@@ -304,8 +316,9 @@ def test_rows_of_copies_and_lookups_complete_by_their_compiled_function() -> Non
     )
     assert isinstance(result, ExecutionResult)
     # p0 (its kind not yet completed), p21 (a new kind), p22 (no such kind), p23 (no kind
-    # for 7), 24 (an id that is not a string); p20's null label is a null in a nullable field
-    assert _CountingRows.general == {"p0", "p21", "p22", "p23", 24}
+    # for 7), 24 (an id that is not a string), p30 (a list for a key), p31 (no kind id), p32
+    # (a None kind id); not p20, whose null label is a null in a nullable field
+    assert _CountingRows.general == {"p0", "p21", "p22", "p23", 24, "p30", "p31", "p32"}
     assert result.data is not None
     assert len(result.data["plain"]) == len(PLAIN)
 

@@ -308,11 +308,12 @@ def _plans_once(sql: str) -> bool:
     """Whether a statement without parameters runs prepared (see PREPARED_PER_CONNECTION): one
     query, not several in one string, and nothing in it that pg8000 would take for a
     parameter (a `:name` outside quotes, as an array slice `a[1:n]` has)."""
-    return (
-        ";" not in sql
-        and _QUERY.match(sql) is not None
-        and pg8000.native.to_statement(sql)[0] == sql
-    )
+    if ";" in sql or _QUERY.match(sql) is None:
+        return False
+    try:
+        return bool(pg8000.native.to_statement(sql)[0] == sql)
+    except Exception:  # a text pg8000 cannot read (one ending in ':'): sent as it is
+        return False
 
 
 class Session:
